@@ -1,0 +1,1 @@
+"""Data: reading images, preprocessing, task pools and samplers."""

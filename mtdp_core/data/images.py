@@ -1,0 +1,134 @@
+"""Reading images and turning them into model inputs.
+
+The pipeline is split where it is cheapest: worker processes decode and resize each image to
+a ``uint8`` tensor (3, size, size); normalisation to float happens once per batch, on the
+device that runs the model (``Preprocessing.normalize``). JPEGs are decoded at reduced scale
+when the target is much smaller than the file (PIL's ``draft``), which makes large tiles
+several times cheaper to read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from mtdp_core.errors import ConfigurationError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+ResizeMode = Literal["center_crop", "stretch"]
+RESIZE_MODES: tuple[str, ...] = ("center_crop", "stretch")
+
+
+def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` (by extension, case-insensitive), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigurationError(f"Image folder {root} does not exist or is not a folder: give a folder of images.")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None = None) -> Image.Image:
+    """Open an image as RGB, applying its EXIF orientation.
+
+    ``draft_size`` lets the JPEG decoder skip detail: the result is at least that large on
+    its shorter side (or the full image when it is smaller).
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        image = Image.open(source)
+        if draft_size and image.format == "JPEG":
+            w, h = image.size
+            scale = draft_size / min(w, h)
+            image.draft("RGB", (max(1, int(w * scale + 0.5)), max(1, int(h * scale + 0.5))))
+        image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input.
+
+    Attributes:
+        size: side of the square input, in pixels.
+        resize: ``"center_crop"`` scales the shorter side to ``size`` then crops the centre
+            (keeps the aspect ratio); ``"stretch"`` scales to ``size`` x ``size``.
+        mean, std: per-channel normalisation of [0, 1] RGB values (the backbone's).
+    """
+
+    size: int = 224
+    resize: ResizeMode = "center_crop"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 8:
+            raise ConfigurationError(f"Invalid image size {self.size!r}: use an integer of at least 8 pixels (e.g. 224).")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigurationError(f"Invalid resize mode {self.resize!r}: use one of {', '.join(RESIZE_MODES)}.")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @classmethod
+    def for_backbone(cls, backbone, size: int = 224, resize: ResizeMode = "center_crop") -> Preprocessing:
+        """The preprocessing that matches a backbone's normalisation."""
+        return cls(size=size, resize=resize, mean=tuple(backbone.mean), std=tuple(backbone.std))
+
+    def resize_image(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        if self.resize == "stretch":
+            return image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        scale = self.size / min(w, h)
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def load(self, source: str | os.PathLike | Image.Image) -> torch.Tensor:
+        """Decode and resize one image: uint8 tensor (3, size, size)."""
+        image = self.resize_image(open_rgb(source, draft_size=self.size))
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) in [0, 255] (or float in [0, 1]) -> normalised float32."""
+        x = batch.float()
+        if batch.dtype == torch.uint8:
+            x = x.div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> str:
+        """Short hash that changes whenever the preprocessing changes (for feature caches)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class ImageFileDataset(torch.utils.data.Dataset):
+    """Image files -> ``(uint8 tensor (3, size, size), index)``, decoded in DataLoader workers."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: Preprocessing) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.preprocessing.load(self.paths[index]), index

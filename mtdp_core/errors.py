@@ -1,0 +1,36 @@
+"""Typed exceptions of mtdp_core.
+
+Every error a user can cause is one of these. Messages lead with what was wrong and the
+offending value, then say how to fix it, and keep the important part within the first 255
+characters (what Cytomine shows of a failed job's status comment).
+"""
+
+from __future__ import annotations
+
+
+class MtdpError(Exception):
+    """Base class of every error raised on purpose by mtdp_core."""
+
+
+class ConfigurationError(MtdpError, ValueError):
+    """An argument, parameter or configuration value is invalid."""
+
+
+class UnknownNameError(ConfigurationError):
+    """A name (backbone, weight source, ...) is not among the registered ones."""
+
+
+class WeightsError(MtdpError):
+    """Base class of the errors raised while locating or loading weights."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """A weights file is not on disk (and nothing is ever downloaded at run time)."""
+
+
+class ChecksumMismatchError(WeightsError):
+    """A file's sha256 differs from the one recorded for it."""
+
+
+class IncompatibleWeightsError(WeightsError):
+    """A checkpoint does not fit the architecture it is loaded into."""

@@ -1,0 +1,43 @@
+"""Logging set-up, done once by entry points (the ``mtdp`` command, scripts, apps).
+
+Library modules only call ``logging.getLogger(__name__)``; they never configure handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_DATEFMT = "%H:%M:%S"
+_configured = False
+
+
+def configure_logging(level: int | str | None = None, *, force: bool = False) -> None:
+    """Send mtdp logs to stderr with timestamps, once per process.
+
+    ``level`` defaults to ``$MTDP_LOG_LEVEL`` or INFO. A second call only changes the level,
+    unless ``force`` is true, so libraries and apps can call it without stacking handlers.
+    """
+    global _configured
+    if level is None:
+        level = os.environ.get("MTDP_LOG_LEVEL", "INFO")
+    if isinstance(level, str):
+        level = level.upper()
+    root = logging.getLogger()
+    if _configured and not force:
+        root.setLevel(level)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
+    for old in list(root.handlers):
+        if getattr(old, "_mtdp", False):
+            root.removeHandler(old)
+    handler._mtdp = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party libraries that are chatty at INFO.
+    for noisy in ("PIL", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    _configured = True

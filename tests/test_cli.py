@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from mtdp_core.cli import main
+
+
+def test_help_explains_itself():
+    result = subprocess.run([sys.executable, "-m", "mtdp_core", "--help"], capture_output=True, text=True, check=True)
+    assert "multi-task pre-training" in result.stdout and "backbones" in result.stdout and "features" in result.stdout
+
+
+def test_backbones_command(capsys):
+    assert main(["backbones", "dense*"]) == 0
+    out = capsys.readouterr().out
+    assert "densenet121" in out and "1024" in out and "mtdp" in out and "resnet50" not in out
+
+
+def test_weights_list_command(capsys):
+    assert main(["weights", "list", "resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50-0676ba61.pth" in out and "missing" in out and "resnet50-mh-best-191205-141200.pth" in out
+
+
+def test_weights_verify_command():
+    assert main(["weights", "verify", "efficientnet_lite0"]) == 0
+
+
+def test_features_command(tiny_image_folder, tmp_path):
+    out = tmp_path / "f.npz"
+    code = main(["features", str(tiny_image_folder), "-o", str(out), "--backbone", "resnet18", "--weights", "random",
+                 "--size", "32", "--workers", "0", "--device", "cpu"])
+    assert code == 0
+    data = np.load(out)
+    assert data["features"].shape == (8, 512)
+    assert set(data["labels"]) == {"red", "blue"}
+    identity = json.loads(str(data["identity"]))
+    assert identity["arch"] == "resnet18" and identity["preprocessing"]["size"] == 32
+
+
+def test_user_errors_exit_1_with_a_message(tiny_image_folder, tmp_path, caplog):
+    code = main(["features", str(tiny_image_folder), "-o", str(tmp_path / "f.npz"), "--backbone", "resnet05"])
+    assert code == 1
+    assert "Unknown backbone 'resnet05'" in caplog.text
