@@ -132,3 +132,38 @@ class ImageFileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.preprocessing.load(self.paths[index]), index
+
+
+@dataclass(frozen=True)
+class TrainAugmentation:
+    """The paper's training augmentation, on top of a Preprocessing.
+
+    A random square crop of side min(width, height) when the image is not square (so nothing
+    is stretched), resized to ``preprocessing.size``, then random horizontal and vertical
+    flips. Randomness comes from ``generator`` (or torch's global RNG, which DataLoader seeds
+    per worker), so a seeded loader gives the same images every run.
+    """
+
+    preprocessing: Preprocessing
+    square_crop: bool = True
+    hflip: bool = True
+    vflip: bool = True
+
+    def load(self, source: str | os.PathLike | Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode, randomly crop/flip and resize one image: uint8 tensor (3, size, size)."""
+        size = self.preprocessing.size
+        image = open_rgb(source, draft_size=size)
+        w, h = image.size
+        if self.square_crop and w != h:
+            side = min(w, h)
+            left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
+            top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
+            image = image.crop((left, top, left + side, top + side))
+        image = self.preprocessing.resize_image(image)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        flips = torch.rand(2, generator=generator)
+        if self.hflip and flips[0] < 0.5:
+            x = x.flip(-1)
+        if self.vflip and flips[1] < 0.5:
+            x = x.flip(-2)
+        return x.contiguous()

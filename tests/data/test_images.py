@@ -77,3 +77,17 @@ def test_dataset_in_dataloader_workers(tiny_image_folder):
     batches = list(loader)
     assert sum(len(b[1]) for b in batches) == len(paths)
     assert batches[0][0].shape == (3, 3, 16, 16)
+
+
+def test_train_augmentation_is_seeded_and_square_crops(tmp_path):
+    from mtdp_core.data.images import TrainAugmentation
+
+    path = make_image(tmp_path / "wide.png", size=(120, 40))
+    aug = TrainAugmentation(Preprocessing(size=24))
+    a = aug.load(path, torch.Generator().manual_seed(1))
+    b = aug.load(path, torch.Generator().manual_seed(1))
+    assert a.shape == (3, 24, 24) and a.dtype == torch.uint8 and torch.equal(a, b)
+    outputs = {aug.load(path, torch.Generator().manual_seed(s)).sum().item() for s in range(8)}
+    assert len(outputs) > 1  # crops and flips vary with the seed
+    flat = TrainAugmentation(Preprocessing(size=24), square_crop=False, hflip=False, vflip=False)
+    assert torch.equal(flat.load(path), Preprocessing(size=24).load(path))
