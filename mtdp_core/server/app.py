@@ -121,8 +121,9 @@ class LocalCytomine:
         if self._server is not None:
             return self
         if self.host not in ("127.0.0.1", "localhost", "::1"):
-            logger.warning("binding %s: the server is reachable from other machines (keys are the only protection)",
-                           self.host)
+            logger.warning(
+                "binding %s: the server is reachable from other machines (keys are the only protection)", self.host
+            )
         files_dir = self.data_dir / "files" if self.data_dir is not None else None
         self.store = CytomineStore(self.database, files_dir)
         self.admin = self.store.ensure_admin(*self._admin_keys)
@@ -134,14 +135,20 @@ class LocalCytomine:
             self._server = make_server(self.host, self.port, app, threaded=True, request_handler=_RequestHandler)
         except OSError as exc:
             self.store.close()
-            raise ConfigurationError(f"Cannot listen on {self.host}:{self.port}: {exc}. Choose another --port (0 picks "
-                                     "a free one).") from None
+            raise ConfigurationError(
+                f"Cannot listen on {self.host}:{self.port}: {exc}. Choose another --port (0 picks a free one)."
+            ) from None
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mtdp-local-cytomine", daemon=True)
+        # A short poll interval makes stop() return at once instead of after up to half a second.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="mtdp-local-cytomine", daemon=True
+        )
         self._thread.start()
         if self.data_dir is not None:
-            write_private_json(self.data_dir / KEYS_FILE, {"username": "admin", "public_key": self.public_key,
-                                                            "private_key": self.private_key})
+            write_private_json(
+                self.data_dir / KEYS_FILE,
+                {"username": "admin", "public_key": self.public_key, "private_key": self.private_key},
+            )
             write_private_json(self.data_dir / SERVER_FILE, {"url": self.url, "pid": os.getpid()})
         logger.info("local Cytomine server listening on %s (database %s)", self.url, self.database)
         return self
@@ -205,13 +212,21 @@ class LocalCytomine:
         return Cytomine(self.url, public_key or self.public_key, private_key or self.private_key, **kwargs)
 
     # ------------------------------------------------------------------ software and jobs
-    def register_app(self, descriptor_path: str | os.PathLike, *, local_command: str | list[str] | None = None,
-                     version: str | None = None) -> Row:
+    def register_app(
+        self,
+        descriptor_path: str | os.PathLike,
+        *,
+        local_command: str | list[str] | None = None,
+        version: str | None = None,
+    ) -> Row:
         """Register ``descriptors/<app>.json`` (see :func:`descriptors.register_software`)."""
         store = self._store()
         spec = descriptors.load_descriptor(descriptor_path)
-        command = (descriptors.parse_local_command(local_command) if local_command is not None
-                   else descriptors.default_local_command(descriptor_path))
+        command = (
+            descriptors.parse_local_command(local_command)
+            if local_command is not None
+            else descriptors.default_local_command(descriptor_path)
+        )
         data = json.loads(Path(descriptor_path).read_text(encoding="utf-8"))
         return descriptors.register_software(store, spec, version=version, local_command=command, descriptor=data)
 
@@ -222,8 +237,10 @@ class LocalCytomine:
         row = store.find_software(str(software))
         if row is None:
             names = sorted({s["name"] for s in store.list_software()})
-            raise NotFound(f"Software {software!r} is not registered: register it with 'mtdp server register-app' "
-                           f"(registered: {', '.join(names) or 'none'})")
+            raise NotFound(
+                f"Software {software!r} is not registered: register it with 'mtdp server register-app' "
+                f"(registered: {', '.join(names) or 'none'})"
+            )
         return row
 
     def find_project(self, project: int | str) -> Row:
@@ -264,8 +281,9 @@ class LocalCytomine:
         checked = typed_parameters(store.list_software_parameters(software_row["id"]), parameters or {})
         job, _ = store.create_job(project_row["id"], software_row["id"], launcher_user, checked)
         assert self.launcher is not None
-        return self.launcher.execute(job["id"], self.url, wait=wait, runner=runner, image=image, engine=engine,
-                                     timeout=timeout)
+        return self.launcher.execute(
+            job["id"], self.url, wait=wait, runner=runner, image=image, engine=engine, timeout=timeout
+        )
 
     def _store(self) -> CytomineStore:
         self._require_started()

@@ -56,11 +56,22 @@ class ParameterSpec:
     uri_sort_attribut: str | None = None
 
     def as_store_data(self, software_id: int) -> dict[str, Any]:
-        return {"software": software_id, "name": self.name, "type": self.type, "defaultValue": self.default_value,
-                "required": self.required, "index": self.index, "setByServer": self.set_by_server,
-                "serverParameter": self.server_parameter, "humanName": self.human_name, "valueKey": self.value_key,
-                "commandLineFlag": self.command_line_flag, "uri": self.uri, "uriPrintAttribut": self.uri_print_attribut,
-                "uriSortAttribut": self.uri_sort_attribut}
+        return {
+            "software": software_id,
+            "name": self.name,
+            "type": self.type,
+            "defaultValue": self.default_value,
+            "required": self.required,
+            "index": self.index,
+            "setByServer": self.set_by_server,
+            "serverParameter": self.server_parameter,
+            "humanName": self.human_name,
+            "valueKey": self.value_key,
+            "commandLineFlag": self.command_line_flag,
+            "uri": self.uri,
+            "uriPrintAttribut": self.uri_print_attribut,
+            "uriSortAttribut": self.uri_sort_attribut,
+        }
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ class SoftwareSpec:
     @property
     def image_name(self) -> str:
         """The router's image name: what follows the first ``/`` of the image."""
-        return self.image[self.image.index("/") + 1:] if "/" in self.image else self.image
+        return self.image[self.image.index("/") + 1 :] if "/" in self.image else self.image
 
     def execute_command(self, version: str | None) -> str:
         return f"{self.image_type} run {self.image_name}-{version or 'latest'}.simg {self.command_line}"
@@ -107,15 +118,19 @@ def parse_descriptor(data: Any, source: str = "<descriptor>") -> SoftwareSpec:
         raise ConfigurationError(f"{source}: a descriptor is a JSON object, got {type(data).__name__}")
     missing = [key for key in ("name", "command-line", "inputs", "container-image") if not data.get(key)]
     if missing:
-        raise ConfigurationError(f"{source}: missing field(s) {', '.join(missing)}: a cytomine-0.1 descriptor needs "
-                                 "name, command-line, container-image {image, type} and inputs")
+        raise ConfigurationError(
+            f"{source}: missing field(s) {', '.join(missing)}: a cytomine-0.1 descriptor needs "
+            "name, command-line, container-image {image, type} and inputs"
+        )
     version = data.get("schema-version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise ConfigurationError(f"{source}: schema-version {version!r} is not supported: use {SCHEMA_VERSION!r}")
     container = data["container-image"]
     if not isinstance(container, dict) or not container.get("image") or not container.get("type"):
-        raise ConfigurationError(f"{source}: container-image needs 'image' and 'type' (e.g. "
-                                 '{"image": "myorg/s_myapp", "type": "singularity"})')
+        raise ConfigurationError(
+            f"{source}: container-image needs 'image' and 'type' (e.g. "
+            '{"image": "myorg/s_myapp", "type": "singularity"})'
+        )
     if not isinstance(data["inputs"], list):
         raise ConfigurationError(f"{source}: inputs must be a list of objects")
     parameters: list[ParameterSpec] = []
@@ -128,11 +143,21 @@ def parse_descriptor(data: Any, source: str = "<descriptor>") -> SoftwareSpec:
     command_line = str(data["command-line"])
     for p in parameters:
         if not p.server_parameter and not re.search(_key_regex(p.value_key), command_line):
-            logger.warning("%s: input %r has value-key %r, absent from the command line: it is never passed",
-                           source, p.name, p.value_key)
-    return SoftwareSpec(name=str(data["name"]), command_line=command_line, image=str(container["image"]),
-                        image_type=str(container["type"]), parameters=tuple(parameters),
-                        description=data.get("description"), source=source)
+            logger.warning(
+                "%s: input %r has value-key %r, absent from the command line: it is never passed",
+                source,
+                p.name,
+                p.value_key,
+            )
+    return SoftwareSpec(
+        name=str(data["name"]),
+        command_line=command_line,
+        image=str(container["image"]),
+        image_type=str(container["type"]),
+        parameters=tuple(parameters),
+        description=data.get("description"),
+        source=source,
+    )
 
 
 def _parse_input(item: Any, position: int, source: str) -> ParameterSpec:
@@ -150,7 +175,9 @@ def _parse_input(item: Any, position: int, source: str) -> ParameterSpec:
     ptype = str(item["type"]).strip().lower().capitalize()
     ptype = "ListDomain" if ptype == "Listdomain" else ptype
     if ptype not in PARAMETER_TYPES:
-        raise ConfigurationError(f"{source}: input {ident!r} has type {item['type']!r}: use one of {', '.join(PARAMETER_TYPES)}")
+        raise ConfigurationError(
+            f"{source}: input {ident!r} has type {item['type']!r}: use one of {', '.join(PARAMETER_TYPES)}"
+        )
     optional = item.get("optional", False)
     return ParameterSpec(
         name=ident,
@@ -197,7 +224,7 @@ def parse_local_command(command: str | list[str], cwd: Path | None = None) -> li
     """Split a local command and make its existing relative paths absolute (jobs run elsewhere)."""
     tokens = shlex.split(command) if isinstance(command, str) else list(command)
     if not tokens:
-        raise ConfigurationError("Empty --local-command: give e.g. \"python workflows/myapp/run.py\"")
+        raise ConfigurationError('Empty --local-command: give e.g. "python workflows/myapp/run.py"')
     base = cwd or Path.cwd()
     resolved = []
     for token in tokens:
@@ -219,14 +246,25 @@ def register_software(
 ) -> Row:
     """Create (or update, for the same name and version) the Software and its parameters."""
     fields = {
-        "name": spec.name, "softwareVersion": version, "executeCommand": spec.execute_command(version),
-        "pullingCommand": spec.pulling_command(version), "commandLine": spec.command_line,
-        "containerImage": spec.image, "imageType": spec.image_type, "localCommand": local_command,
-        "descriptor": descriptor, "app": app or (Path(spec.source).stem if spec.source else None),
+        "name": spec.name,
+        "softwareVersion": version,
+        "executeCommand": spec.execute_command(version),
+        "pullingCommand": spec.pulling_command(version),
+        "commandLine": spec.command_line,
+        "containerImage": spec.image,
+        "imageType": spec.image_type,
+        "localCommand": local_command,
+        "descriptor": descriptor,
+        "app": app or (Path(spec.source).stem if spec.source else None),
     }
     with store.transaction():
-        existing = store.find_software(spec.name, version) if version is not None else next(
-            (s for s in store.list_software() if s["name"] == spec.name and s["software_version"] is None), None)
+        existing = (
+            store.find_software(spec.name, version)
+            if version is not None
+            else next(
+                (s for s in store.list_software() if s["name"] == spec.name and s["software_version"] is None), None
+            )
+        )
         if existing is None:
             software = store.create_software(fields)
             for other in store.list_software():
@@ -249,6 +287,11 @@ def register_software(
             if parameter.description:
                 row = next(p for p in store.list_software_parameters(software["id"]) if p["name"] == parameter.name)
                 store.set_description(CLASS_NAMES["softwareparameter"], row["id"], parameter.description)
-    logger.info("software %s (id %d, version %s) registered with %d parameters", spec.name, software["id"],
-                version or "-", len(spec.parameters))
+    logger.info(
+        "software %s (id %d, version %s) registered with %d parameters",
+        spec.name,
+        software["id"],
+        version or "-",
+        len(spec.parameters),
+    )
     return store.get_software(software["id"])

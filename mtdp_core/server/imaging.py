@@ -44,8 +44,13 @@ from mtdp_core.server.geometry import POINT_ENVELOPE, cytomine_to_image
 logger = logging.getLogger(__name__)
 
 #: Output formats by route extension; the first is the fall-back, like the core's checkFormat.
-FORMATS = {"jpg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "tif": ("TIFF", "image/tiff"),
-           "tiff": ("TIFF", "image/tiff"), "webp": ("WEBP", "image/webp")}
+FORMATS = {
+    "jpg": ("JPEG", "image/jpeg"),
+    "png": ("PNG", "image/png"),
+    "tif": ("TIFF", "image/tiff"),
+    "tiff": ("TIFF", "image/tiff"),
+    "webp": ("WEBP", "image/webp"),
+}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 #: Tile side of the virtual pyramid that defines the valid zoom levels of a flat image.
 TILE_SIZE = 256
@@ -171,7 +176,9 @@ def annotation_region(
     width, height = maxx - minx, maxy - miny
     if increase_area and increase_area != 1.0:
         if increase_area <= 0:
-            raise BadRequest(f"Invalid increaseArea {increase_area}: use a positive factor (e.g. 1.5 for 50% more context)")
+            raise BadRequest(
+                f"Invalid increaseArea {increase_area}: use a positive factor (e.g. 1.5 for 50% more context)"
+            )
         left -= width * (increase_area - 1) / 2.0
         top -= height * (increase_area - 1) / 2.0
         width *= increase_area
@@ -265,8 +272,9 @@ def render_crop(pixels: np.ndarray, geometry: BaseGeometry, options: CropOptions
     image_height, image_width = pixels.shape[:2]
     region = annotation_region(geometry, image_width, image_height, options.increase_area, options.square)
     left, top, right, bottom = region.discretize(image_width, image_height)
-    out_size = output_size(right - left, bottom - top, options.max_size, options.zoom,
-                           max_zoom_level(image_width, image_height))
+    out_size = output_size(
+        right - left, bottom - top, options.max_size, options.zoom, max_zoom_level(image_width, image_height)
+    )
     fmt = options.fmt
     if options.kind == "alphamask":
         fmt = "png"  # alpha needs PNG, as the core's checkFormat(['png'])
@@ -300,8 +308,17 @@ def render_crop(pixels: np.ndarray, geometry: BaseGeometry, options: CropOptions
     return encode(crop, fmt, options.jpeg_quality)
 
 
-def render_window(pixels: np.ndarray, x: int, y: int, w: int, h: int, fmt: str, *, with_exterior: bool = False,
-                  max_size: int | None = None) -> tuple[bytes, str]:
+def render_window(
+    pixels: np.ndarray,
+    x: int,
+    y: int,
+    w: int,
+    h: int,
+    fmt: str,
+    *,
+    with_exterior: bool = False,
+    max_size: int | None = None,
+) -> tuple[bytes, str]:
     """The rectangle ``x, y, w, h`` (top-left origin) of the image."""
     if w <= 0 or h <= 0:
         raise BadRequest(f"Invalid window {w} x {h}: width and height must be positive")
@@ -311,8 +328,10 @@ def render_window(pixels: np.ndarray, x: int, y: int, w: int, h: int, fmt: str, 
         src_left, src_top = max(0, x), max(0, y)
         src_right, src_bottom = min(image_width, x + w), min(image_height, y + h)
         if src_right > src_left and src_bottom > src_top:
-            canvas.paste(Image.fromarray(np.ascontiguousarray(pixels[src_top:src_bottom, src_left:src_right])),
-                         (src_left - x, src_top - y))
+            canvas.paste(
+                Image.fromarray(np.ascontiguousarray(pixels[src_top:src_bottom, src_left:src_right])),
+                (src_left - x, src_top - y),
+            )
         window = canvas
     else:
         left, top = max(0, x), max(0, y)

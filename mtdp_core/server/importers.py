@@ -45,10 +45,25 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "geojson", "csv", "voc")
 IMAGE_COLUMNS = ("filename", "image", "image_name", "imagename", "file", "file_name", "path", "image_path", "img")
-LABEL_COLUMNS = ("label", "class", "class_name", "classname", "cell_type", "category", "term", "name", "type", "species")
+LABEL_COLUMNS = (
+    "label",
+    "class",
+    "class_name",
+    "classname",
+    "cell_type",
+    "category",
+    "term",
+    "name",
+    "type",
+    "species",
+)
 GEOMETRY_COLUMNS = ("wkt", "geometry", "polygon", "location", "geom")
-BOX_COLUMN_SETS = (("xmin", "ymin", "xmax", "ymax"), ("x_min", "y_min", "x_max", "y_max"), ("x1", "y1", "x2", "y2"),
-                   ("left", "top", "right", "bottom"))
+BOX_COLUMN_SETS = (
+    ("xmin", "ymin", "xmax", "ymax"),
+    ("x_min", "y_min", "x_max", "y_max"),
+    ("x1", "y1", "x2", "y2"),
+    ("left", "top", "right", "bottom"),
+)
 XYWH_COLUMNS = ("x", "y", "width", "height")
 
 
@@ -76,8 +91,10 @@ class ImportReport:
     unreadable: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        text = (f"project {self.project['name']!r} (id {self.project['id']}): {self.images} images added, "
-                f"{self.annotations} annotations, {self.terms} new terms")
+        text = (
+            f"project {self.project['name']!r} (id {self.project['id']}): {self.images} images added, "
+            f"{self.annotations} annotations, {self.terms} new terms"
+        )
         if self.skipped_images:
             text += f", {self.skipped_images} images already there (skipped)"
         if self.refused_annotations:
@@ -91,8 +108,9 @@ def _key(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-def _find_column(header: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str,
-                 required: bool = True) -> str | None:
+def _find_column(
+    header: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, required: bool = True
+) -> str | None:
     by_key = {_key(h): h for h in header}
     if wanted is not None:
         if wanted in header:
@@ -104,8 +122,10 @@ def _find_column(header: Sequence[str], wanted: str | None, candidates: Sequence
         if candidate in by_key:
             return by_key[candidate]
     if required:
-        raise ConfigurationError(f"No {what} column in the CSV header {list(header)}: name it with --{what}-column "
-                                 f"(looked for {', '.join(candidates)})")
+        raise ConfigurationError(
+            f"No {what} column in the CSV header {list(header)}: name it with --{what}-column "
+            f"(looked for {', '.join(candidates)})"
+        )
     return None
 
 
@@ -140,8 +160,10 @@ def read_csv(path: str | Path, columns: ColumnNames = ColumnNames()) -> dict[str
                     if all(c in keys for c in XYWH_COLUMNS):
                         box_cols, xywh = tuple(keys[c] for c in XYWH_COLUMNS), True
             if box_cols is None:
-                raise ConfigurationError(f"{path}: no geometry in the CSV header {header}: give a WKT column "
-                                         "(--geometry-column) or box columns (--box-columns xmin,ymin,xmax,ymax)")
+                raise ConfigurationError(
+                    f"{path}: no geometry in the CSV header {header}: give a WKT column "
+                    "(--geometry-column) or box columns (--box-columns xmin,ymin,xmax,ymax)"
+                )
         objects: dict[str, list[tuple[str, BaseGeometry]]] = defaultdict(list)
         for line, row in enumerate(reader, start=2):
             image, label = (row.get(image_col) or "").strip(), (row.get(label_col) or "").strip()  # type: ignore[arg-type]
@@ -190,7 +212,9 @@ def _geojson_label(properties: dict[str, Any], wanted: str | None) -> str | None
     if wanted is not None:
         value = properties.get(wanted)
     else:
-        value = next((properties[k] for k in LABEL_COLUMNS + ("classification",) if properties.get(k) is not None), None)
+        value = next(
+            (properties[k] for k in LABEL_COLUMNS + ("classification",) if properties.get(k) is not None), None
+        )
     if isinstance(value, dict):  # QuPath: "classification": {"name": "Tumor", "color": [...]}
         value = value.get("name")
     return None if value is None else str(value)
@@ -222,10 +246,13 @@ def read_geojson(path: str | Path, columns: ColumnNames = ColumnNames()) -> dict
             properties = feature.get("properties") or {}
             label = _geojson_label(properties, columns.label)
             if label is None:
-                raise ConfigurationError(f"{source}: feature {number} has no label in its properties: name the "
-                                         "property with --label-column")
+                raise ConfigurationError(
+                    f"{source}: feature {number} has no label in its properties: name the property with --label-column"
+                )
             image_key = columns.image or next((k for k in IMAGE_COLUMNS if properties.get(k)), None)
-            image = os.path.basename(str(properties[image_key])) if image_key and properties.get(image_key) else source.stem
+            image = (
+                os.path.basename(str(properties[image_key])) if image_key and properties.get(image_key) else source.stem
+            )
             try:
                 geometry = shape(feature["geometry"])
             except (KeyError, TypeError, ValueError, ShapelyError, AttributeError) as exc:
@@ -252,8 +279,9 @@ def detect_format(annotations: Path) -> str:
     raise ConfigurationError(f"Cannot tell the annotation format of {annotations}: give --format geojson, csv or voc")
 
 
-def read_annotations(annotations: str | Path, fmt: str = "auto",
-                     columns: ColumnNames = ColumnNames()) -> dict[str, list[tuple[str, BaseGeometry]]]:
+def read_annotations(
+    annotations: str | Path, fmt: str = "auto", columns: ColumnNames = ColumnNames()
+) -> dict[str, list[tuple[str, BaseGeometry]]]:
     annotations = Path(annotations)
     if not annotations.exists():
         raise ConfigurationError(f"Annotations {annotations} do not exist")

@@ -102,8 +102,9 @@ def parameter_values(store: CytomineStore, job: Row) -> list[tuple[Row, str]]:
     for parameter in store.list_software_parameters(job["software_id"], server_parameters=False):
         value = given[parameter["id"]] if parameter["id"] in given else parameter["default_value"]
         if parameter["id"] not in given and parameter["required"] and (value is None or value == ""):
-            raise BadRequest(f"Argument {parameter['name']} is required: give it a value (--param "
-                             f"{parameter['name']}=VALUE)")
+            raise BadRequest(
+                f"Argument {parameter['name']} is required: give it a value (--param {parameter['name']}=VALUE)"
+            )
         if value:
             values.append((parameter, value))
     return values
@@ -123,11 +124,13 @@ def application_arguments(store: CytomineStore, job: Row) -> tuple[list[str], in
     software = store.get_software(job["software_id"])
     template = software["command_line"]
     if not template:
-        raise BadRequest(f"Software {software['name']!r} has no descriptor command line: register it with "
-                         "'mtdp server register-app descriptors/<app>.json'")
+        raise BadRequest(
+            f"Software {software['name']!r} has no descriptor command line: register it with "
+            "'mtdp server register-app descriptors/<app>.json'"
+        )
     parameters = store.list_software_parameters(job["software_id"], server_parameters=False)
     positions = [m.start() for p in parameters if (m := re.search(key_regex(p["value_key"]), template))]
-    prefix = template[:min(positions)] if positions else template
+    prefix = template[: min(positions)] if positions else template
     return java_split(substitute(template, parameter_values(store, job))), len(java_split(prefix))
 
 
@@ -169,8 +172,10 @@ def typed_parameters(parameters: Sequence[Row], values: Mapping[str, object]) ->
             raise BadRequest(f"Invalid value {text!r} for {ptype} parameter {name!r}") from None
         if " " in text:
             # The core splits the command line on spaces: such a value would reach the app in pieces.
-            raise BadRequest(f"Value {text!r} of parameter {name!r} contains a space: Cytomine splits the command "
-                             "line on spaces, use commas or no spaces")
+            raise BadRequest(
+                f"Value {text!r} of parameter {name!r} contains a space: Cytomine splits the command "
+                "line on spaces, use commas or no spaces"
+            )
         checked.append((parameter["id"], text))
     return checked
 
@@ -217,16 +222,22 @@ class JobLauncher:
         user_job = self.store.job_user(job["id"])
         if user_job is None:
             raise NotFound(f"Job {job['id']} has no job user")
-        values = {"host": base_url, "public_key": user_job["public_key"], "private_key": user_job["private_key"],
-                  "id_software": str(job["software_id"]), "id_project": str(job["project_id"])}
+        values = {
+            "host": base_url,
+            "public_key": user_job["public_key"],
+            "private_key": user_job["private_key"],
+            "id_software": str(job["software_id"]),
+            "id_project": str(job["project_id"]),
+        }
         parameters = self.store.list_software_parameters(job["software_id"])
         for key, names in SERVER_VALUES:
             match = next((p for p in parameters if p["set_by_server"] and _normalised(p["name"]) in names), None)
             if match is not None:
                 self.store.set_job_parameter(job["id"], match["id"], values[key])
 
-    def process_argv(self, job: Row, *, runner: str | None = None, image: str | None = None,
-                     engine: str | None = None) -> list[str]:
+    def process_argv(
+        self, job: Row, *, runner: str | None = None, image: str | None = None, engine: str | None = None
+    ) -> list[str]:
         """The argv actually run for ``job`` with ``runner``."""
         software = self.store.get_software(job["software_id"])
         runner = runner or ("local" if software.get("local_command") else "container")
@@ -236,22 +247,38 @@ class JobLauncher:
         if runner == "local":
             local = software.get("local_command")
             if not local:
-                raise BadRequest(f"Software {software['name']!r} has no local command: register it with "
-                                 "--local-command \"python workflows/<app>/run.py\" or use the container runner")
+                raise BadRequest(
+                    f"Software {software['name']!r} has no local command: register it with "
+                    '--local-command "python workflows/<app>/run.py" or use the container runner'
+                )
             return [*local, *arguments[prefix_length:]]
-        engine = engine or self.engine or os.environ.get("MTDP_CONTAINER_ENGINE") or next(
-            (e for e in ("podman", "docker") if shutil.which(e)), None)
+        engine = (
+            engine
+            or self.engine
+            or os.environ.get("MTDP_CONTAINER_ENGINE")
+            or next((e for e in ("podman", "docker") if shutil.which(e)), None)
+        )
         if engine is None:
-            raise BadRequest("No container engine: install podman or docker, set MTDP_CONTAINER_ENGINE, or use the "
-                             "local runner")
+            raise BadRequest(
+                "No container engine: install podman or docker, set MTDP_CONTAINER_ENGINE, or use the local runner"
+            )
         image = image or software.get("container_image")
         if not image:
             raise BadRequest(f"Software {software['name']!r} has no container image: give --image")
         return [engine, "run", "--rm", "--network", "host", image, *arguments]
 
     # ------------------------------------------------------------------ running
-    def execute(self, job_id: int, base_url: str, *, wait: bool = False, runner: str | None = None,
-                image: str | None = None, engine: str | None = None, timeout: float | None = None) -> Row:
+    def execute(
+        self,
+        job_id: int,
+        base_url: str,
+        *,
+        wait: bool = False,
+        runner: str | None = None,
+        image: str | None = None,
+        engine: str | None = None,
+        timeout: float | None = None,
+    ) -> Row:
         """Start ``job_id`` (status INQUEUE, then the app sets RUNNING); wait for it if asked."""
         job = self.store.get_job(job_id)
         with self._lock:
@@ -273,13 +300,21 @@ class JobLauncher:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "wb") as log:
             try:
-                process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           cwd=folder, env=env, start_new_session=True)
+                process = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=folder,
+                    env=env,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 self.store.set_job_status(job_id, FAILED, f"Cannot start the job process {argv[0]!r}: {exc}"[:255], 0)
                 raise BadRequest(f"Cannot start the job process {argv[0]!r}: {exc}") from None
-        running = _Running(process, log_path, threading.Thread(target=self._follow, args=(job_id,), daemon=True,
-                                                               name=f"job-{job_id}"))
+        running = _Running(
+            process, log_path, threading.Thread(target=self._follow, args=(job_id,), daemon=True, name=f"job-{job_id}")
+        )
         with self._lock:
             self._running[job_id] = running
         running.thread.start()
@@ -375,8 +410,15 @@ class JobLauncher:
             self.store.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", running.log_path.read_bytes())
         final = self.store.get_job(job_id)
         level = logging.INFO if final["status"] not in (FAILED, KILLED) else logging.WARNING
-        logger.log(level, "job %d ended: exit code %d, status %d (%s), log %s", job_id, code, final["status"],
-                   final["status_comment"], running.log_path)
+        logger.log(
+            level,
+            "job %d ended: exit code %d, status %d (%s), log %s",
+            job_id,
+            code,
+            final["status"],
+            final["status_comment"],
+            running.log_path,
+        )
 
 
 def _log_tail(path: Path, max_bytes: int = 8192) -> str:
@@ -393,14 +435,15 @@ _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\
 
 
 def failure_message(code: int, log_tail: str) -> str:
-    """"Exit code N: <the error>", at most 255 characters (what Cytomine shows)."""
+    """ "Exit code N: <the error>", at most 255 characters (what Cytomine shows)."""
     lines = [line.rstrip() for line in log_tail.splitlines() if line.strip()]
     error = next((m.group(1) for line in reversed(lines) if (m := _ERROR_LINE.match(line))), lines[-1] if lines else "")
     return f"Exit code {code}: {error}".strip()[:255]
 
 
-def wait_for_status(store: CytomineStore, job_id: int, statuses: Sequence[int] = TERMINAL_STATUSES,
-                    timeout: float = 60.0) -> Row:
+def wait_for_status(
+    store: CytomineStore, job_id: int, statuses: Sequence[int] = TERMINAL_STATUSES, timeout: float = 60.0
+) -> Row:
     """Poll until the job reaches one of ``statuses`` (for tests and tools)."""
     deadline = time.monotonic() + timeout
     while True:

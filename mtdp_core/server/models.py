@@ -82,8 +82,24 @@ TERMINAL_STATUSES = (SUCCESS, FAILED, INDETERMINATE, KILLED)
 PARAMETER_TYPES = ("String", "Number", "Boolean", "Date", "Domain", "ListDomain", "List")
 
 #: A readable palette for terms created by importers (Cytomine wants "#RRGGBB").
-TERM_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
-               "#fabebe", "#008080", "#e6beff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075")
+TERM_COLORS = (
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#46f0f0",
+    "#f032e6",
+    "#bcf60c",
+    "#fabebe",
+    "#008080",
+    "#e6beff",
+    "#9a6324",
+    "#800000",
+    "#aaffc3",
+    "#808000",
+    "#000075",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -161,6 +177,15 @@ CREATE TABLE IF NOT EXISTS job_data (
 """
 
 
+_INSERT_ANNOTATION = (
+    "INSERT INTO annotation (id, kind, image_id, slice_id, project_id, user_id, location, geometry_compression, area,"
+    " perimeter, cx, cy, minx, miny, maxx, maxy, created) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ANNOTATION_TERM = (
+    "INSERT INTO annotation_term (id, annotation_id, term_id, user_id, created) VALUES (?, ?, ?, ?, ?)"
+)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -200,7 +225,7 @@ def as_int(value: object, name: str, *, default: int | None = None) -> int | Non
         except (TypeError, ValueError):
             raise BadRequest(f"Invalid {name} {value!r}: an integer is expected") from None
         if not as_float.is_integer():
-            raise BadRequest(f"Invalid {name} {value!r}: an integer is expected")
+            raise BadRequest(f"Invalid {name} {value!r}: an integer is expected") from None
         return int(as_float)
 
 
@@ -371,8 +396,17 @@ class CytomineStore:
             db.execute(
                 "INSERT INTO sec_user (id, username, firstname, lastname, email, public_key, private_key, is_admin,"
                 " algo, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                (uid, username, firstname or username, lastname or username, email or f"{username}@localhost",
-                 public_key, private_key, int(admin), now_ms()),
+                (
+                    uid,
+                    username,
+                    firstname or username,
+                    lastname or username,
+                    email or f"{username}@localhost",
+                    public_key,
+                    private_key,
+                    int(admin),
+                    now_ms(),
+                ),
             )
         return self.get_user(uid)
 
@@ -399,23 +433,31 @@ class CytomineStore:
             self.get_project(project)
             if include_jobs:
                 return self._all(
-                    "SELECT u.* FROM sec_user u WHERE u.algo = 0 OR u.job_id IN (SELECT id FROM job WHERE project_id = ?)"
-                    " ORDER BY u.id", (project,))
+                    "SELECT u.* FROM sec_user u WHERE u.algo = 0"
+                    " OR u.job_id IN (SELECT id FROM job WHERE project_id = ?) ORDER BY u.id",
+                    (project,),
+                )
         sql = "SELECT * FROM sec_user" + ("" if include_jobs else " WHERE algo = 0") + " ORDER BY id"
         return self._all(sql)
 
     def list_job_users(self, project: int) -> list[Row]:
         self.get_project(project)
-        return self._all("SELECT u.* FROM sec_user u JOIN job j ON j.id = u.job_id WHERE j.project_id = ? ORDER BY u.id DESC",
-                         (project,))
+        return self._all(
+            "SELECT u.* FROM sec_user u JOIN job j ON j.id = u.job_id WHERE j.project_id = ? ORDER BY u.id DESC",
+            (project,),
+        )
 
     def set_keys(self, user_id: int, public_key: str, private_key: str) -> Row:
         with self.transaction() as db:
-            other = db.execute("SELECT id FROM sec_user WHERE public_key = ? AND id <> ?", (public_key, user_id)).fetchone()
+            other = db.execute(
+                "SELECT id FROM sec_user WHERE public_key = ? AND id <> ?", (public_key, user_id)
+            ).fetchone()
             if other:
                 raise Conflict("This public key is already used by another user")
-            db.execute("UPDATE sec_user SET public_key = ?, private_key = ?, updated = ? WHERE id = ?",
-                       (public_key, private_key, now_ms(), user_id))
+            db.execute(
+                "UPDATE sec_user SET public_key = ?, private_key = ?, updated = ? WHERE id = ?",
+                (public_key, private_key, now_ms(), user_id),
+            )
         return self.get_user(user_id)
 
     def ensure_admin(self, public_key: str | None = None, private_key: str | None = None) -> Row:
@@ -423,9 +465,17 @@ class CytomineStore:
         with self.transaction():
             admin = self.find_user_by_username("admin")
             if admin is None:
-                admin = self.create_user("admin", firstname="Admin", lastname="Local", admin=True,
-                                         public_key=public_key, private_key=private_key)
-            elif public_key and private_key and (admin["public_key"], admin["private_key"]) != (public_key, private_key):
+                admin = self.create_user(
+                    "admin",
+                    firstname="Admin",
+                    lastname="Local",
+                    admin=True,
+                    public_key=public_key,
+                    private_key=private_key,
+                )
+            elif (
+                public_key and private_key and (admin["public_key"], admin["private_key"]) != (public_key, private_key)
+            ):
                 admin = self.set_keys(admin["id"], public_key, private_key)
         return admin
 
@@ -437,7 +487,18 @@ class CytomineStore:
             db.execute(
                 "INSERT INTO sec_user (id, username, firstname, lastname, email, public_key, private_key, is_admin,"
                 " algo, job_id, launcher_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?)",
-                (uid, username, "Job", str(job["id"]), None, public_key, private_key, job["id"], launcher["id"], now_ms()),
+                (
+                    uid,
+                    username,
+                    "Job",
+                    str(job["id"]),
+                    None,
+                    public_key,
+                    private_key,
+                    job["id"],
+                    launcher["id"],
+                    now_ms(),
+                ),
             )
         return self.get_user(uid)
 
@@ -451,8 +512,10 @@ class CytomineStore:
             raise BadRequest(f"Invalid ontology name {name!r}: give a non-empty name")
         with self.transaction() as db:
             oid = self.allocate_ids()
-            db.execute("INSERT INTO ontology (id, name, user_id, created) VALUES (?, ?, ?, ?)",
-                       (oid, name.strip(), user_id, now_ms()))
+            db.execute(
+                "INSERT INTO ontology (id, name, user_id, created) VALUES (?, ?, ?, ?)",
+                (oid, name.strip(), user_id, now_ms()),
+            )
         return self.get_ontology(oid)
 
     def get_ontology(self, ontology_id: int) -> Row:
@@ -477,13 +540,16 @@ class CytomineStore:
         with self.transaction() as db:
             used = db.execute("SELECT name FROM project WHERE ontology_id = ?", (ontology_id,)).fetchone()
             if used:
-                raise BadRequest(f"Ontology {ontology_id} is still used by project {used[0]!r}: delete the project first")
+                raise BadRequest(
+                    f"Ontology {ontology_id} is still used by project {used[0]!r}: delete the project first"
+                )
             db.execute("DELETE FROM term WHERE ontology_id = ?", (ontology_id,))
             db.execute("DELETE FROM ontology WHERE id = ?", (ontology_id,))
         return row
 
-    def create_term(self, name: object, ontology_id: object, color: object = None, comment: object = None,
-                    parent: object = None) -> Row:
+    def create_term(
+        self, name: object, ontology_id: object, color: object = None, comment: object = None, parent: object = None
+    ) -> Row:
         if not isinstance(name, str) or not name.strip():
             raise BadRequest(f"Invalid term name {name!r}: give a non-empty name")
         oid = as_int(ontology_id, "ontology")
@@ -498,9 +564,19 @@ class CytomineStore:
                 count = db.execute("SELECT count(*) FROM term WHERE ontology_id = ?", (oid,)).fetchone()[0]
                 color = TERM_COLORS[count % len(TERM_COLORS)]
             tid = self.allocate_ids()
-            db.execute("INSERT INTO term (id, name, ontology_id, color, comment, parent_id, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (tid, name.strip(), oid, color, comment if isinstance(comment, str) else None,
-                        as_int(parent, "parent"), now_ms()))
+            db.execute(
+                "INSERT INTO term (id, name, ontology_id, color, comment, parent_id, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    tid,
+                    name.strip(),
+                    oid,
+                    color,
+                    comment if isinstance(comment, str) else None,
+                    as_int(parent, "parent"),
+                    now_ms(),
+                ),
+            )
         return self.get_term(tid)
 
     def get_term(self, term_id: int) -> Row:
@@ -527,12 +603,16 @@ class CytomineStore:
             raise BadRequest(f"Invalid term name {name!r}: give a non-empty name")
         color = data.get("color", term["color"])
         with self.transaction() as db:
-            clash = db.execute("SELECT 1 FROM term WHERE ontology_id = ? AND name = ? AND id <> ?",
-                               (term["ontology_id"], name.strip(), term_id)).fetchone()
+            clash = db.execute(
+                "SELECT 1 FROM term WHERE ontology_id = ? AND name = ? AND id <> ?",
+                (term["ontology_id"], name.strip(), term_id),
+            ).fetchone()
             if clash:
                 raise Conflict(f"Term {name.strip()!r} already exists in ontology {term['ontology_id']}")
-            db.execute("UPDATE term SET name = ?, color = ?, comment = ?, updated = ? WHERE id = ?",
-                       (name.strip(), color, data.get("comment", term["comment"]), now_ms(), term_id))
+            db.execute(
+                "UPDATE term SET name = ?, color = ?, comment = ?, updated = ? WHERE id = ?",
+                (name.strip(), color, data.get("comment", term["comment"]), now_ms(), term_id),
+            )
         return self.get_term(term_id)
 
     def delete_term(self, term_id: int) -> Row:
@@ -550,13 +630,17 @@ class CytomineStore:
             return
         ontology_id = self.get_project(project_id)["ontology_id"]
         marks = ",".join("?" * len(term_ids))
-        found = {r["id"]: r["ontology_id"] for r in self._all(f"SELECT id, ontology_id FROM term WHERE id IN ({marks})", term_ids)}
+        found = {
+            r["id"]: r["ontology_id"]
+            for r in self._all(f"SELECT id, ontology_id FROM term WHERE id IN ({marks})", term_ids)
+        }
         for tid in term_ids:
             if tid not in found:
                 raise NotFound(f"Term {tid} not found")
             if found[tid] != ontology_id:
-                raise BadRequest(f"Term {tid} is not in the ontology of project {project_id}: use a term of ontology "
-                                 f"{ontology_id}")
+                raise BadRequest(
+                    f"Term {tid} is not in the ontology of project {project_id}: use a term of ontology {ontology_id}"
+                )
 
     # ------------------------------------------------------------------ projects
     def create_project(self, name: object, ontology_id: object = None, user_id: int | None = None) -> Row:
@@ -569,8 +653,10 @@ class CytomineStore:
             if db.execute("SELECT 1 FROM project WHERE name = ?", (name.strip(),)).fetchone():
                 raise Conflict(f"Project {name.strip()!r} already exists: choose another name")
             pid = self.allocate_ids()
-            db.execute("INSERT INTO project (id, name, ontology_id, user_id, created) VALUES (?, ?, ?, ?, ?)",
-                       (pid, name.strip(), oid, user_id, now_ms()))
+            db.execute(
+                "INSERT INTO project (id, name, ontology_id, user_id, created) VALUES (?, ?, ?, ?, ?)",
+                (pid, name.strip(), oid, user_id, now_ms()),
+            )
         return self.get_project(pid)
 
     def get_project(self, project_id: int) -> Row:
@@ -586,8 +672,11 @@ class CytomineStore:
         if ontology is not None:
             return self._all("SELECT * FROM project WHERE ontology_id = ? ORDER BY id", (ontology,))
         if software is not None:
-            return self._all("SELECT p.* FROM project p JOIN software_project sp ON sp.project_id = p.id"
-                             " WHERE sp.software_id = ? ORDER BY p.id", (software,))
+            return self._all(
+                "SELECT p.* FROM project p JOIN software_project sp ON sp.project_id = p.id"
+                " WHERE sp.software_id = ? ORDER BY p.id",
+                (software,),
+            )
         return self._all("SELECT * FROM project ORDER BY id")
 
     def project_counts(self, project_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -596,11 +685,16 @@ class CytomineStore:
         if not project_ids:
             return counts
         marks = ",".join("?" * len(project_ids))
-        for r in self._all(f"SELECT project_id, count(*) AS n FROM image_instance WHERE project_id IN ({marks})"
-                           " GROUP BY project_id", project_ids):
+        for r in self._all(
+            f"SELECT project_id, count(*) AS n FROM image_instance WHERE project_id IN ({marks}) GROUP BY project_id",
+            project_ids,
+        ):
             counts[r["project_id"]]["images"] = r["n"]
-        for r in self._all(f"SELECT project_id, kind, count(*) AS n FROM annotation WHERE project_id IN ({marks})"
-                           " GROUP BY project_id, kind", project_ids):
+        for r in self._all(
+            f"SELECT project_id, kind, count(*) AS n FROM annotation WHERE project_id IN ({marks})"
+            " GROUP BY project_id, kind",
+            project_ids,
+        ):
             counts[r["project_id"]][r["kind"]] = r["n"]
         return counts
 
@@ -615,17 +709,23 @@ class CytomineStore:
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM project WHERE name = ? AND id <> ?", (name.strip(), project_id)).fetchone():
                 raise Conflict(f"Project {name.strip()!r} already exists: choose another name")
-            db.execute("UPDATE project SET name = ?, ontology_id = ?, updated = ? WHERE id = ?",
-                       (name.strip(), oid, now_ms(), project_id))
+            db.execute(
+                "UPDATE project SET name = ?, ontology_id = ?, updated = ? WHERE id = ?",
+                (name.strip(), oid, now_ms(), project_id),
+            )
         return self.get_project(project_id)
 
     def delete_project(self, project_id: int) -> Row:
         project = self.get_project(project_id)
         with self.transaction() as db:
-            for (image_id,) in db.execute("SELECT id FROM image_instance WHERE project_id = ?", (project_id,)).fetchall():
+            for (image_id,) in db.execute(
+                "SELECT id FROM image_instance WHERE project_id = ?", (project_id,)
+            ).fetchall():
                 self.delete_image(image_id)
             db.execute("DELETE FROM software_project WHERE project_id = ?", (project_id,))
-            db.execute("DELETE FROM property WHERE domain_class = ? AND domain_ident = ?", (CLASS_NAMES["project"], project_id))
+            db.execute(
+                "DELETE FROM property WHERE domain_class = ? AND domain_ident = ?", (CLASS_NAMES["project"], project_id)
+            )
             db.execute("DELETE FROM project WHERE id = ?", (project_id,))
         return project
 
@@ -636,8 +736,9 @@ class CytomineStore:
         " FROM image_instance ii JOIN abstract_image ai ON ai.id = ii.base_image_id"
     )
 
-    def add_abstract_image(self, path: str | os.PathLike, *, user_id: int | None = None,
-                           original_filename: str | None = None) -> Row:
+    def add_abstract_image(
+        self, path: str | os.PathLike, *, user_id: int | None = None, original_filename: str | None = None
+    ) -> Row:
         """The abstract image of a file (created on first use, by resolved path)."""
         path = Path(path).resolve()
         if not path.is_file():
@@ -648,9 +749,11 @@ class CytomineStore:
         width, height, samples, mime = image_info(path)
         with self.transaction() as db:
             aid = self.allocate_ids()
-            db.execute("INSERT INTO abstract_image (id, path, original_filename, width, height, samples, mime, user_id,"
-                       " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (aid, str(path), original_filename or path.name, width, height, samples, mime, user_id, now_ms()))
+            db.execute(
+                "INSERT INTO abstract_image (id, path, original_filename, width, height, samples, mime, user_id,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (aid, str(path), original_filename or path.name, width, height, samples, mime, user_id, now_ms()),
+            )
         return self.get_abstract_image(aid)
 
     def get_abstract_image(self, abstract_id: int) -> Row:
@@ -662,19 +765,30 @@ class CytomineStore:
     def list_abstract_images(self) -> list[Row]:
         return self._all("SELECT * FROM abstract_image ORDER BY id")
 
-    def add_image_instance(self, abstract_id: int, project_id: int, user_id: int | None = None,
-                           instance_filename: str | None = None) -> Row:
+    def add_image_instance(
+        self, abstract_id: int, project_id: int, user_id: int | None = None, instance_filename: str | None = None
+    ) -> Row:
         abstract = self.get_abstract_image(abstract_id)
         self.get_project(project_id)
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM image_instance WHERE base_image_id = ? AND project_id = ?",
-                          (abstract_id, project_id)).fetchone():
+            if db.execute(
+                "SELECT 1 FROM image_instance WHERE base_image_id = ? AND project_id = ?", (abstract_id, project_id)
+            ).fetchone():
                 raise Conflict(f"Image {abstract['original_filename']!r} is already in project {project_id}")
             iid = self.allocate_ids(2)
-            db.execute("INSERT INTO image_instance (id, base_image_id, project_id, user_id, instance_filename, slice_id,"
-                       " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (iid, abstract_id, project_id, user_id, instance_filename or abstract["original_filename"],
-                        iid + 1, now_ms()))
+            db.execute(
+                "INSERT INTO image_instance (id, base_image_id, project_id, user_id, instance_filename, slice_id,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    iid,
+                    abstract_id,
+                    project_id,
+                    user_id,
+                    instance_filename or abstract["original_filename"],
+                    iid + 1,
+                    now_ms(),
+                ),
+            )
         return self.get_image(iid)
 
     def add_image(self, path: str | os.PathLike, project_id: int, user_id: int | None = None) -> Row:
@@ -692,7 +806,7 @@ class CytomineStore:
         ids = list(image_ids)
         rows: list[Row] = []
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             rows += self._all(self._IMAGE_SELECT + f" WHERE ii.id IN ({','.join('?' * len(chunk))})", chunk)
         return rows
 
@@ -704,14 +818,19 @@ class CytomineStore:
 
     def list_images(self, project_id: int) -> list[Row]:
         self.get_project(project_id)
-        return self._all(self._IMAGE_SELECT + " WHERE ii.project_id = ? ORDER BY ii.created DESC, ii.id DESC", (project_id,))
+        return self._all(
+            self._IMAGE_SELECT + " WHERE ii.project_id = ? ORDER BY ii.created DESC, ii.id DESC", (project_id,)
+        )
 
     def image_counts(self, image_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         counts = {iid: {"user": 0, "algo": 0, "reviewed": 0} for iid in image_ids}
         if image_ids:
             marks = ",".join("?" * len(image_ids))
-            for r in self._all(f"SELECT image_id, kind, count(*) AS n FROM annotation WHERE image_id IN ({marks})"
-                               " GROUP BY image_id, kind", image_ids):
+            for r in self._all(
+                f"SELECT image_id, kind, count(*) AS n FROM annotation WHERE image_id IN ({marks})"
+                " GROUP BY image_id, kind",
+                image_ids,
+            ):
                 counts[r["image_id"]][r["kind"]] = r["n"]
         return counts
 
@@ -778,21 +897,16 @@ class CytomineStore:
         with self.transaction() as db:
             aid = self.allocate_ids(1 + len(term_ids))
             created = now_ms()
-            db.execute(
-                "INSERT INTO annotation (id, kind, image_id, slice_id, project_id, user_id, location, geometry_compression,"
-                " area, perimeter, cx, cy, minx, miny, maxx, maxy, created) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (aid, kind, image["id"], image["slice_id"], image["project_id"], owner, shape.wkt, shape.area,
-                 shape.perimeter, shape.centroid_x, shape.centroid_y, shape.minx, shape.miny, shape.maxx, shape.maxy,
-                 created),
-            )
+            db.execute(_INSERT_ANNOTATION, _annotation_values(aid, kind, image, owner, shape, created))
             for offset, tid in enumerate(term_ids, start=1):
                 if kind == "algo":
-                    db.execute("INSERT INTO algo_annotation_term (id, annotation_id, term_id, user_id, rate, created)"
-                               " VALUES (?, ?, ?, ?, ?, ?)", (aid + offset, aid, tid, owner, rate if rate is not None else 1.0,
-                                                              created))
+                    db.execute(
+                        "INSERT INTO algo_annotation_term (id, annotation_id, term_id, user_id, rate, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (aid + offset, aid, tid, owner, rate if rate is not None else 1.0, created),
+                    )
                 else:
-                    db.execute("INSERT INTO annotation_term (id, annotation_id, term_id, user_id, created) VALUES (?, ?, ?, ?, ?)",
-                               (aid + offset, aid, tid, owner, created))
+                    db.execute(_INSERT_ANNOTATION_TERM, (aid + offset, aid, tid, owner, created))
             properties = {}
             for key in ("property", "properties"):
                 if isinstance(data.get(key), dict):
@@ -804,9 +918,13 @@ class CytomineStore:
     def get_annotation(self, annotation_id: int, kind: str | None = None) -> Row:
         row = self._one(
             "SELECT a.*, (SELECT count(*) FROM annotation r WHERE r.parent_id = a.id AND r.kind = 'reviewed')"
-            " AS count_reviewed FROM annotation a WHERE a.id = ?", (annotation_id,))
+            " AS count_reviewed FROM annotation a WHERE a.id = ?",
+            (annotation_id,),
+        )
         if row is None or (kind is not None and row["kind"] != kind):
-            name = {"user": "UserAnnotation", "algo": "AlgoAnnotation", "reviewed": "ReviewedAnnotation"}.get(kind or "", "Annotation")
+            name = {"user": "UserAnnotation", "algo": "AlgoAnnotation", "reviewed": "ReviewedAnnotation"}.get(
+                kind or "", "Annotation"
+            )
             raise NotFound(f"{name} {annotation_id} not found")
         row["terms"] = self.annotation_terms(row)
         return row
@@ -814,18 +932,27 @@ class CytomineStore:
     def annotation_terms(self, annotation: Row) -> list[Row]:
         """The terms of an annotation: [{id, term_id, user_id, rate?}] from the table of its kind."""
         if annotation["kind"] == "algo":
-            return self._all("SELECT id, term_id, user_id, rate, expected_term_id FROM algo_annotation_term"
-                             " WHERE annotation_id = ? ORDER BY term_id", (annotation["id"],))
-        return self._all("SELECT id, term_id, user_id FROM annotation_term WHERE annotation_id = ? ORDER BY term_id",
-                         (annotation["id"],))
+            return self._all(
+                "SELECT id, term_id, user_id, rate, expected_term_id FROM algo_annotation_term"
+                " WHERE annotation_id = ? ORDER BY term_id",
+                (annotation["id"],),
+            )
+        return self._all(
+            "SELECT id, term_id, user_id FROM annotation_term WHERE annotation_id = ? ORDER BY term_id",
+            (annotation["id"],),
+        )
 
     def _check_can_edit(self, annotation: Row, user: Row) -> None:
-        if annotation["user_id"] != user["id"] and not user["is_admin"] and not (
-            user["algo"] and annotation["kind"] == "algo" and annotation["user_id"] == user["id"]
+        if (
+            annotation["user_id"] != user["id"]
+            and not user["is_admin"]
+            and not (user["algo"] and annotation["kind"] == "algo" and annotation["user_id"] == user["id"])
         ):
             human = self.human_of(user)
             if not human["is_admin"] and annotation["user_id"] != human["id"]:
-                raise Forbidden(f"User {user['username']!r} cannot modify annotation {annotation['id']} of another user")
+                raise Forbidden(
+                    f"User {user['username']!r} cannot modify annotation {annotation['id']} of another user"
+                )
 
     def update_annotation(self, annotation_id: int, data: dict[str, Any], user: Row) -> Row:
         """PUT: the location changes (clipped and validated again); terms are not touched (as the core)."""
@@ -835,10 +962,23 @@ class CytomineStore:
         image = self.get_image(annotation["image_id"])
         shape = self._geometry_for_image(location, image)
         with self.transaction() as db:
-            db.execute("UPDATE annotation SET location = ?, area = ?, perimeter = ?, cx = ?, cy = ?, minx = ?, miny = ?,"
-                       " maxx = ?, maxy = ?, updated = ? WHERE id = ?",
-                       (shape.wkt, shape.area, shape.perimeter, shape.centroid_x, shape.centroid_y, shape.minx,
-                        shape.miny, shape.maxx, shape.maxy, now_ms(), annotation_id))
+            db.execute(
+                "UPDATE annotation SET location = ?, area = ?, perimeter = ?, cx = ?, cy = ?, minx = ?, miny = ?,"
+                " maxx = ?, maxy = ?, updated = ? WHERE id = ?",
+                (
+                    shape.wkt,
+                    shape.area,
+                    shape.perimeter,
+                    shape.centroid_x,
+                    shape.centroid_y,
+                    shape.minx,
+                    shape.miny,
+                    shape.maxx,
+                    shape.maxy,
+                    now_ms(),
+                    annotation_id,
+                ),
+            )
         return self.get_annotation(annotation_id)
 
     def delete_annotation(self, annotation_id: int, user: Row, kind: str | None = None) -> Row:
@@ -850,11 +990,13 @@ class CytomineStore:
 
     def _delete_annotation_rows(self, db: sqlite3.Connection, ids: list[int]) -> None:
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             db.execute(f"DELETE FROM annotation_term WHERE annotation_id IN ({marks})", chunk)
             db.execute(f"DELETE FROM algo_annotation_term WHERE annotation_id IN ({marks})", chunk)
-            db.execute(f"DELETE FROM property WHERE domain_ident IN ({marks}) AND domain_class LIKE '%Annotation'", chunk)
+            db.execute(
+                f"DELETE FROM property WHERE domain_ident IN ({marks}) AND domain_class LIKE '%Annotation'", chunk
+            )
             db.execute(f"UPDATE annotation SET parent_id = NULL WHERE parent_id IN ({marks})", chunk)
             db.execute(f"DELETE FROM annotation WHERE id IN ({marks})", chunk)
 
@@ -888,7 +1030,7 @@ class CytomineStore:
             rows = self._expand_algo_terms(rows, query)
         if not paginate_in_sql:
             total = len(rows)
-            rows = rows[offset:offset + max_] if max_ > 0 else rows[offset:]
+            rows = rows[offset : offset + max_] if max_ > 0 else rows[offset:]
         return rows, total
 
     def _expand_algo_terms(self, rows: list[Row], query: AnnotationQuery) -> list[Row]:
@@ -898,7 +1040,7 @@ class CytomineStore:
         ids = [r["id"] for r in rows]
         suggestions: dict[int, list[Row]] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT * FROM algo_annotation_term WHERE annotation_id IN ({marks})"
             params: list[Any] = list(chunk)
@@ -975,13 +1117,16 @@ class CytomineStore:
         return " AND ".join(clauses), params
 
     # ---- annotation terms
-    def add_annotation_term(self, annotation_id: int, term_id: int, user: Row, *, clear_before: bool = False,
-                            clear_for_all: bool = False) -> Row:
+    def add_annotation_term(
+        self, annotation_id: int, term_id: int, user: Row, *, clear_before: bool = False, clear_for_all: bool = False
+    ) -> Row:
         """A user's term on an annotation (``clearBefore`` removes that user's, or everyone's, first)."""
         annotation = self.get_annotation(annotation_id)
         if annotation["kind"] == "algo":
-            raise BadRequest(f"Annotation {annotation_id} is an algo annotation: its terms are algo annotation terms "
-                             "added by a job user")
+            raise BadRequest(
+                f"Annotation {annotation_id} is an algo annotation: its terms are algo annotation terms "
+                "added by a job user"
+            )
         self.get_term(term_id)
         self.check_terms_in_project([term_id], annotation["project_id"])
         with self.transaction() as db:
@@ -989,15 +1134,21 @@ class CytomineStore:
                 if clear_for_all:
                     db.execute("DELETE FROM annotation_term WHERE annotation_id = ?", (annotation_id,))
                 else:
-                    db.execute("DELETE FROM annotation_term WHERE annotation_id = ? AND user_id = ?",
-                               (annotation_id, user["id"]))
-            exists = db.execute("SELECT 1 FROM annotation_term WHERE annotation_id = ? AND term_id = ? AND user_id = ?",
-                                (annotation_id, term_id, user["id"])).fetchone()
+                    db.execute(
+                        "DELETE FROM annotation_term WHERE annotation_id = ? AND user_id = ?",
+                        (annotation_id, user["id"]),
+                    )
+            exists = db.execute(
+                "SELECT 1 FROM annotation_term WHERE annotation_id = ? AND term_id = ? AND user_id = ?",
+                (annotation_id, term_id, user["id"]),
+            ).fetchone()
             if exists:
                 raise Conflict(f"Annotation {annotation_id} already has term {term_id} from user {user['username']!r}")
             at_id = self.allocate_ids()
-            db.execute("INSERT INTO annotation_term (id, annotation_id, term_id, user_id, created) VALUES (?, ?, ?, ?, ?)",
-                       (at_id, annotation_id, term_id, user["id"], now_ms()))
+            db.execute(
+                _INSERT_ANNOTATION_TERM,
+                (at_id, annotation_id, term_id, user["id"], now_ms()),
+            )
             db.execute("UPDATE annotation SET updated = ? WHERE id = ?", (now_ms(), annotation_id))
         return self._one("SELECT * FROM annotation_term WHERE id = ?", (at_id,))  # type: ignore[return-value]
 
@@ -1009,8 +1160,12 @@ class CytomineStore:
             params.append(user_id)
         row = self._one(sql + " ORDER BY id LIMIT 1", params)
         if row is None:
-            algo = self._one("SELECT * FROM algo_annotation_term WHERE annotation_id = ? AND term_id = ?"
-                             + (" AND user_id = ?" if user_id is not None else "") + " ORDER BY id LIMIT 1", params)
+            algo = self._one(
+                "SELECT * FROM algo_annotation_term WHERE annotation_id = ? AND term_id = ?"
+                + (" AND user_id = ?" if user_id is not None else "")
+                + " ORDER BY id LIMIT 1",
+                params,
+            )
             if algo is not None:
                 algo["algo"] = True
                 return algo
@@ -1023,16 +1178,21 @@ class CytomineStore:
         target = user_id if user_id is not None else user["id"]
         if target != user["id"] and not user["is_admin"]:
             raise Forbidden("Only an administrator can delete another user's term")
-        row = self._one("SELECT * FROM annotation_term WHERE annotation_id = ? AND term_id = ? AND user_id = ?",
-                        (annotation_id, term_id, target))
+        row = self._one(
+            "SELECT * FROM annotation_term WHERE annotation_id = ? AND term_id = ? AND user_id = ?",
+            (annotation_id, term_id, target),
+        )
         if row is None:
-            raise NotFound(f"AnnotationTerm with annotation {annotation_id}, term {term_id} and user {target} not found")
+            raise NotFound(
+                f"AnnotationTerm with annotation {annotation_id}, term {term_id} and user {target} not found"
+            )
         with self.transaction() as db:
             db.execute("DELETE FROM annotation_term WHERE id = ?", (row["id"],))
         return row
 
-    def add_algo_annotation_term(self, annotation_id: int, term_id: int, user: Row, *, expected_term: object = None,
-                                 rate: object = None) -> Row:
+    def add_algo_annotation_term(
+        self, annotation_id: int, term_id: int, user: Row, *, expected_term: object = None, rate: object = None
+    ) -> Row:
         """A job's suggested term (with its confidence ``rate``) on a user or algo annotation."""
         if not user["algo"]:
             raise BadRequest("Only a job user can add an algo annotation term")
@@ -1050,14 +1210,18 @@ class CytomineStore:
             if not 0.0 <= rate <= 1.0:
                 raise BadRequest(f"Invalid rate {rate}: a number between 0 and 1 is expected")
         with self.transaction() as db:
-            exists = db.execute("SELECT 1 FROM algo_annotation_term WHERE annotation_id = ? AND term_id = ? AND user_id = ?",
-                                (annotation_id, term_id, user["id"])).fetchone()
+            exists = db.execute(
+                "SELECT 1 FROM algo_annotation_term WHERE annotation_id = ? AND term_id = ? AND user_id = ?",
+                (annotation_id, term_id, user["id"]),
+            ).fetchone()
             if exists:
                 raise Conflict(f"Annotation {annotation_id} already has algo term {term_id} from this job")
             aat = self.allocate_ids()
-            db.execute("INSERT INTO algo_annotation_term (id, annotation_id, term_id, expected_term_id, user_id, rate, created)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (aat, annotation_id, term_id, expected, user["id"], 1.0 if rate is None else rate, now_ms()))
+            db.execute(
+                "INSERT INTO algo_annotation_term (id, annotation_id, term_id, expected_term_id, user_id, rate,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (aat, annotation_id, term_id, expected, user["id"], 1.0 if rate is None else rate, now_ms()),
+            )
         row = self._one("SELECT * FROM algo_annotation_term WHERE id = ?", (aat,))
         assert row is not None
         row["annotation_kind"] = annotation["kind"]
@@ -1088,14 +1252,18 @@ class CytomineStore:
             rid = self.allocate_ids(1 + len(term_ids))
             created = now_ms()
             db.execute(
-                "INSERT INTO annotation (id, kind, image_id, slice_id, project_id, user_id, location, geometry_compression,"
-                " area, perimeter, cx, cy, minx, miny, maxx, maxy, parent_id, review_user_id, created)"
+                "INSERT INTO annotation (id, kind, image_id, slice_id, project_id, user_id, location,"
+                " geometry_compression, area, perimeter, cx, cy, minx, miny, maxx, maxy, parent_id, review_user_id,"
+                " created)"
                 " SELECT ?, 'reviewed', image_id, slice_id, project_id, user_id, location, geometry_compression, area,"
                 " perimeter, cx, cy, minx, miny, maxx, maxy, id, ?, ? FROM annotation WHERE id = ?",
-                (rid, user["id"], created, annotation_id))
+                (rid, user["id"], created, annotation_id),
+            )
             for offset, tid in enumerate(term_ids, start=1):
-                db.execute("INSERT INTO annotation_term (id, annotation_id, term_id, user_id, created) VALUES (?, ?, ?, ?, ?)",
-                           (rid + offset, rid, tid, user["id"], created))
+                db.execute(
+                    _INSERT_ANNOTATION_TERM,
+                    (rid + offset, rid, tid, user["id"], created),
+                )
         return self.get_annotation(rid)
 
     def unreview_annotation(self, annotation_id: int, user: Row) -> Row:
@@ -1128,8 +1296,10 @@ class CytomineStore:
             user = self.get_user(ident)
             return CLASS_NAMES["userjob" if user["algo"] else "user"]
         if key not in checks:
-            raise BadRequest(f"Unsupported domain class {class_name!r}: use a project, image, annotation, job, software, "
-                             "term, ontology or user")
+            raise BadRequest(
+                f"Unsupported domain class {class_name!r}: use a project, image, annotation, job, software, "
+                "term, ontology or user"
+            )
         if self._scalar(checks[key], (ident,)) is None:
             raise NotFound(f"{class_name.rsplit('.', 1)[-1]} {ident} not found")
         return CLASS_NAMES[key]
@@ -1138,14 +1308,24 @@ class CytomineStore:
         canonical = self.resolve_domain(class_name, ident)
         if not isinstance(key, str) or not key.strip():
             raise BadRequest(f"Invalid property key {key!r}: give a non-empty key")
-        value = value if value is None or isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        value = (
+            value
+            if value is None or isinstance(value, str)
+            else json.dumps(value)
+            if isinstance(value, (dict, list))
+            else str(value)
+        )
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM property WHERE domain_class = ? AND domain_ident = ? AND key = ?",
-                          (canonical, ident, key)).fetchone():
+            if db.execute(
+                "SELECT 1 FROM property WHERE domain_class = ? AND domain_ident = ? AND key = ?",
+                (canonical, ident, key),
+            ).fetchone():
                 raise Conflict(f"Property {key!r} already exists on {canonical.rsplit('.', 1)[-1]} {ident}: update it")
             pid = self.allocate_ids()
-            db.execute("INSERT INTO property (id, domain_class, domain_ident, key, value, created) VALUES (?, ?, ?, ?, ?, ?)",
-                       (pid, canonical, ident, key, value, now_ms()))
+            db.execute(
+                "INSERT INTO property (id, domain_class, domain_ident, key, value, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (pid, canonical, ident, key, value, now_ms()),
+            )
         return self.get_property(pid)
 
     def get_property(self, property_id: int) -> Row:
@@ -1156,15 +1336,18 @@ class CytomineStore:
 
     def find_property(self, class_name: str, ident: int, key: str) -> Row:
         canonical = self.resolve_domain(class_name, ident)
-        row = self._one("SELECT * FROM property WHERE domain_class = ? AND domain_ident = ? AND key = ?",
-                        (canonical, ident, key))
+        row = self._one(
+            "SELECT * FROM property WHERE domain_class = ? AND domain_ident = ? AND key = ?", (canonical, ident, key)
+        )
         if row is None:
             raise NotFound(f"Property {key!r} not found on {canonical.rsplit('.', 1)[-1]} {ident}")
         return row
 
     def list_properties(self, class_name: str, ident: int) -> list[Row]:
         canonical = self.resolve_domain(class_name, ident)
-        return self._all("SELECT * FROM property WHERE domain_class = ? AND domain_ident = ? ORDER BY id", (canonical, ident))
+        return self._all(
+            "SELECT * FROM property WHERE domain_class = ? AND domain_ident = ? ORDER BY id", (canonical, ident)
+        )
 
     def update_property(self, property_id: int, data: dict[str, Any]) -> Row:
         prop = self.get_property(property_id)
@@ -1173,12 +1356,16 @@ class CytomineStore:
         if not isinstance(key, str) or not key.strip():
             raise BadRequest(f"Invalid property key {key!r}")
         with self.transaction() as db:
-            clash = db.execute("SELECT 1 FROM property WHERE domain_class = ? AND domain_ident = ? AND key = ? AND id <> ?",
-                               (prop["domain_class"], prop["domain_ident"], key, property_id)).fetchone()
+            clash = db.execute(
+                "SELECT 1 FROM property WHERE domain_class = ? AND domain_ident = ? AND key = ? AND id <> ?",
+                (prop["domain_class"], prop["domain_ident"], key, property_id),
+            ).fetchone()
             if clash:
                 raise Conflict(f"Property {key!r} already exists on this object")
-            db.execute("UPDATE property SET key = ?, value = ?, updated = ? WHERE id = ?",
-                       (key, None if value is None else str(value), now_ms(), property_id))
+            db.execute(
+                "UPDATE property SET key = ?, value = ?, updated = ? WHERE id = ?",
+                (key, None if value is None else str(value), now_ms(), property_id),
+            )
         return self.get_property(property_id)
 
     def delete_property(self, property_id: int) -> Row:
@@ -1194,9 +1381,11 @@ class CytomineStore:
         folder = self.files.folder("attachedfiles", fid)
         (folder / name).write_bytes(data)
         with self.transaction() as db:
-            db.execute("INSERT INTO attached_file (id, domain_class, domain_ident, filename, storage, size, key, created)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (fid, canonical, ident, name, str(folder / name), len(data), key, now_ms()))
+            db.execute(
+                "INSERT INTO attached_file (id, domain_class, domain_ident, filename, storage, size, key, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (fid, canonical, ident, name, str(folder / name), len(data), key, now_ms()),
+            )
         return self.get_attached_file(fid)
 
     def get_attached_file(self, file_id: int) -> Row:
@@ -1209,8 +1398,9 @@ class CytomineStore:
         if class_name is None:
             return self._all("SELECT * FROM attached_file ORDER BY id")
         canonical = self.resolve_domain(class_name, ident)  # type: ignore[arg-type]
-        return self._all("SELECT * FROM attached_file WHERE domain_class = ? AND domain_ident = ? ORDER BY id",
-                         (canonical, ident))
+        return self._all(
+            "SELECT * FROM attached_file WHERE domain_class = ? AND domain_ident = ? ORDER BY id", (canonical, ident)
+        )
 
     def delete_attached_file(self, file_id: int) -> Row:
         row = self.get_attached_file(file_id)
@@ -1230,13 +1420,16 @@ class CytomineStore:
         canonical = self.resolve_domain(class_name, ident)
         text = "" if data is None else str(data)
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM description WHERE domain_class = ? AND domain_ident = ?",
-                             (canonical, ident)).fetchone()
+            row = db.execute(
+                "SELECT id FROM description WHERE domain_class = ? AND domain_ident = ?", (canonical, ident)
+            ).fetchone()
             if row:
                 db.execute("UPDATE description SET data = ?, updated = ? WHERE id = ?", (text, now_ms(), row[0]))
             else:
-                db.execute("INSERT INTO description (id, domain_class, domain_ident, data, created) VALUES (?, ?, ?, ?, ?)",
-                           (self.allocate_ids(), canonical, ident, text, now_ms()))
+                db.execute(
+                    "INSERT INTO description (id, domain_class, domain_ident, data, created) VALUES (?, ?, ?, ?, ?)",
+                    (self.allocate_ids(), canonical, ident, text, now_ms()),
+                )
         return self.get_description(canonical, ident)
 
     def delete_description(self, class_name: str, ident: int) -> Row:
@@ -1252,12 +1445,25 @@ class CytomineStore:
             raise BadRequest(f"Invalid software name {name!r}: give a non-empty name")
         with self.transaction() as db:
             sid = self.allocate_ids()
-            db.execute("INSERT INTO software (id, name, app, software_version, execute_command, pulling_command, command_line,"
-                       " container_image, image_type, local_command, descriptor, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (sid, name.strip(), data.get("app"), data.get("softwareVersion"), data.get("executeCommand"),
-                        data.get("pullingCommand"), data.get("commandLine"), data.get("containerImage"),
-                        data.get("imageType"), _json_or_none(data.get("localCommand")),
-                        _json_or_none(data.get("descriptor")), now_ms()))
+            db.execute(
+                "INSERT INTO software (id, name, app, software_version, execute_command, pulling_command, command_line,"
+                " container_image, image_type, local_command, descriptor, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sid,
+                    name.strip(),
+                    data.get("app"),
+                    data.get("softwareVersion"),
+                    data.get("executeCommand"),
+                    data.get("pullingCommand"),
+                    data.get("commandLine"),
+                    data.get("containerImage"),
+                    data.get("imageType"),
+                    _json_or_none(data.get("localCommand")),
+                    _json_or_none(data.get("descriptor")),
+                    now_ms(),
+                ),
+            )
         return self.get_software(sid)
 
     def get_software(self, software_id: int) -> Row:
@@ -1269,28 +1475,43 @@ class CytomineStore:
     def find_software(self, name: str, version: str | None = None) -> Row | None:
         """By name (or by the descriptor's file stem, e.g. ``svm_train``), newest non-deprecated first."""
         if version is None:
-            row = self._one("SELECT * FROM software WHERE (name = ? OR app = ?) ORDER BY deprecated, id DESC LIMIT 1",
-                            (name, name))
+            row = self._one(
+                "SELECT * FROM software WHERE (name = ? OR app = ?) ORDER BY deprecated, id DESC LIMIT 1", (name, name)
+            )
         else:
-            row = self._one("SELECT * FROM software WHERE name = ? AND software_version = ? ORDER BY id DESC LIMIT 1",
-                            (name, version))
+            row = self._one(
+                "SELECT * FROM software WHERE name = ? AND software_version = ? ORDER BY id DESC LIMIT 1",
+                (name, version),
+            )
         return _decode_software(row) if row else None
 
     def list_software(self, project: int | None = None) -> list[Row]:
         if project is not None:
             self.get_project(project)
-            rows = self._all("SELECT s.* FROM software s JOIN software_project sp ON sp.software_id = s.id"
-                             " WHERE sp.project_id = ? ORDER BY s.id", (project,))
+            rows = self._all(
+                "SELECT s.* FROM software s JOIN software_project sp ON sp.software_id = s.id"
+                " WHERE sp.project_id = ? ORDER BY s.id",
+                (project,),
+            )
         else:
             rows = self._all("SELECT * FROM software ORDER BY id")
         return [_decode_software(r) for r in rows]
 
     def update_software(self, software_id: int, data: dict[str, Any]) -> Row:
         software = self.get_software(software_id)
-        columns = {"name": "name", "app": "app", "softwareVersion": "software_version", "executeCommand": "execute_command",
-                   "pullingCommand": "pulling_command", "deprecated": "deprecated", "commandLine": "command_line",
-                   "containerImage": "container_image", "imageType": "image_type", "localCommand": "local_command",
-                   "descriptor": "descriptor"}
+        columns = {
+            "name": "name",
+            "app": "app",
+            "softwareVersion": "software_version",
+            "executeCommand": "execute_command",
+            "pullingCommand": "pulling_command",
+            "deprecated": "deprecated",
+            "commandLine": "command_line",
+            "containerImage": "container_image",
+            "imageType": "image_type",
+            "localCommand": "local_command",
+            "descriptor": "descriptor",
+        }
         updates = {}
         for key, column in columns.items():
             if key in data:
@@ -1305,7 +1526,9 @@ class CytomineStore:
         if updates:
             sets = ", ".join(f"{c} = ?" for c in updates)
             with self.transaction() as db:
-                db.execute(f"UPDATE software SET {sets}, updated = ? WHERE id = ?", [*updates.values(), now_ms(), software_id])
+                db.execute(
+                    f"UPDATE software SET {sets}, updated = ? WHERE id = ?", [*updates.values(), now_ms(), software_id]
+                )
         return self.get_software(software["id"])
 
     def delete_software(self, software_id: int) -> Row:
@@ -1319,8 +1542,12 @@ class CytomineStore:
         return software
 
     def software_job_counts(self, software_id: int) -> dict[int, int]:
-        return {r["status"]: r["n"] for r in self._all("SELECT status, count(*) AS n FROM job WHERE software_id = ?"
-                                                       " GROUP BY status", (software_id,))}
+        return {
+            r["status"]: r["n"]
+            for r in self._all(
+                "SELECT status, count(*) AS n FROM job WHERE software_id = ? GROUP BY status", (software_id,)
+            )
+        }
 
     def add_software_parameter(self, data: dict[str, Any]) -> Row:
         sid = as_int(data.get("software"), "software")
@@ -1332,19 +1559,35 @@ class CytomineStore:
             raise BadRequest(f"Invalid parameter name {name!r}")
         ptype = _normalise_type(data.get("type"))
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM software_parameter WHERE software_id = ? AND name = ?", (sid, name)).fetchone():
+            if db.execute(
+                "SELECT 1 FROM software_parameter WHERE software_id = ? AND name = ?", (sid, name)
+            ).fetchone():
                 raise Conflict(f"Software {sid} already has a parameter {name!r}")
             pid = self.allocate_ids()
             db.execute(
-                "INSERT INTO software_parameter (id, software_id, name, type, default_value, required, idx, set_by_server,"
-                " server_parameter, human_name, value_key, command_line_flag, uri, uri_print, uri_sort, created)"
+                "INSERT INTO software_parameter (id, software_id, name, type, default_value, required, idx,"
+                " set_by_server, server_parameter, human_name, value_key, command_line_flag, uri, uri_print, uri_sort,"
+                " created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (pid, sid, name, ptype, _default_to_text(data.get("defaultValue", data.get("defaultParamValue"))),
-                 int(as_bool(data.get("required"))), as_int(data.get("index"), "index", default=0),
-                 int(as_bool(data.get("setByServer"))), int(as_bool(data.get("serverParameter"))),
-                 data.get("humanName") or name, data.get("valueKey") or f"[{name.upper()}]",
-                 data.get("commandLineFlag") or "", data.get("uri"), data.get("uriPrintAttribut"),
-                 data.get("uriSortAttribut"), now_ms()))
+                (
+                    pid,
+                    sid,
+                    name,
+                    ptype,
+                    _default_to_text(data.get("defaultValue", data.get("defaultParamValue"))),
+                    int(as_bool(data.get("required"))),
+                    as_int(data.get("index"), "index", default=0),
+                    int(as_bool(data.get("setByServer"))),
+                    int(as_bool(data.get("serverParameter"))),
+                    data.get("humanName") or name,
+                    data.get("valueKey") or f"[{name.upper()}]",
+                    data.get("commandLineFlag") or "",
+                    data.get("uri"),
+                    data.get("uriPrintAttribut"),
+                    data.get("uriSortAttribut"),
+                    now_ms(),
+                ),
+            )
         return self.get_software_parameter(pid)
 
     def get_software_parameter(self, parameter_id: int) -> Row:
@@ -1353,8 +1596,9 @@ class CytomineStore:
             raise NotFound(f"SoftwareParameter {parameter_id} not found")
         return row
 
-    def list_software_parameters(self, software_id: int, *, with_set_by_server: bool = True,
-                                 server_parameters: bool | None = None) -> list[Row]:
+    def list_software_parameters(
+        self, software_id: int, *, with_set_by_server: bool = True, server_parameters: bool | None = None
+    ) -> list[Row]:
         self.get_software(software_id)
         sql = "SELECT * FROM software_parameter WHERE software_id = ?"
         if not with_set_by_server:
@@ -1368,7 +1612,9 @@ class CytomineStore:
         merged = {
             "name": data.get("name", param["name"]),
             "type": _normalise_type(data.get("type", param["type"])),
-            "default_value": _default_to_text(data.get("defaultValue", data.get("defaultParamValue", param["default_value"]))),
+            "default_value": _default_to_text(
+                data.get("defaultValue", data.get("defaultParamValue", param["default_value"]))
+            ),
             "required": int(as_bool(data.get("required", param["required"]))),
             "idx": as_int(data.get("index", param["idx"]), "index", default=0),
             "set_by_server": int(as_bool(data.get("setByServer", param["set_by_server"]))),
@@ -1382,8 +1628,10 @@ class CytomineStore:
         }
         sets = ", ".join(f"{c} = ?" for c in merged)
         with self.transaction() as db:
-            db.execute(f"UPDATE software_parameter SET {sets}, updated = ? WHERE id = ?",
-                       [*merged.values(), now_ms(), parameter_id])
+            db.execute(
+                f"UPDATE software_parameter SET {sets}, updated = ? WHERE id = ?",
+                [*merged.values(), now_ms(), parameter_id],
+            )
         return self.get_software_parameter(parameter_id)
 
     def delete_software_parameter(self, parameter_id: int) -> Row:
@@ -1396,18 +1644,22 @@ class CytomineStore:
         self.get_software(software_id)
         self.get_project(project_id)
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM software_project WHERE software_id = ? AND project_id = ?",
-                             (software_id, project_id)).fetchone()
+            row = db.execute(
+                "SELECT id FROM software_project WHERE software_id = ? AND project_id = ?", (software_id, project_id)
+            ).fetchone()
             if row:
                 raise Conflict(f"Software {software_id} is already in project {project_id}")
             spid = self.allocate_ids()
-            db.execute("INSERT INTO software_project (id, software_id, project_id, created) VALUES (?, ?, ?, ?)",
-                       (spid, software_id, project_id, now_ms()))
+            db.execute(
+                "INSERT INTO software_project (id, software_id, project_id, created) VALUES (?, ?, ?, ?)",
+                (spid, software_id, project_id, now_ms()),
+            )
         return self.get_software_project(spid)
 
     def ensure_software_project(self, software_id: int, project_id: int) -> None:
-        if not self._scalar("SELECT 1 FROM software_project WHERE software_id = ? AND project_id = ?",
-                            (software_id, project_id)):
+        if not self._scalar(
+            "SELECT 1 FROM software_project WHERE software_id = ? AND project_id = ?", (software_id, project_id)
+        ):
             self.add_software_project(software_id, project_id)
 
     def get_software_project(self, sp_id: int) -> Row:
@@ -1427,8 +1679,9 @@ class CytomineStore:
         return row
 
     # ------------------------------------------------------------------ jobs
-    def create_job(self, project_id: object, software_id: object, launcher: Row,
-                   parameters: Iterable[tuple[int, object]] = ()) -> tuple[Row, Row]:
+    def create_job(
+        self, project_id: object, software_id: object, launcher: Row, parameters: Iterable[tuple[int, object]] = ()
+    ) -> tuple[Row, Row]:
         """A job, its own user (with its own keys) and its parameters, as the core's JobService.add."""
         pid = as_int(project_id, "project")
         sid = as_int(software_id, "software")
@@ -1439,11 +1692,17 @@ class CytomineStore:
         if launcher["algo"]:
             raise Forbidden("A job user cannot launch another job")
         with self.transaction() as db:
-            number = 1 + int(db.execute("SELECT coalesce(max(number), 0) FROM job WHERE software_id = ? AND project_id = ?",
-                                        (sid, pid)).fetchone()[0])
+            number = 1 + int(
+                db.execute(
+                    "SELECT coalesce(max(number), 0) FROM job WHERE software_id = ? AND project_id = ?", (sid, pid)
+                ).fetchone()[0]
+            )
             jid = self.allocate_ids()
-            db.execute("INSERT INTO job (id, software_id, project_id, number, status, progress, created) VALUES (?, ?, ?, ?, 0, 0, ?)",
-                       (jid, sid, pid, number, now_ms()))
+            db.execute(
+                "INSERT INTO job (id, software_id, project_id, number, status, progress, created)"
+                " VALUES (?, ?, ?, ?, 0, 0, ?)",
+                (jid, sid, pid, number, now_ms()),
+            )
             job = self.get_job(jid)
             user_job = self.create_job_user(job, launcher)
             for parameter_id, value in parameters:
@@ -1493,11 +1752,20 @@ class CytomineStore:
         except (TypeError, ValueError):
             raise BadRequest(f"Invalid job rate {rate!r}: a number is expected") from None
         with self.transaction() as db:
-            db.execute("UPDATE job SET status = ?, progress = ?, status_comment = ?, rate = ?, data_deleted = ?, favorite = ?,"
-                       " updated = ? WHERE id = ?",
-                       (status, progress, None if comment is None else str(comment), rate,
-                        int(as_bool(data.get("dataDeleted", job["data_deleted"]))),
-                        int(as_bool(data.get("favorite", job["favorite"]))), now_ms(), job_id))
+            db.execute(
+                "UPDATE job SET status = ?, progress = ?, status_comment = ?, rate = ?, data_deleted = ?, favorite = ?,"
+                " updated = ? WHERE id = ?",
+                (
+                    status,
+                    progress,
+                    None if comment is None else str(comment),
+                    rate,
+                    int(as_bool(data.get("dataDeleted", job["data_deleted"]))),
+                    int(as_bool(data.get("favorite", job["favorite"]))),
+                    now_ms(),
+                    job_id,
+                ),
+            )
         return self.get_job(job_id)
 
     def set_job_status(self, job_id: int, status: int, comment: str | None = None, progress: int | None = None) -> Row:
@@ -1530,18 +1798,24 @@ class CytomineStore:
             raise BadRequest(f"Software parameter {spid} does not belong to the software of job {jid}")
         text = _value_to_text(value)
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM job_parameter WHERE job_id = ? AND software_parameter_id = ?", (jid, spid)).fetchone()
+            row = db.execute(
+                "SELECT id FROM job_parameter WHERE job_id = ? AND software_parameter_id = ?", (jid, spid)
+            ).fetchone()
             if row:
                 raise Conflict(f"Job {jid} already has a value for parameter {param['name']!r}")
             jpid = self.allocate_ids()
-            db.execute("INSERT INTO job_parameter (id, job_id, software_parameter_id, value, created) VALUES (?, ?, ?, ?, ?)",
-                       (jpid, jid, spid, text, now_ms()))
+            db.execute(
+                "INSERT INTO job_parameter (id, job_id, software_parameter_id, value, created) VALUES (?, ?, ?, ?, ?)",
+                (jpid, jid, spid, text, now_ms()),
+            )
         return self.get_job_parameter(jpid)
 
     def get_job_parameter(self, jp_id: int) -> Row:
         row = self._one(
             "SELECT jp.*, sp.name, sp.human_name, sp.type, sp.idx, sp.uri, sp.uri_print, sp.uri_sort"
-            " FROM job_parameter jp JOIN software_parameter sp ON sp.id = jp.software_parameter_id WHERE jp.id = ?", (jp_id,))
+            " FROM job_parameter jp JOIN software_parameter sp ON sp.id = jp.software_parameter_id WHERE jp.id = ?",
+            (jp_id,),
+        )
         if row is None:
             raise NotFound(f"JobParameter {jp_id} not found")
         return row
@@ -1551,14 +1825,21 @@ class CytomineStore:
         return self._all(
             "SELECT jp.*, sp.name, sp.human_name, sp.type, sp.idx, sp.uri, sp.uri_print, sp.uri_sort"
             " FROM job_parameter jp JOIN software_parameter sp ON sp.id = jp.software_parameter_id"
-            " WHERE jp.job_id = ? ORDER BY jp.created, jp.id", (job_id,))
+            " WHERE jp.job_id = ? ORDER BY jp.created, jp.id",
+            (job_id,),
+        )
 
     def set_job_parameter(self, job_id: int, software_parameter_id: int, value: object) -> None:
         """Insert or replace a job parameter (used when the server fills set-by-server values)."""
         with self.transaction() as db:
-            db.execute("DELETE FROM job_parameter WHERE job_id = ? AND software_parameter_id = ?", (job_id, software_parameter_id))
-            db.execute("INSERT INTO job_parameter (id, job_id, software_parameter_id, value, created) VALUES (?, ?, ?, ?, ?)",
-                       (self.allocate_ids(), job_id, software_parameter_id, _value_to_text(value), now_ms()))
+            db.execute(
+                "DELETE FROM job_parameter WHERE job_id = ? AND software_parameter_id = ?",
+                (job_id, software_parameter_id),
+            )
+            db.execute(
+                "INSERT INTO job_parameter (id, job_id, software_parameter_id, value, created) VALUES (?, ?, ?, ?, ?)",
+                (self.allocate_ids(), job_id, software_parameter_id, _value_to_text(value), now_ms()),
+            )
 
     def create_job_data(self, job_id: object, key: object, filename: object) -> Row:
         jid = as_int(job_id, "job")
@@ -1567,9 +1848,16 @@ class CytomineStore:
         self.get_job(jid)
         with self.transaction() as db:
             did = self.allocate_ids()
-            db.execute("INSERT INTO job_data (id, job_id, key, filename, size, created) VALUES (?, ?, ?, ?, 0, ?)",
-                       (did, jid, None if key is None else str(key),
-                        None if filename is None else os.path.basename(str(filename)), now_ms()))
+            db.execute(
+                "INSERT INTO job_data (id, job_id, key, filename, size, created) VALUES (?, ?, ?, ?, 0, ?)",
+                (
+                    did,
+                    jid,
+                    None if key is None else str(key),
+                    None if filename is None else os.path.basename(str(filename)),
+                    now_ms(),
+                ),
+            )
         return self.get_job_data(did)
 
     def get_job_data(self, data_id: int) -> Row:
@@ -1588,8 +1876,10 @@ class CytomineStore:
         folder = self.files.folder("jobdata", data_id)
         (folder / name).write_bytes(data)
         with self.transaction() as db:
-            db.execute("UPDATE job_data SET storage = ?, size = ?, filename = ?, updated = ? WHERE id = ?",
-                       (str(folder / name), len(data), name, now_ms(), data_id))
+            db.execute(
+                "UPDATE job_data SET storage = ?, size = ?, filename = ?, updated = ? WHERE id = ?",
+                (str(folder / name), len(data), name, now_ms(), data_id),
+            )
         return self.get_job_data(data_id)
 
     def delete_job_data(self, data_id: int) -> Row:
@@ -1601,8 +1891,9 @@ class CytomineStore:
         return row
 
     # ------------------------------------------------------------------ bulk import
-    def bulk_import(self, project_id: int, images: Sequence[ImportedImage], user: Row, *,
-                    skip_existing: bool = True) -> dict[str, int]:
+    def bulk_import(
+        self, project_id: int, images: Sequence[ImportedImage], user: Row, *, skip_existing: bool = True
+    ) -> dict[str, int]:
         """Add images and their annotations to a project in one transaction (importers).
 
         Labels become terms of the project's ontology (created when missing). Geometries are in
@@ -1617,21 +1908,26 @@ class CytomineStore:
             terms = {r["name"]: r["id"] for r in self.list_terms(ontology=project["ontology_id"])}
             for item in images:
                 abstract = self.add_abstract_image(item.path, user_id=user["id"])
-                present = db.execute("SELECT id FROM image_instance WHERE base_image_id = ? AND project_id = ?",
-                                     (abstract["id"], project_id)).fetchone()
+                present = db.execute(
+                    "SELECT id FROM image_instance WHERE base_image_id = ? AND project_id = ?",
+                    (abstract["id"], project_id),
+                ).fetchone()
                 if present and skip_existing:
                     summary["skipped_images"] += 1
                     continue
                 image = self.add_image_instance(abstract["id"], project_id, user["id"])
                 summary["images"] += 1
-                rows, term_rows = [], []
+                rows = []
                 for label, geometry in item.annotations:
                     if label not in terms:
                         terms[label] = self.create_term(label, project["ontology_id"])["id"]
                         summary["terms"] += 1
                     try:
-                        shape = geo.stats(geo.clip_to_image(geo.image_to_cytomine(geometry, image["height"]),
-                                                            image["width"], image["height"]))
+                        shape = geo.stats(
+                            geo.clip_to_image(
+                                geo.image_to_cytomine(geometry, image["height"]), image["width"], image["height"]
+                            )
+                        )
                     except BadRequest as exc:
                         logger.warning("%s: annotation %r refused: %s", item.path.name, label, exc.message)
                         summary["refused_annotations"] += 1
@@ -1642,16 +1938,40 @@ class CytomineStore:
                 first = self.allocate_ids(2 * len(rows))
                 created = now_ms()
                 db.executemany(
-                    "INSERT INTO annotation (id, kind, image_id, slice_id, project_id, user_id, location, geometry_compression,"
-                    " area, perimeter, cx, cy, minx, miny, maxx, maxy, created) VALUES (?, 'user', ?, ?, ?, ?, ?, 0, ?, ?, ?,"
-                    " ?, ?, ?, ?, ?, ?)",
-                    [(first + 2 * k, image["id"], image["slice_id"], project_id, user["id"], s.wkt, s.area, s.perimeter,
-                      s.centroid_x, s.centroid_y, s.minx, s.miny, s.maxx, s.maxy, created) for k, (s, _) in enumerate(rows)])
-                term_rows = [(first + 2 * k + 1, first + 2 * k, tid, user["id"], created) for k, (_, tid) in enumerate(rows)]
-                db.executemany("INSERT INTO annotation_term (id, annotation_id, term_id, user_id, created) VALUES (?, ?, ?, ?, ?)",
-                               term_rows)
+                    _INSERT_ANNOTATION,
+                    [
+                        _annotation_values(first + 2 * k, "user", image, user["id"], s, created)
+                        for k, (s, _) in enumerate(rows)
+                    ],
+                )
+                db.executemany(
+                    _INSERT_ANNOTATION_TERM,
+                    [(first + 2 * k + 1, first + 2 * k, tid, user["id"], created) for k, (_, tid) in enumerate(rows)],
+                )
                 summary["annotations"] += len(rows)
         return summary
+
+
+def _annotation_values(aid: int, kind: str, image: Row, user_id: int, shape: geo.GeometryStats, created: int) -> tuple:
+    """The values of :data:`_INSERT_ANNOTATION` for one annotation."""
+    return (
+        aid,
+        kind,
+        image["id"],
+        image["slice_id"],
+        image["project_id"],
+        user_id,
+        shape.wkt,
+        shape.area,
+        shape.perimeter,
+        shape.centroid_x,
+        shape.centroid_y,
+        shape.minx,
+        shape.miny,
+        shape.maxx,
+        shape.maxy,
+        created,
+    )
 
 
 def _json_or_none(value: object) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,11 +42,26 @@ logger = logging.getLogger("mtdp_core.server.requests")
 
 PUBLIC_PATHS = frozenset({"/server/ping", "/server/ping.json", "/api/server/ping.json"})
 #: Show-group switches of annotation listings and the groups they select (ParamsService).
-SHOW_GROUPS = {"showBasic": "basic", "showMeta": "meta", "showWKT": "wkt", "showGIS": "gis", "showTerm": "term",
-               "showImage": "image", "showAlgo": "algo", "showUser": "user", "showSlice": "slice",
-               "showTrack": "track", "showImageGroup": "imageGroup", "showLink": "group"}
-ANNOTATION_DOMAINS = {"annotation": None, "userannotation": "user", "algoannotation": "algo",
-                      "reviewedannotation": "reviewed"}
+SHOW_GROUPS = {
+    "showBasic": "basic",
+    "showMeta": "meta",
+    "showWKT": "wkt",
+    "showGIS": "gis",
+    "showTerm": "term",
+    "showImage": "image",
+    "showAlgo": "algo",
+    "showUser": "user",
+    "showSlice": "slice",
+    "showTrack": "track",
+    "showImageGroup": "imageGroup",
+    "showLink": "group",
+}
+ANNOTATION_DOMAINS = {
+    "annotation": None,
+    "userannotation": "user",
+    "algoannotation": "algo",
+    "reviewedannotation": "reviewed",
+}
 
 
 class Launcher(Protocol):
@@ -72,12 +88,20 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 
 def _body() -> Any:
-    if not request.data:
+    """The JSON body; a form-encoded body (some client helpers post dicts that way) as a dict."""
+    raw = request.get_data(cache=True)
+    if not raw:
         return {}
     try:
-        return json.loads(request.data)
+        return json.loads(raw)
     except ValueError:
-        raise BadRequest("The request body is not valid JSON") from None
+        # Annotation.review() posts a dict through requests' data=, i.e. form-encoded, under a JSON
+        # content type: read it as a form.
+        try:
+            form = urllib.parse.parse_qs(raw.decode("utf-8"), strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("The request body is not valid JSON") from None
+        return {key: (values if len(values) > 1 else values[0]) for key, values in form.items()}
 
 
 def _body_dict() -> dict[str, Any]:
@@ -145,18 +169,27 @@ def create_app(backend: Backend) -> Flask:
             return
         credentials = parse_authorization(request.headers.get("authorization"))
         if credentials is None:
-            raise Unauthorized("Authentication required: sign the request with your API keys "
-                               "(header 'authorization: CYTOMINE <public key>:<signature>')")
+            raise Unauthorized(
+                "Authentication required: sign the request with your API keys "
+                "(header 'authorization: CYTOMINE <public key>:<signature>')"
+            )
         public_key, received = credentials
         user = store.find_user_by_public_key(public_key)
         if user is None:
-            raise Unauthorized(f"Unknown public key {public_key[:8]}...: use the keys printed by 'mtdp server serve' "
-                               "or created by 'mtdp server user add'")
+            raise Unauthorized(
+                f"Unknown public key {public_key[:8]}...: use the keys printed by 'mtdp server serve' "
+                "or created by 'mtdp server user add'"
+            )
         path_and_query = request.environ.get("RAW_URI") or request.full_path.rstrip("?")
-        if not verify(user["private_key"], received, method=request.method,
-                      content_md5=request.headers.get("content-md5", ""),
-                      content_type=request.headers.get("content-type", ""),
-                      date=request.headers.get("date", ""), path_and_query=path_and_query):
+        if not verify(
+            user["private_key"],
+            received,
+            method=request.method,
+            content_md5=request.headers.get("content-md5", ""),
+            content_type=request.headers.get("content-type", ""),
+            date=request.headers.get("date", ""),
+            path_and_query=path_and_query,
+        ):
             raise Unauthorized("Bad request signature: check the private key and the 'date' header")
         g.user = user
 
@@ -203,8 +236,15 @@ def _register_server_and_users(app: Flask, backend: Backend, base_url: Callable[
     @app.route("/server/ping.json", methods=["GET", "POST"])
     @app.route("/api/server/ping.json", methods=["GET", "POST"])
     def ping() -> Response:
-        return _json({"alive": True, "authenticated": False, "version": SERVER_VERSION, "serverURL": base_url(),
-                      "serverID": "mtdp-local"})
+        return _json(
+            {
+                "alive": True,
+                "authenticated": False,
+                "version": SERVER_VERSION,
+                "serverURL": base_url(),
+                "serverID": "mtdp-local",
+            }
+        )
 
     def user_json(row: Row, current: bool = False) -> dict[str, Any]:
         return R.user(row, viewer=_user(), store=store, current=current)
@@ -225,10 +265,21 @@ def _register_server_and_users(app: Flask, backend: Backend, base_url: Callable[
     def add_user() -> Response:
         _require_admin()
         data = _body_dict()
-        row = store.create_user(data.get("username", ""), firstname=data.get("firstname"), lastname=data.get("lastname"),
-                                email=data.get("email"), admin=as_bool(data.get("admin")))
-        return _json(R.command(["user"], R.user(row, viewer=row, store=store), f"User {row['username']} added",
-                               "be.cytomine.AddUserCommand"))
+        row = store.create_user(
+            data.get("username", ""),
+            firstname=data.get("firstname"),
+            lastname=data.get("lastname"),
+            email=data.get("email"),
+            admin=as_bool(data.get("admin")),
+        )
+        return _json(
+            R.command(
+                ["user"],
+                R.user(row, viewer=row, store=store),
+                f"User {row['username']} added",
+                "be.cytomine.AddUserCommand",
+            )
+        )
 
     @app.get("/api/user/<int:user_id>.json")
     @app.get("/api/userJob/<int:user_id>.json")
@@ -243,11 +294,23 @@ def _register_server_and_users(app: Flask, backend: Backend, base_url: Callable[
         row = store.get_user(user_id)
         data = _body_dict()
         with store.transaction() as db:
-            db.execute("UPDATE sec_user SET firstname = ?, lastname = ?, email = ? WHERE id = ?",
-                       (data.get("firstname", row["firstname"]), data.get("lastname", row["lastname"]),
-                        data.get("email", row["email"]), user_id))
-        return _json(R.command(["user"], user_json(store.get_user(user_id)), f"User {row['username']} updated",
-                               "be.cytomine.EditUserCommand"))
+            db.execute(
+                "UPDATE sec_user SET firstname = ?, lastname = ?, email = ? WHERE id = ?",
+                (
+                    data.get("firstname", row["firstname"]),
+                    data.get("lastname", row["lastname"]),
+                    data.get("email", row["email"]),
+                    user_id,
+                ),
+            )
+        return _json(
+            R.command(
+                ["user"],
+                user_json(store.get_user(user_id)),
+                f"User {row['username']} updated",
+                "be.cytomine.EditUserCommand",
+            )
+        )
 
     @app.get("/api/user/<int:user_id>/keys.json")
     def user_keys(user_id: int) -> Response:
@@ -283,8 +346,13 @@ def _register_server_and_users(app: Flask, backend: Backend, base_url: Callable[
         # Every user of the local server can open every project: membership is accepted and kept implicit.
         store.get_project(project_id)
         store.get_user(user_id)
-        return _json({"message": f"User {user_id} and project {project_id}: every user can access every project "
-                                 "of the local server", "status": 200})
+        return _json(
+            {
+                "message": f"User {user_id} and project {project_id}: every user can access every project "
+                "of the local server",
+                "status": 200,
+            }
+        )
 
 
 # ---------------------------------------------------------------------- ontologies, terms, projects
@@ -302,8 +370,11 @@ def _register_ontology_and_projects(app: Flask, backend: Backend) -> None:
     @app.post("/api/ontology.json")
     def add_ontology() -> Response:
         row = store.create_ontology(_body_dict().get("name"), _user()["id"])
-        return _json(R.command(["ontology"], ontology_json(row), f"Ontology {row['name']} added",
-                               "be.cytomine.AddOntologyCommand"))
+        return _json(
+            R.command(
+                ["ontology"], ontology_json(row), f"Ontology {row['name']} added", "be.cytomine.AddOntologyCommand"
+            )
+        )
 
     @app.get("/api/ontology/<int:ontology_id>.json")
     def get_ontology(ontology_id: int) -> Response:
@@ -312,14 +383,23 @@ def _register_ontology_and_projects(app: Flask, backend: Backend) -> None:
     @app.put("/api/ontology/<int:ontology_id>.json")
     def update_ontology(ontology_id: int) -> Response:
         row = store.update_ontology(ontology_id, _body_dict().get("name"))
-        return _json(R.command(["ontology"], ontology_json(row), f"Ontology {row['name']} updated",
-                               "be.cytomine.EditOntologyCommand"))
+        return _json(
+            R.command(
+                ["ontology"], ontology_json(row), f"Ontology {row['name']} updated", "be.cytomine.EditOntologyCommand"
+            )
+        )
 
     @app.delete("/api/ontology/<int:ontology_id>.json")
     def delete_ontology(ontology_id: int) -> Response:
         row = store.delete_ontology(ontology_id)
-        return _json(R.command(["ontology"], R.ontology(row, []), f"Ontology {row['name']} deleted",
-                               "be.cytomine.DeleteOntologyCommand"))
+        return _json(
+            R.command(
+                ["ontology"],
+                R.ontology(row, []),
+                f"Ontology {row['name']} deleted",
+                "be.cytomine.DeleteOntologyCommand",
+            )
+        )
 
     @app.get("/api/term.json")
     def list_terms() -> Response:
@@ -336,8 +416,9 @@ def _register_ontology_and_projects(app: Flask, backend: Backend) -> None:
     @app.post("/api/term.json")
     def add_term() -> Response:
         data = _body_dict()
-        row = store.create_term(data.get("name"), data.get("ontology"), data.get("color"), data.get("comment"),
-                                data.get("parent"))
+        row = store.create_term(
+            data.get("name"), data.get("ontology"), data.get("color"), data.get("comment"), data.get("parent")
+        )
         return _json(R.command(["term"], R.term(row), f"Term {row['name']} added", "be.cytomine.AddTermCommand"))
 
     @app.get("/api/term/<int:term_id>.json")
@@ -380,8 +461,11 @@ def _register_ontology_and_projects(app: Flask, backend: Backend) -> None:
     def add_project() -> Response:
         data = _body_dict()
         row = store.create_project(data.get("name"), data.get("ontology"), _user()["id"])
-        return _json(R.command(["project"], project_json([row])[0], f"Project {row['name']} added",
-                               "be.cytomine.AddProjectCommand"))
+        return _json(
+            R.command(
+                ["project"], project_json([row])[0], f"Project {row['name']} added", "be.cytomine.AddProjectCommand"
+            )
+        )
 
     @app.get("/api/project/<int:project_id>.json")
     def get_project(project_id: int) -> Response:
@@ -390,14 +474,23 @@ def _register_ontology_and_projects(app: Flask, backend: Backend) -> None:
     @app.put("/api/project/<int:project_id>.json")
     def update_project(project_id: int) -> Response:
         row = store.update_project(project_id, _body_dict())
-        return _json(R.command(["project"], project_json([row])[0], f"Project {row['name']} updated",
-                               "be.cytomine.EditProjectCommand"))
+        return _json(
+            R.command(
+                ["project"], project_json([row])[0], f"Project {row['name']} updated", "be.cytomine.EditProjectCommand"
+            )
+        )
 
     @app.delete("/api/project/<int:project_id>.json")
     def delete_project(project_id: int) -> Response:
         row = store.delete_project(project_id)
-        return _json(R.command(["project"], R.project(row, {}, None), f"Project {row['name']} deleted",
-                               "be.cytomine.DeleteProjectCommand"))
+        return _json(
+            R.command(
+                ["project"],
+                R.project(row, {}, None),
+                f"Project {row['name']} deleted",
+                "be.cytomine.DeleteProjectCommand",
+            )
+        )
 
 
 # ---------------------------------------------------------------------- images
@@ -429,14 +522,26 @@ def _register_images(app: Flask, backend: Backend, base_url: Callable[[], str]) 
         if base_image is None or project is None:
             raise BadRequest("An image instance needs 'baseImage' (an abstract image id) and 'project'")
         row = store.add_image_instance(base_image, project, _user()["id"], data.get("instanceFilename"))
-        return _json(R.command(["imageinstance"], image_json([row])[0], f"Image {row['instance_filename']} added",
-                               "be.cytomine.AddImageInstanceCommand"))
+        return _json(
+            R.command(
+                ["imageinstance"],
+                image_json([row])[0],
+                f"Image {row['instance_filename']} added",
+                "be.cytomine.AddImageInstanceCommand",
+            )
+        )
 
     @app.delete("/api/imageinstance/<int:image_id>.json")
     def delete_image(image_id: int) -> Response:
         row = store.delete_image(image_id)
-        return _json(R.command(["imageinstance"], R.image_instance(row, base_url(), 0), f"Image {image_id} deleted",
-                               "be.cytomine.DeleteImageInstanceCommand"))
+        return _json(
+            R.command(
+                ["imageinstance"],
+                R.image_instance(row, base_url(), 0),
+                f"Image {image_id} deleted",
+                "be.cytomine.DeleteImageInstanceCommand",
+            )
+        )
 
     @app.get("/api/abstractimage.json")
     def list_abstract_images() -> Response:
@@ -475,15 +580,26 @@ def _register_images(app: Flask, backend: Backend, base_url: Callable[[], str]) 
     def abstract_thumb(abstract_id: int, fmt: str) -> Response:
         return thumb(store.get_abstract_image(abstract_id)["path"], 512, fmt)
 
-    @app.route("/api/imageinstance/<int:image_id>/window-<int(signed=True):x>-<int(signed=True):y>-<int:w>-<int:h>.<fmt>",
-               methods=["GET", "POST"])
-    @app.route("/api/imageinstance/<int:image_id>/camera-<int(signed=True):x>-<int(signed=True):y>-<int:w>-<int:h>.<fmt>",
-               methods=["GET", "POST"])
+    @app.route(
+        "/api/imageinstance/<int:image_id>/window-<int(signed=True):x>-<int(signed=True):y>-<int:w>-<int:h>.<fmt>",
+        methods=["GET", "POST"],
+    )
+    @app.route(
+        "/api/imageinstance/<int:image_id>/camera-<int(signed=True):x>-<int(signed=True):y>-<int:w>-<int:h>.<fmt>",
+        methods=["GET", "POST"],
+    )
     def image_window(image_id: int, x: int, y: int, w: int, h: int, fmt: str) -> Response:
         image = store.get_image(image_id)
-        data, mime = render_window(cache.get(image["path"]), x, y, w, h, fmt,
-                                   with_exterior=as_bool(request.args.get("withExterior")),
-                                   max_size=_arg_int("maxSize"))
+        data, mime = render_window(
+            cache.get(image["path"]),
+            x,
+            y,
+            w,
+            h,
+            fmt,
+            with_exterior=as_bool(request.args.get("withExterior")),
+            max_size=_arg_int("maxSize"),
+        )
         return _image_response(data, mime)
 
     @app.route("/api/imageinstance/<int:image_id>/crop.<fmt>", methods=["GET", "POST"])
@@ -499,8 +615,9 @@ def _register_images(app: Flask, backend: Backend, base_url: Callable[[], str]) 
     @app.get("/api/abstractimage/<int:abstract_id>/download")
     def download_image(image_id: int | None = None, abstract_id: int | None = None) -> Response:
         row = store.get_image(image_id) if image_id is not None else store.get_abstract_image(abstract_id)  # type: ignore[arg-type]
-        return send_file(row["path"], as_attachment=True, download_name=row["original_filename"], conditional=False,
-                         etag=False)
+        return send_file(
+            row["path"], as_attachment=True, download_name=row["original_filename"], conditional=False, etag=False
+        )
 
 
 def _crop_options(config: ServerConfig, kind: str, fmt: str) -> CropOptions:
@@ -539,17 +656,19 @@ def _show_groups(params: dict[str, Any]) -> set[str]:
 
 
 def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], str]) -> None:
-    store, cache = backend.store, backend.cache
+    store = backend.store
 
     def listing_params() -> dict[str, Any]:
         params: dict[str, Any] = dict(request.args.items())
-        if request.method == "POST" and request.data:
+        if request.method == "POST" and request.get_data(cache=True):
             params.update({k: v for k, v in _body_dict().items() if v is not None})
         return params
 
     def build_queries(params: dict[str, Any]) -> list[AnnotationQuery]:
         """The listings a request asks for, as the core's AnnotationListingBuilder decides."""
-        users = list(dict.fromkeys((parse_id_list(params.get("user")) or []) + (parse_id_list(params.get("users")) or [])))
+        users = list(
+            dict.fromkeys((parse_id_list(params.get("user")) or []) + (parse_id_list(params.get("users")) or []))
+        )
         job = as_int(params.get("job"), "job")
         if job is not None:
             job_user = store.job_user(job)
@@ -559,9 +678,12 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         images = (parse_id_list(params.get("image")) or []) + (parse_id_list(params.get("images")) or [])
         slices = (parse_id_list(params.get("slice")) or []) + (parse_id_list(params.get("slices")) or [])
         terms = (parse_id_list(params.get("term")) or []) + (parse_id_list(params.get("terms")) or [])
-        suggested = (parse_id_list(params.get("suggestedTerm")) or []) + (parse_id_list(params.get("suggestedTerms")) or [])
-        for_term_algo = ((parse_id_list(params.get("userForTermAlgo")) or [])
-                         + (parse_id_list(params.get("usersForTermAlgo")) or []))
+        suggested = (parse_id_list(params.get("suggestedTerm")) or []) + (
+            parse_id_list(params.get("suggestedTerms")) or []
+        )
+        for_term_algo = (parse_id_list(params.get("userForTermAlgo")) or []) + (
+            parse_id_list(params.get("usersForTermAlgo")) or []
+        )
         job_for_term_algo = as_int(params.get("jobForTermAlgo"), "jobForTermAlgo")
         if job_for_term_algo is not None:
             job_user = store.job_user(job_for_term_algo)
@@ -577,24 +699,40 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         if params.get("bbox"):
             bbox = parse_bbox(str(params["bbox"]))
         elif params.get("bboxAnnotation"):
-            bbox = shapely.from_wkt(store.get_annotation(as_int(params["bboxAnnotation"], "bboxAnnotation"))["location"])  # type: ignore[arg-type]
+            bbox = shapely.from_wkt(
+                store.get_annotation(as_int(params["bboxAnnotation"], "bboxAnnotation"))["location"]
+            )  # type: ignore[arg-type]
         common = dict(
-            project=project, images=images or None, slices=slices or None, users=users or None,
-            no_term=as_bool(params.get("noTerm")), multiple_term=as_bool(params.get("multipleTerm")),
-            no_algo_term=as_bool(params.get("noAlgoTerm")), review_users=parse_id_list(params.get("reviewUsers")),
-            not_reviewed_only=as_bool(params.get("notReviewedOnly")), bbox=bbox,
-            after=as_int(params.get("afterThan"), "afterThan"), before=as_int(params.get("beforeThan"), "beforeThan"),
+            project=project,
+            images=images or None,
+            slices=slices or None,
+            users=users or None,
+            no_term=as_bool(params.get("noTerm")),
+            multiple_term=as_bool(params.get("multipleTerm")),
+            no_algo_term=as_bool(params.get("noAlgoTerm")),
+            review_users=parse_id_list(params.get("reviewUsers")),
+            not_reviewed_only=as_bool(params.get("notReviewedOnly")),
+            bbox=bbox,
+            after=as_int(params.get("afterThan"), "afterThan"),
+            before=as_int(params.get("beforeThan"), "beforeThan"),
             excluded=as_int(params.get("excludedAnnotation"), "excludedAnnotation"),
             users_for_term_algo=for_term_algo or None,
             with_algo_terms="algo" in _show_groups(params),
         )
         if as_bool(params.get("reviewed")):
             return [AnnotationQuery(kind="reviewed", terms=terms or None, suggested_terms=suggested or None, **common)]
-        algo_users = any(store.get_user(u)["algo"] for u in users)
+        single_user = as_int(params.get("user"), "user")
+        if single_user is not None:
+            store.get_user(single_user)  # 404 for an unknown "user", as the core; "users" are not checked
+        algo_users = any(u["algo"] for u in store.get_users(users))
         if as_bool(params.get("includeAlgo")) or algo_users:
             # The core lists algo annotations, then user annotations whose *suggested* term matches.
-            algo = AnnotationQuery(kind="algo", terms=terms or None, suggested_terms=suggested or None,
-                                   **{**common, "users_for_term_algo": None, "with_algo_terms": False})
+            algo = AnnotationQuery(
+                kind="algo",
+                terms=terms or None,
+                suggested_terms=suggested or None,
+                **{**common, "users_for_term_algo": None, "with_algo_terms": False},
+            )
             human = AnnotationQuery(kind="user", suggested_terms=(terms + suggested) or None, **common)
             return [algo, human]
         return [AnnotationQuery(kind="user", terms=terms or None, suggested_terms=suggested or None, **common)]
@@ -603,12 +741,17 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         extra: dict[int, dict[str, Any]] = {}
         if "image" in groups:
             for image in store.get_images({r["image_id"] for r in rows}):
-                extra[image["id"]] = {"originalFilename": image["original_filename"],
-                                      "instanceFilename": image["instance_filename"] or image["original_filename"]}
+                extra[image["id"]] = {
+                    "originalFilename": image["original_filename"],
+                    "instanceFilename": image["instance_filename"] or image["original_filename"],
+                }
         if "user" in groups:
             for user in store.get_users({r["user_id"] for r in rows}):
-                extra[-user["id"]] = {"creator": user["username"], "lastname": user["lastname"],
-                                      "firstname": user["firstname"]}
+                extra[-user["id"]] = {
+                    "creator": user["username"],
+                    "lastname": user["lastname"],
+                    "firstname": user["firstname"],
+                }
         return extra
 
     @app.get("/api/annotation.json")
@@ -623,7 +766,7 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         else:
             combined = [row for q in queries for row in store.list_annotations(q)[0]]
             total = len(combined)
-            rows = combined[offset:offset + max_] if max_ else combined[offset:]
+            rows = combined[offset : offset + max_] if max_ else combined[offset:]
         extras = listing_extras(rows, groups)
         items = [R.annotation_listing_item(r, groups, base_url(), extras) for r in rows]
         return _json(R.collection(items, total=total, offset=offset, max_=max_, paginated=True))
@@ -639,10 +782,15 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         else:
             raise BadRequest("Give 'geometry' (WKT) or 'annotation' (an id) to list the annotations it includes")
         users = parse_id_list(params.get("user")) or parse_id_list(params.get("users"))
-        kind = "algo" if users and any(store.get_user(u)["algo"] for u in users) else "user"
-        query = AnnotationQuery(kind=kind, images=[image["id"]], users=users, bbox=area,
-                                terms=parse_id_list(params.get("terms")),
-                                excluded=as_int(params.get("annotation"), "annotation"))
+        kind = "algo" if users and any(u["algo"] for u in store.get_users(users)) else "user"
+        query = AnnotationQuery(
+            kind=kind,
+            images=[image["id"]],
+            users=users,
+            bbox=area,
+            terms=parse_id_list(params.get("terms")),
+            excluded=as_int(params.get("annotation"), "annotation"),
+        )
         rows, _ = store.list_annotations(query)
         rows = [r for r in rows if area.covers(shapely.from_wkt(r["location"]))]
         groups = _show_groups(params)
@@ -658,7 +806,9 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         data = _body()
         user = _user()
         if request.path.endswith("/userannotation.json") and user["algo"]:
-            raise BadRequest(f"User {user['username']!r} is a job user: it creates algo annotations (POST /api/annotation.json)")
+            raise BadRequest(
+                f"User {user['username']!r} is a job user: it creates algo annotations (POST /api/annotation.json)"
+            )
         if request.path.endswith("/algoannotation.json") and not user["algo"]:
             raise BadRequest(f"User {user['username']!r} is not a job user: it creates user annotations")
         if isinstance(data, list):
@@ -669,30 +819,53 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
             if errors:
                 message += "; refused: " + " | ".join(errors)[:2000]
             # As the core: HTTP 200 whatever happened, the outcome is in the body's "status".
-            return _json({"data": {"message": message, "created": created, "errors": errors}, "status": status,
-                          "message": message})
+            return _json(
+                {
+                    "data": {"message": message, "created": created, "errors": errors},
+                    "status": status,
+                    "message": message,
+                }
+            )
         if not isinstance(data, dict):
             raise BadRequest("A JSON object (one annotation) or array (several) is expected")
         row = store.create_annotation(data, user)
-        return _json(R.command(annotation_keys(row), R.annotation(row, base_url()),
-                               f"{ANNOTATION_KINDS[row['kind']]} {row['id']} added", "be.cytomine.AddAnnotationCommand"))
+        return _json(
+            R.command(
+                annotation_keys(row),
+                R.annotation(row, base_url()),
+                f"{ANNOTATION_KINDS[row['kind']]} {row['id']} added",
+                "be.cytomine.AddAnnotationCommand",
+            )
+        )
 
     for domain, kind in ANNOTATION_DOMAINS.items():
         _register_annotation_domain(app, backend, base_url, domain, kind, annotation_keys)
 
     @app.route("/api/annotation/<int:annotation_id>/review.json", methods=["POST", "PUT"])
     def review(annotation_id: int) -> Response:
-        data = _body() if request.data else {}
+        data = _body()
         terms = data.get("terms") if isinstance(data, dict) else None
         row = store.review_annotation(annotation_id, _user(), terms)
-        return _json(R.command(["reviewedannotation", "annotation"], R.annotation(row, base_url()),
-                               f"Annotation {annotation_id} reviewed", "be.cytomine.AddReviewedAnnotationCommand"))
+        return _json(
+            R.command(
+                ["reviewedannotation", "annotation"],
+                R.annotation(row, base_url()),
+                f"Annotation {annotation_id} reviewed",
+                "be.cytomine.AddReviewedAnnotationCommand",
+            )
+        )
 
     @app.delete("/api/annotation/<int:annotation_id>/review.json")
     def unreview(annotation_id: int) -> Response:
         row = store.unreview_annotation(annotation_id, _user())
-        return _json(R.command(["reviewedannotation", "annotation"], R.annotation(row, base_url()),
-                               f"Review of annotation {annotation_id} removed", "be.cytomine.DeleteReviewedAnnotationCommand"))
+        return _json(
+            R.command(
+                ["reviewedannotation", "annotation"],
+                R.annotation(row, base_url()),
+                f"Review of annotation {annotation_id} removed",
+                "be.cytomine.DeleteReviewedAnnotationCommand",
+            )
+        )
 
     # ---- annotation terms
     @app.get("/api/annotation/<int:annotation_id>/term.json")
@@ -708,25 +881,44 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
     def add_annotation_term(annotation_id: int, term_id: int) -> Response:
         user = _user()
         if user["algo"]:
-            data = _body_dict() if request.data else {}
-            row = store.add_algo_annotation_term(annotation_id, term_id, user, expected_term=data.get("expectedTerm"),
-                                                 rate=data.get("rate"))
-            return _json(R.command(["algoannotationterm"], R.algo_annotation_term(row),
-                                   f"Algo term {term_id} added to annotation {annotation_id}",
-                                   "be.cytomine.AddAlgoAnnotationTermCommand"))
+            data = _body_dict() if request.get_data(cache=True) else {}
+            row = store.add_algo_annotation_term(
+                annotation_id, term_id, user, expected_term=data.get("expectedTerm"), rate=data.get("rate")
+            )
+            return _json(
+                R.command(
+                    ["algoannotationterm"],
+                    R.algo_annotation_term(row),
+                    f"Algo term {term_id} added to annotation {annotation_id}",
+                    "be.cytomine.AddAlgoAnnotationTermCommand",
+                )
+            )
         row = store.add_annotation_term(annotation_id, term_id, user)
-        return _json(R.command(["annotationterm"], R.annotation_term(row),
-                               f"Term {term_id} added to annotation {annotation_id}", "be.cytomine.AddAnnotationTermCommand"))
+        return _json(
+            R.command(
+                ["annotationterm"],
+                R.annotation_term(row),
+                f"Term {term_id} added to annotation {annotation_id}",
+                "be.cytomine.AddAnnotationTermCommand",
+            )
+        )
 
     @app.post("/api/annotation/<int:annotation_id>/term/<int:term_id>/clearBefore.json")
     def replace_annotation_term(annotation_id: int, term_id: int) -> Response:
         user = _user()
         if user["algo"]:
             raise BadRequest("A job user cannot delete user terms from a user annotation (clearBefore)")
-        row = store.add_annotation_term(annotation_id, term_id, user, clear_before=True,
-                                        clear_for_all=as_bool(request.args.get("clearForAll")))
-        return _json(R.command(["annotationterm"], R.annotation_term(row),
-                               f"Term {term_id} set on annotation {annotation_id}", "be.cytomine.AddAnnotationTermCommand"))
+        row = store.add_annotation_term(
+            annotation_id, term_id, user, clear_before=True, clear_for_all=as_bool(request.args.get("clearForAll"))
+        )
+        return _json(
+            R.command(
+                ["annotationterm"],
+                R.annotation_term(row),
+                f"Term {term_id} set on annotation {annotation_id}",
+                "be.cytomine.AddAnnotationTermCommand",
+            )
+        )
 
     @app.get("/api/annotation/<int:annotation_id>/term/<int:term_id>.json")
     @app.get("/api/annotation/<int:annotation_id>/term/<int:term_id>/user/<int:user_id>.json")
@@ -741,13 +933,24 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
     @app.delete("/api/annotation/<int:annotation_id>/term/<int:term_id>/user/<int:user_id>.json")
     def delete_annotation_term(annotation_id: int, term_id: int, user_id: int | None = None) -> Response:
         row = store.delete_annotation_term(annotation_id, term_id, _user(), user_id)
-        return _json(R.command(["annotationterm"], R.annotation_term(row),
-                               f"Term {term_id} removed from annotation {annotation_id}",
-                               "be.cytomine.DeleteAnnotationTermCommand"))
+        return _json(
+            R.command(
+                ["annotationterm"],
+                R.annotation_term(row),
+                f"Term {term_id} removed from annotation {annotation_id}",
+                "be.cytomine.DeleteAnnotationTermCommand",
+            )
+        )
 
 
-def _register_annotation_domain(app: Flask, backend: Backend, base_url: Callable[[], str], domain: str,
-                                kind: str | None, annotation_keys: Callable[[Row], list[str]]) -> None:
+def _register_annotation_domain(
+    app: Flask,
+    backend: Backend,
+    base_url: Callable[[], str],
+    domain: str,
+    kind: str | None,
+    annotation_keys: Callable[[Row], list[str]],
+) -> None:
     """GET/PUT/DELETE and crops of ``/api/{annotation|userannotation|algoannotation|reviewedannotation}/{id}``."""
     store, cache = backend.store, backend.cache
 
@@ -757,13 +960,25 @@ def _register_annotation_domain(app: Flask, backend: Backend, base_url: Callable
     def update_one(annotation_id: int) -> Response:
         store.get_annotation(annotation_id, kind)
         row = store.update_annotation(annotation_id, _body_dict(), _user())
-        return _json(R.command(annotation_keys(row), R.annotation(row, base_url()),
-                               f"{ANNOTATION_KINDS[row['kind']]} {annotation_id} updated", "be.cytomine.EditAnnotationCommand"))
+        return _json(
+            R.command(
+                annotation_keys(row),
+                R.annotation(row, base_url()),
+                f"{ANNOTATION_KINDS[row['kind']]} {annotation_id} updated",
+                "be.cytomine.EditAnnotationCommand",
+            )
+        )
 
     def delete_one(annotation_id: int) -> Response:
         row = store.delete_annotation(annotation_id, _user(), kind)
-        return _json(R.command(annotation_keys(row), R.annotation(row, base_url()),
-                               f"{ANNOTATION_KINDS[row['kind']]} {annotation_id} deleted", "be.cytomine.DeleteAnnotationCommand"))
+        return _json(
+            R.command(
+                annotation_keys(row),
+                R.annotation(row, base_url()),
+                f"{ANNOTATION_KINDS[row['kind']]} {annotation_id} deleted",
+                "be.cytomine.DeleteAnnotationCommand",
+            )
+        )
 
     def crop_one(annotation_id: int, fmt: str, crop_kind: str = "crop") -> Response:
         row = store.get_annotation(annotation_id, kind)
@@ -777,15 +992,22 @@ def _register_annotation_domain(app: Flask, backend: Backend, base_url: Callable
     app.add_url_rule(f"{prefix}.json", f"{domain}_put", update_one, methods=["PUT"])
     app.add_url_rule(f"{prefix}.json", f"{domain}_delete", delete_one, methods=["DELETE"])
     for crop_kind in ("crop", "mask", "alphamask"):
-        app.add_url_rule(f"{prefix}/{crop_kind}.<fmt>", f"{domain}_{crop_kind}",
-                         lambda annotation_id, fmt, _k=crop_kind: crop_one(annotation_id, fmt, _k), methods=["GET", "POST"])
+        app.add_url_rule(
+            f"{prefix}/{crop_kind}.<fmt>",
+            f"{domain}_{crop_kind}",
+            lambda annotation_id, fmt, _k=crop_kind: crop_one(annotation_id, fmt, _k),
+            methods=["GET", "POST"],
+        )
 
 
 # ---------------------------------------------------------------------- properties, files, descriptions
 def _register_meta(app: Flask, backend: Backend, base_url: Callable[[], str]) -> None:
     store = backend.store
-    shortcuts = {"annotation": "be.cytomine.ontology.AnnotationDomain", "project": CLASS_NAMES["project"],
-                 "imageinstance": CLASS_NAMES["imageinstance"]}
+    shortcuts = {
+        "annotation": "be.cytomine.ontology.AnnotationDomain",
+        "project": CLASS_NAMES["project"],
+        "imageinstance": CLASS_NAMES["imageinstance"],
+    }
 
     def domain_of(cls: str | None, shortcut: str | None) -> str:
         return shortcuts[shortcut] if shortcut else str(cls)
@@ -796,7 +1018,9 @@ def _register_meta(app: Flask, backend: Backend, base_url: Callable[[], str]) ->
     def add_property(ident: int, cls: str | None = None, shortcut: str | None = None) -> Response:
         data = _body_dict()
         row = store.add_property(domain_of(cls, shortcut), ident, data.get("key"), data.get("value"))
-        return _json(R.command(["property"], R.property_(row), f"Property {row['key']} added", "be.cytomine.AddPropertyCommand"))
+        return _json(
+            R.command(["property"], R.property_(row), f"Property {row['key']} added", "be.cytomine.AddPropertyCommand")
+        )
 
     def one_property(ident: int, property_id: int, cls: str | None = None, shortcut: str | None = None) -> Response:
         canonical = store.resolve_domain(domain_of(cls, shortcut), ident)
@@ -805,27 +1029,54 @@ def _register_meta(app: Flask, backend: Backend, base_url: Callable[[], str]) ->
             raise NotFound(f"Property {property_id} not found on {canonical.rsplit('.', 1)[-1]} {ident}")
         if request.method == "PUT":
             row = store.update_property(property_id, _body_dict())
-            return _json(R.command(["property"], R.property_(row), f"Property {row['key']} updated",
-                                   "be.cytomine.EditPropertyCommand"))
+            return _json(
+                R.command(
+                    ["property"], R.property_(row), f"Property {row['key']} updated", "be.cytomine.EditPropertyCommand"
+                )
+            )
         if request.method == "DELETE":
             row = store.delete_property(property_id)
-            return _json(R.command(["property"], R.property_(row), f"Property {row['key']} deleted",
-                                   "be.cytomine.DeletePropertyCommand"))
+            return _json(
+                R.command(
+                    ["property"],
+                    R.property_(row),
+                    f"Property {row['key']} deleted",
+                    "be.cytomine.DeletePropertyCommand",
+                )
+            )
         return _json(R.property_(row))
 
     def property_by_key(ident: int, key: str, cls: str | None = None, shortcut: str | None = None) -> Response:
         return _json(R.property_(store.find_property(domain_of(cls, shortcut), ident, key)))
 
-    for prefix, shortcut in [("/api/domain/<cls>/<int:ident>", None), ("/api/annotation/<int:ident>", "annotation"),
-                             ("/api/project/<int:ident>", "project"), ("/api/imageinstance/<int:ident>", "imageinstance")]:
+    for prefix, shortcut in [
+        ("/api/domain/<cls>/<int:ident>", None),
+        ("/api/annotation/<int:ident>", "annotation"),
+        ("/api/project/<int:ident>", "project"),
+        ("/api/imageinstance/<int:ident>", "imageinstance"),
+    ]:
         defaults = {"shortcut": shortcut} if shortcut else None
         tag = shortcut or "domain"
-        app.add_url_rule(f"{prefix}/property.json", f"{tag}_properties", list_properties, methods=["GET"], defaults=defaults)
-        app.add_url_rule(f"{prefix}/property.json", f"{tag}_add_property", add_property, methods=["POST"], defaults=defaults)
-        app.add_url_rule(f"{prefix}/property/<int:property_id>.json", f"{tag}_property", one_property,
-                         methods=["GET", "PUT", "DELETE"], defaults=defaults)
-        app.add_url_rule(f"{prefix}/key/<key>/property.json", f"{tag}_property_by_key", property_by_key,
-                         methods=["GET"], defaults=defaults)
+        app.add_url_rule(
+            f"{prefix}/property.json", f"{tag}_properties", list_properties, methods=["GET"], defaults=defaults
+        )
+        app.add_url_rule(
+            f"{prefix}/property.json", f"{tag}_add_property", add_property, methods=["POST"], defaults=defaults
+        )
+        app.add_url_rule(
+            f"{prefix}/property/<int:property_id>.json",
+            f"{tag}_property",
+            one_property,
+            methods=["GET", "PUT", "DELETE"],
+            defaults=defaults,
+        )
+        app.add_url_rule(
+            f"{prefix}/key/<key>/property.json",
+            f"{tag}_property_by_key",
+            property_by_key,
+            methods=["GET"],
+            defaults=defaults,
+        )
 
     @app.get("/api/property/<int:property_id>.json")
     def get_property(property_id: int) -> Response:
@@ -865,13 +1116,21 @@ def _register_meta(app: Flask, backend: Backend, base_url: Callable[[], str]) ->
     @app.delete("/api/attachedfile/<int:file_id>.json")
     def delete_attached_file(file_id: int) -> Response:
         row = store.delete_attached_file(file_id)
-        return _json(R.command(["attachedfile"], R.attached_file(row, base_url()), f"Attached file {file_id} deleted",
-                               "be.cytomine.DeleteAttachedFileCommand"))
+        return _json(
+            R.command(
+                ["attachedfile"],
+                R.attached_file(row, base_url()),
+                f"Attached file {file_id} deleted",
+                "be.cytomine.DeleteAttachedFileCommand",
+            )
+        )
 
     @app.get("/api/attachedfile/<int:file_id>/download")
     def download_attached_file(file_id: int) -> Response:
         row = store.get_attached_file(file_id)
-        return send_file(row["storage"], as_attachment=True, download_name=row["filename"], conditional=False, etag=False)
+        return send_file(
+            row["storage"], as_attachment=True, download_name=row["filename"], conditional=False, etag=False
+        )
 
     # ---- descriptions
     @app.route("/api/domain/<cls>/<int:ident>/description.json", methods=["GET", "POST", "PUT", "DELETE"])
@@ -880,10 +1139,15 @@ def _register_meta(app: Flask, backend: Backend, base_url: Callable[[], str]) ->
             return _json(R.description(store.get_description(cls, ident)))
         if request.method == "DELETE":
             row = store.delete_description(cls, ident)
-            return _json(R.command(["description"], R.description(row), "Description deleted",
-                                   "be.cytomine.DeleteDescriptionCommand"))
+            return _json(
+                R.command(
+                    ["description"], R.description(row), "Description deleted", "be.cytomine.DeleteDescriptionCommand"
+                )
+            )
         row = store.set_description(cls, ident, _body_dict().get("data"))
-        return _json(R.command(["description"], R.description(row), "Description saved", "be.cytomine.AddDescriptionCommand"))
+        return _json(
+            R.command(["description"], R.description(row), "Description saved", "be.cytomine.AddDescriptionCommand")
+        )
 
 
 # ---------------------------------------------------------------------- software and jobs
@@ -911,8 +1175,11 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
     @app.post("/api/software.json")
     def add_software() -> Response:
         row = store.create_software(_body_dict())
-        return _json(R.command(["software"], software_json(row), f"Software {row['name']} added",
-                               "be.cytomine.AddSoftwareCommand"))
+        return _json(
+            R.command(
+                ["software"], software_json(row), f"Software {row['name']} added", "be.cytomine.AddSoftwareCommand"
+            )
+        )
 
     @app.get("/api/software/<int:software_id>.json")
     def get_software(software_id: int) -> Response:
@@ -921,20 +1188,31 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
     @app.put("/api/software/<int:software_id>.json")
     def update_software(software_id: int) -> Response:
         row = store.update_software(software_id, _body_dict())
-        return _json(R.command(["software"], software_json(row), f"Software {row['name']} updated",
-                               "be.cytomine.EditSoftwareCommand"))
+        return _json(
+            R.command(
+                ["software"], software_json(row), f"Software {row['name']} updated", "be.cytomine.EditSoftwareCommand"
+            )
+        )
 
     @app.delete("/api/software/<int:software_id>.json")
     def delete_software(software_id: int) -> Response:
         row = store.delete_software(software_id)
-        return _json(R.command(["software"], R.software(row, [], {}), f"Software {row['name']} deleted",
-                               "be.cytomine.DeleteSoftwareCommand"))
+        return _json(
+            R.command(
+                ["software"],
+                R.software(row, [], {}),
+                f"Software {row['name']} deleted",
+                "be.cytomine.DeleteSoftwareCommand",
+            )
+        )
 
     @app.get("/api/software/<int:software_id>/software_parameter.json")
     @app.get("/api/software/<int:software_id>/parameter.json")
     @app.get("/api/software/<int:software_id>/softwareparameter.json")
     def list_software_parameters(software_id: int) -> Response:
-        rows = store.list_software_parameters(software_id, with_set_by_server=as_bool(request.args.get("withSetByServer")))
+        rows = store.list_software_parameters(
+            software_id, with_set_by_server=as_bool(request.args.get("withSetByServer"))
+        )
         return _page([R.software_parameter(r) for r in rows])
 
     param_keys = ["software_parameter", "softwareparameter"]
@@ -943,20 +1221,38 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
     @app.post("/api/softwareparameter.json")
     def add_software_parameter() -> Response:
         row = store.add_software_parameter(_body_dict())
-        return _json(R.command(param_keys, R.software_parameter(row), f"Parameter {row['name']} added",
-                               "be.cytomine.AddSoftwareParameterCommand"))
+        return _json(
+            R.command(
+                param_keys,
+                R.software_parameter(row),
+                f"Parameter {row['name']} added",
+                "be.cytomine.AddSoftwareParameterCommand",
+            )
+        )
 
     @app.route("/api/software_parameter/<int:parameter_id>.json", methods=["GET", "PUT", "DELETE"])
     @app.route("/api/softwareparameter/<int:parameter_id>.json", methods=["GET", "PUT", "DELETE"])
     def software_parameter(parameter_id: int) -> Response:
         if request.method == "PUT":
             row = store.update_software_parameter(parameter_id, _body_dict())
-            return _json(R.command(param_keys, R.software_parameter(row), f"Parameter {row['name']} updated",
-                                   "be.cytomine.EditSoftwareParameterCommand"))
+            return _json(
+                R.command(
+                    param_keys,
+                    R.software_parameter(row),
+                    f"Parameter {row['name']} updated",
+                    "be.cytomine.EditSoftwareParameterCommand",
+                )
+            )
         if request.method == "DELETE":
             row = store.delete_software_parameter(parameter_id)
-            return _json(R.command(param_keys, R.software_parameter(row), f"Parameter {row['name']} deleted",
-                                   "be.cytomine.DeleteSoftwareParameterCommand"))
+            return _json(
+                R.command(
+                    param_keys,
+                    R.software_parameter(row),
+                    f"Parameter {row['name']} deleted",
+                    "be.cytomine.DeleteSoftwareParameterCommand",
+                )
+            )
         return _json(R.software_parameter(store.get_software_parameter(parameter_id)))
 
     def software_project_json(row: Row) -> dict[str, Any]:
@@ -969,8 +1265,14 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
         if sid is None or pid is None:
             raise BadRequest("A software-project link needs 'software' and 'project'")
         row = store.add_software_project(sid, pid)
-        return _json(R.command(["softwareproject"], software_project_json(row), "Software added to project",
-                               "be.cytomine.AddSoftwareProjectCommand"))
+        return _json(
+            R.command(
+                ["softwareproject"],
+                software_project_json(row),
+                "Software added to project",
+                "be.cytomine.AddSoftwareProjectCommand",
+            )
+        )
 
     @app.get("/api/softwareproject.json")
     @app.get("/api/project/<int:project_id>/softwareproject.json")
@@ -984,8 +1286,14 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
     def software_project(sp_id: int) -> Response:
         if request.method == "DELETE":
             row = store.delete_software_project(sp_id)
-            return _json(R.command(["softwareproject"], R.software_project(row, {"name": None, "software_version": None}),
-                                   "Software removed from project", "be.cytomine.DeleteSoftwareProjectCommand"))
+            return _json(
+                R.command(
+                    ["softwareproject"],
+                    R.software_project(row, {"name": None, "software_version": None}),
+                    "Software removed from project",
+                    "be.cytomine.DeleteSoftwareProjectCommand",
+                )
+            )
         return _json(software_project_json(store.get_software_project(sp_id)))
 
     # ---- jobs
@@ -1059,8 +1367,11 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
                 raise Forbidden(f"Job user {user['username']!r} cannot set parameters of job {job['id']}")
             rows.append(store.add_job_parameter(item.get("job"), item.get("softwareParameter"), item.get("value")))
         body = R.job_parameter(rows[-1]) if rows else {}
-        return _json(R.command(["jobparameter"], body, f"{len(rows)} job parameter(s) added",
-                               "be.cytomine.AddJobParameterCommand"))
+        return _json(
+            R.command(
+                ["jobparameter"], body, f"{len(rows)} job parameter(s) added", "be.cytomine.AddJobParameterCommand"
+            )
+        )
 
     @app.get("/api/jobparameter/<int:jp_id>.json")
     def get_job_parameter(jp_id: int) -> Response:
@@ -1071,8 +1382,11 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
     def add_job_data() -> Response:
         data = _body_dict()
         row = store.create_job_data(data.get("job"), data.get("key"), data.get("filename"))
-        return _json(R.command(["jobdata"], R.job_data(row, base_url()), f"Job data {row['id']} added",
-                               "be.cytomine.AddJobDataCommand"))
+        return _json(
+            R.command(
+                ["jobdata"], R.job_data(row, base_url()), f"Job data {row['id']} added", "be.cytomine.AddJobDataCommand"
+            )
+        )
 
     @app.get("/api/job/<int:job_id>/jobdata.json")
     def list_job_data(job_id: int) -> Response:
@@ -1082,8 +1396,14 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
     def job_data(data_id: int) -> Response:
         if request.method == "DELETE":
             row = store.delete_job_data(data_id)
-            return _json(R.command(["jobdata"], R.job_data(row, base_url()), f"Job data {data_id} deleted",
-                                   "be.cytomine.DeleteJobDataCommand"))
+            return _json(
+                R.command(
+                    ["jobdata"],
+                    R.job_data(row, base_url()),
+                    f"Job data {data_id} deleted",
+                    "be.cytomine.DeleteJobDataCommand",
+                )
+            )
         return _json(R.job_data(store.get_job_data(data_id), base_url()))
 
     @app.post("/api/jobdata/<int:data_id>/upload")
@@ -1099,4 +1419,6 @@ def _register_software_and_jobs(app: Flask, backend: Backend, base_url: Callable
         row = store.get_job_data(data_id)
         if not row["storage"]:
             raise NotFound(f"JobData {data_id} has no file yet: upload it first (POST /api/jobdata/{data_id}/upload)")
-        return send_file(row["storage"], as_attachment=True, download_name=row["filename"], conditional=False, etag=False)
+        return send_file(
+            row["storage"], as_attachment=True, download_name=row["filename"], conditional=False, etag=False
+        )

@@ -117,7 +117,7 @@ def seed_synthetic_project(
             bw, bh = int(rng.integers(8, max(9, width // 3))), int(rng.integers(8, max(9, height // 3)))
             x0, y0 = int(rng.integers(0, width - bw)), int(rng.integers(0, height - bh))
             tint = np.array(TINTS[list(terms).index(label) % len(TINTS)], dtype=np.int16)
-            pixels[y0:y0 + bh, x0:x0 + bw] += tint
+            pixels[y0 : y0 + bh, x0 : x0 + bw] += tint
             boxes.append((label, (x0, y0, x0 + bw, y0 + bh)))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
         image = store.add_image(path, project["id"], owner["id"])
@@ -125,13 +125,18 @@ def seed_synthetic_project(
         seeded.image_paths[image["id"]] = path
         for label, (x0, y0, x1, y1) in boxes:
             location = box_in_cytomine(x0, y0, x1, y1, image["height"]).wkt
-            row = store.create_annotation({"image": image["id"], "location": location, "term": [term_ids[label]]}, owner)
-            seeded.annotations.append(SeededAnnotation(row["id"], image["id"], label, term_ids[label], (x0, y0, x1, y1)))
+            row = store.create_annotation(
+                {"image": image["id"], "location": location, "term": [term_ids[label]]}, owner
+            )
+            seeded.annotations.append(
+                SeededAnnotation(row["id"], image["id"], label, term_ids[label], (x0, y0, x1, y1))
+            )
     return seeded
 
 
-def seed_bccd_project(server: LocalCytomine, bccd_dir: str | os.PathLike, *, n_images: int = 3,
-                      name: str = "bccd") -> SeededProject:
+def seed_bccd_project(
+    server: LocalCytomine, bccd_dir: str | os.PathLike, *, n_images: int = 3, name: str = "bccd"
+) -> SeededProject:
     """The first ``n_images`` BCCD images with their cell boxes (terms RBC, WBC, Platelets)."""
     store = server.store
     assert store is not None, "start the server first"
@@ -140,14 +145,19 @@ def seed_bccd_project(server: LocalCytomine, bccd_dir: str | os.PathLike, *, n_i
     project = report.project
     terms = {t["name"]: t["id"] for t in store.list_terms(project=project["id"])}
     images = store.list_images(project["id"])
-    seeded = SeededProject(project["id"], project["ontology_id"], terms, images,
-                           image_paths={i["id"]: Path(i["path"]) for i in images})
+    seeded = SeededProject(
+        project["id"], project["ontology_id"], terms, images, image_paths={i["id"]: Path(i["path"]) for i in images}
+    )
     names = {v: k for k, v in terms.items()}
     rows, _ = store.list_annotations(AnnotationQuery(project=project["id"]))
     for row in rows:
         image = next(i for i in images if i["id"] == row["image_id"])
-        box = (round(row["minx"]), round(image["height"] - row["maxy"]), round(row["maxx"]),
-               round(image["height"] - row["miny"]))
+        box = (
+            round(row["minx"]),
+            round(image["height"] - row["maxy"]),
+            round(row["maxx"]),
+            round(image["height"] - row["miny"]),
+        )
         term_id = row["terms"][0]["term_id"]
         seeded.annotations.append(SeededAnnotation(row["id"], row["image_id"], names[term_id], term_id, box))  # type: ignore[arg-type]
     return seeded

@@ -12,8 +12,7 @@ import sys
 import tempfile
 
 from cytomine import CytomineJob
-from cytomine.models import (AlgoAnnotationTerm, Annotation, AnnotationCollection, AttachedFile, JobData,
-                             Property)
+from cytomine.models import AlgoAnnotationTerm, Annotation, AnnotationCollection, AttachedFile, JobData, Property
 
 
 def main(argv):
@@ -23,8 +22,9 @@ def main(argv):
             raise SystemExit("unreachable: crash is handled before")  # pragma: no cover
         cj.job.update(progress=10, statusComment="Listing annotations")
         terms = [int(t) for t in params.cytomine_id_terms.split(",")] if params.cytomine_id_terms else None
-        annotations = AnnotationCollection(project=params.cytomine_id_project, terms=terms, showWKT=True,
-                                           showTerm=True).fetch()
+        annotations = AnnotationCollection(
+            project=params.cytomine_id_project, terms=terms, showWKT=True, showTerm=True
+        ).fetch()
         work = tempfile.mkdtemp()
         dumped = annotations.dump_crops(os.path.join(work, "{term}", "{id}.png"), n_workers=4)
         for _ in cj.monitor(range(3), start=20, end=80, prefix="Working"):
@@ -33,9 +33,17 @@ def main(argv):
             raise ValueError("Probe failure requested: " + "x" * 400)
         result = os.path.join(work, "result.json")
         with open(result, "w") as f:
-            json.dump({"argv": argv, "threshold": params.threshold, "label": params.label,
-                       "n_annotations": len(annotations), "n_crops": len(dumped),
-                       "user_is_job": bool(cj.current_user.algo)}, f)
+            json.dump(
+                {
+                    "argv": argv,
+                    "threshold": params.threshold,
+                    "label": params.label,
+                    "n_annotations": len(annotations),
+                    "n_crops": len(dumped),
+                    "user_is_job": bool(cj.current_user.algo),
+                },
+                f,
+            )
         AttachedFile(cj.job, filename=result).upload()
         Property(cj.job, key="n_annotations", value=str(len(annotations))).save()
         first = annotations[0]
