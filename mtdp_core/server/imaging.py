@@ -52,16 +52,22 @@ FORMATS = {
     "webp": ("WEBP", "image/webp"),
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 #: Tile side of the virtual pyramid that defines the valid zoom levels of a flat image.
 TILE_SIZE = 256
 
 
 def image_info(path: Path) -> tuple[int, int, int, str]:
-    """(width, height, samples per pixel, mime type) from the file header, without decoding."""
+    """(width, height, samples per pixel, mime type) from the file header, without decoding.
+
+    The size is the displayed one: EXIF orientations that rotate by 90 degrees swap it, as
+    :func:`decode` applies them.
+    """
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image) if image.format == "JPEG" else image
             width, height = image.size
+            if image.format in ("JPEG", "TIFF", "WEBP", "PNG") and image.getexif().get(_ORIENTATION) in (5, 6, 7, 8):
+                width, height = height, width
             bands = len(image.getbands())
             mime = Image.MIME.get(image.format or "", "application/octet-stream")
     except (OSError, Image.DecompressionBombError) as exc:

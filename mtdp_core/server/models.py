@@ -942,17 +942,15 @@ class CytomineStore:
             (annotation["id"],),
         )
 
-    def _check_can_edit(self, annotation: Row, user: Row) -> None:
-        if (
-            annotation["user_id"] != user["id"]
-            and not user["is_admin"]
-            and not (user["algo"] and annotation["kind"] == "algo" and annotation["user_id"] == user["id"])
-        ):
-            human = self.human_of(user)
-            if not human["is_admin"] and annotation["user_id"] != human["id"]:
-                raise Forbidden(
-                    f"User {user['username']!r} cannot modify annotation {annotation['id']} of another user"
-                )
+    @staticmethod
+    def _check_can_edit(annotation: Row, user: Row) -> None:
+        """People may edit any annotation (a core's CLASSIC project mode); a job user only its own, so
+        that an app cannot alter the annotations it learns from."""
+        if user["algo"] and annotation["user_id"] != user["id"]:
+            raise Forbidden(
+                f"Job user {user['username']!r} cannot modify annotation {annotation['id']}: a job can "
+                "only modify the annotations it created (add algo annotation terms instead)"
+            )
 
     def update_annotation(self, annotation_id: int, data: dict[str, Any], user: Row) -> Row:
         """PUT: the location changes (clipped and validated again); terms are not touched (as the core)."""

@@ -148,3 +148,20 @@ def test_image_cache_decodes_each_image_once(tmp_path):
     cache.get(third)
     cache.get(path)
     assert cache.misses == 4
+
+
+def test_exif_orientation_is_applied_consistently(server, tmp_path):
+    """A JPEG stored sideways (EXIF orientation 6): its size and pixels are the displayed ones."""
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(path, exif=exif.tobytes())
+    store = server.store
+    ontology = store.create_ontology("o")
+    project = store.create_project("rotated", ontology["id"])
+    image = store.add_image(path, project["id"])
+    assert (image["width"], image["height"]) == (20, 40)
+    server.connect()
+    instance = ImageInstance().fetch(image["id"])
+    assert instance.window(0, 0, 20, 40, dest_pattern=str(tmp_path / "w.png"))
+    assert _read(tmp_path / "w.png").shape == (40, 20, 3)

@@ -141,6 +141,16 @@ def test_annotation_listing_filters(client, seeded, server):
     multiple = AnnotationCollection(project=seeded.project_id, multipleTerm=True, showTerm=True).fetch()
     assert [a.id for a in multiple] == [lonely.id] and sorted(multiple[0].term) == sorted([tumour, stroma])
 
+    # bbox: annotations intersecting a rectangle (Cytomine coordinates) or a WKT geometry.
+    target = seeded.annotations[0]
+    x0, y0, x1, y1 = target.box
+    h = seeded.images[0]["height"]
+    inside = AnnotationCollection(
+        project=seeded.project_id, bbox=f"{x0 + 1},{h - y1 + 1},{x0 + 2},{h - y1 + 2}"
+    ).fetch()
+    assert target.id in {a.id for a in inside}
+    far = AnnotationCollection(project=seeded.project_id, bbox="POLYGON ((-9 -9, -8 -9, -8 -8, -9 -8, -9 -9))").fetch()
+    assert len(far) == 0
     # A filter on a missing project or image is a 404, as the core.
     assert _raw(server, "GET", "/api/annotation.json?project=123456789").status_code == 404
     assert _raw(server, "GET", f"/api/annotation.json?project={seeded.project_id}&image=123456789").status_code == 404
@@ -417,6 +427,11 @@ def test_algo_annotation_terms_with_rate(server, seeded):
     )
     assert [a["id"] for a in algo.json()["collection"]] == [algo_id]
     assert algo.json()["collection"][0]["cropURL"].endswith(f"/api/algoannotation/{algo_id}/crop.png")
+    by_job = _raw(server, "GET", f"/api/annotation.json?project={seeded.project_id}&job={job['id']}").json()
+    assert [a["id"] for a in by_job["collection"]] == [algo_id]
     included = _raw(server, "GET", f"/api/annotation.json?project={seeded.project_id}&includeAlgo=true").json()
     assert included["size"] == 9
+    # A job cannot alter the annotations it learns from.
+    assert _raw(server, "DELETE", f"/api/annotation/{annotation.id}.json", keys=keys).status_code == 403
+    assert _raw(server, "DELETE", f"/api/annotation/{algo_id}.json", keys=keys).status_code == 200
     assert AlgoAnnotationTerm  # the client model used by the apps (exercised end to end in test_launcher)
