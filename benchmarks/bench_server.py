@@ -4,6 +4,7 @@ The server runs in its own process (as ``mtdp server serve`` does), the client i
 Measures, in one run (so ratios compare like with like on a shared machine):
 
 1. import time of BCCD from ``boxes.csv`` and from the VOC XML folder into a file database;
+   baselines: the same boxes posted through the API one by one and in chunks of 100;
 2. annotation listing (``GET /api/annotation.json`` of the whole project, WKT and terms):
    requests/s over HTTP with a raw signed session and with the official client's
    ``AnnotationCollection.fetch()``; baseline: reading the same annotations one request each
@@ -165,6 +166,41 @@ def bench_listing(url: str, keys: tuple[str, str], project_id: int, repeat: int)
     }
 
 
+def bench_uploads(project_id: int, bccd: Path, n: int = 300) -> dict[str, float]:
+    """Baselines for the import: the same boxes sent through the API, one POST per annotation and in
+    chunks of 100 (what a script does against a real core). Run after the listing (it adds annotations)."""
+    from cytomine.models import Annotation, AnnotationCollection, ImageInstanceCollection, TermCollection
+
+    from mtdp_core.server.geometry import box_in_cytomine
+    from mtdp_core.server.importers import read_csv
+
+    images = {i.originalFilename: i for i in ImageInstanceCollection().fetch_with_filter("project", project_id)}
+    terms = {t.name: t.id for t in TermCollection().fetch_with_filter("project", project_id)}
+    boxes = [
+        (name, label, geometry)
+        for name, items in read_csv(bccd / "boxes.csv").items()
+        for label, geometry in items
+        if geometry.area > 0
+    ][:n]
+
+    def annotation(name, label, geometry):
+        image = images[name]
+        return Annotation(
+            location=box_in_cytomine(*geometry.bounds, image.height).wkt, id_image=image.id, id_terms=[terms[label]]
+        )
+
+    start = time.perf_counter()
+    for item in boxes:
+        assert annotation(*item).save()
+    one_by_one = len(boxes) / (time.perf_counter() - start)
+    collection = AnnotationCollection()
+    collection.extend(annotation(*item) for item in boxes)
+    start = time.perf_counter()
+    assert collection.save(chunk=100, n_workers=1)
+    chunked = len(boxes) / (time.perf_counter() - start)
+    return {"upload_one_by_one_annotations_per_s": one_by_one, "upload_chunk100_annotations_per_s": chunked}
+
+
 def bench_crops(data: Path, project_id: int, n_crops: int, workers: int, repeat: int) -> dict[str, float]:
     """Crops/s of ``dump_crops`` (maxSize 224) in four configurations, interleaved ``repeat`` times
     (the machine is shared: the median of interleaved runs is what compares fairly)."""
@@ -229,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         with server_process(data) as (url, public_key, private_key):
             results.update(bench_listing(url, (public_key, private_key), project_id, args.repeat))
+            results.update(bench_uploads(project_id, args.bccd))
+        imported = results["import_csv_annotations"] / results["import_csv_s"]
+        results["import_csv_annotations_per_s"] = imported
+        results["import_speedup_vs_chunked_upload"] = imported / results["upload_chunk100_annotations_per_s"]
         results.update(bench_crops(data, project_id, args.crops, args.workers, args.crop_repeat))
     for key, value in results.items():
         print(f"{key:<40} {value:.3f}" if isinstance(value, float) else f"{key:<40} {value}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 
@@ -168,7 +169,8 @@ def test_runners(server, seeded):
     )
 
 
-def test_launch_probe_app_end_to_end(server, seeded, probe_descriptor):
+def test_launch_probe_app_end_to_end(server, seeded, probe_descriptor, caplog):
+    caplog.set_level(logging.INFO)
     server.register_app(probe_descriptor)
     tumour = seeded.terms["tumour"]
     job = server.launch(
@@ -193,6 +195,8 @@ def test_launch_probe_app_end_to_end(server, seeded, probe_descriptor):
     ).json()["collection"]
     assert [s["rate"] for s in suggestions] == [0.75]
     assert [d["filename"] for d in store.list_job_data(job["id"])] == ["summary.txt"]
+    # The command line is logged, with the job user's private key masked.
+    assert "--cytomine_private_key *****" in caplog.text and job_user["private_key"] not in caplog.text
 
 
 def test_empty_optional_placeholder_reaches_the_app_literally(server, seeded, probe_descriptor):
