@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -255,6 +256,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"  admin private key: {server.private_key}")
     print(f"  data folder: {data.resolve()} (keys also in {data / 'admin-keys.json'})")
     print(f"Connect: Cytomine('{server.url}', PUBLIC_KEY, PRIVATE_KEY). Stop with Ctrl-C.", flush=True)
+
+    def _terminate(signum: int, frame: object) -> None:  # `docker stop` / `kill`: stop as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -36,7 +36,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,6 @@ from mtdp_core.server.models import (
     KILLED,
     NOT_LAUNCH,
     RUNNING,
-    TERMINAL_STATUSES,
     WAIT,
     CytomineStore,
     Row,
@@ -439,15 +437,3 @@ def failure_message(code: int, log_tail: str) -> str:
     lines = [line.rstrip() for line in log_tail.splitlines() if line.strip()]
     error = next((m.group(1) for line in reversed(lines) if (m := _ERROR_LINE.match(line))), lines[-1] if lines else "")
     return f"Exit code {code}: {error}".strip()[:255]
-
-
-def wait_for_status(
-    store: CytomineStore, job_id: int, statuses: Sequence[int] = TERMINAL_STATUSES, timeout: float = 60.0
-) -> Row:
-    """Poll until the job reaches one of ``statuses`` (for tests and tools)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = store.get_job(job_id)
-        if job["status"] in statuses or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)

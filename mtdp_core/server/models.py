@@ -502,10 +502,6 @@ class CytomineStore:
             )
         return self.get_user(uid)
 
-    def human_of(self, user: Row) -> Row:
-        """The human behind a user: itself, or the launcher of a job user."""
-        return self.get_user(user["launcher_id"]) if user["algo"] and user["launcher_id"] else user
-
     # ------------------------------------------------------------------ ontologies and terms
     def create_ontology(self, name: str, user_id: int | None = None) -> Row:
         if not isinstance(name, str) or not name.strip():
@@ -1781,9 +1777,6 @@ class CytomineStore:
             db.execute("DELETE FROM job_data WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM job WHERE id = ?", (job_id,))
         return job
-
-    def job_counts_by_status(self, software_id: int) -> dict[int, int]:
-        return self.software_job_counts(software_id)
 
     def add_job_parameter(self, job_id: object, software_parameter_id: object, value: object) -> Row:
         jid = as_int(job_id, "job")

@@ -699,9 +699,8 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         if params.get("bbox"):
             bbox = parse_bbox(str(params["bbox"]))
         elif params.get("bboxAnnotation"):
-            bbox = shapely.from_wkt(
-                store.get_annotation(as_int(params["bboxAnnotation"], "bboxAnnotation"))["location"]
-            )  # type: ignore[arg-type]
+            reference = as_int(params["bboxAnnotation"], "bboxAnnotation") or 0
+            bbox = shapely.from_wkt(store.get_annotation(reference)["location"])
         common = dict(
             project=project,
             images=images or None,
@@ -721,9 +720,9 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
         )
         if as_bool(params.get("reviewed")):
             return [AnnotationQuery(kind="reviewed", terms=terms or None, suggested_terms=suggested or None, **common)]
-        single_user = as_int(params.get("user"), "user")
-        if single_user is not None:
-            store.get_user(single_user)  # 404 for an unknown "user", as the core; "users" are not checked
+        single_user = parse_id_list(params.get("user"))
+        if single_user and len(single_user) == 1:
+            store.get_user(single_user[0])  # 404 for an unknown "user", as the core; "users" are not checked
         algo_users = any(u["algo"] for u in store.get_users(users))
         if as_bool(params.get("includeAlgo")) or algo_users:
             # The core lists algo annotations, then user annotations whose *suggested* term matches.
