@@ -884,9 +884,10 @@ def _register_annotations(app: Flask, backend: Backend, base_url: Callable[[], s
             row = store.add_algo_annotation_term(
                 annotation_id, term_id, user, expected_term=data.get("expectedTerm"), rate=data.get("rate")
             )
+            # Under both keys: the client's AlgoAnnotationTerm reads the first, AnnotationTerm the second.
             return _json(
                 R.command(
-                    ["algoannotationterm"],
+                    ["algoannotationterm", "annotationterm"],
                     R.algo_annotation_term(row),
                     f"Algo term {term_id} added to annotation {annotation_id}",
                     "be.cytomine.AddAlgoAnnotationTermCommand",
