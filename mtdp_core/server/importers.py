@@ -1,0 +1,369 @@
+"""Importers: a folder of images plus annotations, into a project whose ontology's terms come
+from the labels.
+
+Formats (coordinates are image pixels, top-left origin, x right, y down; they are converted to
+Cytomine's bottom-left origin on import, see :mod:`mtdp_core.server.geometry`):
+
+- **GeoJSON**: one ``FeatureCollection`` per image, ``<image stem>.geojson`` (or ``.json``),
+  or a single collection whose features name their image in ``properties``; the label is
+  found in ``properties`` (``label``, ``class``, ``classification.name`` as QuPath writes,
+  ``name``, ``term``, ``category``, ``cell_type``, ``type``, or ``--label-column``);
+- **CSV**: one row per object with an image column, a label column, and either box columns
+  (``xmin``/``xmax``/``ymin``/``ymax``, ``x1,y1,x2,y2`` or ``x,y,width,height``) or a WKT
+  column (``wkt``, ``geometry``, ``polygon``, ``location``); names are auto-detected and can
+  be given (``--image-column``, ``--label-column``, ``--geometry-column``, ``--box-columns``);
+- **Pascal VOC**: a folder of XML files (``<filename>``, ``<object><name>``, ``<bndbox>``).
+
+Box coordinates are taken as pixel edges: a box ``xmin=10, xmax=20`` covers columns 10 to 19
+(the convention of labelImg, which wrote BCCD, and of most CSV exports).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import shapely
+from shapely.errors import ShapelyError
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
+
+from mtdp_core.errors import ConfigurationError
+from mtdp_core.server.imaging import IMAGE_EXTENSIONS
+from mtdp_core.server.models import CytomineStore, ImportedImage, Row
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", "geojson", "csv", "voc")
+IMAGE_COLUMNS = ("filename", "image", "image_name", "imagename", "file", "file_name", "path", "image_path", "img")
+LABEL_COLUMNS = (
+    "label",
+    "class",
+    "class_name",
+    "classname",
+    "cell_type",
+    "category",
+    "term",
+    "name",
+    "type",
+    "species",
+)
+GEOMETRY_COLUMNS = ("wkt", "geometry", "polygon", "location", "geom")
+BOX_COLUMN_SETS = (
+    ("xmin", "ymin", "xmax", "ymax"),
+    ("x_min", "y_min", "x_max", "y_max"),
+    ("x1", "y1", "x2", "y2"),
+    ("left", "top", "right", "bottom"),
+)
+XYWH_COLUMNS = ("x", "y", "width", "height")
+
+
+@dataclass(frozen=True)
+class ColumnNames:
+    """Column (or GeoJSON property) names; None: auto-detected."""
+
+    image: str | None = None
+    label: str | None = None
+    geometry: str | None = None
+    box: tuple[str, str, str, str] | None = None  # xmin, ymin, xmax, ymax
+
+
+@dataclass
+class ImportReport:
+    """What an import did."""
+
+    project: Row
+    images: int = 0
+    skipped_images: int = 0
+    annotations: int = 0
+    refused_annotations: int = 0
+    terms: int = 0
+    missing_images: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"project {self.project['name']!r} (id {self.project['id']}): {self.images} images added, "
+            f"{self.annotations} annotations, {self.terms} new terms"
+        )
+        if self.skipped_images:
+            text += f", {self.skipped_images} images already there (skipped)"
+        if self.refused_annotations:
+            text += f", {self.refused_annotations} annotations refused (empty or outside the image)"
+        if self.missing_images:
+            text += f", {len(self.missing_images)} annotated images not found in the image folder"
+        return text
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _find_column(
+    header: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, required: bool = True
+) -> str | None:
+    by_key = {_key(h): h for h in header}
+    if wanted is not None:
+        if wanted in header:
+            return wanted
+        if _key(wanted) in by_key:
+            return by_key[_key(wanted)]
+        raise ConfigurationError(f"Column {wanted!r} ({what}) is not in the CSV header {list(header)}")
+    for candidate in candidates:
+        if candidate in by_key:
+            return by_key[candidate]
+    if required:
+        raise ConfigurationError(
+            f"No {what} column in the CSV header {list(header)}: name it with --{what}-column "
+            f"(looked for {', '.join(candidates)})"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------- readers
+def read_csv(path: str | Path, columns: ColumnNames = ColumnNames()) -> dict[str, list[tuple[str, BaseGeometry]]]:
+    """``{image name: [(label, geometry in image coordinates)]}`` from a CSV of boxes or WKT."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        sample = f.read(4096)
+        f.seek(0)
+        try:
+            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.DictReader(f, dialect=dialect)
+        header = reader.fieldnames or []
+        image_col = _find_column(header, columns.image, IMAGE_COLUMNS, "image")
+        label_col = _find_column(header, columns.label, LABEL_COLUMNS, "label")
+        geometry_col = _find_column(header, columns.geometry, GEOMETRY_COLUMNS, "geometry", required=False)
+        box_cols: tuple[str, ...] | None = None
+        xywh = False
+        if geometry_col is None:
+            if columns.box is not None:
+                box_cols = tuple(_find_column(header, c, (), "box") for c in columns.box)  # type: ignore[misc]
+            else:
+                keys = {_key(h): h for h in header}
+                for candidate in BOX_COLUMN_SETS:
+                    if all(c in keys for c in candidate):
+                        box_cols = tuple(keys[c] for c in candidate)
+                        break
+                else:
+                    if all(c in keys for c in XYWH_COLUMNS):
+                        box_cols, xywh = tuple(keys[c] for c in XYWH_COLUMNS), True
+            if box_cols is None:
+                raise ConfigurationError(
+                    f"{path}: no geometry in the CSV header {header}: give a WKT column "
+                    "(--geometry-column) or box columns (--box-columns xmin,ymin,xmax,ymax)"
+                )
+        objects: dict[str, list[tuple[str, BaseGeometry]]] = defaultdict(list)
+        for line, row in enumerate(reader, start=2):
+            image, label = (row.get(image_col) or "").strip(), (row.get(label_col) or "").strip()  # type: ignore[arg-type]
+            if not image or not label:
+                raise ConfigurationError(f"{path}:{line}: empty image or label")
+            try:
+                if geometry_col is not None:
+                    geometry = shapely.from_wkt(row[geometry_col])
+                else:
+                    a, b, c, d = (float(row[col]) for col in box_cols)  # type: ignore[union-attr]
+                    geometry = box(a, b, a + c, b + d) if xywh else box(min(a, c), min(b, d), max(a, c), max(b, d))
+            except (ValueError, TypeError, ShapelyError) as exc:
+                raise ConfigurationError(f"{path}:{line}: unreadable geometry ({exc})") from None
+            objects[os.path.basename(image.replace("\\", "/"))].append((label, geometry))
+    return dict(objects)
+
+
+def read_voc(folder: str | Path) -> dict[str, list[tuple[str, BaseGeometry]]]:
+    """``{image name: [(label, box)]}`` from a folder of Pascal VOC XML files."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.xml"))
+    if not files:
+        raise ConfigurationError(f"No Pascal VOC .xml file in {folder}")
+    objects: dict[str, list[tuple[str, BaseGeometry]]] = {}
+    for path in files:
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            raise ConfigurationError(f"{path}: not valid XML ({exc})") from None
+        filename = (root.findtext("filename") or "").strip() or path.stem
+        items = objects.setdefault(os.path.basename(filename), [])
+        for obj in root.iter("object"):
+            label = (obj.findtext("name") or "").strip()
+            bndbox = obj.find("bndbox")
+            if not label or bndbox is None:
+                raise ConfigurationError(f"{path}: an <object> without <name> or <bndbox>")
+            try:
+                xmin, ymin, xmax, ymax = (float(bndbox.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+            except ValueError:
+                raise ConfigurationError(f"{path}: a <bndbox> with non-numeric coordinates") from None
+            items.append((label, box(min(xmin, xmax), min(ymin, ymax), max(xmin, xmax), max(ymin, ymax))))
+    return objects
+
+
+def _geojson_label(properties: dict[str, Any], wanted: str | None) -> str | None:
+    if wanted is not None:
+        value = properties.get(wanted)
+    else:
+        value = next(
+            (properties[k] for k in LABEL_COLUMNS + ("classification",) if properties.get(k) is not None), None
+        )
+    if isinstance(value, dict):  # QuPath: "classification": {"name": "Tumor", "color": [...]}
+        value = value.get("name")
+    return None if value is None else str(value)
+
+
+def _geojson_features(data: Any, source: Path) -> list[dict[str, Any]]:
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        return list(data.get("features") or [])
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        return [data]
+    if isinstance(data, list):  # QuPath exports a bare list of features
+        return data
+    raise ConfigurationError(f"{source}: not a GeoJSON FeatureCollection")
+
+
+def read_geojson(path: str | Path, columns: ColumnNames = ColumnNames()) -> dict[str, list[tuple[str, BaseGeometry]]]:
+    """``{image name or stem: [(label, geometry)]}`` from a .geojson file or a folder of them."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in (".geojson", ".json"))
+    if not files:
+        raise ConfigurationError(f"No .geojson file in {path}")
+    objects: dict[str, list[tuple[str, BaseGeometry]]] = defaultdict(list)
+    for source in files:
+        try:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigurationError(f"{source}: not valid JSON ({exc})") from None
+        for number, feature in enumerate(_geojson_features(data, source)):
+            properties = feature.get("properties") or {}
+            label = _geojson_label(properties, columns.label)
+            if label is None:
+                raise ConfigurationError(
+                    f"{source}: feature {number} has no label in its properties: name the property with --label-column"
+                )
+            image_key = columns.image or next((k for k in IMAGE_COLUMNS if properties.get(k)), None)
+            image = (
+                os.path.basename(str(properties[image_key])) if image_key and properties.get(image_key) else source.stem
+            )
+            try:
+                geometry = shape(feature["geometry"])
+            except (KeyError, TypeError, ValueError, ShapelyError, AttributeError) as exc:
+                raise ConfigurationError(f"{source}: feature {number} has an unreadable geometry ({exc})") from None
+            objects[image].append((label, geometry))
+    return dict(objects)
+
+
+def detect_format(annotations: Path) -> str:
+    if annotations.is_file():
+        suffix = annotations.suffix.lower()
+        if suffix in (".csv", ".tsv", ".txt"):
+            return "csv"
+        if suffix in (".geojson", ".json"):
+            return "geojson"
+        if suffix == ".xml":
+            return "voc"
+    elif annotations.is_dir():
+        suffixes = {p.suffix.lower() for p in annotations.iterdir()}
+        if ".xml" in suffixes:
+            return "voc"
+        if suffixes & {".geojson", ".json"}:
+            return "geojson"
+    raise ConfigurationError(f"Cannot tell the annotation format of {annotations}: give --format geojson, csv or voc")
+
+
+def read_annotations(
+    annotations: str | Path, fmt: str = "auto", columns: ColumnNames = ColumnNames()
+) -> dict[str, list[tuple[str, BaseGeometry]]]:
+    annotations = Path(annotations)
+    if not annotations.exists():
+        raise ConfigurationError(f"Annotations {annotations} do not exist")
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    fmt = detect_format(annotations) if fmt == "auto" else fmt
+    if fmt == "csv":
+        return read_csv(annotations, columns)
+    if fmt == "voc":
+        return read_voc(annotations if annotations.is_dir() else annotations.parent)
+    return read_geojson(annotations, columns)
+
+
+# ---------------------------------------------------------------------- import
+def list_image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ConfigurationError(f"Image folder {folder} does not exist")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def import_folder(
+    store: CytomineStore,
+    project: str,
+    images: str | Path,
+    annotations: str | Path | None = None,
+    *,
+    fmt: str = "auto",
+    columns: ColumnNames = ColumnNames(),
+    copy_to: str | Path | None = None,
+    user: str = "admin",
+    only_annotated: bool = False,
+    limit: int | None = None,
+) -> ImportReport:
+    """Import ``images`` (a folder) and their ``annotations`` into ``project`` (created when new).
+
+    Images are referenced where they are, or copied under ``copy_to`` (source files are never
+    modified). Images already in the project are skipped, so an import can be re-run.
+    ``limit`` imports only the first N images (sorted by name), for samples.
+    """
+    images = Path(images)
+    objects = read_annotations(annotations, fmt, columns) if annotations is not None else {}
+    files = list_image_files(images)
+    by_name = {p.name: p for p in files}
+    by_stem = {p.stem: p for p in files}
+    matched: dict[Path, list[tuple[str, BaseGeometry]]] = {}
+    missing = []
+    for name, items in objects.items():
+        path = by_name.get(name) or by_stem.get(name) or by_stem.get(Path(name).stem)
+        if path is None:
+            missing.append(name)
+            continue
+        matched.setdefault(path, []).extend(items)
+    if missing:
+        logger.warning("%d annotated image(s) not found under %s, e.g. %s", len(missing), images, missing[:3])
+    selected = [p for p in files if p in matched] if only_annotated else files
+    if limit is not None:
+        selected = selected[:limit]
+    if not selected:
+        raise ConfigurationError(f"No image to import from {images}")
+    owner = store.find_user_by_username(user)
+    if owner is None:
+        raise ConfigurationError(f"User {user!r} does not exist: create it with 'mtdp server user add {user}'")
+
+    with store.transaction():
+        project_row = store.find_project_by_name(project)
+        if project_row is None:
+            ontology = store.create_ontology(f"{project} ontology", owner["id"])
+            project_row = store.create_project(project, ontology["id"], owner["id"])
+        elif project_row["ontology_id"] is None:
+            ontology = store.create_ontology(f"{project} ontology", owner["id"])
+            project_row = store.update_project(project_row["id"], {"ontology": ontology["id"]})
+        items = []
+        for path in selected:
+            source = path
+            if copy_to is not None:
+                target = Path(copy_to) / path.relative_to(images)
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target)
+                source = target
+            items.append(ImportedImage(source, matched.get(path, [])))
+        summary = store.bulk_import(project_row["id"], items, owner)
+    report = ImportReport(project=store.get_project(project_row["id"]), missing_images=missing, **summary)
+    logger.info("import: %s", report.summary())
+    return report
