@@ -141,7 +141,10 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     if resume_from is not None:
         start = _restore(resume_from, config, pool, model, optimizer, scaler, ctx)
         log.truncate_after(start)
-        logger.info("resumed from %s at iteration %d/%d", resume_from, start, config.iterations)
+        if start >= config.iterations:
+            logger.info("%s is a complete run (%d/%d iterations): validating and exporting again", resume_from, start, config.iterations)
+        else:
+            logger.info("resumed from %s at iteration %d/%d", resume_from, start, config.iterations)
     else:
         start = 0
         log.start(config, pool, train_set, ctx, precision)
