@@ -71,6 +71,9 @@ def evaluate(
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=ctx.device.type == "cuda",
+        # Its own generator: creating the iterator must not draw from the global RNG, or
+        # validating would change the training run that follows (stochastic depth).
+        generator=torch.Generator(),
     )
     logits_parts, label_parts, task_parts = [], [], []
     for images, labels, task_ids in loader:

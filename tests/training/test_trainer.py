@@ -50,6 +50,15 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(fast_config, tmp_pa
     assert losses[0] == losses[1] and len(losses[0]) == 7
 
 
+def test_logging_validation_and_checkpoints_do_not_change_the_run(fast_config, tmp_path):
+    # EfficientNet's stochastic depth draws from the global RNG while training: nothing done
+    # between steps (validation loaders, checkpoints, logs) may draw from it.
+    config = {**fast_config, "backbone": "efficientnet_lite0", "iterations": 4}
+    quiet = train({**config, "output_dir": str(tmp_path / "quiet"), "log_every": 4, "val_every": 0, "checkpoint_every": 100})
+    busy = train({**config, "output_dir": str(tmp_path / "busy"), "log_every": 1, "val_every": 1, "checkpoint_every": 1})
+    _assert_same_tensors(_state(quiet.checkpoint)["model"], _state(busy.checkpoint)["model"])
+
+
 def test_warmup_freezes_the_backbone_and_its_bn_statistics(fast_config):
     result = train({**fast_config, "iterations": 3, "warmup_iterations": 3, "warmup_lr": 0.1})
     initial = create_backbone("resnet18", weights="random", seed=0).state_dict()
