@@ -60,6 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-loop", dest="loop", action="store_false", help="skip the per-head loop variant")
+    parser.add_argument("--head-repeats", type=int, default=200, help="repetitions of the heads-only timing (default: 200)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -77,7 +78,7 @@ def _loop_forward(model: MultiTaskModel, x: torch.Tensor, task_ids: torch.Tensor
     return torch.cat(losses).mean()
 
 
-def _time_heads(multi: MultiTaskModel, linear: nn.Linear, args, device, precision, task_ids, labels, counts, sync, repeats: int = 200) -> dict[str, float]:
+def _time_heads(multi: MultiTaskModel, linear: nn.Linear, args, device, precision, task_ids, labels, counts, sync) -> dict[str, float]:
     """Microseconds per forward+loss+backward of the heads alone, on fixed features: the only
     part of the step that differs between the variants, timed without the backbone's noise."""
     features = torch.randn(args.batch_size, multi.backbone.n_features, device=device, requires_grad=True)
@@ -103,11 +104,12 @@ def _time_heads(multi: MultiTaskModel, linear: nn.Linear, args, device, precisio
         torch.cat(losses).mean().backward()
         rescale_head_grads(multi, counts, args.batch_size)
 
+    repeats = max(5, args.head_repeats)
     out = {}
     for name, fn in (("single-task", single_heads), ("multi-task", routed_heads), ("per-head loop", loop_heads)):
         samples = []
         for _ in range(5):
-            for _ in range(10):
+            for _ in range(2):
                 fn()
             sync()
             start = time.perf_counter()

@@ -13,7 +13,7 @@ def test_benchmark_script_runs_and_reports_every_variant(tmp_path, capsys):
     spec.loader.exec_module(module)
     out = tmp_path / "bench.json"
     assert module.main(["--size", "32", "--batch-size", "8", "--steps", "1", "--rounds", "2", "--warmup-steps", "1",
-                        "--device", "cpu", "--json", str(out)]) == 0
+                        "--device", "cpu", "--head-repeats", "5", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert set(results["variants"]) == {"single-task", "multi-task", "multi-task, per-head loop"}
     assert results["tasks"] == 22 and results["precision"] == "fp32"

@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     train = [e for e in events if e["event"] == "train"]
-    val = [e for e in events if e["event"] == "val"]
+    # A re-run of a complete run validates again: keep the last event of each iteration.
+    val = list({e["iteration"]: e for e in events if e["event"] == "val"}.values())
     if train:
         last = train[-1]["iteration"]
         iterations = [e["iteration"] for e in train]

@@ -41,6 +41,7 @@ from mtdp_core.data.pools import (
     TaskPool,
     assign_splits,
     default_metric,
+    load_pool,
     write_pool_index,
     write_task,
 )
@@ -363,6 +364,4 @@ def build_shared_pool(
     ]
     write_pool_index(out, built, name=out.name,
                      description=f"built by mtdp from {Path(shared_data).resolve()} (seed {seed}, val {val_fraction}, test {test_fraction})")
-    from mtdp_core.data.pools import load_pool
-
     return load_pool(out)

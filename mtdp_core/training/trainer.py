@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -246,8 +247,6 @@ def _configure_backends(config: TrainConfig, device: torch.device) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 GEMMs on tensor cores when AMP is off
     torch.backends.cudnn.allow_tf32 = True
     if config.deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
 

@@ -91,7 +91,7 @@ def test_subset_and_unknown_names(tmp_path):
 
 
 def test_manifest_errors_name_the_line(tmp_path):
-    pool = make_tiny_pool(tmp_path / "pool", index=False)
+    make_tiny_pool(tmp_path / "pool", index=False)
     manifest = tmp_path / "pool" / "alpha" / "samples.tsv"
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join(lines[:2] + ["img/000.png\ttrian\tclass0\tg0"]) + "\n")

@@ -27,17 +27,17 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(fast_config, tmp_pa
     # efficientnet_lite0 with its real ImageNet weights: BN adaptation runs, and stochastic
     # depth draws from the global RNG during training (restored from the checkpoint).
     config = {**fast_config, "backbone": "efficientnet_lite0", "weights": "imagenet", "bn_adapt_batches": 2,
-              "iterations": 7, "warmup_iterations": 3, "lr": 0.003}
+              "iterations": 5, "warmup_iterations": 2, "lr": 0.003}
     whole = train({**config, "output_dir": str(tmp_path / "whole")})
-    assert whole.completed and whole.iteration == 7
+    assert whole.completed and whole.iteration == 5
 
     pieces = {**config, "output_dir": str(tmp_path / "pieces"), "num_workers": 1}  # workers do not matter
     first = train({**pieces, "stop_after": 1})  # inside the warm-up
     assert not first.completed and first.iteration == 1 and first.backbone_path is None
-    second = train({**pieces, "stop_after": 5})  # past the end of the warm-up
-    assert second.iteration == 5
+    second = train({**pieces, "stop_after": 3})  # past the end of the warm-up
+    assert second.iteration == 3
     last = train(pieces)
-    assert last.completed and last.iteration == 7
+    assert last.completed and last.iteration == 5
 
     a, b = _state(whole.checkpoint), _state(last.checkpoint)
     _assert_same_tensors(a["model"], b["model"])
@@ -47,14 +47,14 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(fast_config, tmp_pa
                          torch.load(last.backbone_path, weights_only=True)["state_dict"])
     # The loss curve of the resumed run is the uninterrupted one.
     losses = [[e["loss"] for e in map(json.loads, open(r.output_dir / "metrics.jsonl")) if e["event"] == "train"] for r in (whole, last)]
-    assert losses[0] == losses[1] and len(losses[0]) == 7
+    assert losses[0] == losses[1] and len(losses[0]) == 5
 
 
 def test_logging_validation_and_checkpoints_do_not_change_the_run(fast_config, tmp_path):
     # EfficientNet's stochastic depth draws from the global RNG while training: nothing done
     # between steps (validation loaders, checkpoints, logs) may draw from it.
-    config = {**fast_config, "backbone": "efficientnet_lite0", "iterations": 4}
-    quiet = train({**config, "output_dir": str(tmp_path / "quiet"), "log_every": 4, "val_every": 0, "checkpoint_every": 100})
+    config = {**fast_config, "backbone": "efficientnet_lite0", "iterations": 3}
+    quiet = train({**config, "output_dir": str(tmp_path / "quiet"), "log_every": 3, "val_every": 0, "checkpoint_every": 100})
     busy = train({**config, "output_dir": str(tmp_path / "busy"), "log_every": 1, "val_every": 1, "checkpoint_every": 1})
     _assert_same_tensors(_state(quiet.checkpoint)["model"], _state(busy.checkpoint)["model"])
 
