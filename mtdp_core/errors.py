@@ -34,3 +34,21 @@ class ChecksumMismatchError(WeightsError):
 
 class IncompatibleWeightsError(WeightsError):
     """A checkpoint does not fit the architecture it is loaded into."""
+
+
+# --------------------------------------------------------------------------- transfer
+
+class ImageReadError(MtdpError):
+    """An input image cannot be opened or decoded."""
+
+
+class ModelFileError(MtdpError):
+    """A saved classifier file is unreadable, of an unknown format, or fails validation."""
+
+
+class TamperedModelError(ModelFileError):
+    """A saved classifier's content does not match the checksum recorded inside it."""
+
+
+class IncompatibleModelError(ModelFileError):
+    """A saved classifier was made for another backbone, preprocessing or format version."""
