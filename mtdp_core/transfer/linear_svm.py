@@ -166,7 +166,8 @@ def linear_svm_path(
             sample_weight = weights[y_index] if k == 2 else np.where(pos, weights[j], 1.0)
             cost_np[train, col] = sample_weight[train]
 
-    Xt = torch.as_tensor(np.asarray(X), device=device).to(dtype)
+    # A private copy in the solver's dtype (the input may be a read-only memory map).
+    Xt = torch.from_numpy(np.array(X, dtype=np.float32 if dtype == torch.float32 else np.float64)).to(device)
     Xt = torch.cat([Xt, torch.full((n, 1), float(intercept_scaling), dtype=dtype, device=device)], dim=1)
     X2 = Xt * Xt
     Y = torch.as_tensor(Y_np, dtype=dtype, device=device)
