@@ -23,6 +23,7 @@ logger = logging.getLogger("mtdp")
 COMMAND_MODULES: tuple[str, ...] = (
     "mtdp_core.backbones.cli",
     "mtdp_core.transfer.cli",
+    "mtdp_core.evaluation.cli",
 )
 
 DESCRIPTION = """\
