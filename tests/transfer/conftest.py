@@ -28,3 +28,15 @@ def colour_splits(tmp_path) -> dict[str, tuple[list[Path], list[str]]]:
         split: colour_task(tmp_path / split, n, seed)
         for split, n, seed in (("train", 8, 0), ("val", 4, 1000), ("test", 6, 2000))
     }
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread in these tests: their tensors are tiny (16-64 px images), where a
+    second thread only adds synchronisation, and on a shared machine that waiting dominates."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
