@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from mtdp_core.backbones import Backbone, create_backbone, get_backbone_entry
-from mtdp_core.data.images import RESIZE_MODES, Preprocessing
+from mtdp_core.data.images import RESIZE_MODES, Preprocessing, open_rgb
 from mtdp_core.errors import ConfigurationError, ImageReadError
 from mtdp_core.runtime import describe_device, resolve_device
 from mtdp_core.transfer.cache import DEFAULT_CHUNK_SIZE, FINGERPRINT_MODES, FeatureCache, fingerprint_inputs
@@ -57,7 +57,11 @@ def default_num_workers(device: torch.device) -> int:
 
 
 class ImageInputDataset(torch.utils.data.Dataset):
-    """Images given as paths, PIL images or HxWx3 uint8 arrays -> ``(uint8 (3, s, s), index, error)``.
+    """Images given as paths, PIL images or HxWx3 uint8 arrays -> ``(uint8 (s, s, 3), index, error)``.
+
+    Images stay in HWC order, as decoded: a collated batch (B, s, s, 3) permuted to
+    (B, 3, s, s) *is* a channels_last tensor, so no transposition is ever copied (on
+    CPU, torch's own permute-and-copy of each image cost more than decoding a 224 px JPEG).
 
     A file that cannot be read does not crash the worker: it yields a blank image and an
     error message, and the consumer raises ImageReadError naming the file (in the main
@@ -73,13 +77,14 @@ class ImageInputDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         item = self.inputs[index]
+        prep = self.preprocessing
         try:
             if isinstance(item, np.ndarray):
                 item = Image.fromarray(item)
-            return self.preprocessing.load(item), index, ""
+            image = prep.resize_image(open_rgb(item, draft_size=prep.size))
+            return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()), index, ""
         except Exception as exc:  # noqa: BLE001 - any decoder failure is reported with the file's name
-            size = self.preprocessing.size
-            return torch.zeros(3, size, size, dtype=torch.uint8), index, f"{_describe(item)}: {exc}"
+            return torch.zeros(prep.size, prep.size, 3, dtype=torch.uint8), index, f"{_describe(item)}: {exc}"
 
 
 def _describe(item: Any) -> str:
@@ -137,7 +142,8 @@ def run_extraction(
             if failed:
                 more = f" (and {len(failed) - 1} more in this batch)" if len(failed) > 1 else ""
                 raise ImageReadError(f"Cannot read image {failed[0]}{more}. Fix or remove the file and run again.")
-            x = images.to(device, non_blocking=True)
+            # (B, s, s, 3) -> (B, 3, s, s) view with channels_last strides: no copy.
+            x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
             x = preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
             rows = model(x).float().cpu().numpy()
             sink(index.numpy(), rows)
