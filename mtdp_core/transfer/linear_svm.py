@@ -17,9 +17,12 @@ problem, with sample costs ``c_i`` (``C`` times class weight, 0 outside the fold
     min_w  0.5 ||w||^2 + sum_i c_i max(0, 1 - y_i w.x_i)^2
 
 solved by Newton's method with the generalised Hessian ``I + 2 X_A^T diag(c_A) X_A``
-(A: samples inside the margin), diagonally preconditioned conjugate gradients for the
-Newton step, and an exact line search (the objective is piecewise quadratic along a
-line). Converged problems drop out of the computation. Runs on any torch device.
+(A: samples inside the margin), conjugate gradients for the Newton step, preconditioned
+with the Hessian restricted to the top eigenvectors of ``X^T X`` (pooled CNN features are
+strongly correlated: this takes about 3x fewer CG steps than a diagonal preconditioner),
+and an exact line search (the objective is piecewise quadratic along a line). Converged
+problems drop out of the computation. Float64 on CPU (float32 was not faster there),
+float32 on CUDA. Runs on any torch device.
 """
 
 from __future__ import annotations
@@ -32,12 +35,68 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from mtdp_core.errors import ConfigurationError
+
 logger = logging.getLogger(__name__)
+
+
+class _Preconditioner:
+    """Approximate inverse of the Hessians ``I + 2 X^T diag(a_p) X``, one per problem p.
+
+    "lowrank" (default): pooled CNN features are strongly correlated (non-negative, with a
+    large common mean and a fast-decaying spectrum), so the Hessians have a few huge
+    eigenvalues that make plain CG slow. ``V`` (d, k) spans the top-k eigenvectors of
+    ``X^T X`` (computed once per path); within that subspace the Hessian is represented
+    exactly (``I + 2 (XV)^T diag(a) (XV)``, k x k, Cholesky-factored per problem), outside
+    it by its average curvature ``mu``:  M^-1 r = V (I + 2B)^-1 V^T r + (r - V V^T r) / mu.
+    "diagonal": Jacobi, the classic choice (kept for comparison).
+    """
+
+    def __init__(self, basis: _Basis | None, X2T: torch.Tensor | None, A: torch.Tensor) -> None:
+        self.basis = basis
+        if basis is None:
+            self.diag = 1 + 2 * (X2T @ A)  # diagonal of the Hessians: (X**2)^T a
+            return
+        XV = basis.XV  # (n, k)
+        k = XV.shape[1]
+        # B_p = (XV)^T diag(a_p) (XV) for every problem p: (P, k, k).
+        B = torch.einsum("ni,np,nj->pij", XV, A, XV)
+        eye = torch.eye(k, dtype=XV.dtype, device=XV.device)
+        self.chol = torch.linalg.cholesky(eye + 2 * B)
+        # Average curvature outside the subspace: (trace of X^T D X - trace of B) / (d - k).
+        outside = (basis.row_sq - basis.row_sq_in) @ A  # (P,)
+        self.mu = 1 + 2 * outside.clamp_min(0) / max(basis.V.shape[0] - k, 1)
+
+    def apply(self, R: torch.Tensor, cols: torch.Tensor | slice) -> torch.Tensor:
+        """M^-1 R for the problems ``cols`` (R: (d, len(cols)))."""
+        if self.basis is None:
+            return R / self.diag[:, cols]
+        V = self.basis.V
+        proj = V.T @ R  # (k, p)
+        inside = torch.cholesky_solve(proj.T.unsqueeze(-1), self.chol[cols]).squeeze(-1).T  # (k, p)
+        return V @ inside + (R - V @ proj) / self.mu[cols]
+
+
+class _Basis:
+    """Top-k eigenvectors of X^T X and the quantities the preconditioners reuse."""
+
+    def __init__(self, X: torch.Tensor, k: int) -> None:
+        gram = X.T @ X
+        _, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues
+        self.V = vectors[:, -k:].contiguous()  # (d, k)
+        self.XV = X @ self.V  # (n, k)
+        self.row_sq = (X * X).sum(1)  # ||x_i||^2
+        self.row_sq_in = (self.XV * self.XV).sum(1)  # ||V^T x_i||^2
+
+
+PRECONDITIONERS = ("lowrank", "diagonal")
 
 
 def _newton(
     X: torch.Tensor,
-    X2: torch.Tensor,
+    XT: torch.Tensor,
+    X2T: torch.Tensor | None,
+    basis: _Basis | None,
     Y: torch.Tensor,
     cost: torch.Tensor,
     W: torch.Tensor,
@@ -48,20 +107,22 @@ def _newton(
 ) -> tuple[bool, int, int]:
     """Solve every column of ``W`` (d, P) in place, starting from its current value.
 
-    X (n, d) features with the intercept column, X2 = X**2, Y (n, P) in {-1, +1}, cost
+    X (n, d) features with the intercept column, XT its transpose (contiguous: products
+    with it are 2x faster than with a transposed view), basis the low-rank preconditioner's
+    subspace, or None and X2T = (X**2)^T for the diagonal one, Y (n, P) in {-1, +1}, cost
     (n, P) per-sample costs (C x weight, 0 for samples outside the problem). Returns
     (converged, Newton steps, CG steps); converged when every problem met
     ``||grad|| <= tol * ||grad at 0||``.
     """
     tiny = torch.finfo(X.dtype).tiny
-    g0 = (2 * (X.T @ (cost * -Y))).norm(dim=0)  # gradient norm at w = 0: the reference scale
+    g0 = (2 * (XT @ (cost * -Y))).norm(dim=0)  # gradient norm at w = 0: the reference scale
     idx = torch.arange(W.shape[1], device=X.device)
     Z = X @ W
     n_cg = 0
     for step_index in range(max_newton):
         Ws, Zs, Ys, Cs = W[:, idx], Z[:, idx], Y[:, idx], cost[:, idx]
         A = Cs * ((Ys * Zs) < 1)  # cost of the samples inside the margin, 0 elsewhere
-        G = Ws + 2 * (X.T @ (A * (Zs - Ys)))
+        G = Ws + 2 * (XT @ (A * (Zs - Ys)))
         gnorm = G.norm(dim=0)
         todo = gnorm > tol * g0[idx]
         if not bool(todo.any()):
@@ -70,17 +131,17 @@ def _newton(
         idx, Ws, Zs, Ys, Cs, A, G, gnorm = (t[..., todo] for t in (idx, Ws, Zs, Ys, Cs, A, G, gnorm))
 
         # Newton step: (I + 2 X^T diag(A) X) s = -G by preconditioned CG, to 10% of |G|.
-        precond = 1 + 2 * (X2.T @ A)
+        precond = _Preconditioner(basis, X2T, A)
         S = torch.zeros_like(Ws)
         R = -G
-        Zp = R / precond
+        Zp = precond.apply(R, slice(None))
         Pd = Zp.clone()
         rz = (R * Zp).sum(0)
         live = torch.arange(len(idx), device=X.device)
         for _ in range(max_cg):
             n_cg += 1
             P_live = Pd[:, live]
-            Hp = P_live + 2 * (X.T @ (A[:, live] * (X @ P_live)))
+            Hp = P_live + 2 * (XT @ (A[:, live] * (X @ P_live)))
             alpha = rz[live] / (P_live * Hp).sum(0).clamp_min(tiny)
             S[:, live] += alpha * P_live
             R[:, live] -= alpha * Hp
@@ -88,7 +149,7 @@ def _newton(
             if not bool(still.any()):
                 break
             live = live[still]
-            Zp = R[:, live] / precond[:, live]
+            Zp = precond.apply(R[:, live], live)
             rz_new = (R[:, live] * Zp).sum(0)
             beta = rz_new / rz[live].clamp_min(tiny)
             rz[live] = rz_new
@@ -125,6 +186,8 @@ def linear_svm_path(
     max_cg: int = 1000,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    preconditioner: str = "lowrank",
+    rank: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """LinearSVC coefficients for every C on the training rows of every fold.
 
@@ -138,6 +201,8 @@ def linear_svm_path(
         tol: relative gradient-norm tolerance.
         device: where to compute (a CUDA device solves large grids much faster).
         dtype: float64 by default on CPU, float32 on CUDA.
+        preconditioner: ``"lowrank"`` (top-``rank`` eigenvectors of X^T X, see
+            _Preconditioner: about 3x fewer CG steps on CNN features) or ``"diagonal"``.
 
     Returns:
         ``(coef, classes)``: coef (len(Cs), len(folds), n_problems, n_features + 1), the last
@@ -145,6 +210,8 @@ def linear_svm_path(
         ``classes[1]``, as LinearSVC) and n_classes otherwise (one-vs-rest).
     """
     device = torch.device(device)
+    if preconditioner not in PRECONDITIONERS:
+        raise ConfigurationError(f"Invalid preconditioner {preconditioner!r}: use one of {', '.join(PRECONDITIONERS)}.")
     if dtype is None:
         dtype = torch.float32 if device.type == "cuda" else torch.float64
     classes, y_index = np.unique(np.asarray(y), return_inverse=True)
@@ -169,7 +236,11 @@ def linear_svm_path(
     # A private copy in the solver's dtype (the input may be a read-only memory map).
     Xt = torch.from_numpy(np.array(X, dtype=np.float32 if dtype == torch.float32 else np.float64)).to(device)
     Xt = torch.cat([Xt, torch.full((n, 1), float(intercept_scaling), dtype=dtype, device=device)], dim=1)
-    X2 = Xt * Xt
+    XT = Xt.T.contiguous()
+    if preconditioner == "lowrank":
+        basis, X2T = _Basis(Xt, max(1, min(rank, Xt.shape[1] - 1))), None
+    else:
+        basis, X2T = None, XT * XT
     Y = torch.as_tensor(Y_np, dtype=dtype, device=device)
     base_cost = torch.as_tensor(cost_np, dtype=dtype, device=device)
     W = torch.zeros(Xt.shape[1], n_folds * n_prob, dtype=dtype, device=device)
@@ -178,8 +249,8 @@ def linear_svm_path(
     out = np.empty((len(Cs), n_folds, n_prob, Xt.shape[1]))
     not_converged = []
     for i in order:  # increasing C: warm start from the previous solution
-        converged, n_newton, n_cg = _newton(Xt, X2, Y, base_cost * float(Cs[i]), W, tol=tol, max_newton=max_newton,
-                                            max_cg=max_cg)
+        converged, n_newton, n_cg = _newton(Xt, XT, X2T, basis, Y, base_cost * float(Cs[i]), W, tol=tol,
+                                            max_newton=max_newton, max_cg=max_cg)
         logger.debug("C=%g: %d Newton steps, %d CG steps", Cs[i], n_newton, n_cg)
         if not converged:
             not_converged.append(Cs[i])
@@ -203,8 +274,6 @@ def _class_weights(class_weight: dict | str | None, classes: np.ndarray, y_index
         return out
     if isinstance(class_weight, dict):
         return np.array([float(class_weight.get(c, 1.0)) for c in classes.tolist()])
-    from mtdp_core.errors import ConfigurationError
-
     raise ConfigurationError(f"Invalid class_weight {class_weight!r}: use None, 'balanced' or a dict {{label: weight}}.")
 
 

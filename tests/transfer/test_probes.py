@@ -73,6 +73,25 @@ def test_cv_refuses_what_cannot_be_cross_validated():
     assert make_cv(np.array([0] * 10 + [1] * 3), None, 5).n_splits == 3
 
 
+def test_fast_metrics_equal_scikit_learns():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    from mtdp_core.transfer.probes import score_from_decisions
+
+    rng = np.random.default_rng(0)
+    y2 = np.array(["neg", "pos"])[rng.integers(0, 2, 200)]
+    d = np.round(rng.normal(size=200), 1)  # rounded: many ties
+    classes2 = np.array(["neg", "pos"])
+    assert score_from_decisions("roc_auc", y2, d, classes2) == pytest.approx(roc_auc_score(y2 == "pos", d), abs=1e-12)
+    assert score_from_decisions("accuracy", y2, d, classes2) == accuracy_score(y2, classes2[(d > 0).astype(int)])
+    y3, d3 = rng.integers(0, 3, 200), rng.normal(size=(200, 3))
+    pred = d3.argmax(1)
+    assert score_from_decisions("accuracy", y3, d3, np.arange(3)) == accuracy_score(y3, pred)
+    assert score_from_decisions("balanced_accuracy", y3, d3, np.arange(3)) == pytest.approx(
+        balanced_accuracy_score(y3, pred))
+    assert np.isnan(score_from_decisions("roc_auc", np.array(["pos"] * 3), d[:3], classes2))
+
+
 def test_binary_tasks_are_scored_by_roc_auc_and_multiclass_by_accuracy():
     assert resolve_scoring("auto", 2) == "roc_auc" and resolve_scoring("auto", 5) == "accuracy"
     with pytest.raises(ConfigurationError):
@@ -97,12 +116,15 @@ def test_the_batched_solver_agrees_with_liblinear(k, class_weight):
     if class_weight:
         keep = (y != 0) | (np.arange(len(y)) % 3 == 0)  # imbalanced classes
         X, y, g = X[keep], y[keep], g[keep]
-    # Coefficients on one training set, against LinearSVC solved to a tight tolerance.
-    coef, classes = linear_svm_path(X, y, [np.arange(len(y))], [1e-3, 0.1, 1.0], class_weight=class_weight, tol=1e-8)
-    for i, C in enumerate([1e-3, 0.1, 1.0]):
-        ref = LinearSVC(C=C, class_weight=class_weight, dual=False, tol=1e-10, max_iter=100000).fit(X, y)
-        expected = np.hstack([ref.coef_, ref.intercept_[:, None]])
-        np.testing.assert_allclose(coef[i, 0], expected, atol=1e-5 * np.abs(expected).max())
+    # Coefficients on one training set, against LinearSVC solved to a tight tolerance, with
+    # both preconditioners (a low rank below the feature count, so both parts of it act).
+    for preconditioner in ("lowrank", "diagonal"):
+        coef, classes = linear_svm_path(X, y, [np.arange(len(y))], [1e-3, 0.1, 1.0], class_weight=class_weight,
+                                        tol=1e-8, preconditioner=preconditioner, rank=4)
+        for i, C in enumerate([1e-3, 0.1, 1.0]):
+            ref = LinearSVC(C=C, class_weight=class_weight, dual=False, tol=1e-10, max_iter=100000).fit(X, y)
+            expected = np.hstack([ref.coef_, ref.intercept_[:, None]])
+            np.testing.assert_allclose(coef[i, 0], expected, atol=1e-5 * np.abs(expected).max())
     # Whole grid search: the same scores and the same choice as GridSearchCV(LinearSVC).
     batched = Probe(class_weight=class_weight, engine="batched").fit(X, y, g)
     plain = Probe(class_weight=class_weight, engine="sklearn").fit(X, y, g)
