@@ -21,6 +21,7 @@ import numpy as np
 from mtdp_core.backbones import list_backbones
 from mtdp_core.data.images import IMAGE_EXTENSIONS, RESIZE_MODES, list_images
 from mtdp_core.errors import ConfigurationError
+from mtdp_core.runtime import resolve_device
 from mtdp_core.transfer.cache import FINGERPRINT_MODES
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"Some images of {args.train} are not in a class folder: put each in TRAIN/<class>/.")
     probe = Probe(args.kind, param_grid=dict(args.grid) if args.grid else None, n_splits=args.folds,
                   scoring=args.scoring, class_weight=args.class_weight, seed=args.seed, n_jobs=args.n_jobs,
-                  device="cuda" if str(args.device).startswith("cuda") else "cpu")
+                  device=str(resolve_device(args.device)))
     probe.fit(train["X"], train["y"], train["groups"])
     print(f"{args.kind} on {len(train['y'])} samples, {len(probe.classes_)} classes, {probe.cv_}")
     print(probe.cv_table())

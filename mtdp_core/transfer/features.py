@@ -103,6 +103,34 @@ def precision_of(device: torch.device, amp: bool) -> str:
     return _autocast(device, amp)[1]
 
 
+def make_loader(
+    inputs: Sequence[ImageInput],
+    preprocessing: Preprocessing,
+    indices: Sequence[int],
+    *,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    persistent: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The ordered DataLoader of ``inputs[indices]`` that ``run_extraction`` consumes.
+
+    ``persistent`` keeps its worker processes between passes (a validation set read every
+    epoch); a single pass does not need it.
+    """
+    dataset = torch.utils.data.Subset(ImageInputDataset(inputs, preprocessing), list(indices))
+    workers = min(num_workers, max(0, -(-len(indices) // batch_size)))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=persistent and workers > 0,
+    )
+
+
 def run_extraction(
     model: torch.nn.Module,
     preprocessing: Preprocessing,
@@ -115,25 +143,18 @@ def run_extraction(
     num_workers: int,
     amp: bool = True,
     progress: bool = False,
+    loader: torch.utils.data.DataLoader | None = None,
 ) -> None:
     """Run ``model`` on ``inputs[indices]`` in order, passing each batch to ``sink(indices, rows)``.
 
     ``model`` must already be on ``device``, in eval mode; ``rows`` are float32 numpy
-    arrays (k, n_features).
+    arrays (k, n_features). ``loader``: a ``make_loader`` loader to reuse instead of a new one.
     """
     if not len(indices):
         return
-    dataset = torch.utils.data.Subset(ImageInputDataset(inputs, preprocessing), list(indices))
-    workers = min(num_workers, max(0, -(-len(indices) // batch_size)))
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,  # one pass: nothing to keep alive
-    )
+    if loader is None:
+        loader = make_loader(inputs, preprocessing, indices, device=device, batch_size=batch_size,
+                             num_workers=num_workers)
     autocast, _ = _autocast(device, amp)
     bar = tqdm(total=len(indices), desc="features", unit="img", disable=not progress, smoothing=0.05)
     with torch.inference_mode(), autocast, bar:

@@ -36,7 +36,7 @@ from mtdp_core.backbones import Backbone, create_backbone, get_backbone_entry, s
 from mtdp_core.data.images import RESIZE_MODES, Preprocessing, TrainAugmentation
 from mtdp_core.errors import ConfigurationError, ModelFileError
 from mtdp_core.runtime import describe_device, resolve_device
-from mtdp_core.transfer.features import ImageInputDataset, as_input_list, default_num_workers, run_extraction
+from mtdp_core.transfer.features import as_input_list, default_num_workers, make_loader, run_extraction
 from mtdp_core.transfer.probes import make_cv, resolve_scoring, score_from_decisions
 
 logger = logging.getLogger(__name__)
@@ -89,8 +89,10 @@ def predict_logits(
     device: str | torch.device = "auto",
     amp: bool = True,
     progress: bool = False,
+    loader: torch.utils.data.DataLoader | None = None,
 ) -> np.ndarray:
-    """Logits of images: float32 (n, n_classes), with the same fast loader as feature extraction."""
+    """Logits of images: float32 (n, n_classes), with the same fast loader as feature extraction
+    (``loader``: a ``features.make_loader`` loader of these inputs to reuse)."""
     items = as_input_list(inputs)
     device = resolve_device(device)
     workers = default_num_workers(device) if num_workers is None else num_workers
@@ -101,7 +103,7 @@ def predict_logits(
 
     model = network.to(device).eval().to(memory_format=torch.channels_last)
     run_extraction(model, preprocessing, items, range(len(items)), sink, device=device, batch_size=batch_size,
-                   num_workers=workers, amp=amp, progress=progress)
+                   num_workers=workers, amp=amp, progress=progress, loader=loader)
     return out
 
 
@@ -274,6 +276,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                     self.backbone, backbone.weights_info.key(), len(train_inputs), len(val_inputs), len(classes),
                     list(self.learning_rates), self.epochs, describe_device(device))
 
+        # Read every epoch: one loader whose workers live for the whole fit.
+        val_batch = max(self.batch_size, 32)
+        val_loader = make_loader(val_inputs, prep, range(len(val_inputs)), device=device, batch_size=val_batch,
+                                 num_workers=workers, persistent=True)
         history: list[dict] = []
         best: dict = {"key": (-math.inf, -math.inf), "state": None, "lr": None, "epoch": None, "score": None}
         for lr in self.learning_rates:
@@ -304,8 +310,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 start = time.perf_counter()
                 train_loss = _train_epoch(network, loader, prep, device, optimizer, autocast, scaler,
                                           desc=f"lr {lr:g} epoch {epoch}", progress=self.progress)
-                val_logits = predict_logits(network, val_inputs, prep, batch_size=max(self.batch_size, 32),
-                                            num_workers=workers, device=device, amp=self.amp)
+                val_logits = predict_logits(network, val_inputs, prep, batch_size=val_batch, num_workers=workers,
+                                            device=device, amp=self.amp, loader=val_loader)
                 val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits),
                                                              torch.from_numpy(val_targets).long()))
                 val_score = score_from_decisions(scoring, y_val_arr, softmax(val_logits), classes)
@@ -325,6 +331,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                         logger.info("lr %g: no improvement for %d epochs, stopping", lr, stale)
                         break
             del loader  # ends its persistent workers
+        del val_loader
 
         network = FineTunedNetwork(backbone, len(classes))
         network.load_state_dict(best["state"])
