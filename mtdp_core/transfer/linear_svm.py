@@ -61,8 +61,10 @@ class _Preconditioner:
         k = XV.shape[1]
         # B_p = (XV)^T diag(a_p) (XV) for every problem p: (P, k, k).
         B = torch.einsum("ni,np,nj->pij", XV, A, XV)
-        eye = torch.eye(k, dtype=XV.dtype, device=XV.device)
-        self.chol = torch.linalg.cholesky(eye + 2 * B)
+        # The k x k systems are solved in float64 whatever the working precision: with a large
+        # C they are far too ill-conditioned for a float32 Cholesky (the float32 CUDA path).
+        eye = torch.eye(k, dtype=torch.float64, device=XV.device)
+        self.chol = torch.linalg.cholesky(eye + 2 * B.double())
         # Average curvature outside the subspace: (trace of X^T D X - trace of B) / (d - k).
         outside = (basis.row_sq - basis.row_sq_in) @ A  # (P,)
         self.mu = 1 + 2 * outside.clamp_min(0) / max(basis.V.shape[0] - k, 1)
@@ -73,8 +75,8 @@ class _Preconditioner:
             return R / self.diag[:, cols]
         V = self.basis.V
         proj = V.T @ R  # (k, p)
-        inside = torch.cholesky_solve(proj.T.unsqueeze(-1), self.chol[cols]).squeeze(-1).T  # (k, p)
-        return V @ inside + (R - V @ proj) / self.mu[cols]
+        inside = torch.cholesky_solve(proj.T.double().unsqueeze(-1), self.chol[cols]).squeeze(-1).T  # (k, p)
+        return V @ inside.to(R.dtype) + (R - V @ proj) / self.mu[cols]
 
 
 class _Basis:
