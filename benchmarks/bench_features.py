@@ -13,6 +13,11 @@ For each (backbone, image set), in the same run and on the same images:
 
 Targets (issue #4): pipeline >= 85% of forward on CPU, and >= 2x incumbent.
 
+``--memory N1,N2,...``: instead, extract N images (the set's files, repeated) with a small
+network at 32 px into the cache, and report the peak anonymous memory (RssAnon) of the
+process for each N: bounded memory means it does not grow with N (the features live in the
+memory-mapped file, which the kernel can write back and evict).
+
 The measurements of one (backbone, image set) are interleaved and repeated (``--reps``);
 the table reports the best of the repetitions of each (the run least disturbed by other
 processes: these machines are shared), the JSON keeps every one. The load average before
@@ -43,7 +48,12 @@ sys.path.insert(0, str(REPO))
 from mtdp_core.backbones import create_backbone  # noqa: E402
 from mtdp_core.data.images import Preprocessing  # noqa: E402
 from mtdp_core.logs import configure_logging  # noqa: E402
-from mtdp_core.transfer.features import default_num_workers, extract_features, prepare_model  # noqa: E402
+from mtdp_core.transfer.features import (  # noqa: E402
+    default_batch_size,
+    default_num_workers,
+    extract_features,
+    prepare_model,
+)
 
 IMAGE_SETS = {
     # name: (sub-folder of the data folder, glob, description)
@@ -65,13 +75,62 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=",".join(MODELS), help=f"backbones among {', '.join(MODELS)}")
     p.add_argument("--n-images", type=int, default=256, help="images per set (at most the set's size)")
     p.add_argument("--size", type=int, default=224, help="input size")
-    p.add_argument("--batch-size", type=int, default=32, help="batch of the forward pass and the pipeline")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch of the forward pass and the pipeline (default: the pipeline's automatic choice)")
     p.add_argument("--workers", default=None,
                    help="comma-separated worker counts for the pipeline (default: the automatic choice)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every measurement (default: 3)")
     p.add_argument("--no-incumbent", dest="incumbent", action="store_false", help="skip the incumbent recipe")
+    p.add_argument("--memory", default=None, metavar="N1,N2",
+                   help="measure peak memory against the number of images instead (e.g. 5000,50000)")
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     return p
+
+
+def _rss_anon_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_memory(data: Path, sizes: Sequence[int], batch_size: int) -> list[dict]:
+    """Peak RssAnon of the main process while extracting N images into the cache, for each N."""
+    import threading
+
+    files = _images(data, "oral_cancer", 256)
+    backbone = create_backbone("resnet18", weights="random", seed=0)
+    prep = Preprocessing.for_backbone(backbone, size=32)
+    rows = []
+    for n in sizes:
+        paths = [files[i % len(files)] for i in range(n)]
+        cache = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+        peak = [_rss_anon_mib()]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], _rss_anon_mib())
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        before = _rss_anon_mib()
+        thread.start()
+        start = time.perf_counter()
+        try:
+            feats = extract_features(backbone, paths, prep, batch_size=batch_size, num_workers=1, device="cpu",
+                                     progress=False, cache_dir=cache)
+            checksum = float(np.asarray(feats[::max(1, n // 100)]).sum())  # touch the result
+        finally:
+            stop.set()
+            thread.join()
+            shutil.rmtree(cache, ignore_errors=True)
+        rows.append({"n_images": n, "features_mib": n * backbone.n_features * 4 / 2**20, "rss_anon_before_mib": before,
+                     "rss_anon_peak_mib": peak[0], "seconds": time.perf_counter() - start, "checksum": checksum})
+        print(f"| {n} | {rows[-1]['features_mib']:.0f} MiB | {before:.0f} MiB | {peak[0]:.0f} MiB | "
+              f"{n / rows[-1]['seconds']:.0f} img/s |", flush=True)
+    return rows
 
 
 def _images(data: Path, name: str, n: int) -> list[Path]:
@@ -141,10 +200,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("WARNING")
     device = torch.device("cpu")
     workers = [int(w) for w in args.workers.split(",")] if args.workers else [default_num_workers(device)]
+    if args.batch_size is None:
+        args.batch_size = default_batch_size(device, args.size)
     results = []
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"
     load_before = os.getloadavg()
+    if args.memory:
+        print(f"# feature extraction memory ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, resnet18 at 32 px, "
+              f"cache on disk)")
+        print("| images | features size | RssAnon before | RssAnon peak | speed |")
+        print("|---:|---:|---:|---:|---:|")
+        rows = bench_memory(args.data, [int(v) for v in args.memory.split(",")], args.batch_size)
+        if args.output:
+            args.output.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine,
+                                               "memory": rows}, indent=1))
+        return 0
     print(f"# feature extraction benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, "
           f"load average {load_before[0]:.1f}, best of {args.reps})")
     print("| model | images | forward img/s | pipeline img/s (workers) | pipeline / forward | incumbent img/s "

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--groups", default=None,
                    help="group ids from training file names for grouped CV: 'prefix' or a regex with one group")
     p.add_argument("--size", type=int, default=224, help="input size in pixels (default: 224)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: automatic)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: automatic)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (reused across runs)")

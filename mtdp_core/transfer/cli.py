@@ -71,9 +71,13 @@ def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet
                    help="center_crop keeps the aspect ratio, stretch does not (default: center_crop)")
 
 
-def add_runtime_options(p: argparse.ArgumentParser, *, cache: bool = True, batch_size: int = 64) -> None:
+def add_runtime_options(p: argparse.ArgumentParser, *, cache: bool = True, batch_size: int | None = None) -> None:
     g = p.add_argument_group("runtime")
-    g.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
+    if batch_size is None:
+        g.add_argument("--batch-size", type=int, default=None,
+                       help="images per forward pass (default: automatic: 8 at 224 px on CPU, 128 on GPU)")
+    else:
+        g.add_argument("--batch-size", type=int, default=batch_size, help=f"images per training step (default: {batch_size})")
     g.add_argument("--workers", type=int, default=None,
                    help="processes that decode images while the model runs (default: automatic, see docs/transfer.md)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")

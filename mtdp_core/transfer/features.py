@@ -56,6 +56,19 @@ def default_num_workers(device: torch.device) -> int:
     return 1 if cores <= 4 else 2
 
 
+def default_batch_size(device: torch.device, image_size: int = 224) -> int:
+    """Images per forward pass: small on CPUs, large on GPUs, scaled with the image area.
+
+    On CPU, 8 images of 224 px were fastest for every backbone measured (densenet121,
+    resnet50, efficientnet_lite0; 1.2-2x faster than batches of 32, whose activations no
+    longer fit the caches); a GPU needs large batches to be busy.
+    """
+    scale = (224 / max(image_size, 1)) ** 2
+    if device.type == "cuda":
+        return int(min(1024, max(32, round(128 * scale))))
+    return int(min(256, max(4, round(8 * scale))))
+
+
 class ImageInputDataset(torch.utils.data.Dataset):
     """Images given as paths, PIL images or HxWx3 uint8 arrays -> ``(uint8 (s, s, 3), index, error)``.
 
@@ -182,7 +195,7 @@ def extract_features(
     inputs: Sequence[ImageInput],
     preprocessing: Preprocessing,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | torch.device = "auto",
     amp: bool = True,
@@ -198,7 +211,7 @@ def extract_features(
         backbone: the model (moved to ``device``, switched to eval mode).
         inputs: image file paths, PIL images or (H, W, 3) uint8 arrays.
         preprocessing: how each image becomes a (3, size, size) input.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; None picks ``default_batch_size(device, size)``.
         num_workers: decoding processes; None picks ``default_num_workers(device)``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         amp: float16 autocast on CUDA (ignored on CPU).
@@ -212,11 +225,13 @@ def extract_features(
     Returns:
         float32 array (n_samples, n_features); a ``np.memmap`` when ``cache_dir`` is given.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"Invalid batch size {batch_size!r}: use a positive integer (e.g. 64).")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigurationError(f"Invalid batch size {batch_size!r}: use a positive integer, or None (automatic).")
     if fingerprint not in FINGERPRINT_MODES:
         raise ConfigurationError(f"Invalid fingerprint mode {fingerprint!r}: use one of {', '.join(FINGERPRINT_MODES)}.")
     device = resolve_device(device)
+    if batch_size is None:
+        batch_size = default_batch_size(device, preprocessing.size)
     if num_workers is None:
         num_workers = default_num_workers(device)
     if not isinstance(num_workers, int) or num_workers < 0:
@@ -337,7 +352,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         sha256: str | None = None,
         image_size: int = 224,
         resize: str = "center_crop",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         num_workers: int | None = None,
         device: str = "auto",
         amp: bool = True,
@@ -380,8 +395,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             raise ConfigurationError(f"Invalid image_size {self.image_size!r}: use an integer of at least 8 (e.g. 224).")
         if self.resize not in RESIZE_MODES:
             raise ConfigurationError(f"Invalid resize {self.resize!r}: use one of {', '.join(RESIZE_MODES)}.")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigurationError(f"Invalid batch_size {self.batch_size!r}: use a positive integer (e.g. 64).")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigurationError(f"Invalid batch_size {self.batch_size!r}: use a positive integer, or None (automatic).")
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise ConfigurationError(f"Invalid num_workers {self.num_workers!r}: use None (automatic), 0 or more.")
         if self.fingerprint not in FINGERPRINT_MODES:

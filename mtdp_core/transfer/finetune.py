@@ -36,7 +36,13 @@ from mtdp_core.backbones import Backbone, create_backbone, get_backbone_entry, s
 from mtdp_core.data.images import RESIZE_MODES, Preprocessing, TrainAugmentation
 from mtdp_core.errors import ConfigurationError, ModelFileError
 from mtdp_core.runtime import describe_device, resolve_device
-from mtdp_core.transfer.features import as_input_list, default_num_workers, make_loader, run_extraction
+from mtdp_core.transfer.features import (
+    as_input_list,
+    default_batch_size,
+    default_num_workers,
+    make_loader,
+    run_extraction,
+)
 from mtdp_core.transfer.probes import make_cv, resolve_scoring, score_from_decisions
 
 logger = logging.getLogger(__name__)
@@ -84,7 +90,7 @@ def predict_logits(
     inputs: Any,
     preprocessing: Preprocessing,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | torch.device = "auto",
     amp: bool = True,
@@ -96,6 +102,7 @@ def predict_logits(
     items = as_input_list(inputs)
     device = resolve_device(device)
     workers = default_num_workers(device) if num_workers is None else num_workers
+    batch_size = batch_size or default_batch_size(device, preprocessing.size)
     out = np.empty((len(items), network.head.out_features), dtype=np.float32)
 
     def sink(index: np.ndarray, rows: np.ndarray) -> None:
@@ -277,7 +284,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                     list(self.learning_rates), self.epochs, describe_device(device))
 
         # Read every epoch: one loader whose workers live for the whole fit.
-        val_batch = max(self.batch_size, 32)
+        val_batch = default_batch_size(device, self.image_size)
         val_loader = make_loader(val_inputs, prep, range(len(val_inputs)), device=device, batch_size=val_batch,
                                  num_workers=workers, persistent=True)
         history: list[dict] = []
@@ -351,8 +358,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities of images: (n, n_classes)."""
         check_is_fitted(self)
-        return softmax(predict_logits(self.network_, X, self.preprocessing_, batch_size=max(self.batch_size, 32),
-                                       num_workers=self.num_workers, device=self.device, amp=self.amp))
+        return softmax(predict_logits(self.network_, X, self.preprocessing_, num_workers=self.num_workers,
+                                      device=self.device, amp=self.amp))
 
     def predict(self, X: Any) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
