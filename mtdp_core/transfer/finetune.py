@@ -293,8 +293,6 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             torch.manual_seed(self.seed)  # same head init, batches and augmentation for every lr
             backbone.load_state_dict(init_state)
             network = FineTunedNetwork(backbone, len(classes)).to(device)
-            if device.type == "cuda":  # channels_last speeds up convolutions on GPUs; on CPUs, training slows
-                network = network.to(memory_format=torch.channels_last)
             loader = torch.utils.data.DataLoader(
                 train_set,
                 batch_size=min(self.batch_size, len(train_set)),
@@ -339,6 +337,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                         break
             del loader  # ends its persistent workers
         del val_loader
+        if best["state"] is None:
+            raise ConfigurationError(
+                f"Fine-tuning diverged (NaN validation loss) at every learning rate {list(self.learning_rates)}: "
+                "use smaller learning rates."
+            )
 
         network = FineTunedNetwork(backbone, len(classes))
         network.load_state_dict(best["state"])
@@ -399,8 +402,9 @@ def _train_epoch(network: FineTunedNetwork, loader: torch.utils.data.DataLoader,
                  device: torch.device, optimizer: torch.optim.Optimizer, autocast: Any,
                  scaler: torch.amp.GradScaler | None, *, desc: str, progress: bool) -> float:
     """One pass over the training set; returns the mean training loss."""
-    network.train()
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    # Validation runs channels_last (faster inference everywhere): back to the training layout.
+    network.to(memory_format=memory_format).train()
     total, count = 0.0, 0
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         # uint8 to the device, normalised there: 4x less to transfer than float images.
