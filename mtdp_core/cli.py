@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mtdp_core.transfer.cli",
     "mtdp_core.server.cli",
     "mtdp_core.data.cli",
+    "mtdp_core.evaluation.cli",
 )
 
 DESCRIPTION = """\

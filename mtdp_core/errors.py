@@ -42,3 +42,21 @@ class DataError(MtdpError):
 
 class CheckpointError(MtdpError):
     """A training checkpoint is missing, unreadable, or does not match the run resuming from it."""
+
+
+# --------------------------------------------------------------------------- transfer
+
+class ImageReadError(DataError):
+    """An input image cannot be opened or decoded."""
+
+
+class ModelFileError(MtdpError):
+    """A saved classifier file is unreadable, of an unknown format, or fails validation."""
+
+
+class TamperedModelError(ModelFileError):
+    """A saved classifier's content does not match the checksum recorded inside it."""
+
+
+class IncompatibleModelError(ModelFileError):
+    """A saved classifier was made for another backbone, preprocessing or format version."""
