@@ -44,7 +44,6 @@ from pathlib import Path
 
 from mtdp_core.cytomine.errors import LocalDataError
 from mtdp_core.cytomine.params import LOCAL_GROUP_TITLE
-from mtdp_core.data.images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +152,8 @@ class LocalImage:
 
 
 def _is_image(path: Path) -> bool:
+    from mtdp_core.data.images import IMAGE_EXTENSIONS  # imports torch: not at import time (fast --help)
+
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -179,8 +180,7 @@ def read_image_folder(folder: str | os.PathLike | None, *, what: str = "--infold
         logger.warning("%s lists %d files that are not in %s (e.g. %s)", LABELS_FILE, len(missing), root, missing[0])
     if not images:
         raise LocalDataError(
-            f"Put images in {root} (in class sub-folders, or with a {LABELS_FILE}): it has no image "
-            f"({', '.join(IMAGE_EXTENSIONS)})."
+            f"Put images in {root} (in class sub-folders, or with a {LABELS_FILE}): it has no image file."
         )
     logger.info("%s: %d images, %d labelled, %d classes", root, len(images), sum(i.label is not None for i in images),
                 len({i.label for i in images if i.label is not None}))

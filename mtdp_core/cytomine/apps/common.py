@@ -26,7 +26,6 @@ from mtdp_core.cytomine.crops import DEFAULT_MAX_FAILED_FRACTION, CropReport, Cr
 from mtdp_core.cytomine.errors import CropDownloadError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
 from mtdp_core.errors import ConfigurationError
-from mtdp_core.runtime import describe_device, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +52,8 @@ def cache_root(job: Job) -> Path:
 
 def check_device(args: argparse.Namespace) -> str:
     """The device argument, checked now (a missing GPU fails the job at once, not after the crops)."""
+    from mtdp_core.runtime import describe_device, resolve_device
+
     try:
         device = resolve_device(args.device)
     except ConfigurationError as exc:
