@@ -219,10 +219,17 @@ def _read_labels(path: Path) -> dict[str, tuple[str | None, str | None]]:
 
 
 def ground_truth(folder: str | os.PathLike) -> dict[str, str]:
-    """Ground-truth labels of a ``--gtfolder`` by file name (and relative path)."""
-    truth: dict[str, str] = {}
-    for image in read_image_folder(folder, what="--gtfolder"):
-        if image.label is not None:
-            truth[image.key] = image.label
-            truth.setdefault(image.path.name, image.label)
+    """Ground-truth labels of a ``--gtfolder`` by file name (and relative path): images in class
+    folders, and/or a ``labels.csv`` (which may list files that are only in ``--infolder``)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise LocalDataError(f"Give an existing folder as --gtfolder: {root} does not exist or is not a folder.")
+    truth = {name: label for name, (label, _) in _read_labels(root / LABELS_FILE).items() if label is not None}
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            for path in sorted(p for p in entry.rglob("*") if _is_image(p)):
+                truth[path.relative_to(root).as_posix()] = entry.name
+                truth.setdefault(path.name, entry.name)
+    if not truth:
+        raise LocalDataError(f"Put class folders or a {LABELS_FILE} (filename,label) in --gtfolder {root}: it has neither.")
     return truth

@@ -84,7 +84,8 @@ class CytomineSession:
     Args:
         client: the connected client; requests are signed with its current keys (a
             ``CytomineJob`` switches to the job user's keys when it starts).
-        retries: extra attempts for retryable failures; backoff: first delay in seconds.
+        retries: extra attempts for retryable failures (default ``DEFAULT_RETRIES``); backoff: first
+            delay in seconds (default ``DEFAULT_BACKOFF``).
         timeout: (connect, read) seconds per request.
     """
 
@@ -92,13 +93,13 @@ class CytomineSession:
         self,
         client: Any,
         *,
-        retries: int = DEFAULT_RETRIES,
-        backoff: float = DEFAULT_BACKOFF,
+        retries: int | None = None,
+        backoff: float | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
         self.client = client
-        self.retries = retries
-        self.backoff = backoff
+        self.retries = DEFAULT_RETRIES if retries is None else retries
+        self.backoff = DEFAULT_BACKOFF if backoff is None else backoff
         self.timeout = timeout
         self._lock = threading.Lock()
 

@@ -129,7 +129,8 @@ class PredictionPusher:
         job_users: users whose earlier predictions count as "already there" (this job's and
             earlier jobs' of the same software: :func:`software_job_users`).
         mode: ``"term"`` or ``"annotation"``.
-        chunk_size: annotations per bulk request; threads: concurrent term requests.
+        chunk_size: annotations per bulk request (default ``DEFAULT_CHUNK_SIZE``); threads: concurrent
+            term requests.
         retries, backoff: for requests that failed without an answer or with a 5xx/429.
     """
 
@@ -140,7 +141,7 @@ class PredictionPusher:
         job_users: Sequence[int],
         *,
         mode: str = "term",
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         threads: int = DEFAULT_THREADS,
         retries: int | None = None,
         backoff: float | None = None,
@@ -148,6 +149,7 @@ class PredictionPusher:
     ) -> None:
         if mode not in PUSH_MODES:
             raise ParameterError(f"Use push_mode 'term' or 'annotation': got {mode!r}.")
+        chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
         if chunk_size < 1 or threads < 1:
             raise ParameterError(f"Use a chunk size and thread count of at least 1: got {chunk_size}, {threads}.")
         self.session = session

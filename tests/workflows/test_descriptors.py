@@ -18,7 +18,7 @@ from mtdp_core.server.descriptors import load_descriptor
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from write_descriptors import APPS, descriptor_text, load_workflow  # noqa: E402
+from write_descriptors import APPS, DOCS, descriptor_text, docs_text, load_workflow  # noqa: E402
 
 SCHEMA = json.loads((ROOT / "descriptors" / "cytomine-0.1.schema.json").read_text())
 
@@ -74,6 +74,10 @@ def test_value_keys_are_in_the_command_and_never_prefixes(app):
 def test_descriptor_files_are_generated_from_the_parsers(app):
     assert (ROOT / "descriptors" / f"{app}.json").read_text() == descriptor_text(app), (
         "run python scripts/write_descriptors.py")
+
+
+def test_docs_input_tables_match_the_descriptors():
+    assert DOCS.read_text() == docs_text(), "run python scripts/write_descriptors.py"
 
 
 @pytest.mark.parametrize("app", APPS)

@@ -83,4 +83,6 @@ def run(job: Job, args: argparse.Namespace) -> str:
     job.set_property("n_annotations" if not job.local else "n_images", n)
     job.set_property("n_features", d)
     job.set_property("backbone", f"{args.backbone} ({args.weights})")
-    return f"{n} x {d} features of {args.backbone} saved to features.npz"
+    failed = meta.get("crops_failed", 0)
+    note = f" ({failed} crops failed: see crop_failures.csv)" if failed else ""
+    return f"{n} x {d} features of {args.backbone} saved to features.npz{note}"
