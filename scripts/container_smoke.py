@@ -55,6 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--make-base", action="store_true", help="recreate the python:3.11-slim stand-in first")
     parser.add_argument("--mirror", default="http://deb.debian.org/debian", help="Debian mirror for --make-base")
     parser.add_argument("--skip-build", action="store_true", help="use images already built")
+    parser.add_argument("--no-cache", action="store_true", help="build every layer again (measures a full build)")
     parser.add_argument("--images", type=int, default=8, help="BCCD sample images to import (default: 8)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="keep the server's data folder here")
@@ -98,6 +99,8 @@ def build(args: argparse.Namespace) -> dict[str, dict]:
     for app in APPS:
         cmd = [args.engine, "build", "--target", app, "-t", image_name(app, args.tag),
                "--build-arg", f"MTDP_FETCH_WEIGHTS={1 if args.fetch_weights else 0}"]
+        if args.no_cache and app == APPS[0]:  # the second image reuses the base just rebuilt
+            cmd.append("--no-cache")
         if args.torch_index_url:
             cmd += ["--build-arg", f"TORCH_INDEX_URL={args.torch_index_url}"]
         if not args.no_wheels and Path(args.wheels).is_dir():

@@ -100,10 +100,10 @@ class Job(ABC):
 
     def stage(self, name: str, start: int, end: int) -> Stage:
         """Start a stage: progress ``start``% with ``name`` as status comment."""
-        self.progress(start, name, force=True)
+        self.progress(start, name)
         return Stage(self, name, start, end)
 
-    def progress(self, percent: int, comment: str, *, force: bool = False) -> None:
+    def progress(self, percent: int, comment: str) -> None:
         percent = max(self._progress, min(99, int(percent)))  # 100 is the end, set by succeed()
         self._progress = percent
         self._send_progress(percent, fit_comment(comment))
@@ -311,6 +311,9 @@ def run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pip
     and end the job; the exit status is 0 on SUCCESS, 1 on FAILED, 2 when no job could be opened
     for an invalid parameter."""
     configure_logging()
+    if logging.getLogger().level > logging.DEBUG:
+        # The client logs every request at INFO: the job log would be mostly that.
+        logging.getLogger("cytomine.client").setLevel(logging.WARNING)
     from mtdp_core.cytomine.biaflows import biaflows_flags
 
     parameter_error: ParameterError | None = None

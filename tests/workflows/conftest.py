@@ -47,9 +47,10 @@ class Apps:
                 "cytomine_id_project": self.project.project_id, "cytomine_id_software": self.software[app]}
         return as_argv({**base, **params})
 
-    def run(self, app: str, **params) -> dict:
-        """Run ``app`` in this process with the admin's keys (a job is created); returns the job row."""
-        code = load_workflow(app).main(self.argv(app, **params))
+    def run(self, app: str, *flags: str, **params) -> dict:
+        """Run ``app`` in this process with the admin's keys (a job is created); returns the job row.
+        ``flags``: extra command-line tokens (e.g. BIAFLOWS flags)."""
+        code = load_workflow(app).main(self.argv(app, **params) + list(flags))
         job = self.last_job()
         assert (code == 0) == (job["status"] == SUCCESS), (code, job["status_comment"])
         return job

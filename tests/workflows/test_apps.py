@@ -260,6 +260,33 @@ def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
         assert npz["features"].shape == (8, 512) and sorted(set(npz["labels"].tolist())) == ["blue", "red"]
 
 
+def test_biaflows_no_download_uses_crops_in_infolder(apps, tmp_path):
+    infolder = tmp_path / "in"
+    first = apps.run("extract_features", "--infolder", str(infolder), **FAST)
+    assert first["status"] == SUCCESS and len(list(infolder.glob("*.png"))) == 18
+    (infolder / f"{apps.project.annotations[0].id}.png").unlink()
+    again = apps.run("extract_features", "-nd", "--infolder", str(infolder), **FAST)
+    assert again["status"] == SUCCESS and "1 crops failed" in again["status_comment"]
+    refused = apps.run("extract_features", "-nd", **FAST)
+    assert refused["status"] == FAILED and refused["status_comment"].startswith("Give --infolder with --no_download")
+
+
+def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, tmp_path):
+    from tests.workflows.conftest import as_argv, load_workflow
+
+    for path in sorted(tiny_image_folder.rglob("*_3.png")):  # one image per class leaves its class folder
+        path.rename(tiny_image_folder / path.name)
+    out = tmp_path / "out"
+    fast = as_argv({k: v for k, v in FAST.items() if k != "crop_max_size"})
+    code = load_workflow("finetune_predict").main(["--local", "--infolder", str(tiny_image_folder), "--outfolder",
+                                                   str(out), "--epochs", "1", "--learning_rates", "0.01",
+                                                   "--val_fraction", "0.5", *fast])
+    assert code == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert sorted(r["filename"] for r in rows) == ["blue_3.png", "red_3.png"]
+    assert (out / "mtdp-model.npz").is_file() and (out / "history.csv").is_file()
+
+
 def test_local_mode_without_folder_says_what_to_give(tmp_path):
     from tests.workflows.conftest import load_workflow
 

@@ -107,6 +107,8 @@ def fetch_crops(job: CytomineJobRun, records: Sequence[AnnotationRecord], spec: 
     Failed crops are skipped, counted, listed in ``crop_failures.csv`` (attached) and the
     ``crops_failed`` job property; too many fail the job (:class:`CropDownloadError`).
     """
+    if not job.flags.do_download and job.flags.infolder is None:
+        raise ParameterError("Give --infolder with --no_download: the crops are read from it (<annotation id>.png).")
     if job.flags.infolder is not None:
         store = CropStore.flat_folder(job.flags.infolder, spec)
     else:

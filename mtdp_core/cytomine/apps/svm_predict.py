@@ -193,23 +193,24 @@ def _truth_label(model: Any, terms: Sequence[int]) -> Any:
 
 def _agreement(job: Job, model: Any, records: Sequence[AnnotationRecord], index: np.ndarray,
                probabilities: np.ndarray) -> str:
+    """Metrics of the predictions against the terms the annotations already have (when they have one)."""
     labels = [c.label for c in model.classes]
     truth = [_truth_label(model, r.terms) for r in records]
     keep = [i for i, t in enumerate(truth) if t is not None]
     if not keep:
         return ""
-    names = {c.label: c.name for c in model.classes}
-    y_true = [truth[i] if not model.extra.get("binary") else truth[i] for i in keep]
-    y_pred = [labels[index[i]] for i in keep]
     if not model.extra.get("binary"):
-        by_id = {c.id: c.label for c in model.classes}
-        y_true = [by_id[t] for t in y_true]
-    metrics = classification_metrics(y_true, y_pred, labels, names, scores=probabilities[keep] if len(labels) == 2 else None)
+        by_term = {c.id: c.label for c in model.classes}
+        truth = [by_term.get(t) if t is not None else None for t in truth]
+    names = {c.label: c.name for c in model.classes}
+    y_true = [truth[i] for i in keep]
+    y_pred = [labels[index[i]] for i in keep]
+    scores = probabilities[keep] if len(labels) == 2 else None
+    metrics = classification_metrics(y_true, y_pred, labels, names, scores=scores)
     metrics["note"] = "agreement of the predictions with the terms the annotations already have"
     outputs = [write_json(job.output_path("metrics.json"), metrics),
                confusion_matrix_png(metrics["confusion_matrix"], metrics["class_names"],
-                                    job.output_path("confusion_matrix.png"),
-                                    title="Predictions vs existing terms")]
+                                    job.output_path("confusion_matrix.png"), title="Predictions vs existing terms")]
     if job.flags.do_upload_metrics:
         for path in outputs:
             job.attach(path)
