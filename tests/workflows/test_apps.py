@@ -204,6 +204,9 @@ def test_model_from_another_backbone_is_refused(apps, trained):
     assert job["status_comment"].startswith("Leave backbone and weights empty (or set resnet18 and random): the "
                                             f"model of job {trained['id']} was trained on resnet18")
     assert not algo_terms(apps, job)
+    other_weights = apps.run("svm_predict", cytomine_id_job=trained["id"], weights="imagenet")
+    assert other_weights["status"] == FAILED and other_weights["status_comment"].endswith(
+        "trained on resnet18 (random weights, seed 0) features, not imagenet weights.")
 
 
 def test_invalid_parameter_in_process(apps):

@@ -64,22 +64,29 @@ def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
     return model
 
 
+#: Weight sources named by the catalogue (anything else given as weights is a file path).
+WEIGHT_SOURCES = ("imagenet", "imagenet_v2", "mtdp", "random")
+
+
 def check_backbone(model: Any, args: argparse.Namespace) -> None:
     """Refuse a backbone or weights other than the model's (its classifier only fits those features)."""
     from mtdp_core.errors import IncompatibleModelError
 
     trained = model.describe_backbone()
-    fix = f"Leave backbone and weights empty (or set {model.arch} and {model.backbone.get('weights', {}).get('source')})"
+    source = model.backbone.get("weights", {}).get("source")
+    fix = f"Leave backbone and weights empty (or set {model.arch} and {source})"
+    origin = f"the model of job {args.cytomine_id_job or args.model}"
     if args.backbone and args.backbone != model.arch:
-        raise BackboneMismatchError(
-            f"{fix}: the model of job {args.cytomine_id_job or args.model} was trained on {trained} features, "
-            f"not {args.backbone}."
-        )
-    if args.weights and model.kind != "finetune":
-        try:
-            model.check_backbone(model.feature_extractor(weights=args.weights).identity())
-        except IncompatibleModelError as exc:
-            raise BackboneMismatchError(f"{fix}: {exc}") from None
+        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.backbone}.")
+    if not args.weights or model.kind == "finetune":
+        return
+    if args.weights in WEIGHT_SOURCES and args.weights != source:
+        # Known before loading anything (the other weights may not even be on this machine).
+        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.weights} weights.")
+    try:
+        model.check_backbone(model.feature_extractor(weights=args.weights).identity())
+    except IncompatibleModelError as exc:
+        raise BackboneMismatchError(f"{fix}: {exc}") from None
 
 
 def predict_scores(model: Any, paths: Sequence[Path], args: argparse.Namespace, job: Job, device: str,
