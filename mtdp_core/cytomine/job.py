@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mtdp_core.cytomine.biaflows import BiaflowsFlags
-from mtdp_core.cytomine.client import CytomineSession
+from mtdp_core.cytomine.client import CytomineSession, check_connected
 from mtdp_core.cytomine.errors import CytomineConnectionError, ParameterError, fit_comment
 from mtdp_core.cytomine.params import AppArgumentParser, descriptor_values
 from mtdp_core.errors import MtdpError
@@ -288,18 +288,20 @@ def open_cytomine_job(args: argparse.Namespace, parser: AppArgumentParser, flags
     try:
         cj = CytomineJob(host, public_key, private_key, software, project,
                          parameters=descriptor_values(args, parser), configure_logging=False)
-    except Exception as exc:  # requests errors, client errors: all mean "cannot connect"
+        check_connected(cj, host)
+        if not cj.project:
+            raise CytomineConnectionError(
+                f"Check cytomine_id_project: project {project} does not exist or is not readable with these keys.")
+        if not cj.software:
+            raise CytomineConnectionError(f"Check cytomine_id_software: software {software} is not registered.")
+        cj.start()
+    except MtdpError:
+        raise
+    except Exception as exc:  # requests and client errors: all mean the job could not be opened
         raise CytomineConnectionError(
-            f"Check cytomine_host and that the server runs: cannot connect to {host} ({type(exc).__name__}: {exc})"
+            f"Check cytomine_host and that the server runs: cannot open the job on {host} "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
-    from mtdp_core.cytomine.client import check_connected
-
-    check_connected(cj, host)
-    if not cj.project:
-        raise CytomineConnectionError(f"Check cytomine_id_project: project {project} does not exist or is not readable.")
-    if not cj.software:
-        raise CytomineConnectionError(f"Check cytomine_id_software: software {software} is not registered.")
-    cj.start()
     run = CytomineJobRun(cj, flags, app)
     logger.info("job %d of %s (software %d) on project %d, outputs in %s", run.id, run.software_name, software,
                 project, run.outfolder)

@@ -89,6 +89,17 @@ def test_mtdp_errors_and_crashes_fail_the_job(app):
     assert job["status"] == FAILED and job["status_comment"] == "Unexpected error, see the job log: KeyError: 'boom'"
 
 
+def test_refused_keys_and_unknown_project_exit_1(server, seeded, caplog):
+    argv = ["--cytomine_host", server.url, "--cytomine_public_key", server.public_key, "--cytomine_private_key",
+            "wrong", "--cytomine_id_project", str(seeded.project_id), "--cytomine_id_software", "1"]
+    assert run_app(parser(), argv, lambda job, args: "x", app="test_app") == 1
+    assert "Check the host and API keys" in caplog.text
+    argv[5] = server.private_key
+    argv[7] = "999999"
+    assert run_app(parser(), argv, lambda job, args: "x", app="test_app") == 1
+    assert "Check cytomine_id_project: project 999999 does not exist" in caplog.text
+
+
 def test_missing_connection_parameters_exit_2(capsys):
     code = run_app(parser(), ["--threshold", "2"], lambda job, args: "x", app="test_app")
     assert code == 2
