@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mtdp_core.backbones.cli",
     "mtdp_core.transfer.cli",
     "mtdp_core.server.cli",
+    "mtdp_core.data.cli",
 )
 
 DESCRIPTION = """\

@@ -34,3 +34,11 @@ class ChecksumMismatchError(WeightsError):
 
 class IncompatibleWeightsError(WeightsError):
     """A checkpoint does not fit the architecture it is loaded into."""
+
+
+class DataError(MtdpError):
+    """A data file (task pool index, manifest, image) is missing, unreadable or malformed."""
+
+
+class CheckpointError(MtdpError):
+    """A training checkpoint is missing, unreadable, or does not match the run resuming from it."""
