@@ -19,7 +19,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m mtdp_core features $(SHARED_DATA)/mini/nct_crc_he --backbone efficientnet_lite0 --weights imagenet -o demo-output/nct_crc_he_features.npz
+	$(PY) demo/run_demo.py --output demo-output
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -53,7 +53,7 @@ examples:
   mtdp server import --data mtdp-data --project bccd ../shared/data/bccd/JPEGImages \
       --annotations ../shared/data/bccd/boxes.csv
   mtdp server register-app --data mtdp-data descriptors/svm_train.json
-  mtdp server launch svm_train --data mtdp-data --project bccd --param n_jobs=2
+  mtdp server launch svm_train --data mtdp-data --project bccd --param balanced_classes=true
   mtdp server user add alice --data mtdp-data
 
 The data folder can also be given as $MTDP_SERVER_DATA. See docs/local_server.md.

@@ -1,0 +1,80 @@
+"""Write requirements/docker.txt: exact versions of every runtime dependency of mtdp, from an
+environment where the project is installed (the development venv), for the container image.
+
+torch, torchvision and the packages only they need (nvidia-*, triton) are left out: the
+Dockerfile installs that pair first, from PyPI (CUDA build) or from TORCH_INDEX_URL (e.g. the
+CPU-only index), then this lock with --no-deps.
+
+    python scripts/lock_docker_requirements.py            # writes requirements/docker.txt
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH = {"torch", "torchvision"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_requirements() -> list[Requirement]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [Requirement(r) for r in project["dependencies"]]
+
+
+def closure(roots: list[Requirement], skip: set[str]) -> dict[str, str]:
+    env = default_environment()
+    found: dict[str, str] = {}
+    todo = [r for r in roots if canonical(r.name) not in skip]
+    while todo:
+        req = todo.pop()
+        name = canonical(req.name)
+        if name in found or name in skip or (req.marker and not req.marker.evaluate({**env, "extra": ""})):
+            continue
+        dist = metadata.distribution(req.name)
+        found[name] = dist.version
+        for sub in dist.requires or []:
+            subreq = Requirement(sub)
+            if subreq.marker and not subreq.marker.evaluate({**env, "extra": ""}):
+                continue
+            todo.append(subreq)
+    return found
+
+
+def torch_only(roots: list[Requirement]) -> set[str]:
+    """Packages required by torch/torchvision and by nothing else in the closure."""
+    everything = closure(roots, set())
+    others = closure([r for r in roots if canonical(r.name) not in TORCH], set())
+    return {name for name in everything if name not in others}
+
+
+def main() -> int:
+    roots = runtime_requirements()
+    skip = torch_only(roots) | TORCH
+    pins = closure(roots, skip)
+    lines = [
+        "# Exact versions of mtdp's runtime dependencies for the container image (Dockerfile).",
+        "# torch==2.14.1 and torchvision==0.29.1 are installed before, with their own dependencies.",
+        "# Regenerate with: python scripts/lock_docker_requirements.py",
+        *(f"{name}=={version}" for name, version in sorted(pins.items())),
+    ]
+    out = ROOT / "requirements" / "docker.txt"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out.relative_to(ROOT)} ({len(pins)} packages)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

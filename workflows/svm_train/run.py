@@ -1,0 +1,73 @@
+"""svm-train: train a linear SVM on deep features of a Cytomine project's labelled annotations.
+
+Cytomine launches it from ``descriptors/svm_train.json``; it also runs by hand with a person's
+keys (a job is created), and without a server on a folder of images (``--local``)::
+
+    python workflows/svm_train/run.py --cytomine_host URL --cytomine_public_key K --cytomine_private_key K \\
+        --cytomine_id_project P --cytomine_id_software S [--cytomine_id_terms 12,13] ...
+    python workflows/svm_train/run.py --local --infolder IMAGES --outfolder OUT
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+try:
+    import mtdp_core  # noqa: F401
+except ImportError:  # run from a source checkout without installing: the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from mtdp_core.cytomine.apps import svm_train
+from mtdp_core.cytomine.biaflows import add_biaflows_arguments
+from mtdp_core.cytomine.inputs import (
+    add_backbone_inputs,
+    add_connection_inputs,
+    add_crop_inputs,
+    add_filter_inputs,
+    add_image_size_input,
+    add_runtime_inputs,
+)
+from mtdp_core.cytomine.job import run_app
+from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer, new_parser
+
+DESCRIPTOR = {
+    "name": "MTDP-SVM-Train",
+    "description": (
+        "Trains a classifier of annotations: a pre-trained network (multi-task pre-training for digital "
+        "pathology, or ImageNet) turns each annotation's crop into features, and a linear SVM learns the "
+        "terms from them (C chosen by cross-validation grouped by image). Attaches the model (for "
+        "MTDP-SVM-Predict), the cross-validated score, per-class metrics and a confusion matrix."
+    ),
+    "image": "mtdp/s_mtdp-svm-train",
+}
+
+
+def get_args_parser() -> AppArgumentParser:
+    parser = new_parser("svm_train", DESCRIPTOR["description"])
+    add_connection_inputs(parser)
+    add_filter_inputs(parser, purpose="train")
+    add_input(parser, "cytomine_positive_terms", type="ListDomain", name="Positive terms (binary mode)", default="",
+              uri="/api/project/$currentProject$/term.json", uri_print_attribute="name", uri_sort_attribute="name",
+              description="Binary mode: annotations with these terms form the positive class, all others the "
+                          "negative class. Empty: one class per term.")
+    add_input(parser, "cv_folds", type="Number", name="Cross-validation folds", default=5, converter=integer(2, 20),
+              description="Folds of the cross-validation that chooses the SVM's C; annotations of one image stay "
+                          "in one fold (fewer folds when there are fewer images).", minimum=2, maximum=20)
+    add_input(parser, "balanced_classes", type="Boolean", name="Balance classes", default=False, converter=boolean,
+              description="Weight classes inversely to their number of annotations (helps when one term "
+                          "dominates, e.g. red blood cells).")
+    add_crop_inputs(parser)
+    add_backbone_inputs(parser)
+    add_image_size_input(parser)
+    add_runtime_inputs(parser)
+    add_biaflows_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_app(get_args_parser(), sys.argv[1:] if argv is None else argv, svm_train.run, app="svm_train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
