@@ -14,6 +14,25 @@ _DATEFMT = "%H:%M:%S"
 _configured = False
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain ``StreamHandler(sys.stderr)`` keeps the stream of the moment it was made: after a
+    redirection (an app's log capture, pytest's capsys) it writes to a stale or closed file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__/setStream assign it: always follow sys.stderr
+        pass
+
+
 def configure_logging(level: int | str | None = None, *, force: bool = False) -> None:
     """Send mtdp logs to stderr with timestamps, once per process.
 
@@ -29,7 +48,7 @@ def configure_logging(level: int | str | None = None, *, force: bool = False) ->
     if _configured and not force:
         root.setLevel(level)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
     for old in list(root.handlers):
         if getattr(old, "_mtdp", False):

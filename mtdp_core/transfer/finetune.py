@@ -22,7 +22,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -164,6 +164,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         augment: the paper's augmentation (random square crop, flips) on training images.
         scoring: validation metric: ``"auto"`` (ROC AUC if binary, else accuracy), ...
         num_workers, device, amp, progress: as feature extraction.
+        on_epoch: called with each epoch's history row (lr, epoch, losses, val_score,
+            seconds) as it ends, e.g. to report a Cytomine job's progress. Not a
+            hyper-parameter: it does not change the result.
 
     Attributes (after fit):
         network_: the fine-tuned FineTunedNetwork (eval mode, CPU).
@@ -195,6 +198,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         device: str = "auto",
         amp: bool = True,
         progress: bool = False,
+        on_epoch: Callable[[dict], None] | None = None,
     ) -> None:
         self.backbone = backbone
         self.weights = weights
@@ -216,6 +220,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.device = device
         self.amp = amp
         self.progress = progress
+        self.on_epoch = on_epoch
 
     # ----------------------------------------------------------------- checks
 
@@ -322,6 +327,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 val_score = score_from_decisions(scoring, y_val_arr, softmax(val_logits), classes)
                 history.append({"lr": float(lr), "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                                 "val_score": val_score, "seconds": time.perf_counter() - start})
+                if self.on_epoch is not None:
+                    self.on_epoch(dict(history[-1]))
                 logger.info("lr %g epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f", lr, epoch, self.epochs,
                             train_loss, val_loss, scoring, val_score)
                 key = (-math.inf if math.isnan(val_score) else val_score, -val_loss)

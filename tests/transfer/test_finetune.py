@@ -43,6 +43,14 @@ def test_early_stopping_and_a_held_out_validation_split(colour_splits):
     assert tuner.best_epoch_ >= 1
 
 
+def test_on_epoch_sees_every_history_row_as_it_ends(colour_splits):
+    train, y_train = colour_splits["train"]
+    rows = []
+    tuner = FineTuner(**{**TINY, "learning_rates": (1e-3, 1e-4), "epochs": 2, "on_epoch": rows.append})
+    tuner.fit(train, y_train)
+    assert rows == tuner.history_ and [(r["lr"], r["epoch"]) for r in rows] == [(1e-3, 1), (1e-3, 2), (1e-4, 1), (1e-4, 2)]
+
+
 def test_pretrained_initial_weights_are_used(colour_splits, tmp_path):
     from mtdp_core.backbones import save_backbone
 
