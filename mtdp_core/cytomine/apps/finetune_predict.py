@@ -35,6 +35,10 @@ from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_p
 logger = logging.getLogger(__name__)
 
 
+#: Fine-tuning's batch size when the batch_size input is empty.
+FINETUNE_BATCH_SIZE = 32
+
+
 def make_tuner(args: argparse.Namespace, device: str, stage: Stage) -> Any:
     from mtdp_core.transfer.finetune import FineTuner
 
@@ -46,7 +50,7 @@ def make_tuner(args: argparse.Namespace, device: str, stage: Stage) -> Any:
         stage.update(seen["n"], total, f"lr {row['lr']:g} epoch {row['epoch']}: validation {row['val_score']:.3f}")
 
     return FineTuner(args.backbone, args.weights, seed=args.seed, image_size=args.image_size,
-                     learning_rates=tuple(args.learning_rates), epochs=args.epochs, batch_size=args.batch_size,
+                     learning_rates=tuple(args.learning_rates), epochs=args.epochs, batch_size=args.batch_size or FINETUNE_BATCH_SIZE,
                      patience=args.patience or None, augment=args.augment, num_workers=args.n_workers,
                      device=device, on_epoch=on_epoch)
 
