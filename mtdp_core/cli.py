@@ -19,14 +19,25 @@ from mtdp_core.logs import configure_logging
 
 logger = logging.getLogger("mtdp")
 
-# Modules that define sub-commands, in the order `mtdp --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "mtdp_core.backbones.cli",
-    "mtdp_core.transfer.cli",
-    "mtdp_core.server.cli",
-    "mtdp_core.data.cli",
-    "mtdp_core.evaluation.cli",
-)
+# Every sub-command: the module whose ``register(subparsers)`` defines it (with the commands it
+# shares a module with) and its one-line help, in the order `mtdp --help` lists them. Only the
+# module of the command being run is imported: `mtdp --help` and `mtdp server ...` do not pay
+# for importing torch. tests/test_cli.py checks these help lines against the modules'.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "backbones": ("mtdp_core.backbones.cli", "list the registered backbones"),
+    "weights": ("mtdp_core.backbones.cli", "list, locate, verify or fetch weights files"),
+    "features": ("mtdp_core.transfer.cli", "extract features of a folder of images (cached, resumable)"),
+    "probe": ("mtdp_core.transfer.cli", "train a linear SVM (or another probe) on features, with grouped cross-validation"),
+    "predict": ("mtdp_core.transfer.cli", "apply a saved model (probe or fine-tuned) to images"),
+    "finetune": ("mtdp_core.transfer.cli", "fine-tune a backbone + new linear layer on a folder of class folders"),
+    "server": ("mtdp_core.server.cli", "the local Cytomine-compatible server (serve, import, launch apps)"),
+    "pool": ("mtdp_core.data.cli", "build, describe or index a pool of tasks for multi-task pre-training"),
+    "compare": ("mtdp_core.evaluation.cli", "compare backbones on tasks by feature extraction + SVM and/or fine-tuning"),
+    "report": ("mtdp_core.evaluation.cli", "comparison tables and plots from a scores CSV"),
+}
+
+#: The modules that define sub-commands, in order.
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 DESCRIPTION = """\
 mtdp: multi-task pre-training of deep neural networks for digital pathology.
@@ -46,7 +57,10 @@ Run `mtdp COMMAND --help` for the options of a command. Set MTDP_LOG_LEVEL=DEBUG
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``mtdp`` parser; with ``command``, only that command's module is imported and its
+    options are complete (the other commands are listed with their help only). Without it,
+    every module is imported (documentation, tests)."""
     parser = argparse.ArgumentParser(
         prog="mtdp",
         description=DESCRIPTION,
@@ -61,13 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging verbosity (default: $MTDP_LOG_LEVEL or INFO)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    modules = COMMAND_MODULES if command is None else (COMMANDS[command][0],) if command in COMMANDS else ()
+    for name, (module_name, help_text) in COMMANDS.items():
+        if module_name in modules:
+            if name not in subparsers.choices:
+                importlib.import_module(module_name).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first word that is not an option or its value)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--log-level":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv) or "")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     if not getattr(args, "func", None):

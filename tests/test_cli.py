@@ -44,3 +44,40 @@ def test_user_errors_exit_1_with_a_message(tiny_image_folder, tmp_path, caplog):
     code = main(["features", str(tiny_image_folder), "-o", str(tmp_path / "f.npz"), "--backbone", "resnet05"])
     assert code == 1
     assert "Unknown backbone 'resnet05'" in caplog.text
+
+
+def test_command_table_matches_the_modules():
+    """COMMANDS lists every sub-command the modules register, with the same help line."""
+    import argparse
+
+    from mtdp_core.cli import COMMANDS, build_parser
+
+    full = build_parser()
+    action = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    registered = {a.dest: a.help for a in action._choices_actions}
+    assert registered == {name: help_text for name, (_, help_text) in COMMANDS.items()}
+
+
+def test_help_and_the_server_commands_do_not_import_torch():
+    code = ("import sys, contextlib, io\n"
+            "from mtdp_core.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    for argv in (['--help'], ['server', '--help']):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_command_gets_its_full_options_and_a_typo_lists_the_commands(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["features", "--help"])
+    assert "--backbone" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["featurs"])
+    assert "invalid choice: 'featurs'" in capsys.readouterr().err
