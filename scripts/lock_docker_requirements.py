@@ -6,12 +6,15 @@ Dockerfile installs that pair first, from PyPI (CUDA build) or from TORCH_INDEX_
 CPU-only index), then this lock with --no-deps.
 
     python scripts/lock_docker_requirements.py            # writes requirements/docker.txt
+    python scripts/lock_docker_requirements.py --check    # exit 1 when the file is out of date
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -59,7 +62,15 @@ def torch_only(roots: list[Requirement]) -> set[str]:
     return {name for name in everything if name not in others}
 
 
-def main() -> int:
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when requirements/docker.txt differs from the installed versions")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     roots = runtime_requirements()
     skip = torch_only(roots) | TORCH
     pins = closure(roots, skip)
@@ -70,6 +81,14 @@ def main() -> int:
         *(f"{name}=={version}" for name, version in sorted(pins.items())),
     ]
     out = ROOT / "requirements" / "docker.txt"
+    if args.check:
+        current = out.read_text() if out.is_file() else ""
+        if current != "\n".join(lines) + "\n":
+            print(f"{out.relative_to(ROOT)} is out of date with pyproject.toml and the installed packages: "
+                  "run python scripts/lock_docker_requirements.py", file=sys.stderr)
+            return 1
+        print(f"{out.relative_to(ROOT)} is up to date ({len(pins)} packages)")
+        return 0
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out.relative_to(ROOT)} ({len(pins)} packages)")

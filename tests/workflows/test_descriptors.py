@@ -105,3 +105,22 @@ def test_dockerfile_has_one_target_per_app_with_its_descriptor():
         assert f"cp /app/descriptors/{app}.json /app/descriptor.json" in text
         image = descriptor(app)["container-image"]["image"]
         assert image.startswith("mtdp/s_mtdp-")
+
+
+def test_docker_lock_pins_every_runtime_dependency_and_never_torch():
+    """requirements/docker.txt (installed --no-deps in the image) must cover pyproject's dependencies."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[2]
+    canon = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    pins = {}
+    for line in (root / "requirements" / "docker.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"{line!r} is not pinned with =="
+            pins[canon(name)] = version
+    wanted = {canon(Requirement(r).name) for r in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert wanted - {"torch", "torchvision"} <= set(pins), "run python scripts/lock_docker_requirements.py"
+    assert not {"torch", "torchvision"} & set(pins)
