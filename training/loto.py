@@ -13,7 +13,8 @@ by feature extraction (every task) and fine-tuning (the config's finetune_tasks)
 Outputs (OUTPUT_DIR): results.md (every table), loto/ (scores, ranks, selection),
 comparison_fe/ and comparison_ft/ (CSV, Markdown, plots of per-task differences with
 2-sigma bars), records.jsonl, pretrain/ (the training runs), features/ (the feature cache).
-Running the command again reuses completed pre-trainings and cached features.
+Running the command again reuses completed pre-trainings and cached features;
+--report-only writes the reports again from records.jsonl without computing anything.
 See training/README.md for the recorded run.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtdp_core.errors import MtdpError  # noqa: E402
-from mtdp_core.evaluation.experiment import ExperimentConfig, run_experiment  # noqa: E402
+from mtdp_core.evaluation.experiment import ExperimentConfig, report_experiment, run_experiment  # noqa: E402
 from mtdp_core.logs import configure_logging  # noqa: E402
 
 logger = logging.getLogger("loto")
@@ -49,6 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
     parser.add_argument("--seeds", type=_ints, default=None, help="override the config's seeds, e.g. 0,1,2")
     parser.add_argument("--device", default=None, help="override the device: auto, cpu, cuda or cuda:N")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the reports again from OUTPUT_DIR/records.jsonl; train and evaluate nothing")
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging verbosity (default: $MTDP_LOG_LEVEL or INFO)")
     return parser
@@ -66,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.device:
             config.device = args.device
             config.pretrain = {**config.pretrain, "device": args.device}
-        result = run_experiment(config)
+        result = report_experiment(config.output_dir) if args.report_only else run_experiment(config)
     except MtdpError as exc:
         logger.error("%s", exc)
         logger.debug("details", exc_info=True)

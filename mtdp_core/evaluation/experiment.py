@@ -16,7 +16,9 @@
 Outputs under ``output_dir``: ``pretrain/`` (one training run per (set, h, seed)),
 ``features/`` (the feature cache), ``loto/`` (scores, rank summary, selection),
 ``comparison_fe/`` and ``comparison_ft/`` (``reports.write_report``: CSV, Markdown, plots),
-``records.jsonl`` (every evaluation) and ``results.md`` (all tables together).
+``records.jsonl`` (every evaluation), ``summary.json`` (wall time, selections) and
+``results.md`` (all tables together). ``report_experiment(output_dir)`` writes the reports
+again from records.jsonl without computing anything.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from mtdp_core.evaluation.protocol import (
     method_name,
     run_loto,
 )
-from mtdp_core.evaluation.ranking import ScoreTable, rank_matrix
+from mtdp_core.evaluation.ranking import ScoreTable, rank_matrix, select_method
 from mtdp_core.evaluation.reports import markdown_comparison, summary_rows, write_csv, write_report
 
 logger = logging.getLogger(__name__)
@@ -341,9 +343,51 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
         for r in all_records:
             fh.write(json.dumps(r, default=_jsonable) + "\n")
     paths["records"] = out / "records.jsonl"
-    paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    (out / "summary.json").write_text(json.dumps({"wall_seconds": round(seconds, 1), "selections": loto.selections}, indent=2) + "\n")
+    paths["summary"] = out / "summary.json"
+    paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, seconds)
     logger.info("experiment done in %.0f s: %s", time.perf_counter() - start, paths["results"])
     return ExperimentResult(loto, fe, ft, all_records, paths)
+
+
+def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
+    """Write the reports of a finished experiment again from its records.jsonl and experiment.json
+    (e.g. after a change of the report format), without training or evaluating anything."""
+    out = Path(output_dir)
+    try:
+        config = ExperimentConfig.from_dict(json.loads((out / "experiment.json").read_text()), where=str(out / "experiment.json"))
+        records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"{exc.filename} is missing: {out} is not a finished experiment (run training/loto.py first).") from None
+    loto_records = [r for r in records if r.get("stage") == "loto"]
+    sets = [tuple(s) for s in dict.fromkeys(tuple(r["left_out"]) for r in loto_records)]
+    labels = [hyperparams_label(h) for h in config.hyperparams]
+    order = [t for s in sets for t in s]
+    table = ScoreTable.from_records(loto_records, methods=labels, tasks=order)
+    set_of = {t: s for s in sets for t in s}
+    selections = {t: select_method(table, t, exclude=list(set_of[t]) if config.exclude_whole_set else [t]) for t in order}
+    loto = LotoResult(table, sets, selections, dict(zip(labels, config.hyperparams)), loto_records)
+    paths = _write_loto(loto, out / "loto")
+    comparison = [r for r in records if r.get("stage") == "comparison"]
+    fe_methods = [method_name(MULTITASK_LABEL, "fe")] + [method_name(b["label"], "fe") for b in config.baselines]
+    fe = ScoreTable.from_records([r for r in comparison if r["mode"] == "fe"], methods=fe_methods, tasks=order)
+    paths.update({f"fe:{k}": v for k, v in write_report(fe, out / "comparison_fe", reference=fe_methods[0],
+                                                          title="Feature extraction + linear SVM").items()})
+    ft = None
+    ft_records = [r for r in comparison if r["mode"] == "ft"]
+    if ft_records:
+        ft_methods = [method_name(MULTITASK_LABEL, "ft")] + [method_name(b["label"], "ft") for b in config.baselines]
+        ft = ScoreTable.from_records(ft_records, methods=ft_methods, tasks=[t for t in order if t in config.finetune_tasks])
+        paths.update({f"ft:{k}": v for k, v in write_report(ft, out / "comparison_ft", reference=ft_methods[0],
+                                                              title="Fine-tuning").items()})
+    try:
+        seconds = float(json.loads((out / "summary.json").read_text())["wall_seconds"])
+    except (OSError, KeyError, ValueError):
+        seconds = None
+    paths["records"] = out / "records.jsonl"
+    paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, seconds)
+    return ExperimentResult(loto, fe, ft, records, paths)
 
 
 def _fine_tune(config: ExperimentConfig, tasks: Mapping[str, TaskData], loto: LotoResult,
@@ -412,14 +456,16 @@ def _loto_markdown(loto: LotoResult) -> str:
 
 
 def _write_results(path: Path, config: ExperimentConfig, loto: LotoResult, fe: ScoreTable,
-                   ft: ScoreTable | None, seconds: float) -> Path:
+                   ft: ScoreTable | None, seconds: float | None) -> Path:
     fe_ref = method_name(MULTITASK_LABEL, "fe")
+    timing = f"wall time {seconds / 60:.1f} min" if seconds is not None else "wall time not recorded"
     parts = [
         "# Leave-one-task-out experiment", "",
         f"Backbone `{config.backbone}`, {config.transfer_image_size} px; seeds {config.seeds}; "
-        f"left-out sets {[' + '.join(s) for s in loto.left_out_sets]}; wall time {seconds / 60:.1f} min. "
+        f"left-out sets {[' + '.join(s) for s in loto.left_out_sets]}; {timing}. "
         "Scores are percentages (ROC AUC for binary tasks, accuracy otherwise), mean ± std over the seeds; "
-        "▲/▼: the multi-task model is significantly better/worse (|Δ| > 2 × the larger std), =: not significant.",
+        "▲/▼: the multi-task model is significantly better/worse (|Δ| > 2 × the larger std), =: not significant, "
+        "·: one run each (untested).",
         "", "## Hyper-parameter selection (feature extraction + linear SVM)", "", _loto_markdown(loto),
         "", "## Feature extraction + linear SVM", "",
         markdown_comparison(fe, fe_ref, [m for m in fe.methods if m != fe_ref]),

@@ -201,10 +201,13 @@ class Comparison:
     delta: float  # mean_a - mean_b
     threshold: float  # 2 x max(std_a, std_b)
     significant: bool
+    testable: bool = True  # False when both methods have a single run: no spread to test against
 
     @property
     def verdict(self) -> str:
-        """``"better"``, ``"worse"`` (a vs b, significant) or ``"same"``."""
+        """``"better"``, ``"worse"`` (a vs b, significant), ``"same"``, or ``"untested"`` (one run each)."""
+        if not self.testable:
+            return "untested"
         if not self.significant:
             return "same"
         return "better" if self.delta > 0 else "worse"
@@ -215,7 +218,8 @@ def compare(a: Sequence[float], b: Sequence[float], *, ddof: int = 0) -> Compari
 
     ``ddof=0`` (population std, numpy's default); a single run has std 0, so any difference
     with a deterministic method (e.g. ImageNet features, one run) counts unless the other
-    varies.
+    varies. When *both* methods have a single run there is no spread at all: the comparison
+    is not significant and its verdict is ``"untested"`` (run more seeds).
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.size == 0 or b.size == 0:
@@ -224,4 +228,5 @@ def compare(a: Sequence[float], b: Sequence[float], *, ddof: int = 0) -> Compari
     sb = float(b.std(ddof=ddof)) if b.size > ddof else 0.0
     delta = float(a.mean() - b.mean())
     threshold = 2 * max(sa, sb)
-    return Comparison(float(a.mean()), float(b.mean()), sa, sb, delta, threshold, abs(delta) > threshold)
+    testable = max(a.size, b.size) > 1
+    return Comparison(float(a.mean()), float(b.mean()), sa, sb, delta, threshold, testable and abs(delta) > threshold, testable)

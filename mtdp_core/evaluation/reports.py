@@ -7,7 +7,7 @@
   its average rank (Eq. 2);
 - ``comparison.csv`` / ``comparison.md``: per task, each method's mean ± std, and the
   difference reference - baseline with its significance (|delta| > 2 max(std), marked
-  ``▲``/``▼``, ``=`` when not significant);
+  ``▲``/``▼``, ``=`` when not significant, ``·`` when both methods have a single run);
 - ``differences_<reference>_vs_<baseline>.png``: per task, the difference with error bars
   of 2 max(std) (as the paper's Figures 2-3): a bar that does not cross zero is significant.
 """
@@ -28,7 +28,7 @@ from mtdp_core.evaluation.ranking import ScoreTable, compare, rank_matrix
 
 logger = logging.getLogger(__name__)
 
-_MARK = {"better": "▲", "worse": "▼", "same": "="}
+_MARK = {"better": "▲", "worse": "▼", "same": "=", "untested": "·"}
 
 
 def summary_rows(table: ScoreTable) -> list[dict]:
@@ -118,7 +118,7 @@ def markdown_comparison(table: ScoreTable, reference: str, baselines: Sequence[s
         pass
     lines.append("")
     lines.append(f"Scores in % (mean ± std over runs). ▲/▼: {reference} significantly better/worse "
-                 "(|Δ| > 2·max(σ)); =: difference within 2·max(σ).")
+                 "(|Δ| > 2·max(σ)); =: difference within 2·max(σ); ·: one run each, untested.")
     return "\n".join(lines)
 
 

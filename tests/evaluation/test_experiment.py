@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from mtdp_core.errors import ConfigurationError, DataError
-from mtdp_core.evaluation.experiment import ExperimentConfig, default_left_out_sets, run_experiment, task_data_from_pool
+from mtdp_core.evaluation.experiment import (
+    ExperimentConfig,
+    default_left_out_sets,
+    report_experiment,
+    run_experiment,
+    task_data_from_pool,
+)
 from mtdp_core.evaluation.protocol import SHARED_POOL_LEFT_OUT_SETS
 from tests.data.pool_factory import make_tiny_pool
 
@@ -75,7 +81,7 @@ def test_selection_excludes_the_target_and_the_multitask_scores_are_the_selected
 
 def test_outputs_are_written(finished):
     result, out = finished
-    for rel in ["results.md", "records.jsonl", "experiment.json", "loto/scores.csv", "loto/summary.csv",
+    for rel in ["results.md", "records.jsonl", "experiment.json", "summary.json", "loto/scores.csv", "loto/summary.csv",
                 "loto/selection.csv", "loto/selection.md", "comparison_fe/comparison.md", "comparison_fe/scores.csv",
                 "comparison_ft/comparison.md"]:
         assert (out / rel).is_file(), rel
@@ -84,6 +90,24 @@ def test_outputs_are_written(finished):
     assert "## Hyper-parameter selection" in text and "## Fine-tuning" in text and "multitask fe" in text
     lines = (out / "records.jsonl").read_text().splitlines()
     assert len(lines) == len(result.records) and all(json.loads(line)["stage"] in ("loto", "comparison") for line in lines)
+
+
+def test_reports_are_rewritten_from_the_records_alone(finished, monkeypatch):
+    result, out = finished
+    before = (out / "results.md").read_text()
+    (out / "results.md").unlink()
+    monkeypatch.setattr("mtdp_core.training.train", lambda config: pytest.fail("report_experiment trained"))
+    monkeypatch.setattr("mtdp_core.evaluation.experiment.evaluate_feature_extraction", lambda *a, **k: pytest.fail("evaluated"))
+    again = report_experiment(out)
+    assert (out / "results.md").read_text() == before
+    assert again.loto.selections == result.loto.selections
+    np.testing.assert_array_equal(again.fe.scores, result.fe.scores)
+    np.testing.assert_array_equal(again.ft.scores, result.ft.scores)
+
+
+def test_a_finished_experiment_is_needed_to_rewrite_reports(tmp_path):
+    with pytest.raises(ConfigurationError, match="not a finished experiment"):
+        report_experiment(tmp_path)
 
 
 def test_running_again_reuses_completed_pretrainings(finished, pool, monkeypatch):

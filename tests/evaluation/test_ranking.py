@@ -63,6 +63,8 @@ def test_the_two_sigma_rule():
     c = compare([0.70], [0.80, 0.80, 0.81])
     assert c.verdict == "worse" and c.threshold == pytest.approx(2 * np.std([0.80, 0.80, 0.81]))
     assert not compare([0.5, 0.7], [0.5, 0.7]).significant  # equal means
+    one_each = compare([0.9], [0.1])  # no spread to test a difference against
+    assert not one_each.significant and one_each.verdict == "untested" and not one_each.testable
 
 
 def test_incomplete_tables_cannot_be_ranked(table):
