@@ -261,6 +261,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    # A background job of a script (`mtdp server serve &`, nohup) starts with SIGINT ignored, and
+    # Python then leaves it ignored: Ctrl-C / kill -INT must stop the server all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
