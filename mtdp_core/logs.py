@@ -47,6 +47,7 @@ def configure_logging(level: int | str | None = None, *, force: bool = False) ->
     root = logging.getLogger()
     if _configured and not force:
         root.setLevel(level)
+        _quiet_chatty_libraries(root.level)
         return
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
@@ -56,7 +57,13 @@ def configure_logging(level: int | str | None = None, *, force: bool = False) ->
     handler._mtdp = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # Third-party libraries that are chatty at INFO.
-    for noisy in ("PIL", "matplotlib", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    _quiet_chatty_libraries(root.level)
     _configured = True
+
+
+def _quiet_chatty_libraries(level: int) -> None:
+    """Third-party libraries that are chatty at INFO log warnings only (the Cytomine client logs
+    every request at INFO: a job log or the demo's output would be mostly that; at DEBUG it shows)."""
+    for noisy in ("PIL", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
+    logging.getLogger("cytomine.client").setLevel(logging.WARNING if level > logging.DEBUG else logging.DEBUG)

@@ -81,3 +81,18 @@ def test_a_command_gets_its_full_options_and_a_typo_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["featurs"])
     assert "invalid choice: 'featurs'" in capsys.readouterr().err
+
+
+def test_the_cytomine_clients_request_logs_show_at_debug_only():
+    import logging
+
+    from mtdp_core.logs import configure_logging
+
+    client = logging.getLogger("cytomine.client")
+    try:
+        configure_logging("INFO")
+        assert not client.isEnabledFor(logging.INFO) and client.isEnabledFor(logging.WARNING)
+        configure_logging("DEBUG")
+        assert client.isEnabledFor(logging.INFO)
+    finally:
+        configure_logging("WARNING")

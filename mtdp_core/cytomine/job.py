@@ -312,10 +312,7 @@ def run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pip
     """Parse, open the job, run ``pipeline(job, args)`` (which returns the final status comment),
     and end the job; the exit status is 0 on SUCCESS, 1 on FAILED, 2 when no job could be opened
     for an invalid parameter."""
-    configure_logging()
-    if logging.getLogger().level > logging.DEBUG:
-        # The client logs every request at INFO: the job log would be mostly that.
-        logging.getLogger("cytomine.client").setLevel(logging.WARNING)
+    configure_logging()  # also keeps the client's per-request INFO logs out of the job log
     from mtdp_core.cytomine.biaflows import biaflows_flags
 
     parameter_error: ParameterError | None = None
