@@ -89,10 +89,11 @@ def test_the_cytomine_clients_request_logs_show_at_debug_only():
     from mtdp_core.logs import configure_logging
 
     client = logging.getLogger("cytomine.client")
+    before = logging.getLogger().level
     try:
         configure_logging("INFO")
         assert not client.isEnabledFor(logging.INFO) and client.isEnabledFor(logging.WARNING)
         configure_logging("DEBUG")
         assert client.isEnabledFor(logging.INFO)
     finally:
-        configure_logging("WARNING")
+        configure_logging(before)
