@@ -16,7 +16,9 @@
 Outputs under ``output_dir``: ``pretrain/`` (one training run per (set, h, seed)),
 ``features/`` (the feature cache), ``loto/`` (scores, rank summary, selection),
 ``comparison_fe/`` and ``comparison_ft/`` (``reports.write_report``: CSV, Markdown, plots),
-``records.jsonl`` (every evaluation), ``summary.json`` (wall time, selections) and
+``records.jsonl`` (every evaluation), ``evaluations.jsonl`` (the journal of finished
+evaluations: running the experiment again, after an interruption or with other fine-tuning
+settings, redoes only what is missing or changed), ``summary.json`` (wall time, selections) and
 ``results.md`` (all tables together). ``report_experiment(output_dir)`` writes the reports
 again from records.jsonl without computing anything.
 """
@@ -259,6 +261,73 @@ def _check_same_run(out: Path, config: Any) -> None:
         )
 
 
+# --------------------------------------------------------------------------- finished evaluations
+
+class EvaluationJournal:
+    """Finished evaluations, appended to a JSONL file as each one ends, so that running the
+    experiment again (after an interruption, or with other fine-tuning settings) redoes only
+    what is missing or changed.
+
+    An evaluation is keyed by everything its result depends on: the task (name and sizes),
+    the mode, architecture, weights (a file's path, size and modification time), seed, input
+    size and the probe's or fine-tuner's parameters. Its label is not part of the key.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.done: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.done[entry["key"]] = entry["record"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by an interruption: that evaluation runs again
+        self.reused = 0
+
+    @staticmethod
+    def key(task: TaskData, spec: BackboneSpec, mode: str, settings: Mapping[str, Any]) -> str:
+        weights: Any = spec.weights
+        path = Path(spec.weights)
+        if path.is_file():
+            stat = path.stat()
+            weights = [os.fspath(path.resolve()), stat.st_size, stat.st_mtime_ns]
+        return json.dumps({"task": task.name, "n": [len(task.train_inputs), len(task.test_inputs)], "mode": mode,
+                           "arch": spec.arch, "weights": weights, "sha256": spec.sha256, "seed": spec.seed,
+                           "settings": settings}, sort_keys=True, default=_jsonable)
+
+    def run(self, key: str, label: str, compute: Any) -> dict:
+        if key in self.done:
+            self.reused += 1
+            return dict(self.done[key], method=label)
+        record = compute()
+        self.done[key] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"key": key, "record": record}, default=_jsonable) + "\n")
+        return dict(record)
+
+    def feature_extraction(self, probe: Any, common: Mapping[str, Any]):
+        """``evaluate_feature_extraction`` through the journal (the ``evaluate`` of ``run_loto``)."""
+        settings = {"image_size": common["image_size"], "probe": probe.get_params()}
+
+        def evaluate(task: TaskData, spec: BackboneSpec, **kwargs: Any) -> dict:
+            return self.run(self.key(task, spec, "fe", settings), spec.label,
+                            lambda: evaluate_feature_extraction(task, spec, **kwargs))
+
+        return evaluate
+
+    def fine_tuning(self, finetuner: Any):
+        settings = {k: v for k, v in finetuner.get_params().items()
+                    if k not in ("backbone", "weights", "seed", "sha256", "progress", "on_epoch", "num_workers", "device")}
+
+        def evaluate(task: TaskData, spec: BackboneSpec) -> dict:
+            return self.run(self.key(task, spec, "ft", settings), spec.label,
+                            lambda: evaluate_fine_tuning(task, spec, finetuner=finetuner))
+
+        return evaluate
+
+
 # --------------------------------------------------------------------------- the experiment
 
 @dataclass
@@ -304,8 +373,10 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
     common = dict(image_size=size, batch_size=config.batch_size, num_workers=config.num_workers,
                   device=config.device, cache_dir=out / "features")
     pretrain = multitask_pretrainer(pool.path or config.pool, config.pretrain, out / "pretrain")
+    journal = EvaluationJournal(out / "evaluations.jsonl")
+    evaluate_fe = journal.feature_extraction(probe, common)
     loto = run_loto(tasks, sets, config.hyperparams, config.seeds, pretrain, arch=arch, probe=probe,
-                    exclude_whole_set=config.exclude_whole_set, **common)
+                    exclude_whole_set=config.exclude_whole_set, evaluate=evaluate_fe, **common)
     paths = _write_loto(loto, out / "loto")
 
     # Feature extraction: the selected multi-task models (scores already measured by LOTO) vs the baselines.
@@ -320,7 +391,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
         for b in config.baselines:
             for seed in config.seeds:
                 spec = BackboneSpec(b["label"], arch, b["weights"], seed=seed)
-                rec = evaluate_feature_extraction(tasks[task], spec, probe=probe, **common)
+                rec = evaluate_fe(tasks[task], spec, probe=probe, **common)
                 rec["method"] = method_name(b["label"], "fe")
                 records.append(rec)
     fe_methods = [method_name(MULTITASK_LABEL, "fe")] + [method_name(b["label"], "fe") for b in config.baselines]
@@ -330,7 +401,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
 
     ft = None
     if config.finetune_tasks:
-        ft_records = _fine_tune(config, tasks, loto, selected, arch, size)
+        ft_records = _fine_tune(config, tasks, loto, selected, arch, size, journal)
         records += ft_records
         ft_methods = [method_name(MULTITASK_LABEL, "ft")] + [method_name(b["label"], "ft") for b in config.baselines]
         ft = ScoreTable.from_records(ft_records, methods=ft_methods,
@@ -344,7 +415,10 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
             fh.write(json.dumps(r, default=_jsonable) + "\n")
     paths["records"] = out / "records.jsonl"
     seconds = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps({"wall_seconds": round(seconds, 1), "selections": loto.selections}, indent=2) + "\n")
+    if journal.reused:
+        logger.info("%d evaluations reused from %s", journal.reused, journal.path)
+    (out / "summary.json").write_text(json.dumps({"wall_seconds": round(seconds, 1), "evaluations_reused": journal.reused,
+                                                  "selections": loto.selections}, indent=2) + "\n")
     paths["summary"] = out / "summary.json"
     paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, seconds)
     logger.info("experiment done in %.0f s: %s", time.perf_counter() - start, paths["results"])
@@ -391,11 +465,12 @@ def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
 
 
 def _fine_tune(config: ExperimentConfig, tasks: Mapping[str, TaskData], loto: LotoResult,
-               selected: Mapping[tuple[str, int], dict], arch: str, size: int) -> list[dict]:
+               selected: Mapping[tuple[str, int], dict], arch: str, size: int, journal: EvaluationJournal) -> list[dict]:
     from mtdp_core.transfer.finetune import FineTuner
 
     params = {"image_size": size, "device": config.device, **config.finetune}
     template = FineTuner(arch, **params)
+    evaluate = journal.fine_tuning(template)
     records = []
     for task in [t for s in loto.left_out_sets for t in s if t in config.finetune_tasks]:
         for seed in config.finetune_seeds or config.seeds:
@@ -405,7 +480,7 @@ def _fine_tune(config: ExperimentConfig, tasks: Mapping[str, TaskData], loto: Lo
             specs += [BackboneSpec(b["label"], arch, b["weights"], seed=seed) for b in config.baselines]
             for spec in specs:
                 logger.info("fine-tuning %s on %s (seed %d)", spec.label, task, seed)
-                rec = evaluate_fine_tuning(tasks[task], spec, finetuner=template)
+                rec = evaluate(tasks[task], spec)
                 rec["method"] = method_name(spec.label, "ft")
                 records.append(rec)
     return records

@@ -330,6 +330,7 @@ def run_loto(
     num_workers: int | None = None,
     device: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    evaluate: Callable[..., dict] | None = None,
 ) -> LotoResult:
     """The leave-one-task-out protocol around a pre-training function.
 
@@ -337,7 +338,8 @@ def run_loto(
     pre-trains on the pool minus L and returns the weights path; the backbone is then
     evaluated by feature extraction + the SVM protocol on each task of L. Each task's
     hyper-parameters are then selected by average rank over the other tasks (over the
-    tasks outside its whole left-out set with ``exclude_whole_set``).
+    tasks outside its whole left-out set with ``exclude_whole_set``). ``evaluate`` replaces
+    ``evaluate_feature_extraction`` (same signature), e.g. to reuse finished evaluations.
     """
     sets = check_left_out_sets(left_out_sets, list(tasks))
     if not hyperparams:
@@ -353,7 +355,7 @@ def run_loto(
                 weights = os.fspath(pretrain_fn(tuple(left_out), dict(hp), int(seed)))
                 spec = BackboneSpec(label=label, arch=arch, weights=weights, seed=int(seed))
                 for task in left_out:
-                    rec = evaluate_feature_extraction(tasks[task], spec, probe=probe, image_size=image_size,
+                    rec = (evaluate or evaluate_feature_extraction)(tasks[task], spec, probe=probe, image_size=image_size,
                                                       batch_size=batch_size, num_workers=num_workers, device=device,
                                                       cache_dir=cache_dir)
                     rec.update(left_out=list(left_out), weights=weights)

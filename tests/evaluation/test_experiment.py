@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mtdp_core.errors import ConfigurationError, DataError
+from mtdp_core.evaluation import experiment as exp
 from mtdp_core.evaluation.experiment import (
     ExperimentConfig,
     default_left_out_sets,
@@ -120,6 +121,25 @@ def test_running_again_reuses_completed_pretrainings(finished, pool, monkeypatch
     again = run_experiment(tiny_config(pool, out, finetune_tasks=[]))
     np.testing.assert_array_equal(again.loto.table.scores, result.loto.table.scores)
     assert again.loto.selections == result.loto.selections and again.ft is None
+
+
+def test_running_again_redoes_only_the_evaluations_whose_settings_changed(finished, pool, monkeypatch):
+    result, out = finished
+    with open(out / "evaluations.jsonl", "a") as fh:
+        fh.write('{"key": "cut short by an interrup')  # an interrupted write: ignored, not an error
+    monkeypatch.setattr("mtdp_core.evaluation.experiment.evaluate_feature_extraction",
+                        lambda *a, **k: pytest.fail("a finished feature evaluation ran again"))
+    calls = []
+    real = exp.evaluate_fine_tuning
+    monkeypatch.setattr("mtdp_core.evaluation.experiment.evaluate_fine_tuning",
+                        lambda task, spec, finetuner: calls.append((task.name, spec.label, finetuner.epochs)) or real(task, spec, finetuner=finetuner))
+    config = tiny_config(pool, out)
+    config["finetune"] = {**config["finetune"], "epochs": 2}
+    again = run_experiment(config)
+    assert sorted(calls) == [("gamma", "multitask", 2), ("gamma", "random", 2)]
+    np.testing.assert_array_equal(again.fe.scores, result.fe.scores)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations_reused"] == len([r for r in result.records if r["mode"] == "fe" and r["stage"] == "loto"]) + 3 * 2
 
 
 def test_a_completed_pretraining_with_other_settings_is_not_reused(finished, pool):
