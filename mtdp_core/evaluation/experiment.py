@@ -394,20 +394,9 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
                 rec = evaluate_fe(tasks[task], spec, probe=probe, **common)
                 rec["method"] = method_name(b["label"], "fe")
                 records.append(rec)
-    fe_methods = [method_name(MULTITASK_LABEL, "fe")] + [method_name(b["label"], "fe") for b in config.baselines]
-    fe = ScoreTable.from_records(records, methods=fe_methods, tasks=order)
-    paths.update({f"fe:{k}": v for k, v in write_report(fe, out / "comparison_fe", reference=fe_methods[0],
-                                                          title="Feature extraction + linear SVM").items()})
-
-    ft = None
     if config.finetune_tasks:
-        ft_records = _fine_tune(config, tasks, loto, selected, arch, size, journal)
-        records += ft_records
-        ft_methods = [method_name(MULTITASK_LABEL, "ft")] + [method_name(b["label"], "ft") for b in config.baselines]
-        ft = ScoreTable.from_records(ft_records, methods=ft_methods,
-                                     tasks=[t for t in order if t in config.finetune_tasks])
-        paths.update({f"ft:{k}": v for k, v in write_report(ft, out / "comparison_ft", reference=ft_methods[0],
-                                                              title="Fine-tuning").items()})
+        records += _fine_tune(config, tasks, loto, selected, arch, size, journal)
+    fe, ft = _write_comparisons(out, config, order, records, paths)
 
     all_records = [dict(r, stage="loto") for r in loto.records] + [dict(r, stage="comparison") for r in records]
     with open(out / "records.jsonl", "w") as fh:
@@ -423,6 +412,23 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
     paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, seconds)
     logger.info("experiment done in %.0f s: %s", time.perf_counter() - start, paths["results"])
     return ExperimentResult(loto, fe, ft, all_records, paths)
+
+
+def _write_comparisons(out: Path, config: ExperimentConfig, order: Sequence[str], records: Sequence[dict],
+                       paths: dict[str, Path]) -> tuple[ScoreTable, ScoreTable | None]:
+    """The final comparison tables (feature extraction; fine-tuning when there are such records)
+    and their reports; adds the files written to ``paths``."""
+    tables: dict[str, ScoreTable] = {}
+    for mode, title in (("fe", "Feature extraction + linear SVM"), ("ft", "Fine-tuning")):
+        rows = [r for r in records if r["mode"] == mode]
+        if not rows:
+            continue
+        methods = [method_name(MULTITASK_LABEL, mode)] + [method_name(b["label"], mode) for b in config.baselines]
+        tasks = [t for t in order if any(r["task"] == t for r in rows)]
+        tables[mode] = ScoreTable.from_records(rows, methods=methods, tasks=tasks)
+        report = write_report(tables[mode], out / f"comparison_{mode}", reference=methods[0], title=title)
+        paths.update({f"{mode}:{k}": v for k, v in report.items()})
+    return tables["fe"], tables.get("ft")
 
 
 def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
@@ -443,18 +449,7 @@ def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
     selections = {t: select_method(table, t, exclude=list(set_of[t]) if config.exclude_whole_set else [t]) for t in order}
     loto = LotoResult(table, sets, selections, dict(zip(labels, config.hyperparams)), loto_records)
     paths = _write_loto(loto, out / "loto")
-    comparison = [r for r in records if r.get("stage") == "comparison"]
-    fe_methods = [method_name(MULTITASK_LABEL, "fe")] + [method_name(b["label"], "fe") for b in config.baselines]
-    fe = ScoreTable.from_records([r for r in comparison if r["mode"] == "fe"], methods=fe_methods, tasks=order)
-    paths.update({f"fe:{k}": v for k, v in write_report(fe, out / "comparison_fe", reference=fe_methods[0],
-                                                          title="Feature extraction + linear SVM").items()})
-    ft = None
-    ft_records = [r for r in comparison if r["mode"] == "ft"]
-    if ft_records:
-        ft_methods = [method_name(MULTITASK_LABEL, "ft")] + [method_name(b["label"], "ft") for b in config.baselines]
-        ft = ScoreTable.from_records(ft_records, methods=ft_methods, tasks=[t for t in order if t in config.finetune_tasks])
-        paths.update({f"ft:{k}": v for k, v in write_report(ft, out / "comparison_ft", reference=ft_methods[0],
-                                                              title="Fine-tuning").items()})
+    fe, ft = _write_comparisons(out, config, order, [r for r in records if r.get("stage") == "comparison"], paths)
     try:
         seconds = float(json.loads((out / "summary.json").read_text())["wall_seconds"])
     except (OSError, KeyError, ValueError):
