@@ -46,7 +46,7 @@ def run(job: Job, args: argparse.Namespace) -> str:
     extractor.get_backbone()  # fail now on a bad backbone or missing weights, before any download
     meta: dict = {"backbone": extractor.identity(), "app": "extract_features"}
     if isinstance(job, CytomineJobRun):
-        stage = job.stage("Listing annotations", 0, 5)
+        job.stage("Listing annotations", 0, 5)
         filters = filters_from_args(args, job.project_id)
         records, term_names = list_project_annotations(job, filters)
         spec = crop_spec_from_args(args)
