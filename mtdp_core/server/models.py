@@ -350,6 +350,13 @@ class CytomineStore:
             row = db.execute(sql, params).fetchone()
         return dict(row) if row is not None else None
 
+    def _get(self, table: str, ident: int, what: str) -> Row:
+        """Row ``ident`` of ``table`` (a constant of this module, never user input), or NotFound."""
+        row = self._one(f"SELECT * FROM {table} WHERE id = ?", (ident,))
+        if row is None:
+            raise NotFound(f"{what} {ident} not found")
+        return row
+
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self.reading() as db:
             row = db.execute(sql, params).fetchone()
@@ -411,10 +418,7 @@ class CytomineStore:
         return self.get_user(uid)
 
     def get_user(self, user_id: int) -> Row:
-        row = self._one("SELECT * FROM sec_user WHERE id = ?", (user_id,))
-        if row is None:
-            raise NotFound(f"User {user_id} not found")
-        return row
+        return self._get("sec_user", user_id, "User")
 
     def get_users(self, user_ids: Iterable[int]) -> list[Row]:
         ids = list(user_ids)
@@ -515,10 +519,7 @@ class CytomineStore:
         return self.get_ontology(oid)
 
     def get_ontology(self, ontology_id: int) -> Row:
-        row = self._one("SELECT * FROM ontology WHERE id = ?", (ontology_id,))
-        if row is None:
-            raise NotFound(f"Ontology {ontology_id} not found")
-        return row
+        return self._get("ontology", ontology_id, "Ontology")
 
     def list_ontologies(self) -> list[Row]:
         return self._all("SELECT * FROM ontology ORDER BY id")
@@ -576,10 +577,7 @@ class CytomineStore:
         return self.get_term(tid)
 
     def get_term(self, term_id: int) -> Row:
-        row = self._one("SELECT * FROM term WHERE id = ?", (term_id,))
-        if row is None:
-            raise NotFound(f"Term {term_id} not found")
-        return row
+        return self._get("term", term_id, "Term")
 
     def list_terms(self, *, ontology: int | None = None, project: int | None = None) -> list[Row]:
         if project is not None:
@@ -656,10 +654,7 @@ class CytomineStore:
         return self.get_project(pid)
 
     def get_project(self, project_id: int) -> Row:
-        row = self._one("SELECT * FROM project WHERE id = ?", (project_id,))
-        if row is None:
-            raise NotFound(f"Project {project_id} not found")
-        return row
+        return self._get("project", project_id, "Project")
 
     def find_project_by_name(self, name: str) -> Row | None:
         return self._one("SELECT * FROM project WHERE name = ?", (name,))
@@ -753,10 +748,7 @@ class CytomineStore:
         return self.get_abstract_image(aid)
 
     def get_abstract_image(self, abstract_id: int) -> Row:
-        row = self._one("SELECT * FROM abstract_image WHERE id = ?", (abstract_id,))
-        if row is None:
-            raise NotFound(f"AbstractImage {abstract_id} not found")
-        return row
+        return self._get("abstract_image", abstract_id, "AbstractImage")
 
     def list_abstract_images(self) -> list[Row]:
         return self._all("SELECT * FROM abstract_image ORDER BY id")
@@ -1323,10 +1315,7 @@ class CytomineStore:
         return self.get_property(pid)
 
     def get_property(self, property_id: int) -> Row:
-        row = self._one("SELECT * FROM property WHERE id = ?", (property_id,))
-        if row is None:
-            raise NotFound(f"Property {property_id} not found")
-        return row
+        return self._get("property", property_id, "Property")
 
     def find_property(self, class_name: str, ident: int, key: str) -> Row:
         canonical = self.resolve_domain(class_name, ident)
@@ -1383,10 +1372,7 @@ class CytomineStore:
         return self.get_attached_file(fid)
 
     def get_attached_file(self, file_id: int) -> Row:
-        row = self._one("SELECT * FROM attached_file WHERE id = ?", (file_id,))
-        if row is None:
-            raise NotFound(f"AttachedFile {file_id} not found")
-        return row
+        return self._get("attached_file", file_id, "AttachedFile")
 
     def list_attached_files(self, class_name: str | None = None, ident: int | None = None) -> list[Row]:
         if class_name is None:
@@ -1585,10 +1571,7 @@ class CytomineStore:
         return self.get_software_parameter(pid)
 
     def get_software_parameter(self, parameter_id: int) -> Row:
-        row = self._one("SELECT * FROM software_parameter WHERE id = ?", (parameter_id,))
-        if row is None:
-            raise NotFound(f"SoftwareParameter {parameter_id} not found")
-        return row
+        return self._get("software_parameter", parameter_id, "SoftwareParameter")
 
     def list_software_parameters(
         self, software_id: int, *, with_set_by_server: bool = True, server_parameters: bool | None = None
@@ -1657,10 +1640,7 @@ class CytomineStore:
             self.add_software_project(software_id, project_id)
 
     def get_software_project(self, sp_id: int) -> Row:
-        row = self._one("SELECT * FROM software_project WHERE id = ?", (sp_id,))
-        if row is None:
-            raise NotFound(f"SoftwareProject {sp_id} not found")
-        return row
+        return self._get("software_project", sp_id, "SoftwareProject")
 
     def list_software_projects(self, project_id: int) -> list[Row]:
         self.get_project(project_id)
@@ -1705,10 +1685,7 @@ class CytomineStore:
         return self.get_job(jid), user_job
 
     def get_job(self, job_id: int) -> Row:
-        row = self._one("SELECT * FROM job WHERE id = ?", (job_id,))
-        if row is None:
-            raise NotFound(f"Job {job_id} not found")
-        return row
+        return self._get("job", job_id, "Job")
 
     def job_user(self, job_id: int) -> Row | None:
         return self._one("SELECT * FROM sec_user WHERE job_id = ?", (job_id,))
@@ -1852,10 +1829,7 @@ class CytomineStore:
         return self.get_job_data(did)
 
     def get_job_data(self, data_id: int) -> Row:
-        row = self._one("SELECT * FROM job_data WHERE id = ?", (data_id,))
-        if row is None:
-            raise NotFound(f"JobData {data_id} not found")
-        return row
+        return self._get("job_data", data_id, "JobData")
 
     def list_job_data(self, job_id: int) -> list[Row]:
         self.get_job(job_id)
