@@ -11,7 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mtdp_core import __version__
 from mtdp_core.errors import MtdpError
@@ -106,13 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    return run_guarded(lambda: args.func(args))
+
+
+def run_guarded(action: Callable[[], int | None], *, on_interrupt: str = "interrupted") -> int:
+    """Run an entry point's work and turn its ending into an exit status (the ``mtdp`` command
+    and the training scripts): 0 (or what ``action`` returns); 1 for an expected, user-fixable
+    ``MtdpError``, logged as its message alone (the message says what to do; the traceback
+    only at DEBUG); 130 on Ctrl-C, with ``on_interrupt`` saying how to go on."""
     try:
-        return int(args.func(args) or 0)
+        return int(action() or 0)
     except MtdpError as exc:
-        # Expected, user-fixable errors: the message says what to do; no traceback.
         logger.error("%s", exc)
         logger.debug("details", exc_info=True)
         return 1
     except KeyboardInterrupt:
-        logger.error("interrupted")
+        logger.error("%s", on_interrupt)
         return 130

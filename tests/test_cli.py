@@ -97,3 +97,19 @@ def test_the_cytomine_clients_request_logs_show_at_debug_only():
         assert client.isEnabledFor(logging.INFO)
     finally:
         configure_logging(before)
+
+
+def test_run_guarded_turns_endings_into_exit_statuses(caplog):
+    from mtdp_core.cli import run_guarded
+    from mtdp_core.errors import ConfigurationError
+
+    def fails():
+        raise ConfigurationError("Set --x to 3 (got 2).")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_guarded(lambda: None) == 0 and run_guarded(lambda: 2) == 2
+    assert run_guarded(fails) == 1 and "Set --x to 3" in caplog.text
+    assert run_guarded(interrupted, on_interrupt="run it again to resume") == 130
+    assert "run it again to resume" in caplog.text

@@ -21,7 +21,6 @@ See training/README.md for the recorded run.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +28,10 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtdp_core.errors import MtdpError  # noqa: E402
+from mtdp_core.cli import run_guarded  # noqa: E402
 from mtdp_core.evaluation.experiment import ExperimentConfig, report_experiment, run_experiment  # noqa: E402
 from mtdp_core.logs import configure_logging  # noqa: E402
 
-logger = logging.getLogger("loto")
 
 
 def _ints(text: str) -> list[int]:
@@ -60,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.log_level)
-    try:
+    def work() -> int:
         config = ExperimentConfig.from_file(args.config)
         if args.output_dir:
             config.output_dir = args.output_dir
@@ -70,15 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.device = args.device
             config.pretrain = {**config.pretrain, "device": args.device}
         result = report_experiment(config.output_dir) if args.report_only else run_experiment(config)
-    except MtdpError as exc:
-        logger.error("%s", exc)
-        logger.debug("details", exc_info=True)
-        return 1
-    except KeyboardInterrupt:
-        logger.error("interrupted: run the same command again to reuse the completed pre-trainings")
-        return 130
-    print(result.paths["results"])
-    return 0
+        print(result.paths["results"])
+        return 0
+
+    return run_guarded(work, on_interrupt="interrupted: run the same command again to reuse the completed pre-trainings")
 
 
 if __name__ == "__main__":

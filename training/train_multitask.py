@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,12 +22,11 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtdp_core.errors import MtdpError  # noqa: E402
+from mtdp_core.cli import run_guarded  # noqa: E402
 from mtdp_core.logs import configure_logging  # noqa: E402
 from mtdp_core.training import train  # noqa: E402
 from mtdp_core.training.config import add_config_arguments, config_from_args, load_config_file  # noqa: E402
 
-logger = logging.getLogger("train_multitask")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,23 +44,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.log_level)
-    try:
+    def work() -> int:
         base = load_config_file(args.config) if args.config else {}
         config = config_from_args(args, base)
         if args.print_config:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
         result = train(config)
-    except MtdpError as exc:
-        logger.error("%s", exc)
-        logger.debug("details", exc_info=True)
-        return 1
-    except KeyboardInterrupt:
-        logger.error("interrupted: run the same command again to resume from the last checkpoint")
-        return 130
-    if result.backbone_path is not None:
-        print(result.backbone_path)
-    return 0
+        if result.backbone_path is not None:
+            print(result.backbone_path)
+        return 0
+
+    return run_guarded(work, on_interrupt="interrupted: run the same command again to resume from the last checkpoint")
 
 
 if __name__ == "__main__":

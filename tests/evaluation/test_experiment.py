@@ -192,3 +192,20 @@ def test_config_file_errors(tmp_path):
         ExperimentConfig.from_file(bad)
     with pytest.raises(ConfigurationError, match="does not exist"):
         ExperimentConfig.from_file(tmp_path / "none.json")
+
+
+def test_the_script_reports_a_finished_experiment_and_exits_1_on_a_bad_config(finished, tmp_path, capsys, caplog):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "training" / "loto.py"
+    spec = importlib.util.spec_from_file_location("loto_script", script)
+    loto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loto)
+    _, out = finished
+    assert loto.main(["--config", str(out / "experiment.json"), "--report-only"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "results.md")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"pool": "p", "colour": 1}')
+    assert loto.main(["--config", str(bad)]) == 1
+    assert "Unknown key(s) ['colour']" in caplog.text
