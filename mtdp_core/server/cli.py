@@ -262,8 +262,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     # A background job of a script (`mtdp server serve &`, nohup) starts with SIGINT ignored, and
-    # Python then leaves it ignored: Ctrl-C / kill -INT must stop the server all the same.
+    # Python then leaves it ignored; a parent that had the signals blocked passes its mask on:
+    # Ctrl-C / kill -INT / kill must stop the server all the same.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         server.serve_forever()
     except KeyboardInterrupt:

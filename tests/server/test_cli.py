@@ -166,14 +166,20 @@ def test_help_texts(capsys):
     assert exit_info.value.code == 0 and "bottom-left" in out and "--box-columns" in out
 
 
+def _ignore_and_block_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 def test_serve_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path):
     """A script's background job (`mtdp server serve &`) starts with SIGINT ignored, and Python
-    keeps it ignored unless the server installs its handler: kill -INT must still stop it."""
+    keeps it ignored unless the server installs its handler; a parent's blocked mask is
+    inherited too: kill -INT must still stop it."""
     process = subprocess.Popen(
         [sys.executable, "-m", "mtdp_core", "server", "serve", "--data", str(tmp_path / "data")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        preexec_fn=_ignore_and_block_sigint,
     )
     try:
         assert process.stdout.readline().startswith("Local Cytomine server: http://127.0.0.1:")
