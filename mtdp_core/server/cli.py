@@ -250,26 +250,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server = LocalCytomine(
         data, host=args.host, port=args.port, public_key=args.public_key, private_key=args.private_key, config=config
     )
-    server.start()
-    print(f"Local Cytomine server: {server.url}")
-    print(f"  admin public key:  {server.public_key}")
-    print(f"  admin private key: {server.private_key}")
-    print(f"  data folder: {data.resolve()} (keys also in {data / 'admin-keys.json'})")
-    print(f"Connect: Cytomine('{server.url}', PUBLIC_KEY, PRIVATE_KEY). Stop with Ctrl-C.", flush=True)
 
     def _terminate(signum: int, frame: object) -> None:  # `docker stop` / `kill`: stop as cleanly as Ctrl-C
         raise KeyboardInterrupt
 
+    # Handlers first, then unblock, all inside the try: a signal that was pending (blocked by the
+    # parent) or arrives during start-up stops the server cleanly too. A background job of a script
+    # (`mtdp server serve &`, nohup) starts with SIGINT ignored, which Python keeps, and a parent
+    # that had the signals blocked passes its mask on: Ctrl-C / kill -INT / kill must still work.
     signal.signal(signal.SIGTERM, _terminate)
-    # A background job of a script (`mtdp server serve &`, nohup) starts with SIGINT ignored, and
-    # Python then leaves it ignored; a parent that had the signals blocked passes its mask on:
-    # Ctrl-C / kill -INT / kill must stop the server all the same.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        server.start()
+        print(f"Local Cytomine server: {server.url}")
+        print(f"  admin public key:  {server.public_key}")
+        print(f"  admin private key: {server.private_key}")
+        print(f"  data folder: {data.resolve()} (keys also in {data / 'admin-keys.json'})")
+        print(f"Connect: Cytomine('{server.url}', PUBLIC_KEY, PRIVATE_KEY). Stop with Ctrl-C.", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        server.stop()
     return 0
 
 
