@@ -55,11 +55,13 @@ class Stage:
     def __init__(self, job: Job, name: str, start: int, end: int, min_interval: float = 2.0) -> None:
         self.job, self.name, self.start, self.end = job, name, start, end
         self.min_interval = min_interval
-        self._last = 0.0
+        # None, not 0.0: time.monotonic() counts from boot, so 0.0 looks "recent" on a machine up
+        # less than min_interval seconds and the first update would be dropped.
+        self._last: float | None = None
 
     def update(self, done: int, total: int, detail: str = "") -> None:
         now = time.monotonic()
-        if done < total and now - self._last < self.min_interval:
+        if done < total and self._last is not None and now - self._last < self.min_interval:
             return
         self._last = now
         fraction = done / total if total else 1.0

@@ -131,3 +131,17 @@ def test_stage_throttles_updates(tmp_path):
     for i in range(1000):
         stage.update(i + 1, 1000)
     assert sent == [(0, "Loop (1/1000)"), (99, "Loop (1000/1000)")]  # first, last; 100 only at the end
+
+
+def test_stage_first_update_sent_on_a_freshly_booted_machine(tmp_path, monkeypatch):
+    # time.monotonic() counts from boot: seconds after a start-up it is smaller than min_interval,
+    # and the first update must still be sent (it was dropped when the last time started at 0.0).
+    from mtdp_core.cytomine import job as job_module
+    from mtdp_core.cytomine.biaflows import BiaflowsFlags
+
+    monkeypatch.setattr(job_module.time, "monotonic", lambda: 5.0)
+    job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
+    sent = []
+    job._send_progress = lambda percent, comment: sent.append((percent, comment))
+    Stage(job, "Loop", 0, 100, min_interval=3600).update(1, 10)
+    assert sent == [(10, "Loop (1/10)")]
