@@ -39,29 +39,36 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_server import server_process  # noqa: E402
+from bench_server import server_process
 
-from mtdp_core.cytomine.annotations import AnnotationFilters, list_annotations, project_terms  # noqa: E402
-from mtdp_core.cytomine.client import CytomineSession  # noqa: E402
-from mtdp_core.cytomine.crops import CropSpec, CropStore, download_crops  # noqa: E402
-from mtdp_core.cytomine.push import Prediction, PredictionPusher  # noqa: E402
-from mtdp_core.server.importers import import_folder  # noqa: E402
-from mtdp_core.server.models import CytomineStore  # noqa: E402
+from mtdp_core.cytomine.annotations import AnnotationFilters, list_annotations, project_terms
+from mtdp_core.cytomine.client import CytomineSession
+from mtdp_core.cytomine.crops import CropSpec, CropStore, download_crops
+from mtdp_core.cytomine.push import Prediction, PredictionPusher
+from mtdp_core.server.importers import import_folder
+from mtdp_core.server.models import CytomineStore
 
 logger = logging.getLogger("bench_apps")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bccd", type=Path,
-                        default=Path(os.environ.get("MTDP_SHARED_DATA", REPO.parent / "shared" / "data")) / "bccd",
-                        help="the BCCD folder (JPEGImages/, boxes.csv); synthetic images when absent")
+    parser.add_argument(
+        "--bccd",
+        type=Path,
+        default=Path(os.environ.get("MTDP_SHARED_DATA", REPO.parent / "shared" / "data")) / "bccd",
+        help="the BCCD folder (JPEGImages/, boxes.csv); synthetic images when absent",
+    )
     parser.add_argument("--annotations", type=int, default=2000, help="annotations in the project (about)")
     parser.add_argument("--crop-size", type=int, default=224, help="crop maxSize (default 224)")
     parser.add_argument("--image-size", type=int, default=224, help="network input size (default 224)")
     parser.add_argument("--threads", type=int, default=8, help="download and push threads (default 8)")
-    parser.add_argument("--baseline-limit", type=int, default=0,
-                        help="time the one-by-one baselines on this many annotations only (0: all)")
+    parser.add_argument(
+        "--baseline-limit",
+        type=int,
+        default=0,
+        help="time the one-by-one baselines on this many annotations only (0: all)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     return parser
 
@@ -107,8 +114,9 @@ def make_project(data: Path, bccd: Path, target: int) -> tuple[int, str]:
     from mtdp_core.server.descriptors import load_descriptor, register_software
 
     spec = load_descriptor(REPO / "descriptors" / "svm_predict.json")
-    register_software(store, spec, local_command=None, descriptor=json.loads(
-        (REPO / "descriptors" / "svm_predict.json").read_text()))
+    register_software(
+        store, spec, local_command=None, descriptor=json.loads((REPO / "descriptors" / "svm_predict.json").read_text())
+    )
     store.close()
     return project, source
 
@@ -132,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     from mtdp_core.logs import configure_logging
 
     configure_logging("WARNING")
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                                f"Python {platform.python_version()}", "date": time.strftime("%Y-%m-%d"),
-                     "command": "python benchmarks/bench_apps.py " + " ".join(argv or sys.argv[1:])}
+    results: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/bench_apps.py " + " ".join(argv or sys.argv[1:]),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-apps-") as tmp:
         data = Path(tmp) / "server"
         data.mkdir()
@@ -170,26 +181,37 @@ def main(argv: list[str] | None = None) -> int:
 
             baseline_seconds, baseline_ok = timed(dump_one_by_one)
             results["crops"] = {
-                "ours_per_s": n / stages["crops"], "ours_seconds": stages["crops"], "failed": report.n_failed,
-                "cached_per_s": n / cached_seconds, "cached_seconds": cached_seconds,
-                "one_by_one_per_s": base_n / baseline_seconds, "one_by_one_n": base_n, "one_by_one_ok": baseline_ok,
+                "ours_per_s": n / stages["crops"],
+                "ours_seconds": stages["crops"],
+                "failed": report.n_failed,
+                "cached_per_s": n / cached_seconds,
+                "cached_seconds": cached_seconds,
+                "one_by_one_per_s": base_n / baseline_seconds,
+                "one_by_one_n": base_n,
+                "one_by_one_ok": baseline_ok,
                 "speedup": (n / stages["crops"]) / (base_n / baseline_seconds),
             }
-            print(f"crops: {results['crops']['ours_per_s']:.0f}/s ({args.threads} threads) vs "
-                  f"{results['crops']['one_by_one_per_s']:.0f}/s one by one: x{results['crops']['speedup']:.1f}; "
-                  f"cached {results['crops']['cached_per_s']:.0f}/s", flush=True)
+            print(
+                f"crops: {results['crops']['ours_per_s']:.0f}/s ({args.threads} threads) vs "
+                f"{results['crops']['one_by_one_per_s']:.0f}/s one by one: x{results['crops']['speedup']:.1f}; "
+                f"cached {results['crops']['cached_per_s']:.0f}/s",
+                flush=True,
+            )
 
             # 3. features
             from mtdp_core.transfer.features import FeatureExtractor
 
-            extractor = FeatureExtractor("efficientnet_lite0", "imagenet", image_size=args.image_size, batch_size=32,
-                                         device="cpu")
+            extractor = FeatureExtractor(
+                "efficientnet_lite0", "imagenet", image_size=args.image_size, batch_size=32, device="cpu"
+            )
             paths = [str(p) for p in report.paths if p is not None]
             kept = [r for r, p in zip(records, report.paths) if p is not None]
             stages["features"], X = timed(lambda: extractor.transform(paths))
             results["features"] = {"per_s": len(paths) / stages["features"], "n_features": int(X.shape[1])}
-            print(f"features: {len(paths)} crops in {stages['features']:.1f} s "
-                  f"({results['features']['per_s']:.1f}/s)", flush=True)
+            print(
+                f"features: {len(paths)} crops in {stages['features']:.1f} s ({results['features']['per_s']:.1f}/s)",
+                flush=True,
+            )
 
             # 4. SVM (the paper's protocol)
             from mtdp_core.transfer.probes import Probe
@@ -197,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             y = np.array([r.terms[0] for r in kept])
             groups = np.array([r.image for r in kept])
             stages["svm"], probe = timed(lambda: Probe("svm", n_splits=5, seed=0).fit(X, y, groups))
-            results["svm"] = {"cv_score": probe.best_score_, "scoring": probe.scoring_, "best_C": probe.best_params_["C"]}
+            results["svm"] = {
+                "cv_score": probe.best_score_,
+                "scoring": probe.scoring_,
+                "best_C": probe.best_params_["C"],
+            }
             print(f"svm: {stages['svm']:.1f} s, CV {probe.scoring_} {probe.best_score_:.3f}", flush=True)
             predicted = probe.predict(X)
             predictions = [Prediction(r, int(t), 0.9, r.terms[0]) for r, t in zip(kept, predicted)]
@@ -210,26 +236,41 @@ def main(argv: list[str] | None = None) -> int:
             for mode in ("term", "annotation"):
                 session, job_user = new_job_session(admin, project)
                 pusher = PredictionPusher(session, project, [job_user], mode=mode, threads=args.threads)
-                seconds, push_report = timed(lambda: pusher.push(predictions))
+                seconds, push_report = timed(lambda pusher=pusher: pusher.push(predictions))
                 stages[f"push_{mode}"] = seconds
                 _, job_user2 = new_job_session(admin, project)  # connects the client's singleton as job user 2
 
-                def one_by_one() -> int:
+                def one_by_one(mode: str = mode) -> int:
                     ok = 0
                     for p in predictions[:base_n]:
                         if mode == "term":
                             ok += bool(AlgoAnnotationTerm(p.annotation.id, p.term, p.expected_term, rate=p.rate).save())
                         else:
-                            ok += bool(ClientAnnotation(location=p.annotation.location, id_image=p.annotation.image,
-                                                        id_project=project, id_terms=[p.term]).save())
+                            ok += bool(
+                                ClientAnnotation(
+                                    location=p.annotation.location,
+                                    id_image=p.annotation.image,
+                                    id_project=project,
+                                    id_terms=[p.term],
+                                ).save()
+                            )
                     return ok
 
                 base_seconds, base_ok = timed(one_by_one)
-                push[mode] = {"ours_per_s": n / seconds, "ours_seconds": seconds, "requests": push_report.requests,
-                              "summary": push_report.summary(), "one_by_one_per_s": base_n / base_seconds,
-                              "one_by_one_ok": base_ok, "speedup": (n / seconds) / (base_n / base_seconds)}
-                print(f"push ({mode}): {push[mode]['ours_per_s']:.0f}/s ({push_report.requests} requests) vs "
-                      f"{push[mode]['one_by_one_per_s']:.0f}/s one by one: x{push[mode]['speedup']:.1f}", flush=True)
+                push[mode] = {
+                    "ours_per_s": n / seconds,
+                    "ours_seconds": seconds,
+                    "requests": push_report.requests,
+                    "summary": push_report.summary(),
+                    "one_by_one_per_s": base_n / base_seconds,
+                    "one_by_one_ok": base_ok,
+                    "speedup": (n / seconds) / (base_n / base_seconds),
+                }
+                print(
+                    f"push ({mode}): {push[mode]['ours_per_s']:.0f}/s ({push_report.requests} requests) vs "
+                    f"{push[mode]['one_by_one_per_s']:.0f}/s one by one: x{push[mode]['speedup']:.1f}",
+                    flush=True,
+                )
             results["push"] = push
             results["stages_seconds"] = stages
             _ = term_names

@@ -45,10 +45,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mtdp_core.backbones import create_backbone  # noqa: E402
-from mtdp_core.data.images import Preprocessing  # noqa: E402
-from mtdp_core.logs import configure_logging  # noqa: E402
-from mtdp_core.transfer.features import (  # noqa: E402
+from mtdp_core.backbones import create_backbone
+from mtdp_core.data.images import Preprocessing
+from mtdp_core.logs import configure_logging
+from mtdp_core.transfer.features import (
     default_batch_size,
     default_num_workers,
     extract_features,
@@ -69,20 +69,33 @@ MODELS = {
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path(os.environ.get("MTDP_SHARED_DATA", REPO.parent / "shared" / "data")),
-                   help="the shared data folder (default: $MTDP_SHARED_DATA or ../shared/data)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("MTDP_SHARED_DATA", REPO.parent / "shared" / "data")),
+        help="the shared data folder (default: $MTDP_SHARED_DATA or ../shared/data)",
+    )
     p.add_argument("--sets", default="oral_cancer,lc25000", help=f"image sets among {', '.join(IMAGE_SETS)}")
     p.add_argument("--models", default=",".join(MODELS), help=f"backbones among {', '.join(MODELS)}")
     p.add_argument("--n-images", type=int, default=256, help="images per set (at most the set's size)")
     p.add_argument("--size", type=int, default=224, help="input size")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="batch of the forward pass and the pipeline (default: the pipeline's automatic choice)")
-    p.add_argument("--workers", default=None,
-                   help="comma-separated worker counts for the pipeline (default: the automatic choice)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch of the forward pass and the pipeline (default: the pipeline's automatic choice)",
+    )
+    p.add_argument(
+        "--workers", default=None, help="comma-separated worker counts for the pipeline (default: the automatic choice)"
+    )
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every measurement (default: 3)")
     p.add_argument("--no-incumbent", dest="incumbent", action="store_false", help="skip the incumbent recipe")
-    p.add_argument("--memory", default=None, metavar="N1,N2",
-                   help="measure peak memory against the number of images instead (e.g. 5000,50000)")
+    p.add_argument(
+        "--memory",
+        default=None,
+        metavar="N1,N2",
+        help="measure peak memory against the number of images instead (e.g. 5000,50000)",
+    )
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     return p
 
@@ -109,7 +122,7 @@ def bench_memory(data: Path, sizes: Sequence[int], batch_size: int) -> list[dict
         peak = [_rss_anon_mib()]
         stop = threading.Event()
 
-        def watch() -> None:
+        def watch(stop: threading.Event = stop, peak: list = peak) -> None:
             while not stop.is_set():
                 peak[0] = max(peak[0], _rss_anon_mib())
                 time.sleep(0.05)
@@ -119,17 +132,36 @@ def bench_memory(data: Path, sizes: Sequence[int], batch_size: int) -> list[dict
         thread.start()
         start = time.perf_counter()
         try:
-            feats = extract_features(backbone, paths, prep, batch_size=batch_size, num_workers=1, device="cpu",
-                                     progress=False, cache_dir=cache)
-            checksum = float(np.asarray(feats[::max(1, n // 100)]).sum())  # touch the result
+            feats = extract_features(
+                backbone,
+                paths,
+                prep,
+                batch_size=batch_size,
+                num_workers=1,
+                device="cpu",
+                progress=False,
+                cache_dir=cache,
+            )
+            checksum = float(np.asarray(feats[:: max(1, n // 100)]).sum())  # touch the result
         finally:
             stop.set()
             thread.join()
             shutil.rmtree(cache, ignore_errors=True)
-        rows.append({"n_images": n, "features_mib": n * backbone.n_features * 4 / 2**20, "rss_anon_before_mib": before,
-                     "rss_anon_peak_mib": peak[0], "seconds": time.perf_counter() - start, "checksum": checksum})
-        print(f"| {n} | {rows[-1]['features_mib']:.0f} MiB | {before:.0f} MiB | {peak[0]:.0f} MiB | "
-              f"{n / rows[-1]['seconds']:.0f} img/s |", flush=True)
+        rows.append(
+            {
+                "n_images": n,
+                "features_mib": n * backbone.n_features * 4 / 2**20,
+                "rss_anon_before_mib": before,
+                "rss_anon_peak_mib": peak[0],
+                "seconds": time.perf_counter() - start,
+                "checksum": checksum,
+            }
+        )
+        print(
+            f"| {n} | {rows[-1]['features_mib']:.0f} MiB | {before:.0f} MiB | {peak[0]:.0f} MiB | "
+            f"{n / rows[-1]['seconds']:.0f} img/s |",
+            flush=True,
+        )
     return rows
 
 
@@ -150,20 +182,29 @@ def bench_forward(backbone, prep: Preprocessing, images: torch.Tensor, batch_siz
         model(prep.normalize(images[:batch_size]).contiguous(memory_format=torch.channels_last))  # warm-up
         start = time.perf_counter()
         for i in range(0, len(images), batch_size):
-            x = prep.normalize(images[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+            x = prep.normalize(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
             model(x)
         return len(images) / (time.perf_counter() - start)
 
 
 def bench_pipeline(backbone, prep: Preprocessing, paths: Sequence[Path], batch_size: int, workers: int) -> float:
     """Images/s from files to a fresh on-disk cache."""
-    extract_features(backbone, paths[:batch_size], prep, batch_size=batch_size, num_workers=0, device="cpu",
-                     progress=False)  # warm-up (kernels), not timed
+    extract_features(
+        backbone, paths[:batch_size], prep, batch_size=batch_size, num_workers=0, device="cpu", progress=False
+    )  # warm-up (kernels), not timed
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     try:
         start = time.perf_counter()
-        extract_features(backbone, paths, prep, batch_size=batch_size, num_workers=workers, device="cpu",
-                         progress=False, cache_dir=cache)
+        extract_features(
+            backbone,
+            paths,
+            prep,
+            batch_size=batch_size,
+            num_workers=workers,
+            device="cpu",
+            progress=False,
+            cache_dir=cache,
+        )
         return len(paths) / (time.perf_counter() - start)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
@@ -178,12 +219,17 @@ def bench_incumbent(backbone, paths: Sequence[Path], size: int) -> float:
         (root / "class").mkdir()
         for i, p in enumerate(paths):  # ImageFolder needs class folders: link the same files
             os.symlink(p.resolve(), root / "class" / f"{i:05d}{p.suffix}")
-        transform = transforms.Compose([
-            transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-        ])
-        loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(root), transform=transform), batch_size=8,
-                                             num_workers=0, shuffle=False)
+        transform = transforms.Compose(
+            [
+                transforms.Resize(size),
+                transforms.CenterCrop(size),
+                transforms.ToTensor(),
+                transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
+        loader = torch.utils.data.DataLoader(
+            datasets.ImageFolder(str(root), transform=transform), batch_size=8, num_workers=0, shuffle=False
+        )
         model = backbone.to(memory_format=torch.contiguous_format).eval()
         with torch.no_grad():
             model(next(iter(loader))[0])  # warm-up, not timed
@@ -203,23 +249,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size is None:
         args.batch_size = default_batch_size(device, args.size)
     results = []
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     load_before = os.getloadavg()
     if args.memory:
-        print(f"# feature extraction memory ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, resnet18 at 32 px, "
-              f"cache on disk)")
+        print(
+            f"# feature extraction memory ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, resnet18 at 32 px, "
+            f"cache on disk)"
+        )
         print("| images | features size | RssAnon before | RssAnon peak | speed |")
         print("|---:|---:|---:|---:|---:|")
         rows = bench_memory(args.data, [int(v) for v in args.memory.split(",")], args.batch_size)
         if args.output:
-            args.output.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine,
-                                               "memory": rows}, indent=1))
+            args.output.write_text(
+                json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "memory": rows}, indent=1)
+            )
         return 0
-    print(f"# feature extraction benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, "
-          f"load average {load_before[0]:.1f}, best of {args.reps})")
-    print("| model | images | forward img/s | pipeline img/s (workers) | pipeline / forward | incumbent img/s "
-          "| pipeline / incumbent |")
+    print(
+        f"# feature extraction benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, "
+        f"load average {load_before[0]:.1f}, best of {args.reps})"
+    )
+    print(
+        "| model | images | forward img/s | pipeline img/s (workers) | pipeline / forward | incumbent img/s "
+        "| pipeline / incumbent |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for set_name in args.sets.split(","):
         paths = _images(args.data, set_name, args.n_images)
@@ -235,21 +290,42 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.incumbent:
                     runs["incumbent"].append(bench_incumbent(backbone, paths, args.size))
             best = {k: max(v) if v else None for k, v in runs.items()}
-            results.append({"model": arch, "weights": MODELS[arch], "images": set_name, "n_images": len(paths),
-                            "size": args.size, "batch_size": args.batch_size, "runs": runs, "best": best})
+            results.append(
+                {
+                    "model": arch,
+                    "weights": MODELS[arch],
+                    "images": set_name,
+                    "n_images": len(paths),
+                    "size": args.size,
+                    "batch_size": args.batch_size,
+                    "runs": runs,
+                    "best": best,
+                }
+            )
             best_w = max(workers, key=lambda w: best[f"pipeline_{w}"])
             pipeline = best[f"pipeline_{best_w}"]
             pipes = ", ".join(f"{best[f'pipeline_{w}']:.1f} ({w})" for w in workers)
             inc = f"{best['incumbent']:.1f} | {pipeline / best['incumbent']:.2f}x" if best["incumbent"] else "– | –"
-            print(f"| {arch} ({MODELS[arch]}) | {set_name} ({len(paths)}) | {best['forward']:.1f} | {pipes} | "
-                  f"{100 * pipeline / best['forward']:.0f}% | {inc} |", flush=True)
+            print(
+                f"| {arch} ({MODELS[arch]}) | {set_name} ({len(paths)}) | {best['forward']:.1f} | {pipes} | "
+                f"{100 * pipeline / best['forward']:.0f}% | {inc} |",
+                flush=True,
+            )
     load_after = os.getloadavg()
     print(f"load average after: {load_after[0]:.1f}")
     if args.output:
-        args.output.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine,
-                                           "load_average": [load_before[0], load_after[0]],
-                                           "argv": list(argv if argv is not None else sys.argv[1:]),
-                                           "results": results}, indent=1))
+        args.output.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "machine": machine,
+                    "load_average": [load_before[0], load_after[0]],
+                    "argv": list(argv if argv is not None else sys.argv[1:]),
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -29,21 +29,21 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from mtdp_core.backbones import create_backbone  # noqa: E402
-from mtdp_core.data.sampler import TaskBalancedSampler  # noqa: E402
-from mtdp_core.multitask import MultiTaskModel, multitask_loss, rescale_head_grads  # noqa: E402
-from mtdp_core.runtime import describe_device, resolve_device  # noqa: E402
-from mtdp_core.training.precision import resolve_precision  # noqa: E402
+from mtdp_core.backbones import create_backbone
+from mtdp_core.data.sampler import TaskBalancedSampler
+from mtdp_core.multitask import MultiTaskModel, multitask_loss, rescale_head_grads
+from mtdp_core.runtime import describe_device, resolve_device
+from mtdp_core.training.precision import resolve_precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -56,11 +56,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps per variant first (default: 3)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"], help="mixed precision (CUDA only)")
+    parser.add_argument(
+        "--amp", default="auto", choices=["auto", "none", "bf16", "fp16"], help="mixed precision (CUDA only)"
+    )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-loop", dest="loop", action="store_false", help="skip the per-head loop variant")
-    parser.add_argument("--head-repeats", type=int, default=200, help="repetitions of the heads-only timing (default: 200)")
+    parser.add_argument(
+        "--head-repeats", type=int, default=200, help="repetitions of the heads-only timing (default: 200)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -78,7 +82,9 @@ def _loop_forward(model: MultiTaskModel, x: torch.Tensor, task_ids: torch.Tensor
     return torch.cat(losses).mean()
 
 
-def _time_heads(multi: MultiTaskModel, linear: nn.Linear, args, device, precision, task_ids, labels, counts, sync) -> dict[str, float]:
+def _time_heads(
+    multi: MultiTaskModel, linear: nn.Linear, args, device, precision, task_ids, labels, counts, sync
+) -> dict[str, float]:
     """Microseconds per forward+loss+backward of the heads alone, on fixed features: the only
     part of the step that differs between the variants, timed without the backbone's noise."""
     features = torch.randn(args.batch_size, multi.backbone.n_features, device=device, requires_grad=True)
@@ -100,7 +106,11 @@ def _time_heads(multi: MultiTaskModel, linear: nn.Linear, args, device, precisio
         with precision.autocast():
             for t in torch.unique(task_ids).tolist():
                 which = ids == t
-                losses.append(F.cross_entropy(multi.heads[multi.task_names[t]](features[which]).float(), labels[which], reduction="none"))
+                losses.append(
+                    F.cross_entropy(
+                        multi.heads[multi.task_names[t]](features[which]).float(), labels[which], reduction="none"
+                    )
+                )
         torch.cat(losses).mean().backward()
         rescale_head_grads(multi, counts, args.batch_size)
 
@@ -137,15 +147,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return create_backbone(args.backbone, weights="random", seed=args.seed)
 
     single_backbone = build_backbone()
-    single = nn.Sequential(single_backbone, nn.Linear(single_backbone.n_features, max(n_classes))).to(device, memory_format=fmt).train()
-    multi = MultiTaskModel(build_backbone(), {f"task{i}": c for i, c in enumerate(n_classes)}).to(device, memory_format=fmt).train()
-    loop = MultiTaskModel(build_backbone(), {f"task{i}": c for i, c in enumerate(n_classes)}).to(device, memory_format=fmt).train()
+    single = (
+        nn.Sequential(single_backbone, nn.Linear(single_backbone.n_features, max(n_classes)))
+        .to(device, memory_format=fmt)
+        .train()
+    )
+    multi = (
+        MultiTaskModel(build_backbone(), {f"task{i}": c for i, c in enumerate(n_classes)})
+        .to(device, memory_format=fmt)
+        .train()
+    )
+    loop = (
+        MultiTaskModel(build_backbone(), {f"task{i}": c for i, c in enumerate(n_classes)})
+        .to(device, memory_format=fmt)
+        .train()
+    )
 
     def sgd(params):
         return torch.optim.SGD(params, lr=1e-4, momentum=0.9)
 
     opt_single = sgd(single.parameters())
-    opt_multi = sgd([{"params": multi.backbone_parameters(), "lr": 1e-4}, {"params": multi.head_parameters(), "lr": 5e-4}])
+    opt_multi = sgd(
+        [{"params": multi.backbone_parameters(), "lr": 1e-4}, {"params": multi.head_parameters(), "lr": 5e-4}]
+    )
     opt_loop = sgd([{"params": loop.backbone_parameters(), "lr": 1e-4}, {"params": loop.head_parameters(), "lr": 5e-4}])
 
     g = torch.Generator().manual_seed(args.seed)
@@ -201,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu_times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
             sync()
             start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
@@ -215,11 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = times["single-task"]
     results = {
         "command": " ".join(["python", "benchmarks/bench_multitask.py", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {describe_device(device)}, {platform.processor() or platform.platform()}",
-        "backbone": args.backbone, "size": args.size, "batch_size": args.batch_size, "tasks": args.tasks,
-        "active_heads": int((counts > 0).sum()), "precision": precision.name, "channels_last": args.channels_last,
-        "steps": args.steps, "rounds": args.rounds,
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "tasks": args.tasks,
+        "active_heads": int((counts > 0).sum()),
+        "precision": precision.name,
+        "channels_last": args.channels_last,
+        "steps": args.steps,
+        "rounds": args.rounds,
         "variants": {},
         "heads_only_us": heads_only,
     }
@@ -234,19 +264,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             # CPU time of this process: less sensitive than wall time to other jobs on a shared machine.
             "cpu_overhead_percent": 100 * (statistics.median(cpu_ratios) - 1),
         }
-    print(f"{args.backbone}, {args.size} px, batch {args.batch_size}, {args.tasks} heads ({results['active_heads']} active), "
-          f"{precision.name}, {describe_device(device)}; {args.rounds} rounds x {args.steps} steps")
-    print("| step | median ms/step | images/s | overhead vs single-task, wall (median of rounds; min..max) | overhead, process CPU time |")
+    print(
+        f"{args.backbone}, {args.size} px, batch {args.batch_size}, {args.tasks} heads ({results['active_heads']} "
+        "active), "
+        f"{precision.name}, {describe_device(device)}; {args.rounds} rounds x {args.steps} steps"
+    )
+    print(
+        "| step | median ms/step | images/s | overhead vs single-task, wall (median of rounds; min..max) | overhead, "
+        "process CPU time |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name, r in results["variants"].items():
         lo, hi = r["overhead_percent_min_max"]
-        print(f"| {name} | {r['median_step_ms']:.1f} | {r['images_per_second']:.1f} | {r['overhead_percent']:+.2f}% ({lo:+.1f}..{hi:+.1f}) "
-              f"| {r['cpu_overhead_percent']:+.2f}% |")
+        print(
+            f"| {name} | {r['median_step_ms']:.1f} | {r['images_per_second']:.1f} | {r['overhead_percent']:+.2f}% "
+            f"({lo:+.1f}..{hi:+.1f}) "
+            f"| {r['cpu_overhead_percent']:+.2f}% |"
+        )
     step_us = 1000 * results["variants"]["single-task"]["median_step_ms"]
     extra = heads_only["multi-task"] - heads_only["single-task"]
-    print(f"\nheads only (on given features: forward, loss, backward, + rescaling when multi-task): single head {heads_only['single-task']:.0f} us, "
-          f"{args.tasks} routed heads {heads_only['multi-task']:.0f} us, per-head loop {heads_only['per-head loop']:.0f} us; "
-          f"routing adds {extra:.0f} us = {100 * extra / step_us:.2f}% of a single-task step")
+    print(
+        "\nheads only (on given features: forward, loss, backward, + rescaling when multi-task): single head "
+        f"{heads_only['single-task']:.0f} us, "
+        f"{args.tasks} routed heads {heads_only['multi-task']:.0f} us, per-head loop "
+        f"{heads_only['per-head loop']:.0f} us; "
+        f"routing adds {extra:.0f} us = {100 * extra / step_us:.2f}% of a single-task step"
+    )
     results["routing_extra_percent_of_step"] = 100 * extra / step_us
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -39,11 +39,11 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mtdp_core.server.app import LocalCytomine, read_admin_keys, read_server_file  # noqa: E402
-from mtdp_core.server.auth import authorization_header, legacy_token  # noqa: E402
-from mtdp_core.server.config import ServerConfig  # noqa: E402
-from mtdp_core.server.importers import import_folder  # noqa: E402
-from mtdp_core.server.models import CytomineStore  # noqa: E402
+from mtdp_core.server.app import LocalCytomine, read_admin_keys, read_server_file
+from mtdp_core.server.auth import authorization_header, legacy_token
+from mtdp_core.server.config import ServerConfig
+from mtdp_core.server.importers import import_folder
+from mtdp_core.server.models import CytomineStore
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -35,12 +35,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import GridSearchCV  # noqa: E402
-from sklearn.svm import LinearSVC  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+from sklearn.svm import LinearSVC
 
-from mtdp_core.logs import configure_logging  # noqa: E402
-from mtdp_core.transfer.probes import PAPER_C_GRID, Probe, make_cv, resolve_scoring  # noqa: E402
+from mtdp_core.logs import configure_logging
+from mtdp_core.transfer.probes import PAPER_C_GRID, Probe, make_cv, resolve_scoring
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,8 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default="2,4", help="comma-separated class counts to run (synthetic)")
     p.add_argument("--groups", type=int, default=200, help="number of groups (synthetic: e.g. images or slides)")
     p.add_argument("--features", type=Path, default=None, help="a features .npz from `mtdp features` instead")
-    p.add_argument("--no-parallel-baseline", dest="parallel", action="store_false",
-                   help="skip GridSearchCV with n_jobs=-1")
+    p.add_argument(
+        "--no-parallel-baseline", dest="parallel", action="store_false", help="skip GridSearchCV with n_jobs=-1"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     return p
@@ -77,16 +78,25 @@ def run_case(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, parall
     scoring = resolve_scoring("auto", len(np.unique(y)))
     folds = make_cv(y, groups, 5, seed=0).folds(y)  # the folds Probe(seed=0) uses
     grid = {"C": list(PAPER_C_GRID)}
-    out: dict = {"case": name, "n": int(X.shape[0]), "d": int(X.shape[1]), "classes": int(len(np.unique(y))),
-                 "scoring": scoring}
+    out: dict = {
+        "case": name,
+        "n": int(X.shape[0]),
+        "d": int(X.shape[1]),
+        "classes": int(len(np.unique(y))),
+        "scoring": scoring,
+    }
 
     def plain(n_jobs: int | None) -> dict:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             search = GridSearchCV(LinearSVC(), grid, cv=folds, scoring=scoring, n_jobs=n_jobs).fit(X, y)
-        return {"seconds": time.perf_counter() - start, "best_C": search.best_params_["C"],
-                "best_score": float(search.best_score_), "scores": search.cv_results_["mean_test_score"].tolist()}
+        return {
+            "seconds": time.perf_counter() - start,
+            "best_C": search.best_params_["C"],
+            "best_score": float(search.best_score_),
+            "scores": search.cv_results_["mean_test_score"].tolist(),
+        }
 
     # Warm-up: the first torch operations of a process initialise thread pools and kernels
     # (a one-off of up to a few seconds on a loaded machine), not part of the method's cost.
@@ -94,8 +104,12 @@ def run_case(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, parall
     Probe("svm").fit(warm_X, warm_y, warm_g)
     start = time.perf_counter()
     probe = Probe("svm").fit(X, y, groups)
-    out["mtdp"] = {"seconds": time.perf_counter() - start, "best_C": probe.best_params_["C"],
-                   "best_score": probe.best_score_, "scores": probe.cv_results_["mean_test_score"].tolist()}
+    out["mtdp"] = {
+        "seconds": time.perf_counter() - start,
+        "best_C": probe.best_params_["C"],
+        "best_score": probe.best_score_,
+        "scores": probe.cv_results_["mean_test_score"].tolist(),
+    }
     out["plain"] = plain(None)
     if parallel:
         out["plain_parallel"] = plain(-1)
@@ -119,24 +133,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     load = os.getloadavg()[0]
     print(f"# SVM grid search benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, load average {load:.1f})")
-    print("| features | metric | plain GridSearchCV | GridSearchCV n_jobs=-1 | mtdp Probe | speed-up vs plain "
-          "| best C (plain / mtdp) | best CV score (plain / mtdp) | max score diff |")
+    print(
+        "| features | metric | plain GridSearchCV | GridSearchCV n_jobs=-1 | mtdp Probe | speed-up vs plain "
+        "| best C (plain / mtdp) | best CV score (plain / mtdp) | max score diff |"
+    )
     print("|---|---|---:|---:|---:|---:|---|---|---:|")
     results = []
     for name, X, y, groups in cases:
         r = run_case(name, X, y, groups, args.parallel)
         results.append(r)
         par = f"{r['plain_parallel']['seconds']:.1f} s" if "plain_parallel" in r else "–"
-        print(f"| {name} ({r['n']} x {r['d']}) | {r['scoring']} | {r['plain']['seconds']:.1f} s | {par} | "
-              f"{r['mtdp']['seconds']:.1f} s | {r['plain']['seconds'] / r['mtdp']['seconds']:.1f}x | "
-              f"{r['plain']['best_C']:g} / {r['mtdp']['best_C']:g} | "
-              f"{r['plain']['best_score']:.4f} / {r['mtdp']['best_score']:.4f} | {r['max_score_difference']:.4f} |",
-              flush=True)
+        print(
+            f"| {name} ({r['n']} x {r['d']}) | {r['scoring']} | {r['plain']['seconds']:.1f} s | {par} | "
+            f"{r['mtdp']['seconds']:.1f} s | {r['plain']['seconds'] / r['mtdp']['seconds']:.1f}x | "
+            f"{r['plain']['best_C']:g} / {r['mtdp']['best_C']:g} | "
+            f"{r['plain']['best_score']:.4f} / {r['mtdp']['best_score']:.4f} | {r['max_score_difference']:.4f} |",
+            flush=True,
+        )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     if args.output:
-        args.output.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine,
-                                           "argv": list(argv if argv is not None else sys.argv[1:]),
-                                           "results": results}, indent=1))
+        args.output.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "machine": machine,
+                    "argv": list(argv if argv is not None else sys.argv[1:]),
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -27,9 +27,12 @@ MAX_RBC = 4
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bccd", type=Path,
-                        default=Path(os.environ.get("MTDP_SHARED_DATA", ROOT.parent / "shared" / "data")) / "bccd",
-                        help="the BCCD folder (JPEGImages/, boxes.csv)")
+    parser.add_argument(
+        "--bccd",
+        type=Path,
+        default=Path(os.environ.get("MTDP_SHARED_DATA", ROOT.parent / "shared" / "data")) / "bccd",
+        help="the BCCD folder (JPEGImages/, boxes.csv)",
+    )
     return parser
 
 
@@ -40,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if int(row["xmax"]) > int(row["xmin"]) and int(row["ymax"]) > int(row["ymin"]):
             by_image[row["filename"]].append(row)
-    chosen = [name for name in sorted(by_image)
-              if {"WBC", "Platelets"} <= {r["cell_type"] for r in by_image[name]}][:N_IMAGES]
+    chosen = [name for name in sorted(by_image) if {"WBC", "Platelets"} <= {r["cell_type"] for r in by_image[name]}][
+        :N_IMAGES
+    ]
     if OUT.exists():
         shutil.rmtree(OUT / "images", ignore_errors=True)
     (OUT / "images").mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backbones": ("mtdp_core.backbones.cli", "list the registered backbones"),
     "weights": ("mtdp_core.backbones.cli", "list, locate, verify or fetch weights files"),
     "features": ("mtdp_core.transfer.cli", "extract features of a folder of images (cached, resumable)"),
-    "probe": ("mtdp_core.transfer.cli", "train a linear SVM (or another probe) on features, with grouped cross-validation"),
+    "probe": (
+        "mtdp_core.transfer.cli",
+        "train a linear SVM (or another probe) on features, with grouped cross-validation",
+    ),
     "predict": ("mtdp_core.transfer.cli", "apply a saved model (probe or fine-tuned) to images"),
     "finetune": ("mtdp_core.transfer.cli", "fine-tune a backbone + new linear layer on a folder of class folders"),
     "server": ("mtdp_core.server.cli", "the local Cytomine-compatible server (serve, import, launch apps)"),
     "pool": ("mtdp_core.data.cli", "build, describe or index a pool of tasks for multi-task pre-training"),
-    "compare": ("mtdp_core.evaluation.cli", "compare backbones on tasks by feature extraction + SVM and/or fine-tuning"),
+    "compare": (
+        "mtdp_core.evaluation.cli",
+        "compare backbones on tasks by feature extraction + SVM and/or fine-tuning",
+    ),
     "report": ("mtdp_core.evaluation.cli", "comparison tables and plots from a scores CSV"),
 }
 

@@ -46,6 +46,7 @@ class CheckpointError(MtdpError):
 
 # --------------------------------------------------------------------------- transfer
 
+
 class ImageReadError(DataError):
     """An input image cannot be opened or decoded."""
 

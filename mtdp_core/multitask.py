@@ -37,7 +37,9 @@ class MultiTaskModel(nn.Module):
             that a run's heads do not depend on what else used the global RNG before.
     """
 
-    def __init__(self, backbone: Backbone, tasks: Mapping[str, int] | Sequence[tuple[str, int]], *, head_seed: int | None = 0) -> None:
+    def __init__(
+        self, backbone: Backbone, tasks: Mapping[str, int] | Sequence[tuple[str, int]], *, head_seed: int | None = 0
+    ) -> None:
         super().__init__()
         items = list(tasks.items()) if isinstance(tasks, Mapping) else [(str(n), int(c)) for n, c in tasks]
         if not items:
@@ -86,9 +88,13 @@ class MultiTaskModel(nn.Module):
         """Apply each sample's head to its features: (B, f_s) -> (B, max_classes), see forward."""
         ids = task_ids.detach().to("cpu", torch.long)
         if ids.ndim != 1 or len(ids) != len(features):
-            raise ConfigurationError(f"task_ids has shape {tuple(task_ids.shape)}; expected ({len(features)},): one task index per sample.")
+            raise ConfigurationError(
+                f"task_ids has shape {tuple(task_ids.shape)}; expected ({len(features)},): one task index per sample."
+            )
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.n_tasks):
-            raise ConfigurationError(f"task_ids holds values outside 0..{self.n_tasks - 1}: {ids.unique().tolist()[:10]}.")
+            raise ConfigurationError(
+                f"task_ids holds values outside 0..{self.n_tasks - 1}: {ids.unique().tolist()[:10]}."
+            )
         active = torch.unique(ids)  # sorted task indices present in the batch
         heads = [self.heads[self.task_names[t]] for t in active.tolist()]
         # Column offset of each active head in the concatenated output.

@@ -45,5 +45,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"{torch.cuda.get_device_name(index)} (cuda:{index}, CUDA {torch.version.cuda}, torch {torch.__version__})"
+        return (
+            f"{torch.cuda.get_device_name(index)} (cuda:{index}, CUDA {torch.version.cuda}, torch {torch.__version__})"
+        )
     return f"CPU ({torch.get_num_threads()} threads, torch {torch.__version__})"

@@ -42,16 +42,24 @@ BASE_TAG = "docker.io/library/python:3.11-slim"
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", default=os.environ.get("MTDP_CONTAINER_ENGINE", "podman"),
-                        choices=("podman", "docker"), help="container engine (default: podman)")
+    parser.add_argument(
+        "--engine",
+        default=os.environ.get("MTDP_CONTAINER_ENGINE", "podman"),
+        choices=("podman", "docker"),
+        help="container engine (default: podman)",
+    )
     parser.add_argument("--tag", default="smoke", help="image tag (default: smoke)")
-    parser.add_argument("--wheels", default="/opt/pypi-more/files",
-                        help="folder of wheels (torch, torchvision, nvidia-*) mounted at build time to avoid "
-                             "downloading them (default: /opt/pypi-more/files)")
+    parser.add_argument(
+        "--wheels",
+        default="/opt/pypi-more/files",
+        help="folder of wheels (torch, torchvision, nvidia-*) mounted at build time to avoid "
+        "downloading them (default: /opt/pypi-more/files)",
+    )
     parser.add_argument("--no-wheels", action="store_true", help="download every wheel from the index")
     parser.add_argument("--torch-index-url", default="", help="TORCH_INDEX_URL build argument (e.g. the CPU index)")
-    parser.add_argument("--fetch-weights", action="store_true",
-                        help="MTDP_FETCH_WEIGHTS=1 (needs network to download.pytorch.org)")
+    parser.add_argument(
+        "--fetch-weights", action="store_true", help="MTDP_FETCH_WEIGHTS=1 (needs network to download.pytorch.org)"
+    )
     parser.add_argument("--make-base", action="store_true", help="recreate the python:3.11-slim stand-in first")
     parser.add_argument("--mirror", default="http://deb.debian.org/debian", help="Debian mirror for --make-base")
     parser.add_argument("--skip-build", action="store_true", help="use images already built")
@@ -71,8 +79,16 @@ def make_base(engine: str, mirror: str) -> None:
     """The python:3.11-slim stand-in (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
         rootfs = Path(tmp) / "rootfs"
-        run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates",
-             "bookworm", str(rootfs), mirror])
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,python3-pip,ca-certificates",
+                "bookworm",
+                str(rootfs),
+                mirror,
+            ]
+        )
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         run([engine, "import", "-", "localhost/debian-py311-base:latest"], stdin=tar.stdout)
         tar.wait()
@@ -97,8 +113,16 @@ def image_name(app: str, tag: str) -> str:
 def build(args: argparse.Namespace) -> dict[str, dict]:
     results = {}
     for app in APPS:
-        cmd = [args.engine, "build", "--target", app, "-t", image_name(app, args.tag),
-               "--build-arg", f"MTDP_FETCH_WEIGHTS={1 if args.fetch_weights else 0}"]
+        cmd = [
+            args.engine,
+            "build",
+            "--target",
+            app,
+            "-t",
+            image_name(app, args.tag),
+            "--build-arg",
+            f"MTDP_FETCH_WEIGHTS={1 if args.fetch_weights else 0}",
+        ]
         if args.no_cache and app == APPS[0]:  # the second image reuses the base just rebuilt
             cmd.append("--no-cache")
         if args.torch_index_url:
@@ -111,10 +135,18 @@ def build(args: argparse.Namespace) -> dict[str, dict]:
         start = time.perf_counter()
         run(cmd + [str(ROOT)])
         seconds = time.perf_counter() - start
-        size = subprocess.run([args.engine, "image", "inspect", "--format", "{{.Size}}", image_name(app, args.tag)],
-                              check=True, capture_output=True, text=True).stdout.strip()
-        results[app] = {"image": image_name(app, args.tag), "build_seconds": round(seconds, 1),
-                        "size_bytes": int(size), "size_gb": round(int(size) / 1e9, 2)}
+        size = subprocess.run(
+            [args.engine, "image", "inspect", "--format", "{{.Size}}", image_name(app, args.tag)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        results[app] = {
+            "image": image_name(app, args.tag),
+            "build_seconds": round(seconds, 1),
+            "size_bytes": int(size),
+            "size_gb": round(int(size) / 1e9, 2),
+        }
         print(f"built {results[app]['image']} in {seconds:.0f} s, {int(size) / 1e9:.2f} GB", flush=True)
     return results
 
@@ -131,34 +163,60 @@ def smoke(args: argparse.Namespace, data_dir: Path) -> dict:
         report = import_folder(server.store, "smoke", sample / "images", sample / "boxes.csv", limit=args.images)
         project = report.project["id"]
         images = sorted(server.store.list_images(project), key=lambda i: i["original_filename"])
-        train, held_out = images[: len(images) * 3 // 4], images[len(images) * 3 // 4:]
+        train, held_out = images[: len(images) * 3 // 4], images[len(images) * 3 // 4 :]
         for app in APPS:
             server.register_app(ROOT / "descriptors" / f"{app}.json")
         common = {"image_size": 64, "crop_max_size": 64, "batch_size": 16, "n_workers": 0}
         start = time.perf_counter()
-        job = server.launch("svm_train", project, {**common, "cytomine_id_images": [i["id"] for i in train],
-                                                   "balanced_classes": True},
-                            runner="container", image=image_name("svm_train", args.tag), engine=args.engine,
-                            timeout=1200)
-        results["svm_train"] = {"job": job["id"], "status": job["status"], "comment": job["status_comment"],
-                                "seconds": round(time.perf_counter() - start, 1)}
+        job = server.launch(
+            "svm_train",
+            project,
+            {**common, "cytomine_id_images": [i["id"] for i in train], "balanced_classes": True},
+            runner="container",
+            image=image_name("svm_train", args.tag),
+            engine=args.engine,
+            timeout=1200,
+        )
+        results["svm_train"] = {
+            "job": job["id"],
+            "status": job["status"],
+            "comment": job["status_comment"],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         print(f"svm_train job {job['id']}: status {job['status']}: {job['status_comment']}", flush=True)
         if job["status"] == 3:
             start = time.perf_counter()
-            job2 = server.launch("svm_predict", project, {"cytomine_id_job": job["id"], "batch_size": 16,
-                                                          "n_workers": 0,
-                                                          "cytomine_id_images": [i["id"] for i in held_out]},
-                                 runner="container", image=image_name("svm_predict", args.tag), engine=args.engine,
-                                 timeout=1200)
-            results["svm_predict"] = {"job": job2["id"], "status": job2["status"], "comment": job2["status_comment"],
-                                      "seconds": round(time.perf_counter() - start, 1)}
+            job2 = server.launch(
+                "svm_predict",
+                project,
+                {
+                    "cytomine_id_job": job["id"],
+                    "batch_size": 16,
+                    "n_workers": 0,
+                    "cytomine_id_images": [i["id"] for i in held_out],
+                },
+                runner="container",
+                image=image_name("svm_predict", args.tag),
+                engine=args.engine,
+                timeout=1200,
+            )
+            results["svm_predict"] = {
+                "job": job2["id"],
+                "status": job2["status"],
+                "comment": job2["status_comment"],
+                "seconds": round(time.perf_counter() - start, 1),
+            }
             print(f"svm_predict job {job2['id']}: status {job2['status']}: {job2['status_comment']}", flush=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.engine == "podman" and "CONTAINERS_CONF" not in os.environ and Path("/work/containers/containers.conf").is_file():
+    if (
+        args.engine == "podman"
+        and "CONTAINERS_CONF" not in os.environ
+        and Path("/work/containers/containers.conf").is_file()
+    ):
         os.environ["CONTAINERS_CONF"] = "/work/containers/containers.conf"
     if args.make_base:
         make_base(args.engine, args.mirror)

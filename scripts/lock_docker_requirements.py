@@ -64,8 +64,11 @@ def torch_only(roots: list[Requirement]) -> set[str]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when requirements/docker.txt differs from the installed versions")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when requirements/docker.txt differs from the installed versions",
+    )
     return parser
 
 
@@ -84,8 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         current = out.read_text() if out.is_file() else ""
         if current != "\n".join(lines) + "\n":
-            print(f"{out.relative_to(ROOT)} is out of date with pyproject.toml and the installed packages: "
-                  "run python scripts/lock_docker_requirements.py", file=sys.stderr)
+            print(
+                f"{out.relative_to(ROOT)} is out of date with pyproject.toml and the installed packages: "
+                "run python scripts/lock_docker_requirements.py",
+                file=sys.stderr,
+            )
             return 1
         print(f"{out.relative_to(ROOT)} is up to date ({len(pins)} packages)")
         return 0

@@ -48,8 +48,12 @@ DOCS = ROOT / "docs" / "apps.md"
 
 def inputs_table(app: str, descriptor: dict) -> str:
     """The Markdown table of an app's inputs (set-by-server ones left out)."""
-    lines = [f"**{app.replace('_', '-')}** (`descriptors/{app}.json`, {descriptor['name']})", "",
-             "| input | type | default | description |", "|---|---|---|---|"]
+    lines = [
+        f"**{app.replace('_', '-')}** (`descriptors/{app}.json`, {descriptor['name']})",
+        "",
+        "| input | type | default | description |",
+        "|---|---|---|---|",
+    ]
     for item in descriptor["inputs"]:
         if item.get("set-by-server"):
             continue
@@ -64,8 +68,12 @@ def docs_text() -> str:
     text = DOCS.read_text(encoding="utf-8")
     for app in APPS:
         table = inputs_table(app, json.loads(descriptor_text(app)))
-        text = re.sub(rf"<!-- inputs:{app} -->.*?<!-- /inputs -->",
-                      lambda _m, t=table, a=app: f"<!-- inputs:{a} -->\n{t}\n<!-- /inputs -->", text, flags=re.S)
+        text = re.sub(
+            rf"<!-- inputs:{app} -->.*?<!-- /inputs -->",
+            lambda _m, t=table, a=app: f"<!-- inputs:{a} -->\n{t}\n<!-- /inputs -->",
+            text,
+            flags=re.DOTALL,
+        )
     return text
 
 

@@ -12,8 +12,29 @@ def test_benchmark_script_runs_and_reports_every_variant(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "bench.json"
-    assert module.main(["--size", "32", "--batch-size", "8", "--steps", "1", "--rounds", "2", "--warmup-steps", "1",
-                        "--device", "cpu", "--head-repeats", "5", "--json", str(out)]) == 0
+    assert (
+        module.main(
+            [
+                "--size",
+                "32",
+                "--batch-size",
+                "8",
+                "--steps",
+                "1",
+                "--rounds",
+                "2",
+                "--warmup-steps",
+                "1",
+                "--device",
+                "cpu",
+                "--head-repeats",
+                "5",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     assert set(results["variants"]) == {"single-task", "multi-task", "multi-task, per-head loop"}
     assert results["tasks"] == 22 and results["precision"] == "fp32"

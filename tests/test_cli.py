@@ -30,8 +30,24 @@ def test_weights_verify_command():
 
 def test_features_command(tiny_image_folder, tmp_path):
     out = tmp_path / "f.npz"
-    code = main(["features", str(tiny_image_folder), "-o", str(out), "--backbone", "resnet18", "--weights", "random",
-                 "--size", "32", "--workers", "0", "--device", "cpu"])
+    code = main(
+        [
+            "features",
+            str(tiny_image_folder),
+            "-o",
+            str(out),
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "random",
+            "--size",
+            "32",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     data = np.load(out)
     assert data["features"].shape == (8, 512)
@@ -59,15 +75,17 @@ def test_command_table_matches_the_modules():
 
 
 def test_help_and_the_server_commands_do_not_import_torch():
-    code = ("import sys, contextlib, io\n"
-            "from mtdp_core.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    for argv in (['--help'], ['server', '--help']):\n"
-            "        try:\n"
-            "            main(argv)\n"
-            "        except SystemExit:\n"
-            "            pass\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, contextlib, io\n"
+        "from mtdp_core.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    for argv in (['--help'], ['server', '--help']):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False", result.stderr
 

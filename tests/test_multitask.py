@@ -31,9 +31,9 @@ def test_each_sample_gets_its_own_heads_logits(model):
     names = list(TASKS)
     for i, t in enumerate(tasks.tolist()):
         head = model.heads[names[t]]
-        expected = head(features[i:i + 1])[0]
-        torch.testing.assert_close(logits[i, :TASKS[names[t]]], expected, rtol=1e-5, atol=1e-6)
-        assert torch.isinf(logits[i, TASKS[names[t]]:]).all()
+        expected = head(features[i : i + 1])[0]
+        torch.testing.assert_close(logits[i, : TASKS[names[t]]], expected, rtol=1e-5, atol=1e-6)
+        assert torch.isinf(logits[i, TASKS[names[t]] :]).all()
     torch.testing.assert_close(model.task_logits(x, "gamma"), model.heads["gamma"](features))
 
 

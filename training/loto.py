@@ -28,36 +28,49 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtdp_core.cli import run_guarded  # noqa: E402
-from mtdp_core.evaluation.experiment import ExperimentConfig, report_experiment, run_experiment  # noqa: E402
-from mtdp_core.logs import configure_logging  # noqa: E402
-
+from mtdp_core.cli import run_guarded
+from mtdp_core.evaluation.experiment import ExperimentConfig, report_experiment, run_experiment
+from mtdp_core.logs import configure_logging
 
 
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seeds {text!r}: give integers separated by commas, e.g. 0,1,2") from None
+        raise argparse.ArgumentTypeError(
+            f"invalid seeds {text!r}: give integers separated by commas, e.g. 0,1,2"
+        ) from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True,
-                        help="JSON experiment config (keys: see mtdp_core.evaluation.experiment.ExperimentConfig)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="JSON experiment config (keys: see mtdp_core.evaluation.experiment.ExperimentConfig)",
+    )
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
     parser.add_argument("--seeds", type=_ints, default=None, help="override the config's seeds, e.g. 0,1,2")
     parser.add_argument("--device", default=None, help="override the device: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--report-only", action="store_true",
-                        help="write the reports again from OUTPUT_DIR/records.jsonl; train and evaluate nothing")
-    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="logging verbosity (default: $MTDP_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the reports again from OUTPUT_DIR/records.jsonl; train and evaluate nothing",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: $MTDP_LOG_LEVEL or INFO)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.log_level)
+
     def work() -> int:
         config = ExperimentConfig.from_file(args.config)
         if args.output_dir:
@@ -71,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result.paths["results"])
         return 0
 
-    return run_guarded(work, on_interrupt="interrupted: run the same command again to reuse the completed pre-trainings")
+    return run_guarded(
+        work, on_interrupt="interrupted: run the same command again to reuse the completed pre-trainings"
+    )
 
 
 if __name__ == "__main__":

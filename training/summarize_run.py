@@ -11,6 +11,7 @@ per-task validation metrics at every validation point.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if train:
         last = train[-1]["iteration"]
         iterations = [e["iteration"] for e in train]
-        step = min((b - a for a, b in zip(iterations, iterations[1:]) if b > a), default=last)  # log_every
+        step = min((b - a for a, b in itertools.pairwise(iterations) if b > a), default=last)  # log_every
         width = max(1, math.ceil(last / args.bins / step)) * step
         print("| iterations | phase | mean training loss | images/s |")
         print("|---|---|---:|---:|")
@@ -65,8 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = args.run / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
-        print(f"backbone: {s['backbone_path']} (sha256 {s['backbone_sha256'][:16]}...), {s['iterations']} iterations, "
-              f"{s['device']}, world size {s['world_size']}")
+        print(
+            f"backbone: {s['backbone_path']} (sha256 {s['backbone_sha256'][:16]}...), {s['iterations']} iterations, "
+            f"{s['device']}, world size {s['world_size']}"
+        )
     return 0
 
 

@@ -22,11 +22,10 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtdp_core.cli import run_guarded  # noqa: E402
-from mtdp_core.logs import configure_logging  # noqa: E402
-from mtdp_core.training import train  # noqa: E402
-from mtdp_core.training.config import add_config_arguments, config_from_args, load_config_file  # noqa: E402
-
+from mtdp_core.cli import run_guarded
+from mtdp_core.logs import configure_logging
+from mtdp_core.training import train
+from mtdp_core.training.config import add_config_arguments, config_from_args, load_config_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,9 +33,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, default=None, help="JSON (or TOML) file of options; flags below override it")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="JSON (or TOML) file of options; flags below override it"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging verbosity (default: $MTDP_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: $MTDP_LOG_LEVEL or INFO)",
+    )
     add_config_arguments(parser)
     return parser
 
@@ -44,6 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.log_level)
+
     def work() -> int:
         base = load_config_file(args.config) if args.config else {}
         config = config_from_args(args, base)

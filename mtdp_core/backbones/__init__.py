@@ -19,8 +19,8 @@ from mtdp_core.backbones.registry import (
 from mtdp_core.backbones.weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    WeightSpec,
     WeightsInfo,
+    WeightSpec,
     find_weights_file,
     get_weight_spec,
     sources_for,

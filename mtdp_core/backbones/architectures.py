@@ -122,12 +122,17 @@ class _SameConv2d(nn.Conv2d):
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups, bias=False)
+        super().__init__(
+            cin, cout, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] > 1:
             pads = []
-            for size, k, s in ((x.shape[-1], self.kernel_size[1], self.stride[1]), (x.shape[-2], self.kernel_size[0], self.stride[0])):
+            for size, k, s in (
+                (x.shape[-1], self.kernel_size[1], self.stride[1]),
+                (x.shape[-2], self.kernel_size[0], self.stride[0]),
+            ):
                 total = max((math.ceil(size / s) - 1) * s + k - size, 0)
                 pads += [total // 2, total - total // 2]
             x = F.pad(x, pads)
@@ -174,8 +179,15 @@ class EfficientNetLiteBackbone(Backbone):
     head_prefixes = ("_fc.",)
 
     # (repeats, kernel, stride, expand ratio, in channels, out channels), lite0 scaling.
-    BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+    BLOCKS = (
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    )
 
     def __init__(self, arch: str, drop_connect_rate: float = 0.2) -> None:
         super().__init__()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from mtdp_core.backbones.registry import get_backbone_entry, list_backbones
 from mtdp_core.backbones.weights import (
-    package_file,
     candidate_paths,
     default_download_dir,
     get_weight_spec,
+    package_file,
     sources_for,
     verify_file,
     weight_specs,
@@ -87,7 +87,16 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
     for spec in weight_specs(args.arch):
         status, path = _status(spec)
         sha = (spec.sha256 or "unpublished")[:16] + ("*" if spec.sha256_is_prefix else "")
-        rows.append((spec.arch, spec.source, spec.file_name, f"{status}" + (f" ({path.parent})" if path else ""), sha, f"{spec.size_mib:.0f}" if spec.size_mib else "?"))
+        rows.append(
+            (
+                spec.arch,
+                spec.source,
+                spec.file_name,
+                f"{status}" + (f" ({path.parent})" if path else ""),
+                sha,
+                f"{spec.size_mib:.0f}" if spec.size_mib else "?",
+            )
+        )
     _print_table(rows)
     print("\n* published prefix of the sha256 (torchvision's file-name convention)", file=sys.stdout)
     print(f"search folders: {os.pathsep.join(str(d) for d in weights_dirs())}", file=sys.stdout)
@@ -138,7 +147,7 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     logger.info("downloading %s -> %s", spec.url, dest)
     with tempfile.NamedTemporaryFile(dir=dest_dir, prefix=spec.file_name, suffix=".part", delete=False) as tmp:
         try:
-            with urllib.request.urlopen(spec.url, timeout=60) as response:  # noqa: S310 (catalogue URLs only)
+            with urllib.request.urlopen(spec.url, timeout=60) as response:
                 shutil.copyfileobj(response, tmp)
         except OSError as exc:
             os.unlink(tmp.name)

@@ -1,10 +1,10 @@
 """Backbone registry and factory, in the style of timm.
 
-    @register_backbone(n_features=2048, family="resnet")
-    def resnet50() -> Backbone: ...          # builds the architecture, randomly initialised
+@register_backbone(n_features=2048, family="resnet")
+def resnet50() -> Backbone: ...          # builds the architecture, randomly initialised
 
-    create_backbone("resnet50", weights="imagenet")   # -> Backbone with weights loaded
-    list_backbones("dense*", weights="mtdp")          # -> ["densenet121"]
+create_backbone("resnet50", weights="imagenet")   # -> Backbone with weights loaded
+list_backbones("dense*", weights="mtdp")          # -> ["densenet121"]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -108,7 +108,12 @@ def _build(entry: BackboneEntry, seed: int | None) -> Backbone:
 
 def _is_path_like(weights: str | os.PathLike) -> bool:
     text = os.fspath(weights)
-    return isinstance(weights, os.PathLike) or os.sep in text or text.endswith((".pth", ".pt", ".bin")) or Path(text).exists()
+    return (
+        isinstance(weights, os.PathLike)
+        or os.sep in text
+        or text.endswith((".pth", ".pt", ".bin"))
+        or Path(text).exists()
+    )
 
 
 def create_backbone(
@@ -146,7 +151,9 @@ def create_backbone(
         if sha256 is None and (spec.sha256 is None or spec.sha256_is_prefix):
             logger.info("%s: no full published sha256 for %s; this file's is %s", name, path.name, digest)
         model, _ = _load_checkpoint(entry, path)
-        model.weights_info = WeightsInfo(source=spec.source, file=spec.file_name, sha256=digest, mean=spec.mean, std=spec.std)
+        model.weights_info = WeightsInfo(
+            source=spec.source, file=spec.file_name, sha256=digest, mean=spec.mean, std=spec.std
+        )
     elif _is_path_like(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -168,7 +175,9 @@ def create_backbone(
 
 # --------------------------------------------------------------------------- checkpoints
 
-_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def _unwrap(raw: dict, arch: str, path: Path) -> tuple[dict, WeightsInfo]:
@@ -196,10 +205,10 @@ def _unwrap(raw: dict, arch: str, path: Path) -> tuple[dict, WeightsInfo]:
             break
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):  # DataParallel / DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     if any(k.startswith("heads.") for k in state) and all(k.startswith(("features.", "heads.")) for k in state):
         # Original multitask-dipath MultiHead: drop the task heads, strip one `features.`.
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     return state, info
 
 
@@ -216,7 +225,7 @@ def _clean_keys(state: dict, backbone: Backbone) -> dict:
     return cleaned
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shapes_of(name: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = get_backbone_entry(name).builder()
@@ -243,7 +252,11 @@ def _load_checkpoint(entry: BackboneEntry, path: Path) -> tuple[Backbone, Weight
     state = _clean_keys(state, model)
     expected = model.state_dict()
     for key in expected:  # BN counters are absent from old checkpoints
-        if key.endswith(".num_batches_tracked") and key not in state and key[: -len("num_batches_tracked")] + "running_mean" in state:
+        if (
+            key.endswith(".num_batches_tracked")
+            and key not in state
+            and key[: -len("num_batches_tracked")] + "running_mean" in state
+        ):
             state[key] = torch.tensor(0, dtype=torch.long)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -258,7 +271,10 @@ def _load_checkpoint(entry: BackboneEntry, path: Path) -> tuple[Backbone, Weight
             details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
         if wrong:
             k = wrong[0]
-            details.append(f"{len(wrong)} shape mismatches (e.g. {k!r}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})")
+            details.append(
+                f"{len(wrong)} shape mismatches (e.g. {k!r}: file {tuple(state[k].shape)}, model "
+                f"{tuple(expected[k].shape)})"
+            )
         raise IncompatibleWeightsError(
             f"Checkpoint {path.name} does not fit backbone {entry.name}:{hint} Found {'; '.join(details)}."
         )

@@ -146,7 +146,7 @@ def _torchvision(arch: str, source: str, url: str, n_features: int, size_mib: fl
         n_features=n_features,
         size_mib=size_mib,
         license="BSD-3-Clause (torchvision)",
-        description=f"torchvision ImageNet-1k weights ({'IMAGENET1K_V2' if source.endswith('v2') else 'IMAGENET1K_V1'})",
+        description=f"torchvision ImageNet-1k weights ({'IMAGENET1K_V2' if source.endswith('v2') else 'IMAGENET1K_V1'})",  # noqa: E501
     )
 
 
@@ -280,7 +280,9 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: Path, expected_sha256: str | None, *, size_bytes: int | None = None, url: str | None = None) -> str:
+def verify_file(
+    path: Path, expected_sha256: str | None, *, size_bytes: int | None = None, url: str | None = None
+) -> str:
     """Check a file against its expected sha256 (full digest or published prefix).
 
     Returns the file's full sha256. Raises ChecksumMismatchError printing both hashes.

@@ -59,8 +59,13 @@ class AnnotationRecord:
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> AnnotationRecord:
         cls_name = str(item.get("class", ""))
-        kind = "algo" if cls_name.endswith("AlgoAnnotation") else "reviewed" if cls_name.endswith(
-            "ReviewedAnnotation") else "user"
+        kind = (
+            "algo"
+            if cls_name.endswith("AlgoAnnotation")
+            else "reviewed"
+            if cls_name.endswith("ReviewedAnnotation")
+            else "user"
+        )
         terms = item.get("term") or []
         users = item.get("userTerm") or []
         return cls(
@@ -152,8 +157,12 @@ def project_terms(session: CytomineSession, project: int) -> dict[int, str]:
     return {int(t["id"]): str(t["name"]) for t in items}
 
 
-def require_annotations(records: Sequence[AnnotationRecord], filters: AnnotationFilters,
-                        term_names: Mapping[int, str] | None = None, what: str = "annotation") -> None:
+def require_annotations(
+    records: Sequence[AnnotationRecord],
+    filters: AnnotationFilters,
+    term_names: Mapping[int, str] | None = None,
+    what: str = "annotation",
+) -> None:
     if not records:
         raise NoAnnotationsError(
             f"Widen the filters or annotate first: no {what} matches ({filters.describe(term_names)})."
@@ -240,10 +249,14 @@ def training_labels(
                 f"Select annotations of both classes for binary mode: none is {missing} among the "
                 f"{len(labels)} selected (positive terms: {pos_names})."
             )
-        names = {1: f"positive ({pos_names})" if len(positive) > 1 else term_names[next(iter(positive))],
-                 0: f"negative ({neg_names})" if len(neg_terms) != 1 else term_names.get(neg_terms[0], "negative")}
-        ids = {1: next(iter(positive)) if len(positive) == 1 else None,
-               0: neg_terms[0] if len(neg_terms) == 1 else None}
+        names = {
+            1: f"positive ({pos_names})" if len(positive) > 1 else term_names[next(iter(positive))],
+            0: f"negative ({neg_names})" if len(neg_terms) != 1 else term_names.get(neg_terms[0], "negative"),
+        }
+        ids = {
+            1: next(iter(positive)) if len(positive) == 1 else None,
+            0: neg_terms[0] if len(neg_terms) == 1 else None,
+        }
         return TrainingLabels(binary_labels, names, ids, True, tuple(sorted(positive)), dict(counts))
     counts = Counter(labels)
     if len(counts) < 2:

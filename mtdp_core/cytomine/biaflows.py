@@ -57,35 +57,83 @@ def add_biaflows_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         "Options for runs outside Cytomine (not descriptor inputs). BIAFLOWS-compatible flags "
         "(biaflows-utilities' BiaflowsJob) and local-mode inputs.",
     )
-    group.add_argument("-l", "--local", action="store_true",
-                       help="run without a server: images from --infolder, outputs to --outfolder")
-    group.add_argument("-nd", "--no_download", "--nodownload", dest="no_download", action="store_true",
-                       help="use the crops already in --infolder (<annotation id>.png) instead of downloading")
-    group.add_argument("-nau", "--no_annotations_upload", "--noexport", dest="no_annotations_upload",
-                       action="store_true", help="do not push predictions to the server")
-    group.add_argument("-nmu", "--no_metrics_upload", dest="no_metrics_upload", action="store_true",
-                       help="write metrics and report to --outfolder without attaching them to the job")
-    group.add_argument("-nmc", "--no_metrics_computation", "--nometrics", dest="no_metrics_computation",
-                       action="store_true", help="skip metrics, confusion matrix and report")
-    group.add_argument("--descriptor", default="/app/descriptor.json",
-                       help="descriptor path (accepted for BIAFLOWS compatibility; unused)")
-    group.add_argument("--infolder", type=Path, default=None,
-                       help="input images (local mode: class folders and/or images with labels.csv); with a "
-                            "server: where crops are stored as <annotation id>.png")
-    group.add_argument("--outfolder", type=Path, default=None,
-                       help="output folder (default: ./mtdp-out/<app>-<job id>)")
-    group.add_argument("--gtfolder", type=Path, default=None,
-                       help="ground truth for metrics in predict mode (class folders or labels.csv)")
+    group.add_argument(
+        "-l",
+        "--local",
+        action="store_true",
+        help="run without a server: images from --infolder, outputs to --outfolder",
+    )
+    group.add_argument(
+        "-nd",
+        "--no_download",
+        "--nodownload",
+        dest="no_download",
+        action="store_true",
+        help="use the crops already in --infolder (<annotation id>.png) instead of downloading",
+    )
+    group.add_argument(
+        "-nau",
+        "--no_annotations_upload",
+        "--noexport",
+        dest="no_annotations_upload",
+        action="store_true",
+        help="do not push predictions to the server",
+    )
+    group.add_argument(
+        "-nmu",
+        "--no_metrics_upload",
+        dest="no_metrics_upload",
+        action="store_true",
+        help="write metrics and report to --outfolder without attaching them to the job",
+    )
+    group.add_argument(
+        "-nmc",
+        "--no_metrics_computation",
+        "--nometrics",
+        dest="no_metrics_computation",
+        action="store_true",
+        help="skip metrics, confusion matrix and report",
+    )
+    group.add_argument(
+        "--descriptor",
+        default="/app/descriptor.json",
+        help="descriptor path (accepted for BIAFLOWS compatibility; unused)",
+    )
+    group.add_argument(
+        "--infolder",
+        type=Path,
+        default=None,
+        help="input images (local mode: class folders and/or images with labels.csv); with a "
+        "server: where crops are stored as <annotation id>.png",
+    )
+    group.add_argument(
+        "--outfolder", type=Path, default=None, help="output folder (default: ./mtdp-out/<app>-<job id>)"
+    )
+    group.add_argument(
+        "--gtfolder",
+        type=Path,
+        default=None,
+        help="ground truth for metrics in predict mode (class folders or labels.csv)",
+    )
     group.add_argument("--tilefolder", type=Path, default=None, help="accepted, unused (no tiling)")
     group.add_argument("--batch_id", type=int, default=0, help="accepted, unused")
     group.add_argument("-t", "--tiling", action="store_true", help="accepted, unused (crops are classified whole)")
     group.add_argument("-tw", "--tile_width", type=int, default=256, help="accepted, unused")
     group.add_argument("-th", "--tile_height", type=int, default=256, help="accepted, unused")
     group.add_argument("-to", "--tile_overlap", type=int, default=32, help="accepted, unused")
-    group.add_argument("--cache_dir", type=Path, default=None,
-                       help="crop and feature cache (default: $MTDP_CACHE_DIR or ~/.cache/mtdp)")
-    group.add_argument("--log_level", "--cytomine_log_level", dest="log_level", default=None,
-                       help="logging level (DEBUG, INFO, ...; default: $MTDP_LOG_LEVEL or INFO)")
+    group.add_argument(
+        "--cache_dir",
+        type=Path,
+        default=None,
+        help="crop and feature cache (default: $MTDP_CACHE_DIR or ~/.cache/mtdp)",
+    )
+    group.add_argument(
+        "--log_level",
+        "--cytomine_log_level",
+        dest="log_level",
+        default=None,
+        help="logging level (DEBUG, INFO, ...; default: $MTDP_LOG_LEVEL or INFO)",
+    )
     return group
 
 
@@ -140,6 +188,7 @@ def biaflows_flags(args: argparse.Namespace) -> BiaflowsFlags:
 
 # --------------------------------------------------------------------------- local folders
 
+
 @dataclass(frozen=True)
 class LocalImage:
     """An image of a local folder: its path, its key (path relative to the folder), its label
@@ -182,8 +231,13 @@ def read_image_folder(folder: str | os.PathLike | None, *, what: str = "--infold
         raise LocalDataError(
             f"Put images in {root} (in class sub-folders, or with a {LABELS_FILE}): it has no image file."
         )
-    logger.info("%s: %d images, %d labelled, %d classes", root, len(images), sum(i.label is not None for i in images),
-                len({i.label for i in images if i.label is not None}))
+    logger.info(
+        "%s: %d images, %d labelled, %d classes",
+        root,
+        len(images),
+        sum(i.label is not None for i in images),
+        len({i.label for i in images if i.label is not None}),
+    )
     return images
 
 
@@ -231,5 +285,7 @@ def ground_truth(folder: str | os.PathLike) -> dict[str, str]:
                 truth[path.relative_to(root).as_posix()] = entry.name
                 truth.setdefault(path.name, entry.name)
     if not truth:
-        raise LocalDataError(f"Put class folders or a {LABELS_FILE} (filename,label) in --gtfolder {root}: it has neither.")
+        raise LocalDataError(
+            f"Put class folders or a {LABELS_FILE} (filename,label) in --gtfolder {root}: it has neither."
+        )
     return truth

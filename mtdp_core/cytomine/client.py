@@ -126,8 +126,9 @@ class CytomineSession:
     def _auth(self) -> Any:
         from cytomine.cytomine import CytomineAuth
 
-        return CytomineAuth(self.client._public_key, self.client._private_key, self.client._base_url(),
-                            self.client._base_path)
+        return CytomineAuth(
+            self.client._public_key, self.client._private_key, self.client._base_url(), self.client._base_path
+        )
 
     def url(self, path: str) -> str:
         """Absolute URL of ``path`` (``"annotation.json"``, ``"/api/..."`` or already absolute)."""
@@ -155,8 +156,15 @@ class CytomineSession:
         data = json.dumps(body) if body is not None else None
         try:
             response = self.client._session.request(
-                method, url, params=query, data=data, headers=headers, auth=self._auth(), timeout=self.timeout,
-                allow_redirects=False, stream=stream,
+                method,
+                url,
+                params=query,
+                data=data,
+                headers=headers,
+                auth=self._auth(),
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=stream,
             )
         except requests.RequestException as exc:
             raise CytomineRequestError(
@@ -166,7 +174,8 @@ class CytomineSession:
             text = _error_text(response)
             response.close()
             raise CytomineRequestError(
-                f"{method} {_short(url)} answered HTTP {response.status_code}: {text}", status=response.status_code,
+                f"{method} {_short(url)} answered HTTP {response.status_code}: {text}",
+                status=response.status_code,
                 url=url,
             )
         return response
@@ -175,14 +184,19 @@ class CytomineSession:
         """:meth:`request_once`, retried on retryable failures when ``retry``."""
         if not retry:
             return self.request_once(method, path, **kwargs)
-        return with_retries(lambda: self.request_once(method, path, **kwargs), retries=self.retries,
-                            backoff=self.backoff, what=f"{method} {_short(self.url(path))}")
+        return with_retries(
+            lambda: self.request_once(method, path, **kwargs),
+            retries=self.retries,
+            backoff=self.backoff,
+            what=f"{method} {_short(self.url(path))}",
+        )
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None, *, retry: bool = True) -> Any:
         return _json_of(self.request("GET", path, params=params, retry=retry))
 
-    def post_json(self, path: str, body: Any = None, params: Mapping[str, Any] | None = None, *,
-                  retry: bool = False) -> Any:
+    def post_json(
+        self, path: str, body: Any = None, params: Mapping[str, Any] | None = None, *, retry: bool = False
+    ) -> Any:
         """POST (not retried by default: a create is not idempotent; callers that can tell whether
         it happened retry themselves)."""
         return _json_of(self.request("POST", path, params=params, body=body, retry=retry))
@@ -208,13 +222,13 @@ class CytomineSession:
         def once() -> None:
             response = self.request_once("GET", path, params=params, stream=True)
             with open(destination, "wb") as handle:
-                for block in response.iter_content(1 << 20):
-                    handle.write(block)
+                handle.writelines(response.iter_content(1 << 20))
 
         with_retries(once, retries=self.retries, backoff=self.backoff, what=f"download {path}")
 
-    def upload(self, path: str, file_path: Any, params: Mapping[str, Any] | None = None,
-               filename: str | None = None) -> Any:
+    def upload(
+        self, path: str, file_path: Any, params: Mapping[str, Any] | None = None, filename: str | None = None
+    ) -> Any:
         """Multipart upload (``files[]``) of ``file_path`` as the client does; retried (an upload
         of the same attachment twice is harmless but avoided: only failures without a response
         are retried)."""
@@ -227,14 +241,24 @@ class CytomineSession:
                 encoder = MultipartEncoder(fields={"files[]": (filename or str(file_path), handle)})
                 headers = self.client._headers(content_type=encoder.content_type)
                 try:
-                    response = self.client._session.post(url, params=dict(params or {}), data=encoder,
-                                                         headers=headers, auth=self._auth(), timeout=self.timeout)
+                    response = self.client._session.post(
+                        url,
+                        params=dict(params or {}),
+                        data=encoder,
+                        headers=headers,
+                        auth=self._auth(),
+                        timeout=self.timeout,
+                    )
                 except requests.RequestException as exc:
-                    raise CytomineRequestError(f"Upload to {_short(url)} failed ({type(exc).__name__})",
-                                               url=url) from exc
+                    raise CytomineRequestError(
+                        f"Upload to {_short(url)} failed ({type(exc).__name__})", url=url
+                    ) from exc
             if response.status_code != 200:
-                raise CytomineRequestError(f"Upload to {_short(url)} answered HTTP {response.status_code}: "
-                                           f"{_error_text(response)}", status=response.status_code, url=url)
+                raise CytomineRequestError(
+                    f"Upload to {_short(url)} answered HTTP {response.status_code}: {_error_text(response)}",
+                    status=response.status_code,
+                    url=url,
+                )
             return _json_of(response)
 
         return with_retries(once, retries=self.retries, backoff=self.backoff, what=f"upload {filename or file_path}")
@@ -254,7 +278,8 @@ def _json_of(response: requests.Response) -> Any:
     except ValueError:
         raise CytomineRequestError(
             f"{response.request.method} {_short(response.url)} did not answer JSON: is the host a Cytomine server?",
-            status=response.status_code, url=response.url,
+            status=response.status_code,
+            url=response.url,
         ) from None
 
 

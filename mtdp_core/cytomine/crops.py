@@ -66,10 +66,13 @@ class CropSpec:
         if not isinstance(self.zoom, int) or self.zoom < 0:
             raise ParameterError(f"Use a zoom level of 0 (full resolution) or more: got crop_zoom={self.zoom!r}.")
         if self.max_size is not None and (not isinstance(self.max_size, int) or self.max_size < 8):
-            raise ParameterError(f"Use a crop size of at least 8 pixels, or 0 for none: got crop_max_size={self.max_size!r}.")
+            raise ParameterError(
+                f"Use a crop size of at least 8 pixels, or 0 for none: got crop_max_size={self.max_size!r}."
+            )
         if not isinstance(self.increase_area, (int, float)) or not 1.0 <= float(self.increase_area) <= 10.0:
             raise ParameterError(
-                f"Use an area factor between 1 (the annotation's box) and 10: got crop_increase_area={self.increase_area!r}."
+                "Use an area factor between 1 (the annotation's box) and 10: got "
+                f"crop_increase_area={self.increase_area!r}."
             )
         if self.format not in CROP_FORMATS:
             raise ParameterError(f"Use a crop format among {', '.join(CROP_FORMATS)}: got {self.format!r}.")
@@ -92,13 +95,21 @@ class CropSpec:
         return f"z{self.zoom}-s{size}-a{float(self.increase_area):g}-{self.format}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"zoom": self.zoom, "max_size": self.max_size, "increase_area": float(self.increase_area),
-                "format": self.format}
+        return {
+            "zoom": self.zoom,
+            "max_size": self.max_size,
+            "increase_area": float(self.increase_area),
+            "format": self.format,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CropSpec:
-        return cls(int(data.get("zoom", 0)), None if data.get("max_size") is None else int(data["max_size"]),
-                   float(data.get("increase_area", 1.0)), str(data.get("format", "png")))
+        return cls(
+            int(data.get("zoom", 0)),
+            None if data.get("max_size") is None else int(data["max_size"]),
+            float(data.get("increase_area", 1.0)),
+            str(data.get("format", "png")),
+        )
 
 
 def native_size(location: str, zoom: int = 0, increase_area: float = 1.0) -> int:
@@ -137,8 +148,12 @@ class CropStore:
     def path(self, record: AnnotationRecord) -> Path:
         if self.flat:
             return self.folder / f"{record.id}.{self.spec.format}"
-        return self.folder / f"p{record.project}" / f"i{record.image}" / (
-            f"{record.id}-{record.location_hash}.{self.spec.format}")
+        return (
+            self.folder
+            / f"p{record.project}"
+            / f"i{record.image}"
+            / (f"{record.id}-{record.location_hash}.{self.spec.format}")
+        )
 
 
 @dataclass
@@ -199,8 +214,9 @@ def _check_image(data: bytes) -> None:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decode everything: a truncated file fails here, not in a DataLoader worker
     except Exception as exc:  # noqa: BLE001 - any decoding problem means a bad download
-        raise CytomineRequestError(f"the server sent an unreadable image ({type(exc).__name__}: {exc})",
-                                   status=None) from None
+        raise CytomineRequestError(
+            f"the server sent an unreadable image ({type(exc).__name__}: {exc})", status=None
+        ) from None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -263,8 +279,9 @@ def download_crops(
                 return data
 
             try:
-                data = with_retries(once, retries=session.retries, backoff=session.backoff,
-                                    what=f"crop of annotation {record.id}")
+                data = with_retries(
+                    once, retries=session.retries, backoff=session.backoff, what=f"crop of annotation {record.id}"
+                )
             except CytomineRequestError as exc:
                 return index, None, str(exc), 0
             path = store.path(record)
@@ -292,7 +309,10 @@ def download_crops(
     report.failures.sort()
     report.seconds = time.perf_counter() - start
     if report.n_failed > 5:
-        logger.warning("... %d crops failed in all (annotations %s)", report.n_failed,
-                       ", ".join(str(a) for a, _ in report.failures[:20]))
+        logger.warning(
+            "... %d crops failed in all (annotations %s)",
+            report.n_failed,
+            ", ".join(str(a) for a, _ in report.failures[:20]),
+        )
     logger.info("crops: %s", report.summary())
     return report

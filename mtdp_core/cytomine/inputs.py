@@ -37,111 +37,280 @@ crop_size = _Converter("0 (no rescaling) or a size from 8 to 4096 pixels", _crop
 
 def add_connection_inputs(parser: argparse.ArgumentParser) -> None:
     """The five inputs Cytomine sets itself (hidden in the UI)."""
-    add_input(parser, "cytomine_host", type="String", name="Cytomine host", set_by_server=True, optional=False,
-              description="URL of the Cytomine server (set by Cytomine).", aliases=("--host",))
-    add_input(parser, "cytomine_public_key", type="String", name="Public key", set_by_server=True, optional=False,
-              description="Public API key of the job (set by Cytomine).", aliases=("--public_key",))
-    add_input(parser, "cytomine_private_key", type="String", name="Private key", set_by_server=True, optional=False,
-              description="Private API key of the job (set by Cytomine).", aliases=("--private_key",))
-    add_input(parser, "cytomine_id_project", type="Number", name="Project", set_by_server=True, optional=False,
-              converter=integer(1), description="Id of the project the job runs on (set by Cytomine).",
-              aliases=("--project_id",))
-    add_input(parser, "cytomine_id_software", type="Number", name="Software", set_by_server=True, optional=False,
-              converter=integer(1), description="Id of this app in Cytomine (set by Cytomine).",
-              aliases=("--software_id",))
+    add_input(
+        parser,
+        "cytomine_host",
+        type="String",
+        name="Cytomine host",
+        set_by_server=True,
+        optional=False,
+        description="URL of the Cytomine server (set by Cytomine).",
+        aliases=("--host",),
+    )
+    add_input(
+        parser,
+        "cytomine_public_key",
+        type="String",
+        name="Public key",
+        set_by_server=True,
+        optional=False,
+        description="Public API key of the job (set by Cytomine).",
+        aliases=("--public_key",),
+    )
+    add_input(
+        parser,
+        "cytomine_private_key",
+        type="String",
+        name="Private key",
+        set_by_server=True,
+        optional=False,
+        description="Private API key of the job (set by Cytomine).",
+        aliases=("--private_key",),
+    )
+    add_input(
+        parser,
+        "cytomine_id_project",
+        type="Number",
+        name="Project",
+        set_by_server=True,
+        optional=False,
+        converter=integer(1),
+        description="Id of the project the job runs on (set by Cytomine).",
+        aliases=("--project_id",),
+    )
+    add_input(
+        parser,
+        "cytomine_id_software",
+        type="Number",
+        name="Software",
+        set_by_server=True,
+        optional=False,
+        converter=integer(1),
+        description="Id of this app in Cytomine (set by Cytomine).",
+        aliases=("--software_id",),
+    )
 
 
 def add_filter_inputs(parser: argparse.ArgumentParser, *, purpose: str) -> None:
     """Which annotations to use: images, users, terms, reviewed only. ``purpose`` completes
     "Only the annotations ... are used to <purpose>"."""
-    add_input(parser, "cytomine_id_images", type="ListDomain", name="Images", default="",
-              uri=_IMAGES_URI, uri_print_attribute="instanceFilename", uri_sort_attribute="instanceFilename",
-              description=f"Only the annotations of these images are used to {purpose} (empty: all images).")
-    add_input(parser, "cytomine_id_users", type="ListDomain", name="Annotators", default="",
-              uri=_USERS_URI, uri_print_attribute="username", uri_sort_attribute="username",
-              description=f"Only the annotations drawn by these users are used to {purpose} (empty: all users).")
-    add_input(parser, "cytomine_id_terms", type="ListDomain", name="Terms", default="",
-              uri=_TERMS_URI, uri_print_attribute="name", uri_sort_attribute="name",
-              description=f"Only the annotations with these terms are used to {purpose} (empty: all terms).")
-    add_input(parser, "cytomine_reviewed_only", type="Boolean", name="Reviewed annotations only", default=False,
-              description=f"Use only reviewed (validated) annotations to {purpose}, with their reviewed terms.")
+    add_input(
+        parser,
+        "cytomine_id_images",
+        type="ListDomain",
+        name="Images",
+        default="",
+        uri=_IMAGES_URI,
+        uri_print_attribute="instanceFilename",
+        uri_sort_attribute="instanceFilename",
+        description=f"Only the annotations of these images are used to {purpose} (empty: all images).",
+    )
+    add_input(
+        parser,
+        "cytomine_id_users",
+        type="ListDomain",
+        name="Annotators",
+        default="",
+        uri=_USERS_URI,
+        uri_print_attribute="username",
+        uri_sort_attribute="username",
+        description=f"Only the annotations drawn by these users are used to {purpose} (empty: all users).",
+    )
+    add_input(
+        parser,
+        "cytomine_id_terms",
+        type="ListDomain",
+        name="Terms",
+        default="",
+        uri=_TERMS_URI,
+        uri_print_attribute="name",
+        uri_sort_attribute="name",
+        description=f"Only the annotations with these terms are used to {purpose} (empty: all terms).",
+    )
+    add_input(
+        parser,
+        "cytomine_reviewed_only",
+        type="Boolean",
+        name="Reviewed annotations only",
+        default=False,
+        description=f"Use only reviewed (validated) annotations to {purpose}, with their reviewed terms.",
+    )
 
 
 def add_crop_inputs(parser: argparse.ArgumentParser, *, from_model: bool = False) -> None:
     """How annotation crops are cut. With ``from_model`` the defaults are empty: the training
     job's crop settings are used (a model should see crops like those it was trained on)."""
     suffix = " Empty: the same as for training." if from_model else ""
-    add_input(parser, "crop_zoom", type="Number", name="Crop zoom level", default=None if from_model else 0,
-              converter=integer(0, 10),
-              description="Zoom level of the crops: 0 is full resolution, each level halves it." + suffix,
-              minimum=0, maximum=10)
-    add_input(parser, "crop_max_size", type="Number", name="Crop size (pixels)", default=None if from_model else 256,
-              converter=crop_size,
-              description="Longest side of each crop in pixels: the server scales crops to it. 0 keeps the size "
-                          "of the zoom level (large annotations make large downloads)." + suffix,
-              minimum=0, maximum=4096)
-    add_input(parser, "crop_increase_area", type="Number", name="Context around annotations",
-              default=None if from_model else 1.0, converter=number(1.0, 10.0),
-              description="Crop a box this many times larger than the annotation's, to include context "
-                          "(1: the annotation's box)." + suffix, minimum=1, maximum=10)
+    add_input(
+        parser,
+        "crop_zoom",
+        type="Number",
+        name="Crop zoom level",
+        default=None if from_model else 0,
+        converter=integer(0, 10),
+        description="Zoom level of the crops: 0 is full resolution, each level halves it." + suffix,
+        minimum=0,
+        maximum=10,
+    )
+    add_input(
+        parser,
+        "crop_max_size",
+        type="Number",
+        name="Crop size (pixels)",
+        default=None if from_model else 256,
+        converter=crop_size,
+        description="Longest side of each crop in pixels: the server scales crops to it. 0 keeps the size "
+        "of the zoom level (large annotations make large downloads)." + suffix,
+        minimum=0,
+        maximum=4096,
+    )
+    add_input(
+        parser,
+        "crop_increase_area",
+        type="Number",
+        name="Context around annotations",
+        default=None if from_model else 1.0,
+        converter=number(1.0, 10.0),
+        description="Crop a box this many times larger than the annotation's, to include context "
+        "(1: the annotation's box)." + suffix,
+        minimum=1,
+        maximum=10,
+    )
 
 
 def add_backbone_inputs(parser: argparse.ArgumentParser, *, from_model: bool = False) -> None:
     if from_model:
-        add_input(parser, "backbone", type="String", name="Network", default="",
-                  description="Network that extracts the features. Empty: the training job's. Another network "
-                              "is refused (the model only works with the features it was trained on).")
-        add_input(parser, "weights", type="String", name="Network weights", default="",
-                  description="Weights of the network: imagenet, mtdp, random, or a weights file in the image. "
-                              "Empty: the training job's.")
+        add_input(
+            parser,
+            "backbone",
+            type="String",
+            name="Network",
+            default="",
+            description="Network that extracts the features. Empty: the training job's. Another network "
+            "is refused (the model only works with the features it was trained on).",
+        )
+        add_input(
+            parser,
+            "weights",
+            type="String",
+            name="Network weights",
+            default="",
+            description="Weights of the network: imagenet, mtdp, random, or a weights file in the image. "
+            "Empty: the training job's.",
+        )
         return
-    add_input(parser, "backbone", type="String", name="Network", default=DEFAULT_BACKBONE,
-              description="Pre-trained network that turns crops into features: efficientnet_lite0 (works "
-                          "offline), densenet121 or resnet50 (the paper's), resnet18/34/101/152, "
-                          "densenet161/169/201.")
-    add_input(parser, "weights", type="String", name="Network weights", default=DEFAULT_WEIGHTS,
-              description="Weights of the network: imagenet, mtdp (the paper's multi-task pre-training; "
-                          "densenet121 and resnet50), random, or the path of a weights file in the image.")
+    add_input(
+        parser,
+        "backbone",
+        type="String",
+        name="Network",
+        default=DEFAULT_BACKBONE,
+        description="Pre-trained network that turns crops into features: efficientnet_lite0 (works "
+        "offline), densenet121 or resnet50 (the paper's), resnet18/34/101/152, "
+        "densenet161/169/201.",
+    )
+    add_input(
+        parser,
+        "weights",
+        type="String",
+        name="Network weights",
+        default=DEFAULT_WEIGHTS,
+        description="Weights of the network: imagenet, mtdp (the paper's multi-task pre-training; "
+        "densenet121 and resnet50), random, or the path of a weights file in the image.",
+    )
 
 
 def add_image_size_input(parser: argparse.ArgumentParser) -> None:
-    add_input(parser, "image_size", type="Number", name="Network input size (pixels)", default=224,
-              converter=integer(16, 1024),
-              description="Crops are resized (shorter side) and centre-cropped to this square size before "
-                          "the network (224 in the paper).", minimum=16, maximum=1024)
+    add_input(
+        parser,
+        "image_size",
+        type="Number",
+        name="Network input size (pixels)",
+        default=224,
+        converter=integer(16, 1024),
+        description="Crops are resized (shorter side) and centre-cropped to this square size before "
+        "the network (224 in the paper).",
+        minimum=16,
+        maximum=1024,
+    )
 
 
 def add_runtime_inputs(parser: argparse.ArgumentParser) -> None:
-    add_input(parser, "batch_size", type="Number", name="Batch size", default=None, converter=integer(1, 4096),
-              description="Crops processed together by the network. Empty: automatic (features: 8 at 224 px "
-                          "on a CPU, the fastest there, 128 on a GPU; fine-tuning: 32).",
-              minimum=1, maximum=4096)
-    add_input(parser, "n_workers", type="Number", name="Image loading processes", default=None,
-              converter=integer(0, 64),
-              description="Processes that decode crops while the network runs (0: none). Empty: chosen from "
-                          "the machine (none on a CPU machine of up to 4 cores, where decoding between batches "
-                          "is faster; most cores on a GPU machine).",
-              minimum=0, maximum=64)
-    add_input(parser, "n_download_threads", type="Number", name="Download threads", default=DEFAULT_THREADS,
-              converter=integer(1, 64), description="Crops downloaded at the same time.", minimum=1, maximum=64)
-    add_input(parser, "device", type="String", name="Device", default="auto", choices=DEVICES,
-              description="Where the network runs: auto (the GPU when there is one), cpu or cuda.")
-    add_input(parser, "seed", type="Number", name="Random seed", default=0, converter=integer(0),
-              description="Seed of every random choice (folds, splits, initialisation): same seed, same result.",
-              minimum=0)
+    add_input(
+        parser,
+        "batch_size",
+        type="Number",
+        name="Batch size",
+        default=None,
+        converter=integer(1, 4096),
+        description="Crops processed together by the network. Empty: automatic (features: 8 at 224 px "
+        "on a CPU, the fastest there, 128 on a GPU; fine-tuning: 32).",
+        minimum=1,
+        maximum=4096,
+    )
+    add_input(
+        parser,
+        "n_workers",
+        type="Number",
+        name="Image loading processes",
+        default=None,
+        converter=integer(0, 64),
+        description="Processes that decode crops while the network runs (0: none). Empty: chosen from "
+        "the machine (none on a CPU machine of up to 4 cores, where decoding between batches "
+        "is faster; most cores on a GPU machine).",
+        minimum=0,
+        maximum=64,
+    )
+    add_input(
+        parser,
+        "n_download_threads",
+        type="Number",
+        name="Download threads",
+        default=DEFAULT_THREADS,
+        converter=integer(1, 64),
+        description="Crops downloaded at the same time.",
+        minimum=1,
+        maximum=64,
+    )
+    add_input(
+        parser,
+        "device",
+        type="String",
+        name="Device",
+        default="auto",
+        choices=DEVICES,
+        description="Where the network runs: auto (the GPU when there is one), cpu or cuda.",
+    )
+    add_input(
+        parser,
+        "seed",
+        type="Number",
+        name="Random seed",
+        default=0,
+        converter=integer(0),
+        description="Seed of every random choice (folds, splits, initialisation): same seed, same result.",
+        minimum=0,
+    )
 
 
 def add_push_inputs(parser: argparse.ArgumentParser) -> None:
-    add_input(parser, "push_mode", type="String", name="How to save predictions", default="term",
-              choices=PUSH_MODES,
-              description="term: suggest the predicted term (with its probability) on each annotation; "
-                          "annotation: create a new annotation with the predicted term at the same place. "
-                          "Re-running never creates duplicates.")
+    add_input(
+        parser,
+        "push_mode",
+        type="String",
+        name="How to save predictions",
+        default="term",
+        choices=PUSH_MODES,
+        description="term: suggest the predicted term (with its probability) on each annotation; "
+        "annotation: create a new annotation with the predicted term at the same place. "
+        "Re-running never creates duplicates.",
+    )
 
 
 def add_local_model_option(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--model", type=str, default=None,
-                       help="local mode: the model file (mtdp-model.npz) of a training run")
+    group.add_argument(
+        "--model", type=str, default=None, help="local mode: the model file (mtdp-model.npz) of a training run"
+    )
 
 
 __all__ = [

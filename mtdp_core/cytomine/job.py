@@ -235,8 +235,12 @@ class CytomineJobRun(Job):
             logger.warning("could not update the job's progress: %s", exc)
 
     def _attach(self, path: Path, filename: str) -> None:
-        self.session.upload("attachedfile.json", path, {"domainClassName": JOB_CLASS, "domainIdent": self.id,
-                                                        "filename": filename}, filename=filename)
+        self.session.upload(
+            "attachedfile.json",
+            path,
+            {"domainClassName": JOB_CLASS, "domainIdent": self.id, "filename": filename},
+            filename=filename,
+        )
         logger.info("attached %s to job %d", filename, self.id)
 
     def _set_property(self, key: str, value: str) -> None:
@@ -249,8 +253,9 @@ class CytomineJobRun(Job):
                 raise
             existing = [p for p in self.session.get_collection(path) if p.get("key") == key]
             if existing:
-                self.session.put_json(f"domain/{JOB_CLASS}/{self.id}/property/{existing[0]['id']}.json",
-                                      {**body, "id": existing[0]["id"]})
+                self.session.put_json(
+                    f"domain/{JOB_CLASS}/{self.id}/property/{existing[0]['id']}.json", {**body, "id": existing[0]["id"]}
+                )
 
     def succeed(self, comment: str) -> None:
         self._update(status=SUCCESS, progress=100, statusComment=fit_comment(comment))
@@ -270,30 +275,53 @@ Pipeline = Callable[[Job, argparse.Namespace], str]
 
 
 def _connection(args: argparse.Namespace) -> tuple[str, str, str, int, int]:
-    missing = [name for name in ("cytomine_host", "cytomine_public_key", "cytomine_private_key",
-                                 "cytomine_id_project", "cytomine_id_software") if getattr(args, name, None) in (None, "")]
+    missing = [
+        name
+        for name in (
+            "cytomine_host",
+            "cytomine_public_key",
+            "cytomine_private_key",
+            "cytomine_id_project",
+            "cytomine_id_software",
+        )
+        if getattr(args, name, None) in (None, "")
+    ]
     if missing:
         raise ParameterError(
             f"Give {', '.join('--' + m for m in missing)} (set by Cytomine when it launches the app), or run "
             "with --local --infolder FOLDER to work on local images without a server."
         )
-    return (args.cytomine_host, args.cytomine_public_key, args.cytomine_private_key, int(args.cytomine_id_project),
-            int(args.cytomine_id_software))
+    return (
+        args.cytomine_host,
+        args.cytomine_public_key,
+        args.cytomine_private_key,
+        int(args.cytomine_id_project),
+        int(args.cytomine_id_software),
+    )
 
 
-def open_cytomine_job(args: argparse.Namespace, parser: AppArgumentParser, flags: BiaflowsFlags,
-                      app: str) -> CytomineJobRun:
+def open_cytomine_job(
+    args: argparse.Namespace, parser: AppArgumentParser, flags: BiaflowsFlags, app: str
+) -> CytomineJobRun:
     """Connect, then start the job (a person's keys create one; a job user's keys use theirs)."""
     from cytomine import CytomineJob
 
     host, public_key, private_key, project, software = _connection(args)
     try:
-        cj = CytomineJob(host, public_key, private_key, software, project,
-                         parameters=descriptor_values(args, parser), configure_logging=False)
+        cj = CytomineJob(
+            host,
+            public_key,
+            private_key,
+            software,
+            project,
+            parameters=descriptor_values(args, parser),
+            configure_logging=False,
+        )
         check_connected(cj, host)
         if not cj.project:
             raise CytomineConnectionError(
-                f"Check cytomine_id_project: project {project} does not exist or is not readable with these keys.")
+                f"Check cytomine_id_project: project {project} does not exist or is not readable with these keys."
+            )
         if not cj.software:
             raise CytomineConnectionError(f"Check cytomine_id_software: software {software} is not registered.")
         cj.start()
@@ -301,12 +329,17 @@ def open_cytomine_job(args: argparse.Namespace, parser: AppArgumentParser, flags
         raise
     except Exception as exc:  # requests and client errors: all mean the job could not be opened
         raise CytomineConnectionError(
-            f"Check cytomine_host and that the server runs: cannot open the job on {host} "
-            f"({type(exc).__name__}: {exc})"
+            f"Check cytomine_host and that the server runs: cannot open the job on {host} ({type(exc).__name__}: {exc})"
         ) from exc
     run = CytomineJobRun(cj, flags, app)
-    logger.info("job %d of %s (software %d) on project %d, outputs in %s", run.id, run.software_name, software,
-                project, run.outfolder)
+    logger.info(
+        "job %d of %s (software %d) on project %d, outputs in %s",
+        run.id,
+        run.software_name,
+        software,
+        project,
+        run.outfolder,
+    )
     return run
 
 
@@ -371,9 +404,21 @@ def _lenient_parse(parser: AppArgumentParser, argv: Sequence[str] | None) -> arg
     that the job can still be opened and set FAILED with the parameter's message."""
     values: dict[str, Any] = {a.dest: a.default for a in parser._actions if a.dest != "help"}
     tokens = list(argv or [])
-    wanted = {"cytomine_host", "cytomine_public_key", "cytomine_private_key", "cytomine_id_project",
-              "cytomine_id_software", "local", "infolder", "outfolder", "gtfolder", "no_download",
-              "no_annotations_upload", "no_metrics_upload", "no_metrics_computation"}
+    wanted = {
+        "cytomine_host",
+        "cytomine_public_key",
+        "cytomine_private_key",
+        "cytomine_id_project",
+        "cytomine_id_software",
+        "local",
+        "infolder",
+        "outfolder",
+        "gtfolder",
+        "no_download",
+        "no_annotations_upload",
+        "no_metrics_upload",
+        "no_metrics_computation",
+    }
     for action in parser._actions:
         if action.dest not in wanted:
             continue

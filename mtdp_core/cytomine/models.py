@@ -16,8 +16,17 @@ from mtdp_core.cytomine.errors import CytomineRequestError, ModelJobError
 logger = logging.getLogger(__name__)
 
 JOB_CLASS = "be.cytomine.processing.Job"
-STATUS_NAMES = {0: "not launched", 1: "in queue", 2: "running", 3: "successful", 4: "failed", 5: "indeterminate",
-                6: "waiting", 7: "preview done", 8: "killed"}
+STATUS_NAMES = {
+    0: "not launched",
+    1: "in queue",
+    2: "running",
+    3: "successful",
+    4: "failed",
+    5: "indeterminate",
+    6: "waiting",
+    7: "preview done",
+    8: "killed",
+}
 
 
 def download_job_model(session: CytomineSession, job_id: int, filename: str, destination: Path) -> tuple[Path, dict]:
@@ -47,6 +56,11 @@ def download_job_model(session: CytomineSession, job_id: int, filename: str, des
     newest = max(matches, key=lambda f: int(f.get("id", 0)))
     destination.parent.mkdir(parents=True, exist_ok=True)
     session.download(f"attachedfile/{newest['id']}/download", destination)
-    logger.info("model of job %d (%s) downloaded: %s (%d bytes)", job_id, job.get("softwareName"), destination,
-                destination.stat().st_size)
+    logger.info(
+        "model of job %d (%s) downloaded: %s (%d bytes)",
+        job_id,
+        job.get("softwareName"),
+        destination,
+        destination.stat().st_size,
+    )
     return destination, job

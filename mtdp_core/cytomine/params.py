@@ -63,8 +63,13 @@ class InputSpec:
         else:
             data["default-value"] = self.default
         if self.uri:
-            data.update({"uri": self.uri, "uri-print-attribute": self.uri_print_attribute,
-                         "uri-sort-attribute": self.uri_sort_attribute})
+            data.update(
+                {
+                    "uri": self.uri,
+                    "uri-print-attribute": self.uri_print_attribute,
+                    "uri-sort-attribute": self.uri_sort_attribute,
+                }
+            )
         if self.values_choice:
             data["values-choice"] = list(self.values_choice)
         if self.minimum is not None:
@@ -75,6 +80,7 @@ class InputSpec:
 
 
 # --------------------------------------------------------------------------- converters
+
 
 class _Converter:
     """A named argparse ``type`` (argparse shows ``__name__`` in its messages; ours read well)."""
@@ -112,8 +118,11 @@ def number(minimum: float | None = None, maximum: float | None = None) -> _Conve
 
     def convert(text: str) -> float:
         value = float(text)
-        if not math.isfinite(value) or (minimum is not None and value < minimum) or (
-                maximum is not None and value > maximum):
+        if (
+            not math.isfinite(value)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
+        ):
             raise ValueError
         return value
 
@@ -174,6 +183,7 @@ def text(choices: Sequence[str] | None = None) -> _Converter:
 
 
 # --------------------------------------------------------------------------- the parser
+
 
 class AppArgumentParser(argparse.ArgumentParser):
     """An argparse parser that raises :class:`ParameterError` (fix first) instead of exiting."""
@@ -247,19 +257,36 @@ def add_input(
         raise ValueError(f"unknown Cytomine type {type!r}")
     convert = converter or (text(choices) if choices else _DEFAULT_CONVERTERS[type])
     if parsed_default is ...:
-        parsed_default = convert(_as_text(default)) if default not in (None, "") else (() if type == "ListDomain" else None)
+        parsed_default = (
+            convert(_as_text(default)) if default not in (None, "") else (() if type == "ListDomain" else None)
+        )
     help_text = description
     if not set_by_server and default not in (None, ""):
         help_text += f" (default: {_as_text(default)})"
     action = parser.add_argument(
-        f"--{id}", *aliases, dest=id, type=convert, default=parsed_default, required=False, help=help_text,
+        f"--{id}",
+        *aliases,
+        dest=id,
+        type=convert,
+        default=parsed_default,
+        required=False,
+        help=help_text,
         metavar=_metavar(type, choices),
     )
     action.cytomine_input = InputSpec(  # type: ignore[attr-defined]
-        id=id, type=type, name=name, description=description, default=None if set_by_server else default,
-        optional=optional, set_by_server=set_by_server, uri=uri, uri_print_attribute=uri_print_attribute,
-        uri_sort_attribute=uri_sort_attribute, values_choice=tuple(choices) if choices else None,
-        minimum=minimum, maximum=maximum,
+        id=id,
+        type=type,
+        name=name,
+        description=description,
+        default=None if set_by_server else default,
+        optional=optional,
+        set_by_server=set_by_server,
+        uri=uri,
+        uri_print_attribute=uri_print_attribute,
+        uri_sort_attribute=uri_sort_attribute,
+        values_choice=tuple(choices) if choices else None,
+        minimum=minimum,
+        maximum=maximum,
     )
     return action
 

@@ -110,8 +110,9 @@ def geometry_key(image: int, location: str) -> tuple[int, str]:
         return image, location.strip()
 
 
-def software_job_users(session: CytomineSession, project: int, software_name: str,
-                       current_job_user: int | None = None) -> list[int]:
+def software_job_users(
+    session: CytomineSession, project: int, software_name: str, current_job_user: int | None = None
+) -> list[int]:
     """Job users of every job of ``software_name`` (any version) in ``project``, this job's included."""
     jobs = session.get_collection("job.json", {"project": project})
     users = {int(j["userJob"]) for j in jobs if j.get("softwareName") == software_name and j.get("userJob")}
@@ -170,8 +171,9 @@ class PredictionPusher:
         pushable = [p for p in predictions if p.term is not None]
         report.not_pushable = len(predictions) - len(pushable)
         if report.not_pushable:
-            logger.warning("%d predictions have no single term to push (a class grouping several terms)",
-                           report.not_pushable)
+            logger.warning(
+                "%d predictions have no single term to push (a class grouping several terms)", report.not_pushable
+            )
         if pushable:
             if self.mode == "term":
                 self._push_terms(pushable, report, progress)
@@ -179,8 +181,9 @@ class PredictionPusher:
                 self._push_annotations(pushable, report, progress)
         report.seconds = time.perf_counter() - start
         report.requests = self.n_requests - requests_before
-        logger.info("push (%s mode): %s in %.1f s, %d requests", self.mode, report.summary(), report.seconds,
-                    report.requests)
+        logger.info(
+            "push (%s mode): %s in %.1f s, %d requests", self.mode, report.summary(), report.seconds, report.requests
+        )
         return report
 
     # ------------------------------------------------------------------ term mode
@@ -188,10 +191,16 @@ class PredictionPusher:
         """Annotation id -> terms already suggested on it by ``job_users``."""
         if not self.job_users:
             return {}
-        rows = self.session.get_collection("annotation.json", {
-            "project": self.project, "images": sorted(set(images)), "showAlgo": True, "showBasic": True,
-            "usersForTermAlgo": self.job_users,
-        })
+        rows = self.session.get_collection(
+            "annotation.json",
+            {
+                "project": self.project,
+                "images": sorted(set(images)),
+                "showAlgo": True,
+                "showBasic": True,
+                "usersForTermAlgo": self.job_users,
+            },
+        )
         self._count()
         found: dict[int, set[int]] = {}
         for row in rows:
@@ -199,8 +208,9 @@ class PredictionPusher:
                 found.setdefault(int(row["id"]), set()).add(int(row["idTerm"]))
         return found
 
-    def _push_terms(self, predictions: list[Prediction], report: PushReport,
-                    progress: Callable[[int, int], None] | None) -> None:
+    def _push_terms(
+        self, predictions: list[Prediction], report: PushReport, progress: Callable[[int, int], None] | None
+    ) -> None:
         existing = self.existing_suggestions(p.annotation.image for p in predictions)
         todo = []
         for p in predictions:
@@ -215,8 +225,12 @@ class PredictionPusher:
         retry_exhausted: list[tuple[int, str]] = []
 
         def send(p: Prediction) -> tuple[Prediction, str, bool]:
-            body: dict[str, Any] = {"annotation": p.target_id, "annotationIdent": p.target_id, "term": p.term,
-                                    "rate": round(float(p.rate), 6)}
+            body: dict[str, Any] = {
+                "annotation": p.target_id,
+                "annotationIdent": p.target_id,
+                "term": p.term,
+                "rate": round(float(p.rate), 6),
+            }
             if p.expected_term is not None:
                 body["expectedTerm"] = p.expected_term
             attempt = 0
@@ -258,16 +272,26 @@ class PredictionPusher:
             )
 
     # ------------------------------------------------------------------ annotation mode
-    def existing_annotations(self, images: Iterable[int], users: Sequence[int] | None = None
-                             ) -> dict[tuple[int, str], AnnotationRecord]:
+    def existing_annotations(
+        self, images: Iterable[int], users: Sequence[int] | None = None
+    ) -> dict[tuple[int, str], AnnotationRecord]:
         """(image, geometry) -> algo annotation created by ``users`` (default: ``job_users``)."""
         users = list(self.job_users if users is None else users)
         if not users:
             return {}
-        rows = self.session.get_collection("annotation.json", {
-            "project": self.project, "images": sorted(set(images)), "users": users, "includeAlgo": True,
-            "showWKT": True, "showTerm": True, "showBasic": True, "showMeta": True,
-        })
+        rows = self.session.get_collection(
+            "annotation.json",
+            {
+                "project": self.project,
+                "images": sorted(set(images)),
+                "users": users,
+                "includeAlgo": True,
+                "showWKT": True,
+                "showTerm": True,
+                "showBasic": True,
+                "showMeta": True,
+            },
+        )
         self._count()
         found: dict[tuple[int, str], AnnotationRecord] = {}
         for row in rows:
@@ -276,8 +300,9 @@ class PredictionPusher:
                 found.setdefault(geometry_key(record.image, record.location), record)
         return found
 
-    def _push_annotations(self, predictions: list[Prediction], report: PushReport,
-                          progress: Callable[[int, int], None] | None) -> None:
+    def _push_annotations(
+        self, predictions: list[Prediction], report: PushReport, progress: Callable[[int, int], None] | None
+    ) -> None:
         images = {p.annotation.image for p in predictions}
         existing = self.existing_annotations(images)
         to_create: list[Prediction] = []
@@ -297,8 +322,11 @@ class PredictionPusher:
         for p in to_create:
             key = geometry_key(p.annotation.image, p.annotation.location)
             if key in seen:
-                logger.warning("annotations %d and %d have the same geometry: one predicted annotation for both",
-                               seen[key].annotation.id, p.annotation.id)
+                logger.warning(
+                    "annotations %d and %d have the same geometry: one predicted annotation for both",
+                    seen[key].annotation.id,
+                    p.annotation.id,
+                )
                 continue
             seen[key] = p
             unique.append(p)
@@ -307,15 +335,16 @@ class PredictionPusher:
         if progress:
             progress(done, total)
         for offset in range(0, len(unique), self.chunk_size):
-            chunk = unique[offset: offset + self.chunk_size]
+            chunk = unique[offset : offset + self.chunk_size]
             self._create_chunk(chunk, report, pushed_before=report.created + report.unchanged, total=total)
             done += len(chunk)
             if progress:
                 progress(done, total)
         if to_suggest:
             # An earlier run predicted another term at this place: suggest the new one on it.
-            suggestions = [Prediction(_with_id(match, p.annotation), p.term, p.rate, p.expected_term)
-                           for p, match in to_suggest]
+            suggestions = [
+                Prediction(_with_id(match, p.annotation), p.term, p.rate, p.expected_term) for p, match in to_suggest
+            ]
             sub = PushReport("term")
             try:
                 self._push_terms(suggestions, sub, None)
@@ -332,8 +361,16 @@ class PredictionPusher:
         pending = list(chunk)
         attempt = 0
         while pending:
-            body = [{"location": p.annotation.location, "image": p.annotation.image, "project": self.project,
-                     "term": [p.term], "rate": round(float(p.rate), 6)} for p in pending]
+            body = [
+                {
+                    "location": p.annotation.location,
+                    "image": p.annotation.image,
+                    "project": self.project,
+                    "term": [p.term],
+                    "rate": round(float(p.rate), 6),
+                }
+                for p in pending
+            ]
             try:
                 self._count()
                 answer = self.session.post_json("annotation.json", body)
@@ -345,8 +382,13 @@ class PredictionPusher:
                         f"Re-run the job to push the remaining predictions (nothing is duplicated): "
                         f"{report.created + report.unchanged} of {total} pushed, then: {exc}"
                     ) from exc
-                logger.warning("bulk create of %d annotations failed (%s): checking what the server created, "
-                               "retry %d/%d", len(pending), exc, attempt, self.retries)
+                logger.warning(
+                    "bulk create of %d annotations failed (%s): checking what the server created, retry %d/%d",
+                    len(pending),
+                    exc,
+                    attempt,
+                    self.retries,
+                )
                 self.sleep(backoff_delay(attempt, self.backoff))
                 pending = self._reconcile(pending, report)
                 continue

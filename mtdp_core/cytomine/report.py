@@ -62,8 +62,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def confusion_matrix_png(matrix: Sequence[Sequence[int]], names: Sequence[str], path: str | os.PathLike,
-                         title: str = "Confusion matrix") -> Path:
+def confusion_matrix_png(
+    matrix: Sequence[Sequence[int]], names: Sequence[str], path: str | os.PathLike, title: str = "Confusion matrix"
+) -> Path:
     """A confusion matrix picture (counts and row percentages)."""
     import matplotlib
 
@@ -83,8 +84,15 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], names: Sequence[str], 
     ax.set_title(title)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}\n{share[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     path = Path(path)
@@ -106,8 +114,10 @@ def metrics_table_html(metrics: Mapping[str, Any]) -> str:
         for name, m in metrics.get("per_class", {}).items()
     )
     head = "<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
-    summary = f"accuracy {metrics.get('accuracy', float('nan')):.3f}, balanced accuracy " \
-              f"{metrics.get('balanced_accuracy', float('nan')):.3f}, n = {metrics.get('n', 0)}"
+    summary = (
+        f"accuracy {metrics.get('accuracy', float('nan')):.3f}, balanced accuracy "
+        f"{metrics.get('balanced_accuracy', float('nan')):.3f}, n = {metrics.get('n', 0)}"
+    )
     if "roc_auc" in metrics:
         summary += f", ROC AUC {metrics['roc_auc']:.3f}"
     return f"<p>{html.escape(summary)}</p><table>{head}{rows}</table>"
@@ -115,12 +125,16 @@ def metrics_table_html(metrics: Mapping[str, Any]) -> str:
 
 def write_html_report(path: str | os.PathLike, title: str, sections: Sequence[tuple[str, str]]) -> Path:
     """A self-contained HTML page: ``sections`` are (heading, HTML body) pairs."""
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f4f4f4}")
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f4f4f4}"
+    )
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path

@@ -52,7 +52,9 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         offsets: flat index of each task's first sample.
     """
 
-    def __init__(self, tasks: Sequence[Task], splits: str | Sequence[str], transform: Preprocessing | TrainAugmentation) -> None:
+    def __init__(
+        self, tasks: Sequence[Task], splits: str | Sequence[str], transform: Preprocessing | TrainAugmentation
+    ) -> None:
         self.task_names = [t.name for t in tasks]
         self.n_classes = [t.n_classes for t in tasks]
         self.transform = transform
@@ -63,13 +65,17 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             labels.append(samples.labels)
             task_ids.append(np.full(len(samples), index, dtype=np.int64))
         self.task_sizes = [len(x) for x in labels]
-        self.offsets = np.concatenate([[0], np.cumsum(self.task_sizes)[:-1]]).astype(np.int64) if tasks else np.zeros(0, np.int64)
+        self.offsets = (
+            np.concatenate([[0], np.cumsum(self.task_sizes)[:-1]]).astype(np.int64) if tasks else np.zeros(0, np.int64)
+        )
         self._paths = StringArray(paths)
         self._labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self._tasks = np.concatenate(task_ids) if task_ids else np.zeros(0, np.int64)
 
     @classmethod
-    def from_pool(cls, pool: TaskPool, splits: str | Sequence[str], transform: Preprocessing | TrainAugmentation) -> MultiTaskDataset:
+    def from_pool(
+        cls, pool: TaskPool, splits: str | Sequence[str], transform: Preprocessing | TrainAugmentation
+    ) -> MultiTaskDataset:
         return cls(list(pool), splits, transform)
 
     def __len__(self) -> int:
@@ -102,7 +108,12 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             else:
                 image = self.transform.load(path)
         except FileNotFoundError:
-            raise DataError(f"Image {path} of task {self.task_names[self._tasks[index]]!r} is missing: restore it or rebuild the pool.") from None
+            raise DataError(
+                f"Image {path} of task {self.task_names[self._tasks[index]]!r} is missing: restore it or rebuild the "
+                "pool."
+            ) from None
         except OSError as exc:
-            raise DataError(f"Cannot read image {path} of task {self.task_names[self._tasks[index]]!r}: {exc}.") from None
+            raise DataError(
+                f"Cannot read image {path} of task {self.task_names[self._tasks[index]]!r}: {exc}."
+            ) from None
         return image, int(self._labels[index]), int(self._tasks[index])

@@ -75,7 +75,9 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 8:
-            raise ConfigurationError(f"Invalid image size {self.size!r}: use an integer of at least 8 pixels (e.g. 224).")
+            raise ConfigurationError(
+                f"Invalid image size {self.size!r}: use an integer of at least 8 pixels (e.g. 224)."
+            )
         if self.resize not in RESIZE_MODES:
             raise ConfigurationError(f"Invalid resize mode {self.resize!r}: use one of {', '.join(RESIZE_MODES)}.")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))

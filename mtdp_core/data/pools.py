@@ -116,15 +116,24 @@ class TaskInfo:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         _check_task_name(self.name)
         if len(self.classes) < 2:
-            raise DataError(f"Task {self.name!r} has {len(self.classes)} class(es) {list(self.classes)}: a task needs at least 2.")
+            raise DataError(
+                f"Task {self.name!r} has {len(self.classes)} class(es) {list(self.classes)}: a task needs at least 2."
+            )
         if len(set(self.classes)) != len(self.classes):
-            raise DataError(f"Task {self.name!r} lists a class twice in {list(self.classes)}: class names must be unique.")
+            raise DataError(
+                f"Task {self.name!r} lists a class twice in {list(self.classes)}: class names must be unique."
+            )
         if self.metric not in METRICS:
             raise DataError(f"Task {self.name!r} has unknown metric {self.metric!r}: use one of {', '.join(METRICS)}.")
         if self.metric == "roc_auc" and len(self.classes) != 2:
-            raise DataError(f"Task {self.name!r} asks for roc_auc with {len(self.classes)} classes: ROC AUC needs a binary task; use accuracy.")
+            raise DataError(
+                f"Task {self.name!r} asks for roc_auc with {len(self.classes)} classes: ROC AUC needs a binary task; "
+                "use accuracy."
+            )
         if self.group_kind not in GROUP_KINDS:
-            raise DataError(f"Task {self.name!r} has unknown group_kind {self.group_kind!r}: use one of {', '.join(GROUP_KINDS)}.")
+            raise DataError(
+                f"Task {self.name!r} has unknown group_kind {self.group_kind!r}: use one of {', '.join(GROUP_KINDS)}."
+            )
 
     def to_dict(self) -> dict:
         out = {
@@ -148,12 +157,17 @@ class TaskInfo:
         if data.get("format", TASK_FORMAT) != TASK_FORMAT:
             raise DataError(f"{where} has format {data.get('format')!r}, not {TASK_FORMAT!r}: is it an mtdp task file?")
         if int(data.get("format_version", 1)) > FORMAT_VERSION:
-            raise DataError(f"{where} has task format version {data.get('format_version')}; this mtdp reads {FORMAT_VERSION}: upgrade mtdp.")
+            raise DataError(
+                f"{where} has task format version {data.get('format_version')}; this mtdp reads {FORMAT_VERSION}: "
+                "upgrade mtdp."
+            )
         try:
             classes = tuple(data["classes"])
             name = str(data["name"])
         except KeyError as exc:
-            raise DataError(f"{where} lacks the required key {exc.args[0]!r} (name and classes are required).") from None
+            raise DataError(
+                f"{where} lacks the required key {exc.args[0]!r} (name and classes are required)."
+            ) from None
         return cls(
             name=name,
             classes=classes,
@@ -280,7 +294,9 @@ class Task:
             return list(SPLITS)
         bad = [s for s in names if s not in SPLITS]
         if bad or not names:
-            raise ConfigurationError(f"Unknown split {bad or names!r} for task {self.name!r}: use train, val, test or all.")
+            raise ConfigurationError(
+                f"Unknown split {bad or names!r} for task {self.name!r}: use train, val, test or all."
+            )
         return names
 
     def check_files(self) -> list[Path]:
@@ -295,9 +311,13 @@ class Task:
         if path.is_file():
             return TaskInfo.from_dict(_read_json(path), where=str(path))
         if self.layout == "manifest":
-            raise DataError(f"Task folder {self.folder} has a {SAMPLES_FILE} but no {TASK_FILE}: add one (see docs/task_pools.md).")
+            raise DataError(
+                f"Task folder {self.folder} has a {SAMPLES_FILE} but no {TASK_FILE}: add one (see docs/task_pools.md)."
+            )
         # Class-folder layout without task.json: everything comes from the folder names.
-        classes = sorted({p.name for s in SPLITS if (self.folder / s).is_dir() for p in (self.folder / s).iterdir() if p.is_dir()})
+        classes = sorted(
+            {p.name for s in SPLITS if (self.folder / s).is_dir() for p in (self.folder / s).iterdir() if p.is_dir()}
+        )
         if not classes:
             raise DataError(
                 f"Task folder {self.folder} has neither {TASK_FILE}/{SAMPLES_FILE} nor train/val/test class folders: "
@@ -323,7 +343,9 @@ class Task:
             reader = csv.reader(handle, delimiter="\t")
             header = next(reader, None)
             if header is None or [h.strip() for h in header[:3]] != list(SAMPLES_COLUMNS[:3]):
-                raise DataError(f"{path} must start with the header 'path<TAB>split<TAB>label[<TAB>group]', got {header!r}.")
+                raise DataError(
+                    f"{path} must start with the header 'path<TAB>split<TAB>label[<TAB>group]', got {header!r}."
+                )
             has_group = len(header) > 3 and header[3].strip() == "group"
             for line_no, row in enumerate(reader, start=2):
                 if not row or not row[0]:
@@ -338,8 +360,15 @@ class Task:
                 groups.append(row[3] if has_group and len(row) > 3 else "")
         has_groups = self.info.group_kind != "none"
         if has_groups and any(g == "" for g in groups):
-            raise DataError(f"{path}: task {self.name!r} has group_kind {self.info.group_kind!r} but some rows have no group id.")
-        return _Table(paths, np.array(splits, dtype=str), np.array(labels, dtype=str), np.array(groups, dtype=str) if has_groups else None)
+            raise DataError(
+                f"{path}: task {self.name!r} has group_kind {self.info.group_kind!r} but some rows have no group id."
+            )
+        return _Table(
+            paths,
+            np.array(splits, dtype=str),
+            np.array(labels, dtype=str),
+            np.array(groups, dtype=str) if has_groups else None,
+        )
 
     def _scan_folders(self) -> _Table:
         if not any((self.folder / s).is_dir() for s in SPLITS):
@@ -360,21 +389,36 @@ class Task:
                     if pattern is not None:
                         match = pattern.search(image.name)
                         if not match:
-                            raise DataError(f"File name {image.name} does not match group_pattern {pattern.pattern!r} of task {self.name!r}.")
+                            raise DataError(
+                                f"File name {image.name} does not match group_pattern {pattern.pattern!r} of task "
+                                f"{self.name!r}."
+                            )
                         groups.append(match.group(1) if match.groups() else match.group(0))
         if pattern is not None and self.info.group_kind == "none":
-            raise DataError(f"Task {self.name!r} has a group_pattern but group_kind 'none': set group_kind to patient, slide or image.")
-        return _Table(paths, np.array(splits, dtype=str), np.array(labels, dtype=str), np.array(groups, dtype=str) if pattern else None)
+            raise DataError(
+                f"Task {self.name!r} has a group_pattern but group_kind 'none': set group_kind to patient, slide or "
+                "image."
+            )
+        return _Table(
+            paths,
+            np.array(splits, dtype=str),
+            np.array(labels, dtype=str),
+            np.array(groups, dtype=str) if pattern else None,
+        )
 
 
 class TaskPool:
     """An ordered set of tasks; the order is the task index used by samplers and models."""
 
-    def __init__(self, tasks: Iterable[Task], *, path: Path | None = None, name: str = "", description: str = "") -> None:
+    def __init__(
+        self, tasks: Iterable[Task], *, path: Path | None = None, name: str = "", description: str = ""
+    ) -> None:
         self.tasks: dict[str, Task] = {}
         for task in tasks:
             if task.name in self.tasks:
-                raise DataError(f"Task name {task.name!r} appears twice in pool {path or name}: task names must be unique.")
+                raise DataError(
+                    f"Task name {task.name!r} appears twice in pool {path or name}: task names must be unique."
+                )
             self.tasks[task.name] = task
         self.path = path
         self.name = name or (path.name if path else "")
@@ -409,7 +453,9 @@ class TaskPool:
                 raise _unknown_task(name, self.tasks)
         keep = [t for t in self if (include is None or t.name in include) and t.name not in set(exclude or [])]
         if not keep:
-            raise ConfigurationError(f"No task left in pool {self.name!r} after include={include} exclude={exclude}: keep at least one.")
+            raise ConfigurationError(
+                f"No task left in pool {self.name!r} after include={include} exclude={exclude}: keep at least one."
+            )
         return TaskPool(keep, path=self.path, name=self.name, description=self.description)
 
     def summary(self) -> list[dict]:
@@ -417,14 +463,16 @@ class TaskPool:
         rows = []
         for task in self:
             counts = task.info.counts or task.split_counts()
-            rows.append({
-                "name": task.name,
-                "n_classes": task.n_classes,
-                "classes": list(task.classes),
-                "metric": task.metric,
-                "group_kind": task.group_kind,
-                **{s: int(counts.get(s, 0)) for s in SPLITS},
-            })
+            rows.append(
+                {
+                    "name": task.name,
+                    "n_classes": task.n_classes,
+                    "classes": list(task.classes),
+                    "metric": task.metric,
+                    "group_kind": task.group_kind,
+                    **{s: int(counts.get(s, 0)) for s in SPLITS},
+                }
+            )
         return rows
 
 
@@ -444,7 +492,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _is_task_folder(folder: Path) -> bool:
-    return (folder / TASK_FILE).is_file() or (folder / SAMPLES_FILE).is_file() or any((folder / s).is_dir() for s in SPLITS)
+    return (
+        (folder / TASK_FILE).is_file()
+        or (folder / SAMPLES_FILE).is_file()
+        or any((folder / s).is_dir() for s in SPLITS)
+    )
 
 
 def load_pool(path: str | os.PathLike) -> TaskPool:
@@ -458,18 +510,29 @@ def load_pool(path: str | os.PathLike) -> TaskPool:
         if index.get("format") != POOL_FORMAT:
             raise DataError(f"{index_path} has format {index.get('format')!r}, not {POOL_FORMAT!r}.")
         if int(index.get("format_version", 1)) > FORMAT_VERSION:
-            raise DataError(f"{index_path} has pool format version {index.get('format_version')}; this mtdp reads {FORMAT_VERSION}: upgrade mtdp.")
+            raise DataError(
+                f"{index_path} has pool format version {index.get('format_version')}; this mtdp reads "
+                f"{FORMAT_VERSION}: upgrade mtdp."
+            )
         tasks = []
         for entry in index.get("tasks", []):
             folder = path / entry.get("folder", entry["name"])
-            info = TaskInfo.from_dict(entry["info"], where=f"{index_path} ({entry['name']})") if "info" in entry else None
+            info = (
+                TaskInfo.from_dict(entry["info"], where=f"{index_path} ({entry['name']})") if "info" in entry else None
+            )
             tasks.append(Task(folder, info))
-        return TaskPool(tasks, path=path, name=str(index.get("name", path.name)), description=str(index.get("description", "")))
+        return TaskPool(
+            tasks, path=path, name=str(index.get("name", path.name)), description=str(index.get("description", ""))
+        )
     if _is_task_folder(path) and not any(_is_task_folder(p) for p in path.iterdir() if p.is_dir()):
-        raise DataError(f"{path} is a task folder, not a pool: give its parent folder, which holds one folder per task.")
+        raise DataError(
+            f"{path} is a task folder, not a pool: give its parent folder, which holds one folder per task."
+        )
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and _is_task_folder(p))
     if not folders:
-        raise DataError(f"Task pool {path} holds no task folder (with {TASK_FILE}, {SAMPLES_FILE} or train/ val/ test/).")
+        raise DataError(
+            f"Task pool {path} holds no task folder (with {TASK_FILE}, {SAMPLES_FILE} or train/ val/ test/)."
+        )
     return TaskPool([Task(f) for f in folders], path=path)
 
 
@@ -499,14 +562,22 @@ def write_task(folder: str | os.PathLike, info: TaskInfo, rows: Sequence[SampleR
         if row.split not in SPLITS:
             raise DataError(f"Task {info.name!r}: sample {row.path} has split {row.split!r}; use train, val or test.")
         if row.label not in classes:
-            raise DataError(f"Task {info.name!r}: sample {row.path} has label {row.label!r}, not among {sorted(classes)}.")
+            raise DataError(
+                f"Task {info.name!r}: sample {row.path} has label {row.label!r}, not among {sorted(classes)}."
+            )
         if info.group_kind != "none" and not row.group:
-            raise DataError(f"Task {info.name!r} has group_kind {info.group_kind!r} but sample {row.path} has no group id.")
+            raise DataError(
+                f"Task {info.name!r} has group_kind {info.group_kind!r} but sample {row.path} has no group id."
+            )
         if any(c in f"{row.path}{row.label}{row.group}" for c in "\t\n\r"):
-            raise DataError(f"Task {info.name!r}: sample {row.path!r} contains a tab or newline in its path, label or group.")
+            raise DataError(
+                f"Task {info.name!r}: sample {row.path!r} contains a tab or newline in its path, label or group."
+            )
     missing = sorted(classes - {r.label for r in rows if r.split == "train"})
     if missing:
-        raise DataError(f"Task {info.name!r} has no training sample of class(es) {missing}: every class needs training images.")
+        raise DataError(
+            f"Task {info.name!r} has no training sample of class(es) {missing}: every class needs training images."
+        )
     counts = {s: sum(1 for r in rows if r.split == s) for s in SPLITS}
     info = replace(info, counts=counts)
     _atomic_write(folder / TASK_FILE, json.dumps(info.to_dict(), indent=2) + "\n")
@@ -515,21 +586,34 @@ def write_task(folder: str | os.PathLike, info: TaskInfo, rows: Sequence[SampleR
     return Task(folder, info)
 
 
-def write_pool_index(path: str | os.PathLike, tasks: Sequence[Task] | None = None, *, name: str = "", description: str = "") -> Path:
+def write_pool_index(
+    path: str | os.PathLike, tasks: Sequence[Task] | None = None, *, name: str = "", description: str = ""
+) -> Path:
     """Write ``pool.json``: the task order and every task's metadata, so loading reads one file.
 
     Without ``tasks``, indexes the task folders found in ``path`` (sorted by name).
     """
     path = Path(path)
     if tasks is None:
-        tasks = [Task(p) for p in sorted(q for q in path.iterdir() if q.is_dir() and not q.name.startswith(".") and _is_task_folder(q))]
+        tasks = [
+            Task(p)
+            for p in sorted(
+                q for q in path.iterdir() if q.is_dir() and not q.name.startswith(".") and _is_task_folder(q)
+            )
+        ]
     entries = []
     for task in tasks:
         info = task.info
         if not info.counts:
             info = replace(info, counts=task.split_counts())
         entries.append({"name": task.name, "folder": os.path.relpath(task.folder, path), "info": info.to_dict()})
-    index = {"format": POOL_FORMAT, "format_version": FORMAT_VERSION, "name": name or path.name, "description": description, "tasks": entries}
+    index = {
+        "format": POOL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or path.name,
+        "description": description,
+        "tasks": entries,
+    }
     _atomic_write(path / POOL_INDEX, json.dumps(index, indent=2) + "\n")
     return path / POOL_INDEX
 
@@ -569,7 +653,10 @@ def holdout_mask(labels: np.ndarray, groups: np.ndarray | None, fraction: float,
     n_groups = len(np.unique(groups))
     n_splits = max(2, int(round(1.0 / fraction)))
     if n_groups < 2:
-        raise DataError(f"Cannot hold out a grouped split: all {n} samples share one group ({groups[0]!r}); give more groups or no groups.")
+        raise DataError(
+            f"Cannot hold out a grouped split: all {n} samples share one group ({groups[0]!r}); give more groups or "
+            "no groups."
+        )
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
     if n_groups >= n_splits:
@@ -604,7 +691,9 @@ def assign_splits(
     n = len(labels)
     out = np.array([""] * n, dtype=object) if splits is None else np.asarray(splits, dtype=object).copy()
     if np.any((out != "") & ~np.isin(out, SPLITS)):
-        raise DataError(f"Unknown split names {sorted(set(out[(out != '') & ~np.isin(out, SPLITS)]))}: use train, val or test.")
+        raise DataError(
+            f"Unknown split names {sorted(set(out[(out != '') & ~np.isin(out, SPLITS)]))}: use train, val or test."
+        )
     if np.all(out == ""):
         out[:] = "train"
         if test_fraction > 0:
@@ -614,6 +703,8 @@ def assign_splits(
         out[out == ""] = "train"
     if val_fraction > 0 and not np.any(out == "val"):
         train = np.flatnonzero(out == "train")
-        held = holdout_mask(labels[train], None if groups is None else np.asarray(groups)[train], val_fraction, seed=seed + 1)
+        held = holdout_mask(
+            labels[train], None if groups is None else np.asarray(groups)[train], val_fraction, seed=seed + 1
+        )
         out[train[held]] = "val"
     return out.astype(str)

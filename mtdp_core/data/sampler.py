@@ -68,7 +68,9 @@ class TaskBalancedSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     ) -> None:
         sizes = np.asarray(task_sizes, dtype=np.int64)
         if sizes.ndim != 1 or len(sizes) == 0 or np.any(sizes <= 0):
-            raise ConfigurationError(f"Invalid task sizes {list(task_sizes)[:10]}: every task needs at least one sample.")
+            raise ConfigurationError(
+                f"Invalid task sizes {list(task_sizes)[:10]}: every task needs at least one sample."
+            )
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigurationError(f"Invalid rank {rank} / world size {world_size}.")
         if batch_size < 1 or batch_size % world_size:
@@ -97,7 +99,9 @@ class TaskBalancedSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch to iterate next, optionally starting part-way (when resuming)."""
         if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
-            raise ConfigurationError(f"Invalid epoch {epoch} / start batch {start_batch} (batches per epoch: {self.batches_per_epoch}).")
+            raise ConfigurationError(
+                f"Invalid epoch {epoch} / start batch {start_batch} (batches per epoch: {self.batches_per_epoch})."
+            )
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def set_iteration(self, iteration: int) -> None:
@@ -131,10 +135,22 @@ class TaskBalancedSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         return self.batches_per_epoch - self.start_batch
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "stream": self.stream, "batch_size": self.batch_size, "epoch": self.epoch,
-                "start_batch": self.start_batch, "task_sizes": self.task_sizes.tolist()}
+        return {
+            "seed": self.seed,
+            "stream": self.stream,
+            "batch_size": self.batch_size,
+            "epoch": self.epoch,
+            "start_batch": self.start_batch,
+            "task_sizes": self.task_sizes.tolist(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["task_sizes"] != self.task_sizes.tolist() or state["batch_size"] != self.batch_size or state["seed"] != self.seed:
-            raise ConfigurationError("Sampler state is from another pool, batch size or seed: it cannot continue this stream.")
+        if (
+            state["task_sizes"] != self.task_sizes.tolist()
+            or state["batch_size"] != self.batch_size
+            or state["seed"] != self.seed
+        ):
+            raise ConfigurationError(
+                "Sampler state is from another pool, batch size or seed: it cannot continue this stream."
+            )
         self.set_epoch(int(state["epoch"]), int(state["start_batch"]))

@@ -11,7 +11,7 @@ crop cache) and reused as long as ``boxes.csv`` does not change.
 | task | classes | metric | groups | splits |
 |---|---|---|---|---|
 | oral_cancer | Normal, OSCC | roc_auc | none (no patient ids) | MANIFEST train/test, val from train |
-| herlev_papsmear | 7 cell classes | accuracy | image (first number of the file name) | MANIFEST train/test, val from train |
+| herlev_papsmear | 7 cell classes | accuracy | image (1st number in file name) | MANIFEST train/test, val from train |
 | bccd | Platelets, RBC, WBC (box crops) | accuracy | image (source blood smear) | VOC ImageSets train/val/test |
 | nct_crc_he | 7 tissue classes | accuracy | none | made: 60/20/20 |
 | lc25000 | 5 classes | accuracy | none | made: 60/20/20 |
@@ -123,7 +123,9 @@ def read_manifest(folder: Path, *, verify: bool = False) -> list[ManifestRow]:
         reader = csv.DictReader(handle, delimiter="\t")
         if reader.fieldnames is None or not {"path", "split", "label", "sha256"} <= set(reader.fieldnames):
             raise DataError(f"{path} must have the columns path, split, label, sha256; got {reader.fieldnames}.")
-        rows = [ManifestRow(r["path"], r["split"] or "", r["label"] or "", r["sha256"] or "") for r in reader if r["path"]]
+        rows = [
+            ManifestRow(r["path"], r["split"] or "", r["label"] or "", r["sha256"] or "") for r in reader if r["path"]
+        ]
     if verify:
         for row in rows:
             file = folder / row.path
@@ -131,7 +133,10 @@ def read_manifest(folder: Path, *, verify: bool = False) -> list[ManifestRow]:
                 raise DataError(f"{file} is listed in {path} but missing: restore the set (see shared/data/README.md).")
             digest = hashlib.sha256(file.read_bytes()).hexdigest()
             if row.sha256 and digest != row.sha256:
-                raise ChecksumMismatchError(f"{file} has sha256 {digest[:16]}..., the manifest says {row.sha256[:16]}...: the file changed; restore it.")
+                raise ChecksumMismatchError(
+                    f"{file} has sha256 {digest[:16]}..., the manifest says {row.sha256[:16]}...: the file changed; "
+                    "restore it."
+                )
     return rows
 
 
@@ -145,7 +150,9 @@ def _labelled(set_dir: Path, verify: bool, *, label_from_name: bool = False) -> 
     return rows
 
 
-def _raw(rows: Sequence[ManifestRow], root: Path, *, groups: list[str] | None, group_kind: str, description: str, source: str) -> RawTask:
+def _raw(
+    rows: Sequence[ManifestRow], root: Path, *, groups: list[str] | None, group_kind: str, description: str, source: str
+) -> RawTask:
     return RawTask(
         classes=tuple(sorted({r.label for r in rows})),
         paths=[r.path for r in rows],
@@ -167,9 +174,14 @@ def _oral_cancer(set_dir: Path, task_dir: Path, verify: bool, progress: bool) ->
     rows = _labelled(set_dir, verify)
     # No patient ids in this set (100x and 400x tiles of the same patients): splits are not
     # patient-disjoint, and cannot be made so.
-    return _raw(rows, set_dir, groups=None, group_kind="none",
-                description="Normal vs OSCC, oral mucosa H&E (Rahman et al. 2020); no patient ids",
-                source="atlan-antillia/EfficientNet-Histopathologic-Oral-Cancer@91e63ad; CC BY 4.0")
+    return _raw(
+        rows,
+        set_dir,
+        groups=None,
+        group_kind="none",
+        description="Normal vs OSCC, oral mucosa H&E (Rahman et al. 2020); no patient ids",
+        source="atlan-antillia/EfficientNet-Histopathologic-Oral-Cancer@91e63ad; CC BY 4.0",
+    )
 
 
 _HERLEV_IMAGE = re.compile(r"(?:rotated_\d+_)?(\d+)-\d+-\d+")
@@ -184,14 +196,23 @@ def _herlev(set_dir: Path, task_dir: Path, verify: bool, progress: bool) -> RawT
         # cut from the same microscope image, so that number is the group.
         match = _HERLEV_IMAGE.match(Path(r.path).stem)
         if not match:
-            raise DataError(f"Herlev file name {r.path} does not look like <image>-<cell>-<n>.jpg: cannot find its image id.")
+            raise DataError(
+                f"Herlev file name {r.path} does not look like <image>-<cell>-<n>.jpg: cannot find its image id."
+            )
         groups.append(match.group(1))
-    return _raw(rows, set_dir, groups=groups, group_kind="image",
-                description="Herlev Pap-smear cells, 7 classes; groups = source image (file-name prefix)",
-                source="atlan-antillia/EfficientNet-Pap-Smear@628ad60; Herlev/DTU, free for research")
+    return _raw(
+        rows,
+        set_dir,
+        groups=groups,
+        group_kind="image",
+        description="Herlev Pap-smear cells, 7 classes; groups = source image (file-name prefix)",
+        source="atlan-antillia/EfficientNet-Pap-Smear@628ad60; Herlev/DTU, free for research",
+    )
 
 
-def _name_label_task(folder: str, description: str, source: str, group_re: re.Pattern | None = None, group_kind: str = "none"):
+def _name_label_task(
+    folder: str, description: str, source: str, group_re: re.Pattern | None = None, group_kind: str = "none"
+):
     def convert(set_dir: Path, task_dir: Path, verify: bool, progress: bool) -> RawTask:
         rows = _labelled(set_dir, verify, label_from_name=True)
         groups = None
@@ -208,17 +229,30 @@ def _name_label_task(folder: str, description: str, source: str, group_re: re.Pa
 
 
 register_source("nct_crc_he", "mini/nct_crc_he", "colorectal H&E tissue classes (NCT-CRC-HE-100K sample), 7 classes")(
-    _name_label_task("mini/nct_crc_he", "Colorectal H&E tissue types (Kather et al. 2018), 10 per class",
-                     "atlan-antillia/EfficientNet-Colorectal-Cancer@710493d; CC BY 4.0"))
+    _name_label_task(
+        "mini/nct_crc_he",
+        "Colorectal H&E tissue types (Kather et al. 2018), 10 per class",
+        "atlan-antillia/EfficientNet-Colorectal-Cancer@710493d; CC BY 4.0",
+    )
+)
 register_source("lc25000", "mini/lc25000", "lung and colon H&E histology (LC25000 sample), 5 classes")(
-    _name_label_task("mini/lc25000", "Lung and colon histology (Borkowski et al. 2019), 20 per class",
-                     "atlan-antillia/EfficientNet-Lung-Colon-Cancer@7691511; CC BY-SA 4.0"))
+    _name_label_task(
+        "mini/lc25000",
+        "Lung and colon histology (Borkowski et al. 2019), 20 per class",
+        "atlan-antillia/EfficientNet-Lung-Colon-Cancer@7691511; CC BY-SA 4.0",
+    )
+)
 # NIH malaria cell names start with the smear code (e.g. C80P41ThinF): cells of one smear
 # stay on the same side of every split.
 register_source("malaria", "mini/malaria", "parasitized vs uninfected red blood cells (NIH), binary")(
-    _name_label_task("mini/malaria", "Parasitized vs uninfected thin-smear red blood cells (NIH/NLM); groups = smear",
-                     "atlan-antillia/EfficientNet-Malaria@c69a4b2; public (NIH/NLM)",
-                     group_re=re.compile(r"___([^_]+)_"), group_kind="slide"))
+    _name_label_task(
+        "mini/malaria",
+        "Parasitized vs uninfected thin-smear red blood cells (NIH/NLM); groups = smear",
+        "atlan-antillia/EfficientNet-Malaria@c69a4b2; public (NIH/NLM)",
+        group_re=re.compile(r"___([^_]+)_"),
+        group_kind="slide",
+    )
+)
 
 
 BCCD_CROP_VERSION = 1
@@ -230,7 +264,9 @@ def _bccd(set_dir: Path, task_dir: Path, verify: bool, progress: bool) -> RawTas
     images = {Path(r.path).name: r for r in read_manifest(set_dir, verify=verify)}
     boxes_csv = set_dir / "boxes.csv"
     if not boxes_csv.is_file():
-        raise DataError(f"{boxes_csv} is missing: BCCD's boxes (filename, cell_type, xmin, xmax, ymin, ymax) are needed.")
+        raise DataError(
+            f"{boxes_csv} is missing: BCCD's boxes (filename, cell_type, xmin, xmax, ymin, ymax) are needed."
+        )
     split_of = {}
     for split in ("train", "val", "test"):  # BCCD's own VOC split, by image
         listing = set_dir / "ImageSets" / "Main" / f"{split}.txt"
@@ -313,15 +349,25 @@ def build_task(
     entry = get_source(name)
     set_dir = Path(shared_data) / entry.folder
     if not set_dir.is_dir():
-        raise DataError(f"Set folder {set_dir} for task {name!r} does not exist: check --shared-data (e.g. ../shared/data).")
+        raise DataError(
+            f"Set folder {set_dir} for task {name!r} does not exist: check --shared-data (e.g. ../shared/data)."
+        )
     task_dir = Path(pool_dir) / name
     raw = entry.convert(set_dir.resolve(), task_dir.resolve(), verify, progress)
     labels = np.array(raw.labels)
     groups = None if raw.groups is None else np.array(raw.groups)
-    splits = assign_splits(labels, groups, np.array(raw.splits, dtype=object),
-                           val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    rows = [SampleRow(p, s, lab, "" if groups is None else str(g))
-            for p, s, lab, g in zip(raw.paths, splits, raw.labels, raw.groups or [""] * len(raw.paths))]
+    splits = assign_splits(
+        labels,
+        groups,
+        np.array(raw.splits, dtype=object),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    rows = [
+        SampleRow(p, s, lab, "" if groups is None else str(g))
+        for p, s, lab, g in zip(raw.paths, splits, raw.labels, raw.groups or [""] * len(raw.paths))
+    ]
     root = os.path.relpath(raw.root, task_dir.resolve())
     info = TaskInfo(
         name=name,
@@ -359,9 +405,24 @@ def build_shared_pool(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     built = [
-        build_task(n, shared_data, out, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, verify=verify, progress=progress)
+        build_task(
+            n,
+            shared_data,
+            out,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            verify=verify,
+            progress=progress,
+        )
         for n in names
     ]
-    write_pool_index(out, built, name=out.name,
-                     description=f"built by mtdp from {Path(shared_data).resolve()} (seed {seed}, val {val_fraction}, test {test_fraction})")
+    write_pool_index(
+        out,
+        built,
+        name=out.name,
+        description=(
+            f"built by mtdp from {Path(shared_data).resolve()} (seed {seed}, val {val_fraction}, test {test_fraction})"
+        ),
+    )
     return load_pool(out)

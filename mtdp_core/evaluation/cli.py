@@ -1,7 +1,7 @@
 """``mtdp compare`` and ``mtdp report``: compare backbones on tasks, and report the comparison.
 
-    mtdp compare TASK... --backbone mtdp=densenet121:mtdp --backbone imagenet=densenet121:imagenet -o OUT
-    mtdp report OUT/scores.csv --reference "mtdp fe" -o OUT2
+mtdp compare TASK... --backbone mtdp=densenet121:mtdp --backbone imagenet=densenet121:imagenet -o OUT
+mtdp report OUT/scores.csv --reference "mtdp fe" -o OUT2
 """
 
 from __future__ import annotations
@@ -36,22 +36,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("tasks", type=Path, nargs="+", help="task folders (TASK/train/<class>/..., TASK/test/<class>/...)")
-    p.add_argument("--backbone", dest="specs", type=parse_backbone_spec, action="append", required=True,
-                   metavar="LABEL=ARCH:WEIGHTS", help="a backbone to evaluate (repeat for each)")
+    p.add_argument(
+        "--backbone",
+        dest="specs",
+        type=parse_backbone_spec,
+        action="append",
+        required=True,
+        metavar="LABEL=ARCH:WEIGHTS",
+        help="a backbone to evaluate (repeat for each)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder of the report")
-    p.add_argument("--mode", type=lambda s: [m for m in s.split(",") if m], default=["fe"],
-                   help=f"comma-separated, among {', '.join(MODES)}: feature extraction + SVM, fine-tuning (default: fe)")
+    p.add_argument(
+        "--mode",
+        type=lambda s: [m for m in s.split(",") if m],
+        default=["fe"],
+        help=f"comma-separated, among {', '.join(MODES)}: feature extraction + SVM, fine-tuning (default: fe)",
+    )
     p.add_argument("--seeds", type=_ints, default=[0], help="runs per backbone (default: 0)")
     p.add_argument("--reference", default=None, help="method compared with the others (default: the first backbone)")
-    p.add_argument("--groups", default=None,
-                   help="group ids from training file names for grouped CV: 'prefix' or a regex with one group")
+    p.add_argument(
+        "--groups",
+        default=None,
+        help="group ids from training file names for grouped CV: 'prefix' or a regex with one group",
+    )
     p.add_argument("--size", type=int, default=224, help="input size in pixels (default: 224)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: automatic)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: automatic)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (reused across runs)")
     ft = p.add_argument_group("fine-tuning (--mode ft)")
-    ft.add_argument("--lrs", type=_floats, default=[1e-3, 1e-4, 1e-5, 1e-6], help="learning rates (default: the paper's)")
+    ft.add_argument(
+        "--lrs", type=_floats, default=[1e-3, 1e-4, 1e-5, 1e-6], help="learning rates (default: the paper's)"
+    )
     ft.add_argument("--epochs", type=int, default=100, help="epochs per learning rate (default: 100)")
     ft.add_argument("--ft-batch-size", type=int, default=32, help="training batch size (default: 32)")
     p.set_defaults(func=_cmd_compare)
@@ -69,8 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("scores", type=Path, help="scores CSV")
     r.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     r.add_argument("--reference", default=None, help="the method compared with the others (default: the first)")
-    r.add_argument("--baselines", type=lambda s: [m for m in s.split(",") if m], default=None,
-                   help="comma-separated methods to compare with (default: all others)")
+    r.add_argument(
+        "--baselines",
+        type=lambda s: [m for m in s.split(",") if m],
+        default=None,
+        help="comma-separated methods to compare with (default: all others)",
+    )
     r.add_argument("--title", default="Transfer comparison", help="title of the Markdown report")
     r.set_defaults(func=_cmd_report)
 
@@ -86,11 +106,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"Invalid --mode {bad}: use fe and/or ft.")
     tasks = [load_task_folder(t, groups=args.groups) for t in args.tasks]
     specs = expand_seeds(args.specs, args.seeds)
-    tuner = FineTuner(image_size=args.size, learning_rates=args.lrs, epochs=args.epochs, batch_size=args.ft_batch_size,
-                      num_workers=args.workers, device=args.device)
-    result = run_transfer(tasks, specs, modes=args.mode, finetuner=tuner, image_size=args.size,
-                          batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                          cache_dir=args.cache_dir)
+    tuner = FineTuner(
+        image_size=args.size,
+        learning_rates=args.lrs,
+        epochs=args.epochs,
+        batch_size=args.ft_batch_size,
+        num_workers=args.workers,
+        device=args.device,
+    )
+    result = run_transfer(
+        tasks,
+        specs,
+        modes=args.mode,
+        finetuner=tuner,
+        image_size=args.size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
     reference = args.reference or method_name(args.specs[0].label, args.mode[0])
     write_report(result.table, args.output, reference=reference)
     print(markdown_comparison(result.table, reference, [m for m in result.table.methods if m != reference]))

@@ -104,8 +104,9 @@ class ExperimentConfig:
     num_workers: int | None = None
     device: str = "auto"
     probe: dict = field(default_factory=dict)
-    baselines: list[dict] = field(default_factory=lambda: [{"label": "imagenet", "weights": "imagenet"},
-                                                           {"label": "random", "weights": "random"}])
+    baselines: list[dict] = field(
+        default_factory=lambda: [{"label": "imagenet", "weights": "imagenet"}, {"label": "random", "weights": "random"}]
+    )
     finetune_tasks: list[str] = field(default_factory=list)
     finetune_seeds: list[int] | None = None
     finetune: dict = field(default_factory=dict)
@@ -140,23 +141,31 @@ class ExperimentConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigurationError(f"seeds {self.seeds} must be a non-empty list without repeats, e.g. [0, 1, 2].")
         if not self.hyperparams:
-            raise ConfigurationError("hyperparams is empty: give at least one set, e.g. [{}] for the pretrain settings alone.")
+            raise ConfigurationError(
+                "hyperparams is empty: give at least one set, e.g. [{}] for the pretrain settings alone."
+            )
         from mtdp_core.training.config import TrainConfig
 
         train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
         per_run = {"pool", "exclude_tasks", "seed", "output_dir", "tasks"}
-        for where, mapping in [("pretrain", self.pretrain)] + [(f"hyperparams[{i}]", h) for i, h in enumerate(self.hyperparams)]:
+        for where, mapping in [("pretrain", self.pretrain)] + [
+            (f"hyperparams[{i}]", h) for i, h in enumerate(self.hyperparams)
+        ]:
             bad = sorted(set(mapping) - train_fields)
             if bad:
-                raise ConfigurationError(f"Unknown training option(s) {bad} in {where}: see `python training/train_multitask.py --help`.")
+                raise ConfigurationError(
+                    f"Unknown training option(s) {bad} in {where}: see `python training/train_multitask.py --help`."
+                )
             fixed = sorted(set(mapping) & per_run)
             if fixed:
                 raise ConfigurationError(f"{where} sets {fixed}: the experiment sets these per run; remove them.")
         for i, b in enumerate(self.baselines):
             if not isinstance(b, dict) or set(b) != {"label", "weights"}:
-                raise ConfigurationError(f"baselines[{i}] = {b!r}: give {{\"label\": ..., \"weights\": ...}}.")
+                raise ConfigurationError(f'baselines[{i}] = {b!r}: give {{"label": ..., "weights": ...}}.')
             if b["label"] == MULTITASK_LABEL:
-                raise ConfigurationError(f"baselines[{i}] uses the label {MULTITASK_LABEL!r}, reserved for the multi-task models.")
+                raise ConfigurationError(
+                    f"baselines[{i}] uses the label {MULTITASK_LABEL!r}, reserved for the multi-task models."
+                )
 
     @property
     def backbone(self) -> str:
@@ -169,6 +178,7 @@ class ExperimentConfig:
 
 # --------------------------------------------------------------------------- pool -> tasks
 
+
 def task_data_from_pool(task: Any, train_splits: Sequence[str], test_split: str) -> TaskData:
     """A pool task as a transfer target: train on ``train_splits``, score on ``test_split``.
 
@@ -177,9 +187,14 @@ def task_data_from_pool(task: Any, train_splits: Sequence[str], test_split: str)
     train = task.samples(list(train_splits))
     test = task.samples(test_split)
     names = np.asarray(train.classes)
-    return TaskData(task.name, [str(p) for p in train.paths], names[train.labels].tolist(),
-                    [str(p) for p in test.paths], np.asarray(test.classes)[test.labels].tolist(),
-                    train.groups)
+    return TaskData(
+        task.name,
+        [str(p) for p in train.paths],
+        names[train.labels].tolist(),
+        [str(p) for p in test.paths],
+        np.asarray(test.classes)[test.labels].tolist(),
+        train.groups,
+    )
 
 
 def default_left_out_sets(task_names: Sequence[str]) -> list[list[str]]:
@@ -206,6 +221,7 @@ def _open_pool(config: ExperimentConfig):
 
 # --------------------------------------------------------------------------- pre-training
 
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_") or "default"
 
@@ -223,8 +239,17 @@ def multitask_pretrainer(pool: str | os.PathLike, base: Mapping[str, Any], runs_
 
     def pretrain(left_out: tuple[str, ...], hyperparams: dict, seed: int) -> Path:
         out = runs / _slug("without_" + "+".join(left_out)) / _slug(hyperparams_label(hyperparams)) / f"seed{seed}"
-        config = TrainConfig.from_dict({**base, **hyperparams, "pool": os.fspath(pool), "exclude_tasks": list(left_out),
-                                        "seed": int(seed), "output_dir": os.fspath(out), "stop_after": None})
+        config = TrainConfig.from_dict(
+            {
+                **base,
+                **hyperparams,
+                "pool": os.fspath(pool),
+                "exclude_tasks": list(left_out),
+                "seed": int(seed),
+                "output_dir": os.fspath(out),
+                "stop_after": None,
+            }
+        )
         backbone, summary = out / "backbone.pt", out / "summary.json"
         if backbone.is_file() and summary.is_file():
             _check_same_run(out, config)
@@ -233,17 +258,37 @@ def multitask_pretrainer(pool: str | os.PathLike, base: Mapping[str, Any], runs_
         start = time.perf_counter()
         result = train(config)
         if not result.completed or result.backbone_path is None:
-            raise ConfigurationError(f"Pre-training in {out} stopped at iteration {result.iteration}: run the experiment again to resume it.")
-        logger.info("pre-trained without %s (%s, seed %d) in %.0f s", list(left_out), hyperparams_label(hyperparams),
-                    seed, time.perf_counter() - start)
+            raise ConfigurationError(
+                f"Pre-training in {out} stopped at iteration {result.iteration}: run the experiment again to resume it."
+            )
+        logger.info(
+            "pre-trained without %s (%s, seed %d) in %.0f s",
+            list(left_out),
+            hyperparams_label(hyperparams),
+            seed,
+            time.perf_counter() - start,
+        )
         return Path(result.backbone_path)
 
     return pretrain
 
 
 #: TrainConfig fields that do not change the trained model (a completed run is reused across them).
-_RUNTIME_FIELDS = frozenset({"device", "num_workers", "prefetch_factor", "progress", "log_every", "val_every",
-                             "val_max_samples", "val_batch_size", "checkpoint_every", "stop_after", "resume"})
+_RUNTIME_FIELDS = frozenset(
+    {
+        "device",
+        "num_workers",
+        "prefetch_factor",
+        "progress",
+        "log_every",
+        "val_every",
+        "val_max_samples",
+        "val_batch_size",
+        "checkpoint_every",
+        "stop_after",
+        "resume",
+    }
+)
 
 
 def _check_same_run(out: Path, config: Any) -> None:
@@ -251,17 +296,21 @@ def _check_same_run(out: Path, config: Any) -> None:
     try:
         saved = json.loads((out / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
-        raise ConfigurationError(f"Completed pre-training {out} has no readable config.json: delete the folder to train it again.") from None
+        raise ConfigurationError(
+            f"Completed pre-training {out} has no readable config.json: delete the folder to train it again."
+        ) from None
     wanted = config.to_dict()
     diff = sorted(k for k in set(wanted) | set(saved) if k not in _RUNTIME_FIELDS and saved.get(k) != wanted.get(k))
     if diff:
         raise ConfigurationError(
-            f"Pre-training {out} was completed with other settings ({', '.join(f'{k}: {saved.get(k)!r} != {wanted.get(k)!r}' for k in diff[:3])}): "
+            f"Pre-training {out} was completed with other settings "
+            f"({', '.join(f'{k}: {saved.get(k)!r} != {wanted.get(k)!r}' for k in diff[:3])}): "
             "delete it or use another output_dir."
         )
 
 
 # --------------------------------------------------------------------------- finished evaluations
+
 
 class EvaluationJournal:
     """Finished evaluations, appended to a JSONL file as each one ends, so that running the
@@ -292,9 +341,20 @@ class EvaluationJournal:
         if path.is_file():
             stat = path.stat()
             weights = [os.fspath(path.resolve()), stat.st_size, stat.st_mtime_ns]
-        return json.dumps({"task": task.name, "n": [len(task.train_inputs), len(task.test_inputs)], "mode": mode,
-                           "arch": spec.arch, "weights": weights, "sha256": spec.sha256, "seed": spec.seed,
-                           "settings": settings}, sort_keys=True, default=_jsonable)
+        return json.dumps(
+            {
+                "task": task.name,
+                "n": [len(task.train_inputs), len(task.test_inputs)],
+                "mode": mode,
+                "arch": spec.arch,
+                "weights": weights,
+                "sha256": spec.sha256,
+                "seed": spec.seed,
+                "settings": settings,
+            },
+            sort_keys=True,
+            default=_jsonable,
+        )
 
     def run(self, key: str, label: str, compute: Any) -> dict:
         if key in self.done:
@@ -312,23 +372,33 @@ class EvaluationJournal:
         settings = {"image_size": common["image_size"], "probe": probe.get_params()}
 
         def evaluate(task: TaskData, spec: BackboneSpec, **kwargs: Any) -> dict:
-            return self.run(self.key(task, spec, "fe", settings), spec.label,
-                            lambda: evaluate_feature_extraction(task, spec, **kwargs))
+            return self.run(
+                self.key(task, spec, "fe", settings),
+                spec.label,
+                lambda: evaluate_feature_extraction(task, spec, **kwargs),
+            )
 
         return evaluate
 
     def fine_tuning(self, finetuner: Any):
-        settings = {k: v for k, v in finetuner.get_params().items()
-                    if k not in ("backbone", "weights", "seed", "sha256", "progress", "on_epoch", "num_workers", "device")}
+        settings = {
+            k: v
+            for k, v in finetuner.get_params().items()
+            if k not in ("backbone", "weights", "seed", "sha256", "progress", "on_epoch", "num_workers", "device")
+        }
 
         def evaluate(task: TaskData, spec: BackboneSpec) -> dict:
-            return self.run(self.key(task, spec, "ft", settings), spec.label,
-                            lambda: evaluate_fine_tuning(task, spec, finetuner=finetuner))
+            return self.run(
+                self.key(task, spec, "ft", settings),
+                spec.label,
+                lambda: evaluate_fine_tuning(task, spec, finetuner=finetuner),
+            )
 
         return evaluate
 
 
 # --------------------------------------------------------------------------- the experiment
+
 
 @dataclass
 class ExperimentResult:
@@ -363,20 +433,37 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
     known = set(pool.names)
     for t in config.finetune_tasks:
         if t not in known:
-            raise ConfigurationError(f"Unknown task {t!r} in finetune_tasks: the pool's tasks are {', '.join(pool.names)}.")
+            raise ConfigurationError(
+                f"Unknown task {t!r} in finetune_tasks: the pool's tasks are {', '.join(pool.names)}."
+            )
     tasks = {name: task_data_from_pool(pool[name], config.train_splits, config.test_split) for name in pool.names}
 
     from mtdp_core.transfer.probes import Probe
 
     probe = Probe(**config.probe)
     size, arch = config.transfer_image_size, config.backbone
-    common = dict(image_size=size, batch_size=config.batch_size, num_workers=config.num_workers,
-                  device=config.device, cache_dir=out / "features")
+    common = dict(
+        image_size=size,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        device=config.device,
+        cache_dir=out / "features",
+    )
     pretrain = multitask_pretrainer(pool.path or config.pool, config.pretrain, out / "pretrain")
     journal = EvaluationJournal(out / "evaluations.jsonl")
     evaluate_fe = journal.feature_extraction(probe, common)
-    loto = run_loto(tasks, sets, config.hyperparams, config.seeds, pretrain, arch=arch, probe=probe,
-                    exclude_whole_set=config.exclude_whole_set, evaluate=evaluate_fe, **common)
+    loto = run_loto(
+        tasks,
+        sets,
+        config.hyperparams,
+        config.seeds,
+        pretrain,
+        arch=arch,
+        probe=probe,
+        exclude_whole_set=config.exclude_whole_set,
+        evaluate=evaluate_fe,
+        **common,
+    )
     paths = _write_loto(loto, out / "loto")
 
     # Feature extraction: the selected multi-task models (scores already measured by LOTO) vs the baselines.
@@ -385,8 +472,9 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
     records: list[dict] = []
     for task in order:
         for seed in config.seeds:
-            rec = dict(selected[(task, seed)], method=method_name(MULTITASK_LABEL, "fe"),
-                       hyperparams=loto.selections[task])
+            rec = dict(
+                selected[(task, seed)], method=method_name(MULTITASK_LABEL, "fe"), hyperparams=loto.selections[task]
+            )
             records.append(rec)
         for b in config.baselines:
             for seed in config.seeds:
@@ -400,22 +488,27 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
 
     all_records = [dict(r, stage="loto") for r in loto.records] + [dict(r, stage="comparison") for r in records]
     with open(out / "records.jsonl", "w") as fh:
-        for r in all_records:
-            fh.write(json.dumps(r, default=_jsonable) + "\n")
+        fh.writelines(json.dumps(r, default=_jsonable) + "\n" for r in all_records)
     paths["records"] = out / "records.jsonl"
     seconds = time.perf_counter() - start
     if journal.reused:
         logger.info("%d evaluations reused from %s", journal.reused, journal.path)
-    (out / "summary.json").write_text(json.dumps({"wall_seconds": round(seconds, 1), "evaluations_reused": journal.reused,
-                                                  "selections": loto.selections}, indent=2) + "\n")
+    (out / "summary.json").write_text(
+        json.dumps(
+            {"wall_seconds": round(seconds, 1), "evaluations_reused": journal.reused, "selections": loto.selections},
+            indent=2,
+        )
+        + "\n"
+    )
     paths["summary"] = out / "summary.json"
     paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, seconds)
     logger.info("experiment done in %.0f s: %s", time.perf_counter() - start, paths["results"])
     return ExperimentResult(loto, fe, ft, all_records, paths)
 
 
-def _write_comparisons(out: Path, config: ExperimentConfig, order: Sequence[str], records: Sequence[dict],
-                       paths: dict[str, Path]) -> tuple[ScoreTable, ScoreTable | None]:
+def _write_comparisons(
+    out: Path, config: ExperimentConfig, order: Sequence[str], records: Sequence[dict], paths: dict[str, Path]
+) -> tuple[ScoreTable, ScoreTable | None]:
     """The final comparison tables (feature extraction; fine-tuning when there are such records)
     and their reports; adds the files written to ``paths``."""
     tables: dict[str, ScoreTable] = {}
@@ -436,17 +529,23 @@ def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
     (e.g. after a change of the report format), without training or evaluating anything."""
     out = Path(output_dir)
     try:
-        config = ExperimentConfig.from_dict(json.loads((out / "experiment.json").read_text()), where=str(out / "experiment.json"))
+        config = ExperimentConfig.from_dict(
+            json.loads((out / "experiment.json").read_text()), where=str(out / "experiment.json")
+        )
         records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
     except FileNotFoundError as exc:
-        raise ConfigurationError(f"{exc.filename} is missing: {out} is not a finished experiment (run training/loto.py first).") from None
+        raise ConfigurationError(
+            f"{exc.filename} is missing: {out} is not a finished experiment (run training/loto.py first)."
+        ) from None
     loto_records = [r for r in records if r.get("stage") == "loto"]
     sets = [tuple(s) for s in dict.fromkeys(tuple(r["left_out"]) for r in loto_records)]
     labels = [hyperparams_label(h) for h in config.hyperparams]
     order = [t for s in sets for t in s]
     table = ScoreTable.from_records(loto_records, methods=labels, tasks=order)
     set_of = {t: s for s in sets for t in s}
-    selections = {t: select_method(table, t, exclude=list(set_of[t]) if config.exclude_whole_set else [t]) for t in order}
+    selections = {
+        t: select_method(table, t, exclude=list(set_of[t]) if config.exclude_whole_set else [t]) for t in order
+    }
     loto = LotoResult(table, sets, selections, dict(zip(labels, config.hyperparams)), loto_records)
     paths = _write_loto(loto, out / "loto")
     fe, ft = _write_comparisons(out, config, order, [r for r in records if r.get("stage") == "comparison"], paths)
@@ -459,8 +558,15 @@ def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
     return ExperimentResult(loto, fe, ft, records, paths)
 
 
-def _fine_tune(config: ExperimentConfig, tasks: Mapping[str, TaskData], loto: LotoResult,
-               selected: Mapping[tuple[str, int], dict], arch: str, size: int, journal: EvaluationJournal) -> list[dict]:
+def _fine_tune(
+    config: ExperimentConfig,
+    tasks: Mapping[str, TaskData],
+    loto: LotoResult,
+    selected: Mapping[tuple[str, int], dict],
+    arch: str,
+    size: int,
+    journal: EvaluationJournal,
+) -> list[dict]:
     from mtdp_core.transfer.finetune import FineTuner
 
     params = {"image_size": size, "device": config.device, **config.finetune}
@@ -470,7 +576,9 @@ def _fine_tune(config: ExperimentConfig, tasks: Mapping[str, TaskData], loto: Lo
     for task in [t for s in loto.left_out_sets for t in s if t in config.finetune_tasks]:
         for seed in config.finetune_seeds or config.seeds:
             if (task, seed) not in selected:
-                raise ConfigurationError(f"finetune_seeds has seed {seed}, which was not pre-trained: use seeds from {config.seeds}.")
+                raise ConfigurationError(
+                    f"finetune_seeds has seed {seed}, which was not pre-trained: use seeds from {config.seeds}."
+                )
             specs = [BackboneSpec(MULTITASK_LABEL, arch, selected[(task, seed)]["weights"], seed=seed)]
             specs += [BackboneSpec(b["label"], arch, b["weights"], seed=seed) for b in config.baselines]
             for spec in specs:
@@ -491,9 +599,11 @@ def _jsonable(value: Any) -> Any:
 
 def _write_loto(loto: LotoResult, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"loto:scores": loto.table.to_csv(out / "scores.csv"),
-             "loto:summary": write_csv(summary_rows(loto.table), out / "summary.csv"),
-             "loto:selection": write_csv(loto.selection_rows(), out / "selection.csv")}
+    paths = {
+        "loto:scores": loto.table.to_csv(out / "scores.csv"),
+        "loto:summary": write_csv(summary_rows(loto.table), out / "summary.csv"),
+        "loto:selection": write_csv(loto.selection_rows(), out / "selection.csv"),
+    }
     (out / "selection.md").write_text(_loto_markdown(loto) + "\n")
     paths["loto:markdown"] = out / "selection.md"
     return paths
@@ -507,8 +617,10 @@ def _loto_markdown(loto: LotoResult) -> str:
         ranks = rank_matrix(table)
     except ConfigurationError:
         ranks = None
-    lines = ["| hyper-parameters | " + " | ".join(table.tasks) + " | average rank |",
-             "|---|" + "---:|" * (len(table.tasks) + 1)]
+    lines = [
+        "| hyper-parameters | " + " | ".join(table.tasks) + " | average rank |",
+        "|---|" + "---:|" * (len(table.tasks) + 1),
+    ]
     for i, m in enumerate(table.methods):
         cells = []
         for j, t in enumerate(table.tasks):
@@ -516,28 +628,40 @@ def _loto_markdown(loto: LotoResult) -> str:
             cells.append(f"{100 * means[i, j]:.1f} ± {100 * stds[i, j]:.1f}{rank}")
         avg = f"{ranks[i].mean():.2f}" if ranks is not None else "–"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {avg} |")
-    lines += ["", "| task | left-out set | selected (average rank over the other tasks) | its score on the task |",
-              "|---|---|---|---:|"]
+    lines += [
+        "",
+        "| task | left-out set | selected (average rank over the other tasks) | its score on the task |",
+        "|---|---|---|---:|",
+    ]
     set_of = {t: s for s in loto.left_out_sets for t in s}
     for row in loto.selection_rows():
-        lines.append(f"| {row['task']} | {' + '.join(set_of[row['task']])} | {row['selected']} "
-                     f"({row['average_rank_elsewhere']:.2f}) | {100 * row['score_mean']:.1f} ± {100 * row['score_std']:.1f} |")
+        lines.append(
+            f"| {row['task']} | {' + '.join(set_of[row['task']])} | {row['selected']} "
+            f"({row['average_rank_elsewhere']:.2f}) | {100 * row['score_mean']:.1f} ± {100 * row['score_std']:.1f} |"
+        )
     return "\n".join(lines)
 
 
-def _write_results(path: Path, config: ExperimentConfig, loto: LotoResult, fe: ScoreTable,
-                   ft: ScoreTable | None, seconds: float | None) -> Path:
+def _write_results(
+    path: Path, config: ExperimentConfig, loto: LotoResult, fe: ScoreTable, ft: ScoreTable | None, seconds: float | None
+) -> Path:
     fe_ref = method_name(MULTITASK_LABEL, "fe")
     timing = f"wall time {seconds / 60:.1f} min" if seconds is not None else "wall time not recorded"
     parts = [
-        "# Leave-one-task-out experiment", "",
+        "# Leave-one-task-out experiment",
+        "",
         f"Backbone `{config.backbone}`, {config.transfer_image_size} px; seeds {config.seeds}; "
         f"left-out sets {[' + '.join(s) for s in loto.left_out_sets]}; {timing}. "
         "Scores are percentages (ROC AUC for binary tasks, accuracy otherwise), mean ± std over the seeds; "
         "▲/▼: the multi-task model is significantly better/worse (|Δ| > 2 × the larger std), =: not significant, "
         "·: one run each (untested).",
-        "", "## Hyper-parameter selection (feature extraction + linear SVM)", "", _loto_markdown(loto),
-        "", "## Feature extraction + linear SVM", "",
+        "",
+        "## Hyper-parameter selection (feature extraction + linear SVM)",
+        "",
+        _loto_markdown(loto),
+        "",
+        "## Feature extraction + linear SVM",
+        "",
         markdown_comparison(fe, fe_ref, [m for m in fe.methods if m != fe_ref]),
     ]
     if ft is not None:

@@ -56,6 +56,7 @@ PretrainFn = Callable[[tuple[str, ...], dict, int], "str | os.PathLike"]
 
 # --------------------------------------------------------------------------- tasks and backbones
 
+
 @dataclass
 class TaskData:
     """A target task: training images with labels (and group ids), test images with labels."""
@@ -90,7 +91,8 @@ def groups_from_names(paths: Sequence[str | os.PathLike], pattern: str | None) -
         match = regex.search(Path(p).name)
         if match is None:
             raise ConfigurationError(
-                f"File name {Path(p).name!r} does not match the group pattern {pattern!r}: fix the pattern or the names."
+                f"File name {Path(p).name!r} does not match the group pattern {pattern!r}: fix the pattern or the "
+                "names."
             )
         out.append(match.group(1) if match.groups() else match.group(0))
     return np.array(out)
@@ -113,7 +115,9 @@ def load_task_folder(folder: str | os.PathLike, *, groups: str | None = None, na
     root = Path(folder)
     for split in ("train", "test"):
         if not (root / split).is_dir():
-            raise ConfigurationError(f"Task folder {root} has no {split}/ folder: expected {root}/{{train,test}}/<class>/.")
+            raise ConfigurationError(
+                f"Task folder {root} has no {split}/ folder: expected {root}/{{train,test}}/<class>/."
+            )
     train, y_train = labelled_images(root / "train")
     test, y_test = labelled_images(root / "test")
     return TaskData(name or root.name, train, y_train, test, y_test, groups_from_names(train, groups))
@@ -153,6 +157,7 @@ def expand_seeds(specs: Sequence[BackboneSpec], seeds: Sequence[int]) -> list[Ba
 
 # --------------------------------------------------------------------------- transfer evaluation
 
+
 def evaluate_feature_extraction(
     task: TaskData,
     spec: BackboneSpec,
@@ -174,17 +179,34 @@ def evaluate_feature_extraction(
     from mtdp_core.transfer.probes import Probe
 
     start = time.perf_counter()
-    fx = FeatureExtractor(spec.arch, spec.weights, seed=spec.seed, sha256=spec.sha256, image_size=image_size,
-                          batch_size=batch_size, num_workers=num_workers, device=device, cache_dir=cache_dir)
+    fx = FeatureExtractor(
+        spec.arch,
+        spec.weights,
+        seed=spec.seed,
+        sha256=spec.sha256,
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        cache_dir=cache_dir,
+    )
     X_train, X_test = fx.transform(task.train_inputs), fx.transform(task.test_inputs)
     probe = clone(probe if probe is not None else Probe()).set_params(seed=spec.seed)
     probe.fit(X_train, np.asarray(task.train_labels), task.train_groups)
     score = probe.score(X_test, np.asarray(task.test_labels))
     logger.info("%s on %s (seed %d, features): test %s %.4f", spec.label, task.name, spec.seed, probe.scoring_, score)
     return {
-        "method": spec.label, "task": task.name, "seed": spec.seed, "mode": "fe", "metric": probe.scoring_,
-        "score": score, "cv_score": probe.best_score_, "best_params": probe.best_params_,
-        "n_train": len(task.train_inputs), "n_test": len(task.test_inputs), "seconds": time.perf_counter() - start,
+        "method": spec.label,
+        "task": task.name,
+        "seed": spec.seed,
+        "mode": "fe",
+        "metric": probe.scoring_,
+        "score": score,
+        "cv_score": probe.best_score_,
+        "best_params": probe.best_params_,
+        "n_train": len(task.train_inputs),
+        "n_test": len(task.test_inputs),
+        "seconds": time.perf_counter() - start,
     }
 
 
@@ -200,9 +222,17 @@ def evaluate_fine_tuning(task: TaskData, spec: BackboneSpec, *, finetuner: Any =
     score = tuner.score(task.test_inputs, np.asarray(task.test_labels))
     logger.info("%s on %s (seed %d, fine-tuned): test %s %.4f", spec.label, task.name, spec.seed, tuner.scoring_, score)
     return {
-        "method": spec.label, "task": task.name, "seed": spec.seed, "mode": "ft", "metric": tuner.scoring_,
-        "score": score, "cv_score": tuner.best_score_, "best_params": {"lr": tuner.best_lr_, "epoch": tuner.best_epoch_},
-        "n_train": len(task.train_inputs), "n_test": len(task.test_inputs), "seconds": time.perf_counter() - start,
+        "method": spec.label,
+        "task": task.name,
+        "seed": spec.seed,
+        "mode": "ft",
+        "metric": tuner.scoring_,
+        "score": score,
+        "cv_score": tuner.best_score_,
+        "best_params": {"lr": tuner.best_lr_, "epoch": tuner.best_epoch_},
+        "n_train": len(task.train_inputs),
+        "n_test": len(task.test_inputs),
+        "seconds": time.perf_counter() - start,
     }
 
 
@@ -240,15 +270,24 @@ def run_transfer(
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise ConfigurationError(f"Invalid mode(s) {bad or modes}: use fe (feature extraction) and/or ft (fine-tuning).")
+        raise ConfigurationError(
+            f"Invalid mode(s) {bad or modes}: use fe (feature extraction) and/or ft (fine-tuning)."
+        )
     records = []
     for task in tasks:
         for mode in modes:
             for spec in specs:
                 if mode == "fe":
-                    rec = evaluate_feature_extraction(task, spec, probe=probe, image_size=image_size,
-                                                      batch_size=batch_size, num_workers=num_workers, device=device,
-                                                      cache_dir=cache_dir)
+                    rec = evaluate_feature_extraction(
+                        task,
+                        spec,
+                        probe=probe,
+                        image_size=image_size,
+                        batch_size=batch_size,
+                        num_workers=num_workers,
+                        device=device,
+                        cache_dir=cache_dir,
+                    )
                 else:
                     rec = evaluate_fine_tuning(task, spec, finetuner=finetuner)
                 rec["method"] = method_name(spec.label, mode)
@@ -259,6 +298,7 @@ def run_transfer(
 
 
 # --------------------------------------------------------------------------- leave-one-task-out
+
 
 def check_left_out_sets(left_out_sets: Sequence[Sequence[str]], tasks: Sequence[str]) -> list[tuple[str, ...]]:
     """Validate left-out sets: non-empty, disjoint, made of known tasks. Returns them as tuples."""
@@ -272,9 +312,13 @@ def check_left_out_sets(left_out_sets: Sequence[Sequence[str]], tasks: Sequence[
             raise ConfigurationError(f"Left-out set #{i + 1} is empty: each set needs at least one task.")
         for t in s:
             if t not in known:
-                raise ConfigurationError(f"Unknown task {t!r} in left-out set {list(s)}: tasks are {', '.join(sorted(known))}.")
+                raise ConfigurationError(
+                    f"Unknown task {t!r} in left-out set {list(s)}: tasks are {', '.join(sorted(known))}."
+                )
             if t in seen:
-                raise ConfigurationError(f"Task {t!r} is in two left-out sets (#{seen[t] + 1} and #{i + 1}): sets must be disjoint.")
+                raise ConfigurationError(
+                    f"Task {t!r} is in two left-out sets (#{seen[t] + 1} and #{i + 1}): sets must be disjoint."
+                )
             seen[t] = i
     return sets
 
@@ -310,8 +354,15 @@ class LotoResult:
         for task, chosen in self.selections.items():
             avg = average_rank(self.table, exclude=[task])
             runs = self.table.runs(chosen, task)
-            rows.append({"task": task, "selected": chosen, "average_rank_elsewhere": float(avg[self.table.methods.index(chosen)]),
-                         "score_mean": float(runs.mean()), "score_std": float(runs.std())})
+            rows.append(
+                {
+                    "task": task,
+                    "selected": chosen,
+                    "average_rank_elsewhere": float(avg[self.table.methods.index(chosen)]),
+                    "score_mean": float(runs.mean()),
+                    "score_std": float(runs.std()),
+                }
+            )
         return rows
 
 
@@ -355,9 +406,16 @@ def run_loto(
                 weights = os.fspath(pretrain_fn(tuple(left_out), dict(hp), int(seed)))
                 spec = BackboneSpec(label=label, arch=arch, weights=weights, seed=int(seed))
                 for task in left_out:
-                    rec = (evaluate or evaluate_feature_extraction)(tasks[task], spec, probe=probe, image_size=image_size,
-                                                      batch_size=batch_size, num_workers=num_workers, device=device,
-                                                      cache_dir=cache_dir)
+                    rec = (evaluate or evaluate_feature_extraction)(
+                        tasks[task],
+                        spec,
+                        probe=probe,
+                        image_size=image_size,
+                        batch_size=batch_size,
+                        num_workers=num_workers,
+                        device=device,
+                        cache_dir=cache_dir,
+                    )
                     rec.update(left_out=list(left_out), weights=weights)
                     records.append(rec)
     order = [t for s in sets for t in s]

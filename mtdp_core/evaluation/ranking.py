@@ -46,8 +46,9 @@ class ScoreTable:
     metrics: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_records(cls, records: Iterable[dict], *, methods: Sequence[str] | None = None,
-                     tasks: Sequence[str] | None = None) -> ScoreTable:
+    def from_records(
+        cls, records: Iterable[dict], *, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None
+    ) -> ScoreTable:
         """Build from dicts with ``method``, ``task``, ``score`` and optionally ``seed``, ``metric``.
 
         Runs of a (method, task) pair are ordered by seed. Methods and tasks keep their order
@@ -84,7 +85,8 @@ class ScoreTable:
             missing = [c for c in ("method", "task", "score") if c not in (reader.fieldnames or [])]
             if missing:
                 raise ConfigurationError(
-                    f"Scores file {path} lacks the column(s) {missing}: it needs method, task, score (seed, metric optional)."
+                    f"Scores file {path} lacks the column(s) {missing}: it needs method, task, score (seed, metric "
+                    "optional)."
                 )
             rows = list(reader)
         return cls.from_records(rows)
@@ -95,8 +97,15 @@ class ScoreTable:
             for j, t in enumerate(self.tasks):
                 for k in range(self.scores.shape[2]):
                     if not math.isnan(self.scores[i, j, k]):
-                        out.append({"method": m, "task": t, "seed": k, "score": float(self.scores[i, j, k]),
-                                    "metric": self.metrics.get(t, "")})
+                        out.append(
+                            {
+                                "method": m,
+                                "task": t,
+                                "seed": k,
+                                "score": float(self.scores[i, j, k]),
+                                "metric": self.metrics.get(t, ""),
+                            }
+                        )
         return out
 
     def to_csv(self, path: str | os.PathLike) -> Path:
@@ -138,8 +147,12 @@ class ScoreTable:
     def subset(self, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None) -> ScoreTable:
         mi = [self.method_index(m) for m in (methods if methods is not None else self.methods)]
         ti = [self.task_index(t) for t in (tasks if tasks is not None else self.tasks)]
-        return ScoreTable([self.methods[i] for i in mi], [self.tasks[j] for j in ti], self.scores[np.ix_(mi, ti)],
-                          {t: m for t, m in self.metrics.items() if t in [self.tasks[j] for j in ti]})
+        return ScoreTable(
+            [self.methods[i] for i in mi],
+            [self.tasks[j] for j in ti],
+            self.scores[np.ix_(mi, ti)],
+            {t: m for t, m in self.metrics.items() if t in [self.tasks[j] for j in ti]},
+        )
 
 
 def _nan_reduce(fn, scores: np.ndarray) -> np.ndarray:
@@ -229,4 +242,6 @@ def compare(a: Sequence[float], b: Sequence[float], *, ddof: int = 0) -> Compari
     delta = float(a.mean() - b.mean())
     threshold = 2 * max(sa, sb)
     testable = max(a.size, b.size) > 1
-    return Comparison(float(a.mean()), float(b.mean()), sa, sb, delta, threshold, testable and abs(delta) > threshold, testable)
+    return Comparison(
+        float(a.mean()), float(b.mean()), sa, sb, delta, threshold, testable and abs(delta) > threshold, testable
+    )

@@ -42,12 +42,18 @@ def summary_rows(table: ScoreTable) -> list[dict]:
     rows = []
     for i, m in enumerate(table.methods):
         for j, t in enumerate(table.tasks):
-            rows.append({
-                "method": m, "task": t, "metric": table.metrics.get(t, ""),
-                "mean": means[i, j], "std": stds[i, j], "runs": int((~np.isnan(table.scores[i, j])).sum()),
-                "rank": None if ranks is None else float(ranks[i, j]),
-                "average_rank": None if avg is None else float(avg[i]),
-            })
+            rows.append(
+                {
+                    "method": m,
+                    "task": t,
+                    "metric": table.metrics.get(t, ""),
+                    "mean": means[i, j],
+                    "std": stds[i, j],
+                    "runs": int((~np.isnan(table.scores[i, j])).sum()),
+                    "rank": None if ranks is None else float(ranks[i, j]),
+                    "average_rank": None if avg is None else float(avg[i]),
+                }
+            )
     return rows
 
 
@@ -117,13 +123,22 @@ def markdown_comparison(table: ScoreTable, reference: str, baselines: Sequence[s
     except ConfigurationError:
         pass
     lines.append("")
-    lines.append(f"Scores in % (mean ± std over runs). ▲/▼: {reference} significantly better/worse "
-                 "(|Δ| > 2·max(σ)); =: difference within 2·max(σ); ·: one run each, untested.")
+    lines.append(
+        f"Scores in % (mean ± std over runs). ▲/▼: {reference} significantly better/worse "
+        "(|Δ| > 2·max(σ)); =: difference within 2·max(σ); ·: one run each, untested."
+    )
     return "\n".join(lines)
 
 
-def plot_differences(table: ScoreTable, reference: str, baseline: str, path: str | os.PathLike, *,
-                     title: str | None = None, ddof: int = 0) -> Path:
+def plot_differences(
+    table: ScoreTable,
+    reference: str,
+    baseline: str,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    ddof: int = 0,
+) -> Path:
     """PNG: per task, mean(reference) - mean(baseline) with error bars of 2 max(std)."""
     import matplotlib
 
@@ -140,8 +155,9 @@ def plot_differences(table: ScoreTable, reference: str, baseline: str, path: str
     tasks = [t for t, _ in comps]
     deltas = np.array([100 * c.delta for _, c in comps])
     errors = np.array([100 * c.threshold for _, c in comps])
-    colors = ["tab:green" if c.verdict == "better" else "tab:red" if c.verdict == "worse" else "tab:gray"
-              for _, c in comps]
+    colors = [
+        "tab:green" if c.verdict == "better" else "tab:red" if c.verdict == "worse" else "tab:gray" for _, c in comps
+    ]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(tasks) + 2), 3.6))
     x = np.arange(len(tasks))
     ax.bar(x, deltas, color=colors, alpha=0.8)
@@ -172,8 +188,9 @@ def plot_learning_curve(rows: Sequence[dict], path: str | os.PathLike, *, title:
         fractions = sorted({r["fraction"] for r in mine})
         n = [np.mean([r["n_train"] for r in mine if r["fraction"] == f]) for f in fractions]
         scores = [[r["test_score"] for r in mine if r["fraction"] == f] for f in fractions]
-        ax.errorbar(n, [np.mean(s) for s in scores], yerr=[np.std(s) for s in scores], marker="o", capsize=3,
-                    label=method)
+        ax.errorbar(
+            n, [np.mean(s) for s in scores], yerr=[np.std(s) for s in scores], marker="o", capsize=3, label=method
+        )
     ax.set_xscale("log")
     ax.set_xlabel("training samples")
     ax.set_ylabel(f"test {rows[0].get('metric', 'score')}" if rows else "test score")
@@ -191,8 +208,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "method"
 
 
-def write_report(table: ScoreTable, out_dir: str | os.PathLike, *, reference: str | None = None,
-                 baselines: Sequence[str] | None = None, title: str = "Transfer comparison") -> dict[str, Path]:
+def write_report(
+    table: ScoreTable,
+    out_dir: str | os.PathLike,
+    *,
+    reference: str | None = None,
+    baselines: Sequence[str] | None = None,
+    title: str = "Transfer comparison",
+) -> dict[str, Path]:
     """Write scores, summary, comparison (CSV + Markdown) and difference plots to ``out_dir``.
 
     ``reference`` defaults to the first method, ``baselines`` to the others. Returns the paths.

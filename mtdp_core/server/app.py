@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
@@ -178,7 +178,7 @@ class LocalCytomine:
         finally:
             self.stop()
 
-    def __enter__(self) -> LocalCytomine:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -204,7 +204,7 @@ class LocalCytomine:
             raise ConfigurationError("The local server is not started: call start() or use it as a context manager")
         return self.admin
 
-    def connect(self, public_key: str | None = None, private_key: str | None = None, **kwargs: Any):  # noqa: ANN201
+    def connect(self, public_key: str | None = None, private_key: str | None = None, **kwargs: Any):
         """The official client (``cytomine.Cytomine``), connected as admin unless keys are given."""
         from cytomine import Cytomine
 

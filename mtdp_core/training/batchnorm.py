@@ -85,11 +85,15 @@ def adapt_batch_norm(
         if not (bn.affine and bn.track_running_stats):
             # Without γ/β the output cannot be preserved; without running statistics the
             # layer always uses batch statistics anyway.
-            logger.warning("BN adaptation skips %s (affine=%s, track_running_stats=%s)", name, bn.affine, bn.track_running_stats)
+            logger.warning(
+                "BN adaptation skips %s (affine=%s, track_running_stats=%s)", name, bn.affine, bn.track_running_stats
+            )
             continue
         layers.append((name, bn))
     moments = {name: _Moments() for name, _ in layers}
-    hooks = [bn.register_forward_pre_hook(lambda m, inputs, key=name: moments[key].add(inputs[0])) for name, bn in layers]
+    hooks = [
+        bn.register_forward_pre_hook(lambda m, inputs, key=name: moments[key].add(inputs[0])) for name, bn in layers
+    ]
     modes = {m: m.training for m in module.modules()}
     module.eval()  # every layer normalises with its running statistics, as it did before
     try:
@@ -110,8 +114,15 @@ def adapt_batch_norm(
     # One flat buffer, [count, sums, sums of squares] per layer then the number of images,
     # for a single all-reduce.
     device = moments[layers[0][0]].sum.device
-    flat = torch.cat([torch.cat([torch.tensor([moments[n].count], dtype=torch.float64, device=device), moments[n].sum, moments[n].sumsq])
-                      for n, _ in layers] + [torch.tensor([float(n_images)], dtype=torch.float64, device=device)])
+    flat = torch.cat(
+        [
+            torch.cat(
+                [torch.tensor([moments[n].count], dtype=torch.float64, device=device), moments[n].sum, moments[n].sumsq]
+            )
+            for n, _ in layers
+        ]
+        + [torch.tensor([float(n_images)], dtype=torch.float64, device=device)]
+    )
     if all_reduce is not None:
         all_reduce(flat)
     shifts = []
@@ -119,11 +130,13 @@ def adapt_batch_norm(
     for name, bn in layers:
         channels = bn.num_features
         count = float(flat[offset])
-        total = flat[offset + 1: offset + 1 + channels]
-        total_sq = flat[offset + 1 + channels: offset + 1 + 2 * channels]
+        total = flat[offset + 1 : offset + 1 + channels]
+        total_sq = flat[offset + 1 + channels : offset + 1 + 2 * channels]
         offset += 1 + 2 * channels
         mean_t = total / count
-        var_t = (total_sq / count - mean_t * mean_t).clamp_min(0.0) * (count / max(count - 1.0, 1.0))  # unbiased, as running_var
+        var_t = (total_sq / count - mean_t * mean_t).clamp_min(0.0) * (
+            count / max(count - 1.0, 1.0)
+        )  # unbiased, as running_var
         mean_s, var_s = bn.running_mean.double(), bn.running_var.double()
         sigma_s = torch.sqrt(var_s + bn.eps)
         sigma_t = torch.sqrt(var_t + bn.eps)
@@ -136,4 +149,9 @@ def adapt_batch_norm(
         bn.bias.copy_(beta_t)
         bn.running_mean.copy_(mean_t)
         bn.running_var.copy_(var_t)
-    return {"layers": len(layers), "batches": n_batches, "samples": int(flat[-1]), "mean_shift": sum(shifts) / len(shifts)}
+    return {
+        "layers": len(layers),
+        "batches": n_batches,
+        "samples": int(flat[-1]),
+        "mean_shift": sum(shifts) / len(shifts),
+    }

@@ -31,8 +31,12 @@ def capture_rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
 
@@ -42,7 +46,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     py_state = state["python"]
     random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss"]))
 
@@ -60,13 +72,24 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist: give the path of a checkpoints/last.pt, or --resume auto.")
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist: give the path of a checkpoints/last.pt, or --resume auto."
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which, not a pickle traceback
-        raise CheckpointError(f"Cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:120]}): it is damaged or not an mtdp checkpoint.") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which, not a pickle traceback
+        raise CheckpointError(
+            f"Cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:120]}): it is damaged or not an mtdp "
+            "checkpoint."
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an mtdp multi-task training checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r}).")
+        raise CheckpointError(
+            f"{path} is not an mtdp multi-task training checkpoint (format "
+            f"{payload.get('format') if isinstance(payload, dict) else None!r})."
+        )
     if int(payload.get("format_version", 0)) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"Checkpoint {path} has format version {payload['format_version']}, newer than this mtdp reads ({CHECKPOINT_VERSION}): upgrade mtdp.")
+        raise CheckpointError(
+            f"Checkpoint {path} has format version {payload['format_version']}, newer than this mtdp reads "
+            f"({CHECKPOINT_VERSION}): upgrade mtdp."
+        )
     return payload

@@ -34,51 +34,107 @@ class TrainConfig:
 
     # ---- data
     pool: str = _opt("", "task pool folder (see docs/task_pools.md); required", group="data")
-    build_pool_from: str | None = _opt(None, "shared-data folder to build the pool from (as `mtdp pool build`) when `pool` does not exist yet", group="data")
+    build_pool_from: str | None = _opt(
+        None,
+        "shared-data folder to build the pool from (as `mtdp pool build`) when `pool` does not exist yet",
+        group="data",
+    )
     tasks: list[str] | None = _opt(None, "train on these tasks only (default: every task of the pool)", group="data")
     exclude_tasks: list[str] = _opt([], "leave these tasks out (leave-one-task-out)", group="data")
-    train_splits: list[str] = _opt(["train"], "splits trained on; the paper's released models used train val test", group="data")
-    val_split: str | None = _opt("val", "split of per-task validation metrics during training; none to skip", group="data")
+    train_splits: list[str] = _opt(
+        ["train"], "splits trained on; the paper's released models used train val test", group="data"
+    )
+    val_split: str | None = _opt(
+        "val", "split of per-task validation metrics during training; none to skip", group="data"
+    )
     image_size: int = _opt(224, "side of the square network input, pixels", group="data")
     square_crop: bool = _opt(True, "augmentation: random square crop of non-square images (the paper's)", group="data")
     hflip: bool = _opt(True, "augmentation: random horizontal flip", group="data")
     vflip: bool = _opt(True, "augmentation: random vertical flip", group="data")
-    num_workers: int = _opt(4, "DataLoader worker processes per training process (0: load in the main process)", group="data")
+    num_workers: int = _opt(
+        4, "DataLoader worker processes per training process (0: load in the main process)", group="data"
+    )
     prefetch_factor: int = _opt(2, "batches each worker loads ahead", group="data")
     # ---- model
     backbone: str = _opt("resnet50", "shared network θ_s: a name from `mtdp backbones`", group="model")
     weights: str = _opt("imagenet", "initial weights: imagenet, random, ... or a .pth file", group="model")
     weights_sha256: str | None = _opt(None, "expected sha256 of the initial weights file", group="model")
     # ---- optimisation
-    iterations: int = _opt(50000, "total training iterations, warm-up included (the paper: 50000)", group="optimisation")
+    iterations: int = _opt(
+        50000, "total training iterations, warm-up included (the paper: 50000)", group="optimisation"
+    )
     batch_size: int = _opt(64, "global batch size B, all processes together (the paper: 64)", group="optimisation")
     lr: float = _opt(1e-3, "learning rate γ of the backbone after warm-up", group="optimisation")
-    head_lr_multiplier: float = _opt(1.0, "τ: the heads train at γ·τ after warm-up (the paper: 1, 5 or 10)", group="optimisation")
+    head_lr_multiplier: float = _opt(
+        1.0, "τ: the heads train at γ·τ after warm-up (the paper: 1, 5 or 10)", group="optimisation"
+    )
     momentum: float = _opt(0.9, "SGD momentum (the paper: 0.9)", group="optimisation")
     nesterov: bool = _opt(False, "Nesterov momentum (not in the paper)", group="optimisation")
     weight_decay: float = _opt(0.0, "L2 weight decay (the paper: none)", group="optimisation")
-    lr_schedule: Literal["constant", "cosine"] = _opt("constant", "γ after warm-up: constant (the paper) or cosine decay to 0", group="optimisation")
-    warmup_iterations: int = _opt(0, "iterations training the heads only, backbone frozen incl. BN statistics (the paper: 0 or 5000)", group="optimisation")
-    warmup_lr: float = _opt(1e-3, "γ_w: the heads' learning rate during warm-up (the paper: 1e-3)", group="optimisation")
-    rescale_head_grads: bool = _opt(True, "multiply head i's gradients by B/|B_i| (the paper's Supplementary C)", group="optimisation")
-    bn_adapt_batches: int = _opt(20, "before training, re-estimate BN statistics on this many mixed batches and rewrite γ/β so outputs are unchanged (Supplementary B); 0 to skip; skipped for random weights", group="optimisation")
-    bn_mode: Literal["train", "frozen"] = _opt("train", "train: BN uses batch statistics (the paper); frozen: BN keeps its running statistics throughout", group="optimisation")
-    sync_bn: bool = _opt(False, "DDP on CUDA: batch statistics over the global batch (SyncBatchNorm)", group="optimisation")
+    lr_schedule: Literal["constant", "cosine"] = _opt(
+        "constant", "γ after warm-up: constant (the paper) or cosine decay to 0", group="optimisation"
+    )
+    warmup_iterations: int = _opt(
+        0,
+        "iterations training the heads only, backbone frozen incl. BN statistics (the paper: 0 or 5000)",
+        group="optimisation",
+    )
+    warmup_lr: float = _opt(
+        1e-3, "γ_w: the heads' learning rate during warm-up (the paper: 1e-3)", group="optimisation"
+    )
+    rescale_head_grads: bool = _opt(
+        True, "multiply head i's gradients by B/|B_i| (the paper's Supplementary C)", group="optimisation"
+    )
+    bn_adapt_batches: int = _opt(
+        20,
+        "before training, re-estimate BN statistics on this many mixed batches and rewrite γ/β so outputs are "
+        "unchanged (Supplementary B); 0 to skip; skipped for random weights",
+        group="optimisation",
+    )
+    bn_mode: Literal["train", "frozen"] = _opt(
+        "train",
+        "train: BN uses batch statistics (the paper); frozen: BN keeps its running statistics throughout",
+        group="optimisation",
+    )
+    sync_bn: bool = _opt(
+        False, "DDP on CUDA: batch statistics over the global batch (SyncBatchNorm)", group="optimisation"
+    )
     # ---- runtime
     seed: int = _opt(0, "seed of head initialisation, batch sampling and augmentation", group="runtime")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)", group="runtime")
-    amp: Literal["auto", "none", "bf16", "fp16"] = _opt("auto", "mixed precision, CUDA only: auto = bf16 where supported, else fp16; none on CPU", group="runtime")
-    channels_last: bool = _opt(True, "channels-last memory format (faster convolutions on CPU and tensor cores)", group="runtime")
-    deterministic: bool = _opt(False, "deterministic CUDA kernels (slower); CPU runs are deterministic anyway", group="runtime")
+    amp: Literal["auto", "none", "bf16", "fp16"] = _opt(
+        "auto", "mixed precision, CUDA only: auto = bf16 where supported, else fp16; none on CPU", group="runtime"
+    )
+    channels_last: bool = _opt(
+        True, "channels-last memory format (faster convolutions on CPU and tensor cores)", group="runtime"
+    )
+    deterministic: bool = _opt(
+        False, "deterministic CUDA kernels (slower); CPU runs are deterministic anyway", group="runtime"
+    )
     # ---- outputs
-    output_dir: str = _opt("runs/multitask", "folder of config.json, metrics.jsonl, checkpoints/, backbone.pt, summary.json", group="outputs")
-    resume: str = _opt("auto", "auto: continue from output_dir/checkpoints/last.pt if present; never: refuse a used output_dir; or a checkpoint path", group="outputs")
+    output_dir: str = _opt(
+        "runs/multitask",
+        "folder of config.json, metrics.jsonl, checkpoints/, backbone.pt, summary.json",
+        group="outputs",
+    )
+    resume: str = _opt(
+        "auto",
+        "auto: continue from output_dir/checkpoints/last.pt if present; never: refuse a used output_dir; or a "
+        "checkpoint path",
+        group="outputs",
+    )
     log_every: int = _opt(20, "log the training loss, learning rates and images/s every N iterations", group="outputs")
     val_every: int = _opt(1000, "per-task validation every N iterations (0: at the end only)", group="outputs")
     val_max_samples: int | None = _opt(None, "validate on at most N samples per task (seeded subset)", group="outputs")
-    val_batch_size: int | None = _opt(None, "batch size of validation (default: 2 x batch size per process)", group="outputs")
-    checkpoint_every: int = _opt(1000, "write checkpoints/last.pt every N iterations (and at the end of every run)", group="outputs")
-    stop_after: int | None = _opt(None, "stop this invocation at iteration N, checkpointed (e.g. job time limits); resume later", group="outputs")
+    val_batch_size: int | None = _opt(
+        None, "batch size of validation (default: 2 x batch size per process)", group="outputs"
+    )
+    checkpoint_every: int = _opt(
+        1000, "write checkpoints/last.pt every N iterations (and at the end of every run)", group="outputs"
+    )
+    stop_after: int | None = _opt(
+        None, "stop this invocation at iteration N, checkpointed (e.g. job time limits); resume later", group="outputs"
+    )
     progress: bool = _opt(True, "progress bar (rank 0)", group="outputs")
 
     # ------------------------------------------------------------------ construction
@@ -90,7 +146,9 @@ class TrainConfig:
             key = unknown[0]
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigurationError(f"Unknown option {key!r} in {where}.{hint} See `train_multitask.py --help` for the options.")
+            raise ConfigurationError(
+                f"Unknown option {key!r} in {where}.{hint} See `train_multitask.py --help` for the options."
+            )
         values = {k: _coerce(k, v, where) for k, v in data.items() if k in names}
         config = cls(**values)
         config.validate()
@@ -104,7 +162,10 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), (list, tuple)) else v) for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), (list, tuple)) else v)
+            for f in dataclasses.fields(self)
+        }
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -112,36 +173,90 @@ class TrainConfig:
             if not ok:
                 raise ConfigurationError(message)
 
-        need(bool(self.pool), "No task pool given: set `pool` in the config or --pool PATH (build one with `mtdp pool build`).")
+        need(
+            bool(self.pool),
+            "No task pool given: set `pool` in the config or --pool PATH (build one with `mtdp pool build`).",
+        )
         need(self.iterations >= 1, f"Invalid iterations {self.iterations}: use >= 1.")
         need(self.batch_size >= 1, f"Invalid batch_size {self.batch_size}: use >= 1.")
-        need(self.lr >= 0 and self.warmup_lr >= 0, f"Invalid learning rates lr={self.lr}, warmup_lr={self.warmup_lr}: use >= 0.")
-        need(self.head_lr_multiplier >= 0, f"Invalid head_lr_multiplier {self.head_lr_multiplier}: use >= 0 (the paper: 1, 5, 10).")
+        need(
+            self.lr >= 0 and self.warmup_lr >= 0,
+            f"Invalid learning rates lr={self.lr}, warmup_lr={self.warmup_lr}: use >= 0.",
+        )
+        need(
+            self.head_lr_multiplier >= 0,
+            f"Invalid head_lr_multiplier {self.head_lr_multiplier}: use >= 0 (the paper: 1, 5, 10).",
+        )
         need(0 <= self.momentum < 1, f"Invalid momentum {self.momentum}: use 0 <= momentum < 1.")
         need(self.weight_decay >= 0, f"Invalid weight_decay {self.weight_decay}: use >= 0.")
         need(not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0.")
-        need(0 <= self.warmup_iterations <= self.iterations, f"Invalid warmup_iterations {self.warmup_iterations}: use 0..iterations ({self.iterations}).")
+        need(
+            0 <= self.warmup_iterations <= self.iterations,
+            f"Invalid warmup_iterations {self.warmup_iterations}: use 0..iterations ({self.iterations}).",
+        )
         need(self.image_size >= 16, f"Invalid image_size {self.image_size}: use >= 16 pixels.")
-        need(self.num_workers >= 0 and self.prefetch_factor >= 1, f"Invalid num_workers {self.num_workers} / prefetch_factor {self.prefetch_factor}.")
+        need(
+            self.num_workers >= 0 and self.prefetch_factor >= 1,
+            f"Invalid num_workers {self.num_workers} / prefetch_factor {self.prefetch_factor}.",
+        )
         need(self.bn_adapt_batches >= 0, f"Invalid bn_adapt_batches {self.bn_adapt_batches}: use >= 0.")
-        need(self.log_every >= 1 and self.checkpoint_every >= 1 and self.val_every >= 0,
-             f"Invalid log_every {self.log_every} / checkpoint_every {self.checkpoint_every} / val_every {self.val_every}.")
-        need(self.val_max_samples is None or self.val_max_samples >= 1, f"Invalid val_max_samples {self.val_max_samples}: use >= 1 or none.")
-        need(self.val_batch_size is None or self.val_batch_size >= 1, f"Invalid val_batch_size {self.val_batch_size}: use >= 1 or none.")
-        need(self.stop_after is None or 1 <= self.stop_after, f"Invalid stop_after {self.stop_after}: use >= 1 or none.")
+        need(
+            self.log_every >= 1 and self.checkpoint_every >= 1 and self.val_every >= 0,
+            f"Invalid log_every {self.log_every} / checkpoint_every {self.checkpoint_every} / val_every "
+            f"{self.val_every}.",
+        )
+        need(
+            self.val_max_samples is None or self.val_max_samples >= 1,
+            f"Invalid val_max_samples {self.val_max_samples}: use >= 1 or none.",
+        )
+        need(
+            self.val_batch_size is None or self.val_batch_size >= 1,
+            f"Invalid val_batch_size {self.val_batch_size}: use >= 1 or none.",
+        )
+        need(
+            self.stop_after is None or 1 <= self.stop_after, f"Invalid stop_after {self.stop_after}: use >= 1 or none."
+        )
         need(self.seed >= 0, f"Invalid seed {self.seed}: use a non-negative integer.")
-        need(bool(self.train_splits) and all(s in ("train", "val", "test") for s in self.train_splits),
-             f"Invalid train_splits {self.train_splits}: use some of train, val, test.")
-        need(self.val_split in (None, "train", "val", "test"), f"Invalid val_split {self.val_split!r}: use train, val, test or none.")
-        need(self.resume in ("auto", "never") or bool(self.resume), "Invalid resume: use auto, never or a checkpoint path.")
+        need(
+            bool(self.train_splits) and all(s in ("train", "val", "test") for s in self.train_splits),
+            f"Invalid train_splits {self.train_splits}: use some of train, val, test.",
+        )
+        need(
+            self.val_split in (None, "train", "val", "test"),
+            f"Invalid val_split {self.val_split!r}: use train, val, test or none.",
+        )
+        need(
+            self.resume in ("auto", "never") or bool(self.resume),
+            "Invalid resume: use auto, never or a checkpoint path.",
+        )
 
 
 # Options that shape the training trajectory: resuming with other values would silently
 # train a different model, so they must equal the checkpoint's.
 RESUME_MUST_MATCH: tuple[str, ...] = (
-    "tasks", "exclude_tasks", "train_splits", "image_size", "square_crop", "hflip", "vflip", "backbone", "weights",
-    "batch_size", "lr", "head_lr_multiplier", "momentum", "nesterov", "weight_decay", "lr_schedule",
-    "warmup_iterations", "warmup_lr", "rescale_head_grads", "bn_adapt_batches", "bn_mode", "sync_bn", "seed",
+    "tasks",
+    "exclude_tasks",
+    "train_splits",
+    "image_size",
+    "square_crop",
+    "hflip",
+    "vflip",
+    "backbone",
+    "weights",
+    "batch_size",
+    "lr",
+    "head_lr_multiplier",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_iterations",
+    "warmup_lr",
+    "rescale_head_grads",
+    "bn_adapt_batches",
+    "bn_mode",
+    "sync_bn",
+    "seed",
 )
 
 
@@ -149,7 +264,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a JSON config file (or TOML, with Python's tomllib) into a dict."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigurationError(f"Config file {path} does not exist: give a JSON file such as training/configs/shared_small.json.")
+        raise ConfigurationError(
+            f"Config file {path} does not exist: give a JSON file such as training/configs/shared_small.json."
+        )
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
@@ -159,7 +276,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except (json.JSONDecodeError, ValueError) as exc:
-        raise ConfigurationError(f"Config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}.") from None
+        raise ConfigurationError(
+            f"Config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}."
+        ) from None
     if not isinstance(data, dict):
         raise ConfigurationError(f"Config file {path} must hold an object of options, got {type(data).__name__}.")
     return data
@@ -227,9 +346,14 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return float(value)
         value = str(value)
     except (TypeError, ValueError):
-        raise ConfigurationError(f"Invalid value {value!r} for option {name} in {where}: expected {base.__name__}{' or none' if optional else ''}.") from None
+        raise ConfigurationError(
+            f"Invalid value {value!r} for option {name} in {where}: expected "
+            f"{base.__name__}{' or none' if optional else ''}."
+        ) from None
     if choices and value not in choices:
-        raise ConfigurationError(f"Invalid value {value!r} for option {name} in {where}: use one of {', '.join(choices)}.")
+        raise ConfigurationError(
+            f"Invalid value {value!r} for option {name} in {where}: use one of {', '.join(choices)}."
+        )
     return value
 
 

@@ -97,7 +97,9 @@ def init_distributed(device: str | torch.device = "auto") -> DistContext:
         backend = "nccl" if resolved.type == "cuda" else "gloo"
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
-                raise ConfigurationError(f"WORLD_SIZE={world_size} but {var} is not set: launch with torchrun, which sets it.")
+                raise ConfigurationError(
+                    f"WORLD_SIZE={world_size} but {var} is not set: launch with torchrun, which sets it."
+                )
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         owns = True
         logger.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, resolved)

@@ -65,7 +65,7 @@ def evaluate(
     The model is left in eval mode: the caller restores the training modes.
     """
     model.eval()
-    mine = indices[ctx.rank::ctx.world_size]
+    mine = indices[ctx.rank :: ctx.world_size]
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, mine.tolist()),
         batch_size=batch_size,

@@ -30,7 +30,9 @@ def build_optimizer(model: MultiTaskModel, config: TrainConfig) -> torch.optim.S
         {"params": model.backbone_parameters(), "lr": config.lr, "name": "backbone"},
         {"params": model.head_parameters(), "lr": config.lr * config.head_lr_multiplier, "name": "heads"},
     ]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov
+    )
 
 
 def phase_at(config: TrainConfig, iteration: int) -> str:

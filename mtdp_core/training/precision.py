@@ -49,10 +49,13 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
         return Precision(None, device.type)
     if device.type != "cuda":
         raise ConfigurationError(
-            f"amp={amp} asked for on {device}: mixed precision is CUDA-only here (bf16 on CPU is 5-20x slower); use --amp none or auto."
+            f"amp={amp} asked for on {device}: mixed precision is CUDA-only here (bf16 on CPU is 5-20x slower); use "
+            "--amp none or auto."
         )
     if amp == "auto":
         return Precision(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16, "cuda")
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigurationError(f"amp=bf16 asked for but {torch.cuda.get_device_name(device)} has no bf16 support: use --amp fp16.")
+        raise ConfigurationError(
+            f"amp=bf16 asked for but {torch.cuda.get_device_name(device)} has no bf16 support: use --amp fp16."
+        )
     return Precision(torch.bfloat16 if amp == "bf16" else torch.float16, "cuda")

@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,10 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     model = MultiTaskModel(backbone, [(t.name, t.n_classes) for t in pool], head_seed=config.seed)
     if config.sync_bn and ctx.enabled:
         if device.type != "cuda":
-            raise ConfigurationError("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel): use --no-sync-bn or --bn-mode frozen on CPU.")
+            raise ConfigurationError(
+                "sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel): use --no-sync-bn or --bn-mode frozen "
+                "on CPU."
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if config.channels_last:
@@ -128,10 +131,18 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     # ---- data: task-balanced batches, the paper's augmentation, normalisation on the device
     prep = Preprocessing.for_backbone(backbone, size=config.image_size)
-    train_set = MultiTaskDataset(list(pool), config.train_splits, TrainAugmentation(prep, config.square_crop, config.hflip, config.vflip))
+    train_set = MultiTaskDataset(
+        list(pool), config.train_splits, TrainAugmentation(prep, config.square_crop, config.hflip, config.vflip)
+    )
     _check_nonempty(train_set, config.train_splits)
-    sampler = TaskBalancedSampler(train_set.task_sizes, config.batch_size, batches_per_epoch=config.iterations,
-                                  seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
+    sampler = TaskBalancedSampler(
+        train_set.task_sizes,
+        config.batch_size,
+        batches_per_epoch=config.iterations,
+        seed=config.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
 
     def to_input(images: torch.Tensor) -> torch.Tensor:
         x = prep.normalize(images.to(device, non_blocking=True))
@@ -143,7 +154,12 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         start = _restore(resume_from, config, pool, model, optimizer, scaler, ctx)
         log.truncate_after(start)
         if start >= config.iterations:
-            logger.info("%s is a complete run (%d/%d iterations): validating and exporting again", resume_from, start, config.iterations)
+            logger.info(
+                "%s is a complete run (%d/%d iterations): validating and exporting again",
+                resume_from,
+                start,
+                config.iterations,
+            )
         else:
             logger.info("resumed from %s at iteration %d/%d", resume_from, start, config.iterations)
     else:
@@ -154,7 +170,12 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         elif config.bn_adapt_batches:
             stats = _adapt_bn(model, train_set, sampler, config, ctx, to_input)
             log.event("bn_adapt", 0, **stats)
-            logger.info("BN statistics re-estimated on %d images (%d layers; mean |Δμ|/σ = %.3f)", stats["samples"], stats["layers"], stats["mean_shift"])
+            logger.info(
+                "BN statistics re-estimated on %d images (%d layers; mean |Δμ|/σ = %.3f)",
+                stats["samples"],
+                stats["layers"],
+                stats["mean_shift"],
+            )
     stop = min(config.iterations, config.stop_after or config.iterations)
     validator = _Validator.build(config, pool, prep, ctx, precision)
 
@@ -165,16 +186,29 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     phase, net = None, None
     window = _Window(start)
     validation = None
-    with logging_redirect_tqdm(), tqdm(total=config.iterations, initial=start, desc="multitask", unit="it",
-                                       disable=not (ctx.is_main and config.progress), dynamic_ncols=True) as bar:
+    with (
+        logging_redirect_tqdm(),
+        tqdm(
+            total=config.iterations,
+            initial=start,
+            desc="multitask",
+            unit="it",
+            disable=not (ctx.is_main and config.progress),
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         for iteration in range(start, stop):
             if phase_at(config, iteration) != phase:
                 phase = phase_at(config, iteration)
                 enter_phase(model, phase, bn_mode=config.bn_mode)
                 del net  # drop the previous DDP wrapper (and its gradient hooks) first
                 net = wrap_ddp(model, ctx)  # DDP registers the parameters trainable in this phase
-                logger.info("iteration %d: %s phase (%s)", iteration, phase,
-                            "heads only, backbone frozen" if phase == "warmup" else "whole network")
+                logger.info(
+                    "iteration %d: %s phase (%s)",
+                    iteration,
+                    phase,
+                    "heads only, backbone frozen" if phase == "warmup" else "whole network",
+                )
             rates = learning_rates(config, iteration)
             set_learning_rates(optimizer, rates)
 
@@ -199,8 +233,16 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
                 stats = window.flush(ctx, done)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{stats['images_per_second']:.1f}")
                 log.event("train", done, phase=phase, lr_backbone=rates["backbone"], lr_heads=rates["heads"], **stats)
-                logger.info("it %d/%d  loss %.4f  lr %.2e (heads %.2e)  %.1f img/s  %s", done, config.iterations, stats["loss"],
-                            rates["backbone"], rates["heads"], stats["images_per_second"], phase)
+                logger.info(
+                    "it %d/%d  loss %.4f  lr %.2e (heads %.2e)  %.1f img/s  %s",
+                    done,
+                    config.iterations,
+                    stats["loss"],
+                    rates["backbone"],
+                    rates["heads"],
+                    stats["images_per_second"],
+                    phase,
+                )
             if validator and config.val_every and done % config.val_every == 0 and done < config.iterations:
                 with window.paused():  # validation time is not training throughput
                     validation = validator(model, done, log)
@@ -212,7 +254,13 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     last = max(start, stop)
     _save(out / CHECKPOINT, last, config, pool, model, optimizer, scaler, sampler, ctx)
-    result = TrainResult(output_dir=out, iteration=last, completed=last >= config.iterations, checkpoint=out / CHECKPOINT, validation=validation)
+    result = TrainResult(
+        output_dir=out,
+        iteration=last,
+        completed=last >= config.iterations,
+        checkpoint=out / CHECKPOINT,
+        validation=validation,
+    )
     if not result.completed:
         logger.info("stopped at iteration %d/%d; run again with the same config to resume", last, config.iterations)
         return result
@@ -223,8 +271,12 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     if ctx.is_main:
         result.backbone_path = _export(model, out / BACKBONE_FILE, config, pool, last)
         result.summary = _write_summary(out, config, result, log, ctx)
-        logger.info("backbone exported to %s (load it with create_backbone(%r, weights=%r))",
-                    result.backbone_path, config.backbone, str(result.backbone_path))
+        logger.info(
+            "backbone exported to %s (load it with create_backbone(%r, weights=%r))",
+            result.backbone_path,
+            config.backbone,
+            str(result.backbone_path),
+        )
     ctx.barrier()
     return result
 
@@ -266,7 +318,10 @@ def _open_pool(config: TrainConfig, ctx: DistContext) -> TaskPool:
 def _check_nonempty(dataset: MultiTaskDataset, splits: list[str]) -> None:
     empty = [name for name, size in zip(dataset.task_names, dataset.task_sizes) if size == 0]
     if empty:
-        raise DataError(f"Task(s) {empty} have no sample in split(s) {splits}: exclude them (--exclude-tasks) or change --train-splits.")
+        raise DataError(
+            f"Task(s) {empty} have no sample in split(s) {splits}: exclude them (--exclude-tasks) or change "
+            "--train-splits."
+        )
 
 
 def _resume_path(config: TrainConfig, out: Path) -> Path | None:
@@ -275,15 +330,22 @@ def _resume_path(config: TrainConfig, out: Path) -> Path | None:
         return last if last.is_file() else None
     if config.resume == "never":
         if last.is_file():
-            raise ConfigurationError(f"Output dir {out} already holds a run ({last}): use another --output-dir, or --resume auto to continue it.")
+            raise ConfigurationError(
+                f"Output dir {out} already holds a run ({last}): use another --output-dir, or --resume auto to "
+                "continue it."
+            )
         return None
     path = Path(config.resume)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} (--resume) does not exist: give checkpoints/last.pt of a run, or --resume auto.")
+        raise CheckpointError(
+            f"Checkpoint {path} (--resume) does not exist: give checkpoints/last.pt of a run, or --resume auto."
+        )
     return path
 
 
-def _train_loader(dataset: MultiTaskDataset, sampler: TaskBalancedSampler, config: TrainConfig, device: torch.device) -> torch.utils.data.DataLoader:
+def _train_loader(
+    dataset: MultiTaskDataset, sampler: TaskBalancedSampler, config: TrainConfig, device: torch.device
+) -> torch.utils.data.DataLoader:
     workers = config.num_workers
     return torch.utils.data.DataLoader(
         dataset,
@@ -301,13 +363,31 @@ def _train_loader(dataset: MultiTaskDataset, sampler: TaskBalancedSampler, confi
 # --------------------------------------------------------------------------- BN adaptation
 
 
-def _adapt_bn(model: MultiTaskModel, dataset: MultiTaskDataset, sampler: TaskBalancedSampler, config: TrainConfig,
-              ctx: DistContext, to_input) -> dict:
+def _adapt_bn(
+    model: MultiTaskModel,
+    dataset: MultiTaskDataset,
+    sampler: TaskBalancedSampler,
+    config: TrainConfig,
+    ctx: DistContext,
+    to_input,
+) -> dict:
     """Supplementary B on ``bn_adapt_batches`` mixed batches from a stream of their own."""
-    bn_sampler = TaskBalancedSampler(dataset.task_sizes, config.batch_size, batches_per_epoch=config.bn_adapt_batches,
-                                     seed=config.seed, rank=ctx.rank, world_size=ctx.world_size, stream=BN_ADAPT_STREAM)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=bn_sampler, num_workers=config.num_workers,
-                                         pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
+    bn_sampler = TaskBalancedSampler(
+        dataset.task_sizes,
+        config.batch_size,
+        batches_per_epoch=config.bn_adapt_batches,
+        seed=config.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        stream=BN_ADAPT_STREAM,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=bn_sampler,
+        num_workers=config.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     batches = (to_input(images) for images, _, _ in loader)
     return adapt_batch_norm(model.backbone, batches, all_reduce=ctx.all_reduce_sum_ if ctx.enabled else None)
 
@@ -319,26 +399,41 @@ def _task_list(pool: TaskPool) -> list[dict]:
     return [{"name": t.name, "classes": list(t.classes)} for t in pool]
 
 
-def _save(path: Path, iteration: int, config: TrainConfig, pool: TaskPool, model: MultiTaskModel, optimizer, scaler, sampler, ctx: DistContext) -> None:
+def _save(
+    path: Path,
+    iteration: int,
+    config: TrainConfig,
+    pool: TaskPool,
+    model: MultiTaskModel,
+    optimizer,
+    scaler,
+    sampler,
+    ctx: DistContext,
+) -> None:
     rng_states = ctx.gather_to_main(capture_rng_state())  # every rank's, for an exact resume
     if ctx.is_main:
         sampler_state = {**sampler.state_dict(), "next_batch": iteration}
-        save_checkpoint(path, {
-            "iteration": iteration,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "sampler": sampler_state,
-            "rng": rng_states,
-            "world_size": ctx.world_size,
-            "config": config.to_dict(),
-            "tasks": _task_list(pool),
-        })
+        save_checkpoint(
+            path,
+            {
+                "iteration": iteration,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "sampler": sampler_state,
+                "rng": rng_states,
+                "world_size": ctx.world_size,
+                "config": config.to_dict(),
+                "tasks": _task_list(pool),
+            },
+        )
         logger.debug("checkpoint %s at iteration %d", path, iteration)
     ctx.barrier()
 
 
-def _restore(path: Path, config: TrainConfig, pool: TaskPool, model: MultiTaskModel, optimizer, scaler, ctx: DistContext) -> int:
+def _restore(
+    path: Path, config: TrainConfig, pool: TaskPool, model: MultiTaskModel, optimizer, scaler, ctx: DistContext
+) -> int:
     payload = load_checkpoint(path)
     saved = payload["config"]
     for key in RESUME_MUST_MATCH + (("iterations",) if config.lr_schedule != "constant" else ()):
@@ -348,9 +443,15 @@ def _restore(path: Path, config: TrainConfig, pool: TaskPool, model: MultiTaskMo
                 "Use the checkpoint's value (its config.json), or a new --output-dir to start a new run."
             )
     if payload["tasks"] != _task_list(pool):
-        raise CheckpointError(f"Cannot resume from {path}: it was trained on other tasks or classes ({[t['name'] for t in payload['tasks']]}).")
+        raise CheckpointError(
+            f"Cannot resume from {path}: it was trained on other tasks or classes "
+            f"({[t['name'] for t in payload['tasks']]})."
+        )
     if payload["sampler"]["task_sizes"] != [t.n_samples(config.train_splits) for t in pool]:
-        raise CheckpointError(f"Cannot resume from {path}: the pool's training splits changed size since (rebuilt pool?); start a new run.")
+        raise CheckpointError(
+            f"Cannot resume from {path}: the pool's training splits changed size since (rebuilt pool?); start a new "
+            "run."
+        )
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if payload.get("scaler"):
@@ -359,8 +460,12 @@ def _restore(path: Path, config: TrainConfig, pool: TaskPool, model: MultiTaskMo
     if len(rng) == ctx.world_size:
         restore_rng_state(rng[ctx.rank])
     else:
-        logger.warning("checkpoint from %d process(es), resuming with %d: data and weights continue exactly, "
-                       "the global RNG (stochastic depth only) is reseeded", len(rng), ctx.world_size)
+        logger.warning(
+            "checkpoint from %d process(es), resuming with %d: data and weights continue exactly, "
+            "the global RNG (stochastic depth only) is reseeded",
+            len(rng),
+            ctx.world_size,
+        )
     return int(payload["iteration"])
 
 
@@ -407,7 +512,9 @@ class _RunLog:
         self.path = out / "metrics.jsonl"
         self.events: list[dict] = []
 
-    def start(self, config: TrainConfig, pool: TaskPool, dataset: MultiTaskDataset, ctx: DistContext, precision: Precision) -> None:
+    def start(
+        self, config: TrainConfig, pool: TaskPool, dataset: MultiTaskDataset, ctx: DistContext, precision: Precision
+    ) -> None:
         if not self.enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -418,9 +525,12 @@ class _RunLog:
             "device": describe_device(ctx.device),
             "world_size": ctx.world_size,
             "precision": precision.name,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "pool": str(Path(config.pool).resolve()),
-            "tasks": [{"name": n, "classes": c, "train_samples": s} for n, c, s in zip(dataset.task_names, dataset.n_classes, dataset.task_sizes)],
+            "tasks": [
+                {"name": n, "classes": c, "train_samples": s}
+                for n, c, s in zip(dataset.task_names, dataset.n_classes, dataset.task_sizes)
+            ],
         }
         (self.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         self.path.write_text("")
@@ -447,13 +557,23 @@ class _RunLog:
 
 
 class _Validator:
-    def __init__(self, dataset: MultiTaskDataset, indices: np.ndarray, metrics: dict[str, str], prep: Preprocessing,
-                 ctx: DistContext, precision: Precision, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        dataset: MultiTaskDataset,
+        indices: np.ndarray,
+        metrics: dict[str, str],
+        prep: Preprocessing,
+        ctx: DistContext,
+        precision: Precision,
+        config: TrainConfig,
+    ) -> None:
         self.dataset, self.indices, self.metrics = dataset, indices, metrics
         self.prep, self.ctx, self.precision, self.config = prep, ctx, precision, config
 
     @classmethod
-    def build(cls, config: TrainConfig, pool: TaskPool, prep: Preprocessing, ctx: DistContext, precision: Precision) -> _Validator | None:
+    def build(
+        cls, config: TrainConfig, pool: TaskPool, prep: Preprocessing, ctx: DistContext, precision: Precision
+    ) -> _Validator | None:
         if config.val_split is None:
             return None
         tasks = [t for t in pool if t.n_samples(config.val_split) > 0]
@@ -470,10 +590,16 @@ class _Validator:
         start = time.perf_counter()
         per_process = max(1, self.config.batch_size // self.ctx.world_size)
         results = evaluate(
-            model, self.dataset, self.indices,
-            normalize=self.prep.normalize, ctx=self.ctx, precision=self.precision,
-            batch_size=self.config.val_batch_size or 2 * per_process, num_workers=self.config.num_workers,
-            channels_last=self.config.channels_last, metrics=self.metrics,
+            model,
+            self.dataset,
+            self.indices,
+            normalize=self.prep.normalize,
+            ctx=self.ctx,
+            precision=self.precision,
+            batch_size=self.config.val_batch_size or 2 * per_process,
+            num_workers=self.config.num_workers,
+            channels_last=self.config.channels_last,
+            metrics=self.metrics,
         )
         if results is None:
             return None
@@ -481,8 +607,23 @@ class _Validator:
         mean = float(np.mean(scores)) if scores else math.nan
         log.event("val", iteration, tasks=results, mean_score=mean)
         for name, r in results.items():
-            logger.info("val it %d  %-18s %s %.4f  acc %.4f  loss %.4f  (n=%d)", iteration, name, r["metric"], r["score"], r["accuracy"], r["loss"], r["n"])
-        logger.info("val it %d  mean score %.4f over %d tasks (%.1f s)", iteration, mean, len(results), time.perf_counter() - start)
+            logger.info(
+                "val it %d  %-18s %s %.4f  acc %.4f  loss %.4f  (n=%d)",
+                iteration,
+                name,
+                r["metric"],
+                r["score"],
+                r["accuracy"],
+                r["loss"],
+                r["n"],
+            )
+        logger.info(
+            "val it %d  mean score %.4f over %d tasks (%.1f s)",
+            iteration,
+            mean,
+            len(results),
+            time.perf_counter() - start,
+        )
         return results
 
 
@@ -512,7 +653,7 @@ def _write_summary(out: Path, config: TrainConfig, result: TrainResult, log: _Ru
         "world_size": ctx.world_size,
         "device": describe_device(ctx.device),
         "validation": result.validation,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
     return summary

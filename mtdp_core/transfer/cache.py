@@ -73,7 +73,9 @@ def fingerprint_inputs(inputs: Sequence[Any], mode: FingerprintMode = "stat") ->
             try:
                 st = path.stat()
             except OSError as exc:
-                raise ConfigurationError(f"Input image {item} cannot be read ({exc.strerror}): check the path.") from None
+                raise ConfigurationError(
+                    f"Input image {item} cannot be read ({exc.strerror}): check the path."
+                ) from None
             if mode == "stat":
                 digest.update(f"p\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             else:
@@ -163,7 +165,7 @@ class CacheEntry:
             "shape": [self.n_samples, self.n_features],
             "dtype": "float32",
             "chunk_size": self.chunk_size,
-            "done": sorted(set(int(c) for c in done)),
+            "done": sorted({int(c) for c in done}),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         tmp = self.index_path.with_name("index.json.tmp")
@@ -216,7 +218,9 @@ class CacheEntry:
     def load(self, *, mmap: bool = True) -> np.ndarray:
         """The features, float32 (n_samples, n_features): mapped read-only, or read into memory."""
         if not self.complete:
-            raise ConfigurationError(f"Feature cache entry {self.path} is incomplete: run the extraction again to finish it.")
+            raise ConfigurationError(
+                f"Feature cache entry {self.path} is incomplete: run the extraction again to finish it."
+            )
         if self.n_samples == 0:
             return np.empty((0, self.n_features), dtype=np.float32)
         return np.load(self.data_path, mmap_mode="r" if mmap else None)
@@ -326,14 +330,16 @@ class FeatureCache:
             n_samples, _ = index.get("shape", [0, 0])
             chunk_size = max(1, int(index.get("chunk_size", 1)))
             n_chunks = -(-n_samples // chunk_size)
-            out.append({
-                "path": str(index_path.parent),
-                "arch": index.get("identity", {}).get("backbone", {}).get("arch"),
-                "shape": index.get("shape"),
-                "complete": len(index.get("done", [])) >= n_chunks,
-                "bytes": data.stat().st_size if data.exists() else 0,
-                "updated": index.get("updated"),
-            })
+            out.append(
+                {
+                    "path": str(index_path.parent),
+                    "arch": index.get("identity", {}).get("backbone", {}).get("arch"),
+                    "shape": index.get("shape"),
+                    "complete": len(index.get("done", [])) >= n_chunks,
+                    "bytes": data.stat().st_size if data.exists() else 0,
+                    "updated": index.get("updated"),
+                }
+            )
         return out
 
     def clear(self) -> int:

@@ -1,9 +1,9 @@
 """``mtdp features | probe | predict | finetune``: transfer a backbone to your own images.
 
-    mtdp features IMAGES -o feats.npz --cache-dir CACHE     features of a folder, resumable
-    mtdp probe TRAIN -o model.npz [--test TEST]             the paper's linear SVM protocol
-    mtdp predict model.npz IMAGES -o predictions.csv        apply a saved model
-    mtdp finetune TRAIN -o model.npz [--val VAL]            fine-tune backbone + linear layer
+mtdp features IMAGES -o feats.npz --cache-dir CACHE     features of a folder, resumable
+mtdp probe TRAIN -o model.npz [--test TEST]             the paper's linear SVM protocol
+mtdp predict model.npz IMAGES -o predictions.csv        apply a saved model
+mtdp finetune TRAIN -o model.npz [--val VAL]            fine-tune backbone + linear layer
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- shared options
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -62,32 +63,61 @@ def _grid_entry(text: str) -> tuple[str, list]:
 def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet121") -> None:
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=default, help=f"one of: {', '.join(list_backbones())} (default: {default})")
-    g.add_argument("--weights", default="imagenet",
-                   help="imagenet, imagenet_v2, mtdp, random, or a checkpoint file (default: imagenet)")
+    g.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet, imagenet_v2, mtdp, random, or a checkpoint file (default: imagenet)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of random weights, folds and training (default: 0)")
     g.add_argument("--sha256", default=None, help="expected sha256 of the weights file (checked)")
     g.add_argument("--size", type=int, default=224, help="input size in pixels (default: 224)")
-    g.add_argument("--resize", default="center_crop", choices=RESIZE_MODES,
-                   help="center_crop keeps the aspect ratio, stretch does not (default: center_crop)")
+    g.add_argument(
+        "--resize",
+        default="center_crop",
+        choices=RESIZE_MODES,
+        help="center_crop keeps the aspect ratio, stretch does not (default: center_crop)",
+    )
 
 
 def add_runtime_options(p: argparse.ArgumentParser, *, cache: bool = True, batch_size: int | None = None) -> None:
     g = p.add_argument_group("runtime")
     if batch_size is None:
-        g.add_argument("--batch-size", type=int, default=None,
-                       help="images per forward pass (default: automatic: 8 at 224 px on CPU, 128 on GPU)")
+        g.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="images per forward pass (default: automatic: 8 at 224 px on CPU, 128 on GPU)",
+        )
     else:
-        g.add_argument("--batch-size", type=int, default=batch_size, help=f"images per training step (default: {batch_size})")
-    g.add_argument("--workers", type=int, default=None,
-                   help="processes that decode images while the model runs (default: automatic, see docs/transfer.md)")
+        g.add_argument(
+            "--batch-size", type=int, default=batch_size, help=f"images per training step (default: {batch_size})"
+        )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that decode images while the model runs (default: automatic, see docs/transfer.md)",
+    )
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="no mixed precision on CUDA (never used on CPU, where it is slower)")
+    g.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_false",
+        help="no mixed precision on CUDA (never used on CPU, where it is slower)",
+    )
     if cache:
-        g.add_argument("--cache-dir", type=Path, default=None,
-                       help="on-disk feature cache: reused when nothing changed, resumed after an interruption")
-        g.add_argument("--fingerprint", default="stat", choices=FINGERPRINT_MODES,
-                       help="identify input files by path+size+mtime (stat) or by content (default: stat)")
+        g.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="on-disk feature cache: reused when nothing changed, resumed after an interruption",
+        )
+        g.add_argument(
+            "--fingerprint",
+            default="stat",
+            choices=FINGERPRINT_MODES,
+            help="identify input files by path+size+mtime (stat) or by content (default: stat)",
+        )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -95,9 +125,18 @@ def _extractor(args: argparse.Namespace):
     from mtdp_core.transfer.features import FeatureExtractor
 
     return FeatureExtractor(
-        args.backbone, args.weights, seed=args.seed, sha256=args.sha256, image_size=args.size, resize=args.resize,
-        batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp,
-        cache_dir=getattr(args, "cache_dir", None), fingerprint=getattr(args, "fingerprint", "stat"),
+        args.backbone,
+        args.weights,
+        seed=args.seed,
+        sha256=args.sha256,
+        image_size=args.size,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        cache_dir=getattr(args, "cache_dir", None),
+        fingerprint=getattr(args, "fingerprint", "stat"),
         progress=args.progress,
     )
 
@@ -115,7 +154,9 @@ def _inputs_from(items: list[Path]) -> list[Path]:
             out.extend(list_images(item))
         elif item.is_file():
             if item.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise ConfigurationError(f"{item} is not an image ({', '.join(IMAGE_EXTENSIONS)}): give images or folders.")
+                raise ConfigurationError(
+                    f"{item} is not an image ({', '.join(IMAGE_EXTENSIONS)}): give images or folders."
+                )
             out.append(item)
         else:
             raise ConfigurationError(f"{item} does not exist: give image files or folders of images.")
@@ -125,6 +166,7 @@ def _inputs_from(items: list[Path]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- features
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_features(subparsers)
@@ -147,9 +189,12 @@ def _register_features(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folder", type=Path, help="folder of images (searched recursively; class sub-folders become labels)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .npz file")
-    p.add_argument("--groups", default=None,
-                   help="group id of each image from its file name: 'prefix' (text before the first _, "
-                        "e.g. the image id of Cytomine crops) or a regular expression whose first group is the id")
+    p.add_argument(
+        "--groups",
+        default=None,
+        help="group id of each image from its file name: 'prefix' (text before the first _, "
+        "e.g. the image id of Cytomine crops) or a regular expression whose first group is the id",
+    )
     add_backbone_options(p)
     add_runtime_options(p)
     p.set_defaults(func=_cmd_features)
@@ -176,12 +221,19 @@ def _cmd_features(args: argparse.Namespace) -> int:
         arrays["groups"] = groups
     np.savez(args.output, **arrays)
     rate = f", {stats['n_computed'] / stats['seconds']:.1f} images/s" if stats["n_computed"] else ""
-    logger.info("%d x %d features -> %s (%d computed, %d from cache%s)", *feats.shape, args.output,
-                stats["n_computed"], stats["n_cached"], rate)
+    logger.info(
+        "%d x %d features -> %s (%d computed, %d from cache%s)",
+        *feats.shape,
+        args.output,
+        stats["n_computed"],
+        stats["n_cached"],
+        rate,
+    )
     return 0
 
 
 # --------------------------------------------------------------------------- probe
+
 
 def _register_probe(subparsers: argparse._SubParsersAction) -> None:
     from mtdp_core.transfer.probes import SCORINGS, list_probes
@@ -202,21 +254,43 @@ def _register_probe(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("train", type=Path, help="features .npz, or a folder TRAIN/<class>/<images>")
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.npz)")
     p.add_argument("--test", type=Path, default=None, help="test set (same kind as TRAIN): report its score")
-    p.add_argument("--kind", default="svm", choices=list_probes(),
-                   help="svm: LinearSVC (the paper); logreg: logistic regression; rf: random forest (default: svm)")
-    p.add_argument("--grid", type=_grid_entry, action="append", default=None, metavar="NAME=V1,V2",
-                   help="replace the kind's grid for one parameter, e.g. C=1e-3,1e-2 (repeatable)")
+    p.add_argument(
+        "--kind",
+        default="svm",
+        choices=list_probes(),
+        help="svm: LinearSVC (the paper); logreg: logistic regression; rf: random forest (default: svm)",
+    )
+    p.add_argument(
+        "--grid",
+        type=_grid_entry,
+        action="append",
+        default=None,
+        metavar="NAME=V1,V2",
+        help="replace the kind's grid for one parameter, e.g. C=1e-3,1e-2 (repeatable)",
+    )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
-    p.add_argument("--groups", default=None,
-                   help="group ids from file names: 'prefix' (before the first _) or a regex with one group; "
-                        "for a .npz, its stored groups are used by default")
-    p.add_argument("--scoring", default="auto", choices=SCORINGS,
-                   help="auto: ROC AUC for two classes, accuracy otherwise (default: auto)")
+    p.add_argument(
+        "--groups",
+        default=None,
+        help="group ids from file names: 'prefix' (before the first _) or a regex with one group; "
+        "for a .npz, its stored groups are used by default",
+    )
+    p.add_argument(
+        "--scoring",
+        default="auto",
+        choices=SCORINGS,
+        help="auto: ROC AUC for two classes, accuracy otherwise (default: auto)",
+    )
     p.add_argument("--class-weight", default=None, choices=["balanced"], help="weight classes by inverse frequency")
     p.add_argument("--n-jobs", type=int, default=None, help="parallel fits (GridSearchCV engine, random forests)")
-    p.add_argument("--learning-curve", type=_floats, default=None, metavar="F1,F2,...",
-                   help="also train on these fractions of TRAIN (e.g. 0.01,0.05,0.1,0.25,0.5,1) and score each on "
-                        "--test: writes OUTPUT-curve.csv and .png")
+    p.add_argument(
+        "--learning-curve",
+        type=_floats,
+        default=None,
+        metavar="F1,F2,...",
+        help="also train on these fractions of TRAIN (e.g. 0.01,0.05,0.1,0.25,0.5,1) and score each on "
+        "--test: writes OUTPUT-curve.csv and .png",
+    )
     p.add_argument("--curve-seeds", type=_ints, default=[0, 1, 2], help="seeds of the learning curve (default: 0,1,2)")
     add_backbone_options(p)
     add_runtime_options(p)
@@ -238,13 +312,23 @@ def _load_set(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigurationError(f"{path} lacks {missing}: give a features file written by `mtdp features`.")
         paths = [Path(p) for p in content.get("paths", [])]
         groups = groups_from_names(paths, args.groups) if args.groups else content.get("groups")
-        return {"X": content["features"], "y": content["labels"], "groups": groups,
-                "identity": json.loads(str(content["identity"])), "paths": paths}
+        return {
+            "X": content["features"],
+            "y": content["labels"],
+            "groups": groups,
+            "identity": json.loads(str(content["identity"])),
+            "paths": paths,
+        }
     if path.is_dir():
         paths, labels = labelled_images(path)
         fx = _extractor(args)
-        return {"X": fx.transform(paths), "y": np.array(labels), "groups": groups_from_names(paths, args.groups),
-                "identity": fx.identity(), "paths": paths}
+        return {
+            "X": fx.transform(paths),
+            "y": np.array(labels),
+            "groups": groups_from_names(paths, args.groups),
+            "identity": fx.identity(),
+            "paths": paths,
+        }
     raise ConfigurationError(f"{path} is neither a features .npz nor a folder of class folders.")
 
 
@@ -255,9 +339,16 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     train = _load_set(args.train, args)
     if "" in set(train["y"].tolist()):
         raise ConfigurationError(f"Some images of {args.train} are not in a class folder: put each in TRAIN/<class>/.")
-    probe = Probe(args.kind, param_grid=dict(args.grid) if args.grid else None, n_splits=args.folds,
-                  scoring=args.scoring, class_weight=args.class_weight, seed=args.seed, n_jobs=args.n_jobs,
-                  device=str(resolve_device(args.device)))
+    probe = Probe(
+        args.kind,
+        param_grid=dict(args.grid) if args.grid else None,
+        n_splits=args.folds,
+        scoring=args.scoring,
+        class_weight=args.class_weight,
+        seed=args.seed,
+        n_jobs=args.n_jobs,
+        device=str(resolve_device(args.device)),
+    )
     probe.fit(train["X"], train["y"], train["groups"])
     print(f"{args.kind} on {len(train['y'])} samples, {len(probe.classes_)} classes, {probe.cv_}")
     print(probe.cv_table())
@@ -266,7 +357,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if args.test is not None:
         test = _load_set(args.test, args)
         if test["identity"] != train["identity"]:
-            raise ConfigurationError(f"{args.test} holds features of another backbone or preprocessing than {args.train}.")
+            raise ConfigurationError(
+                f"{args.test} holds features of another backbone or preprocessing than {args.train}."
+            )
         score = probe.score(test["X"], test["y"])
         extra["test"] = {"path": str(args.test), "metric": probe.scoring_, "score": score, "n": len(test["y"])}
         print(f"test {probe.scoring_}: {score:.4f} ({len(test['y'])} samples)")
@@ -278,7 +371,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         from mtdp_core.evaluation.reports import plot_learning_curve, write_csv
 
         rows = LearningCurve(probe, args.learning_curve, args.curve_seeds).run(
-            train["X"], train["y"], test["X"], test["y"], groups=train["groups"])
+            train["X"], train["y"], test["X"], test["y"], groups=train["groups"]
+        )
         for r in rows:
             r["method"] = f"{train['identity'].get('arch')} {args.kind}"
             r["best_params"] = json.dumps(r["best_params"])
@@ -288,13 +382,16 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         for f in sorted({r["fraction"] for r in rows}):
             mine = [r for r in rows if r["fraction"] == f]
             scores = [r["test_score"] for r in mine]
-            print(f"learning curve {100 * f:g}% ({mine[0]['n_train']} samples): test {probe.scoring_} "
-                  f"{np.mean(scores):.4f} ± {np.std(scores):.4f}")
+            print(
+                f"learning curve {100 * f:g}% ({mine[0]['n_train']} samples): test {probe.scoring_} "
+                f"{np.mean(scores):.4f} ± {np.std(scores):.4f}"
+            )
         print(f"learning curve saved to {stem}-curve.csv and {stem}-curve.png")
     return 0
 
 
 # --------------------------------------------------------------------------- predict
+
 
 def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -310,8 +407,11 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="model file (.npz) written by mtdp")
     p.add_argument("inputs", type=Path, nargs="*", help="image files or folders of images")
     p.add_argument("-o", "--output", type=Path, default=None, help="CSV file to write (default: standard output)")
-    p.add_argument("--weights", default=None,
-                   help="the backbone's weights file, for a model trained on features from a local checkpoint")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="the backbone's weights file, for a model trained on features from a local checkpoint",
+    )
     p.add_argument("--info", action="store_true", help="print the model's metadata (JSON) and exit")
     add_runtime_options(p)
     p.set_defaults(func=_cmd_predict)
@@ -329,8 +429,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigurationError("No images given: pass image files or folders after the model file.")
     model = load_model(args.model)
     paths = _inputs_from(args.inputs)
-    runtime = dict(batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp,
-                   progress=args.progress)
+    runtime = dict(
+        batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp, progress=args.progress
+    )
     if model.kind != "finetune":
         runtime.update(cache_dir=args.cache_dir, fingerprint=args.fingerprint)
     predictions = model.predict_images(paths, weights=args.weights, **runtime)
@@ -338,10 +439,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "name", "term_id", "confidence", *[f"score_{c.name}" for c in model.classes]])
-        for path, label, name, term, conf, scores in zip(paths, predictions.labels, predictions.names,
-                                                          predictions.ids, predictions.confidence, predictions.scores):
-            writer.writerow([str(path), label, name, "" if term is None else term, f"{conf:.6g}",
-                             *[f"{s:.6g}" for s in scores]])
+        for path, label, name, term, conf, scores in zip(
+            paths, predictions.labels, predictions.names, predictions.ids, predictions.confidence, predictions.scores
+        ):
+            writer.writerow(
+                [str(path), label, name, "" if term is None else term, f"{conf:.6g}", *[f"{s:.6g}" for s in scores]]
+            )
     finally:
         if args.output:
             handle.close()
@@ -351,6 +454,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- finetune
+
 
 def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
     from mtdp_core.transfer.finetune import OPTIMIZERS, PAPER_LEARNING_RATES
@@ -371,19 +475,32 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.npz)")
     p.add_argument("--val", type=Path, default=None, help="validation folder VAL/<class>/<images>")
     p.add_argument("--test", type=Path, default=None, help="test folder: report the kept network's score on it")
-    p.add_argument("--groups", default=None,
-                   help="group ids from file names for the validation split: 'prefix' or a regex with one group")
-    p.add_argument("--lrs", type=_floats, default=list(PAPER_LEARNING_RATES),
-                   help="learning rates to try (default: 1e-3,1e-4,1e-5,1e-6, the paper's)")
+    p.add_argument(
+        "--groups",
+        default=None,
+        help="group ids from file names for the validation split: 'prefix' or a regex with one group",
+    )
+    p.add_argument(
+        "--lrs",
+        type=_floats,
+        default=list(PAPER_LEARNING_RATES),
+        help="learning rates to try (default: 1e-3,1e-4,1e-5,1e-6, the paper's)",
+    )
     p.add_argument("--epochs", type=int, default=100, help="epochs per learning rate (default: 100, the paper's)")
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="sgd (momentum 0.9) or adam (default: sgd)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (default: 0)")
     p.add_argument("--patience", type=int, default=None, help="stop a learning rate after N epochs without improvement")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation without --val (default: 0.2)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="held out for validation without --val (default: 0.2)"
+    )
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops and flips")
-    p.add_argument("--export-backbone", type=Path, default=None,
-                   help="also save the fine-tuned backbone alone (.pth) for `mtdp features --weights`")
+    p.add_argument(
+        "--export-backbone",
+        type=Path,
+        default=None,
+        help="also save the fine-tuned backbone alone (.pth) for `mtdp features --weights`",
+    )
     add_backbone_options(p)
     add_runtime_options(p, cache=False, batch_size=32)
     p.set_defaults(func=_cmd_finetune)
@@ -398,13 +515,30 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     paths, labels = labelled_images(args.train)
     val_paths, val_labels = labelled_images(args.val) if args.val else (None, None)
     tuner = FineTuner(
-        args.backbone, args.weights, seed=args.seed, sha256=args.sha256, image_size=args.size, resize=args.resize,
-        learning_rates=args.lrs, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        momentum=args.momentum, weight_decay=args.weight_decay, patience=args.patience, val_fraction=args.val_fraction,
-        augment=args.augment, num_workers=args.workers, device=args.device, amp=args.amp, progress=args.progress,
+        args.backbone,
+        args.weights,
+        seed=args.seed,
+        sha256=args.sha256,
+        image_size=args.size,
+        resize=args.resize,
+        learning_rates=args.lrs,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        augment=args.augment,
+        num_workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        progress=args.progress,
     )
     tuner.fit(paths, labels, groups_from_names(paths, args.groups), X_val=val_paths, y_val=val_labels)
-    print(f"best: lr {tuner.best_lr_:g}, epoch {tuner.best_epoch_}, validation {tuner.scoring_} {tuner.best_score_:.4f}")
+    print(
+        f"best: lr {tuner.best_lr_:g}, epoch {tuner.best_epoch_}, validation {tuner.scoring_} {tuner.best_score_:.4f}"
+    )
     extra: dict = {"train": str(args.train)}
     if args.test:
         test_paths, test_labels = labelled_images(args.test)

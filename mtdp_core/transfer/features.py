@@ -167,8 +167,9 @@ def run_extraction(
     if not len(indices):
         return
     if loader is None:
-        loader = make_loader(inputs, preprocessing, indices, device=device, batch_size=batch_size,
-                             num_workers=num_workers)
+        loader = make_loader(
+            inputs, preprocessing, indices, device=device, batch_size=batch_size, num_workers=num_workers
+        )
     autocast, _ = _autocast(device, amp)
     bar = tqdm(total=len(indices), desc="features", unit="img", disable=not progress, smoothing=0.05)
     with torch.inference_mode(), autocast, bar:
@@ -229,25 +230,45 @@ def extract_features(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigurationError(f"Invalid batch size {batch_size!r}: use a positive integer, or None (automatic).")
     if fingerprint not in FINGERPRINT_MODES:
-        raise ConfigurationError(f"Invalid fingerprint mode {fingerprint!r}: use one of {', '.join(FINGERPRINT_MODES)}.")
+        raise ConfigurationError(
+            f"Invalid fingerprint mode {fingerprint!r}: use one of {', '.join(FINGERPRINT_MODES)}."
+        )
     device = resolve_device(device)
     if batch_size is None:
         batch_size = default_batch_size(device, preprocessing.size)
     if num_workers is None:
         num_workers = default_num_workers(device)
     if not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigurationError(f"Invalid number of workers {num_workers!r}: use 0 (decode in the main process) or more.")
+        raise ConfigurationError(
+            f"Invalid number of workers {num_workers!r}: use 0 (decode in the main process) or more."
+        )
     n, d = len(inputs), backbone.n_features
     start = time.perf_counter()
     info = {"n_cached": 0, "n_computed": n, "cache_path": None}
 
     def run(indices: Sequence[int], sink: Callable[[np.ndarray, np.ndarray], None]) -> None:
         if len(indices):
-            logger.info("extracting %s features of %d images on %s (batch %d, %d workers)",
-                        backbone.arch, len(indices), describe_device(device), batch_size, num_workers)
+            logger.info(
+                "extracting %s features of %d images on %s (batch %d, %d workers)",
+                backbone.arch,
+                len(indices),
+                describe_device(device),
+                batch_size,
+                num_workers,
+            )
             model = prepare_model(backbone, device)
-            run_extraction(model, preprocessing, inputs, indices, sink, device=device, batch_size=batch_size,
-                           num_workers=num_workers, amp=amp, progress=progress)
+            run_extraction(
+                model,
+                preprocessing,
+                inputs,
+                indices,
+                sink,
+                device=device,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                amp=amp,
+                progress=progress,
+            )
 
     if cache_dir is None:
         out = np.empty((n, d), dtype=np.float32)
@@ -280,8 +301,12 @@ def extract_features(
         result = entry.load(mmap=True)
     info["seconds"] = time.perf_counter() - start
     if info["n_computed"]:
-        logger.info("%d images in %.1f s (%.1f images/s)", info["n_computed"], info["seconds"],
-                    info["n_computed"] / max(info["seconds"], 1e-9))
+        logger.info(
+            "%d images in %.1f s (%.1f images/s)",
+            info["n_computed"],
+            info["seconds"],
+            info["n_computed"] / max(info["seconds"], 1e-9),
+        )
     if stats is not None:
         stats.update(info)
     return result
@@ -393,15 +418,21 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if isinstance(self.backbone, str):
             get_backbone_entry(self.backbone)  # raises UnknownNameError with the valid names
         if not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ConfigurationError(f"Invalid image_size {self.image_size!r}: use an integer of at least 8 (e.g. 224).")
+            raise ConfigurationError(
+                f"Invalid image_size {self.image_size!r}: use an integer of at least 8 (e.g. 224)."
+            )
         if self.resize not in RESIZE_MODES:
             raise ConfigurationError(f"Invalid resize {self.resize!r}: use one of {', '.join(RESIZE_MODES)}.")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ConfigurationError(f"Invalid batch_size {self.batch_size!r}: use a positive integer, or None (automatic).")
+            raise ConfigurationError(
+                f"Invalid batch_size {self.batch_size!r}: use a positive integer, or None (automatic)."
+            )
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise ConfigurationError(f"Invalid num_workers {self.num_workers!r}: use None (automatic), 0 or more.")
         if self.fingerprint not in FINGERPRINT_MODES:
-            raise ConfigurationError(f"Invalid fingerprint {self.fingerprint!r}: use one of {', '.join(FINGERPRINT_MODES)}.")
+            raise ConfigurationError(
+                f"Invalid fingerprint {self.fingerprint!r}: use one of {', '.join(FINGERPRINT_MODES)}."
+            )
 
     def get_backbone(self) -> Backbone:
         """The backbone: the instance given, or one built from the parameters (and reused)."""

@@ -109,8 +109,19 @@ def predict_logits(
         out[index] = rows
 
     model = network.to(device).eval().to(memory_format=torch.channels_last)
-    run_extraction(model, preprocessing, items, range(len(items)), sink, device=device, batch_size=batch_size,
-                   num_workers=workers, amp=amp, progress=progress, loader=loader)
+    run_extraction(
+        model,
+        preprocessing,
+        items,
+        range(len(items)),
+        sink,
+        device=device,
+        batch_size=batch_size,
+        num_workers=workers,
+        amp=amp,
+        progress=progress,
+        loader=loader,
+    )
     return out
 
 
@@ -118,8 +129,13 @@ class _TrainSet(torch.utils.data.Dataset):
     """(augmented uint8 image, label index) pairs; augmentation randomness from torch's RNG,
     which the DataLoader seeds per worker from its generator (reproducible runs)."""
 
-    def __init__(self, inputs: Sequence, targets: np.ndarray, augmentation: TrainAugmentation | None,
-                 preprocessing: Preprocessing) -> None:
+    def __init__(
+        self,
+        inputs: Sequence,
+        targets: np.ndarray,
+        augmentation: TrainAugmentation | None,
+        preprocessing: Preprocessing,
+    ) -> None:
         self.inputs, self.targets = inputs, targets
         self.augmentation, self.preprocessing = augmentation, preprocessing
 
@@ -228,14 +244,18 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         get_backbone_entry(self.backbone)
         lrs = list(self.learning_rates)
         if not lrs or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
-            raise ConfigurationError(f"Invalid learning_rates {self.learning_rates!r}: give positive numbers, e.g. 1e-3,1e-4.")
+            raise ConfigurationError(
+                f"Invalid learning_rates {self.learning_rates!r}: give positive numbers, e.g. 1e-3,1e-4."
+            )
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 2)):
             if not isinstance(value, int) or value < low:
                 raise ConfigurationError(f"Invalid {name} {value!r}: use an integer >= {low}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigurationError(f"Invalid optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}.")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ConfigurationError(f"Invalid patience {self.patience!r}: use None (no early stopping) or an integer >= 1.")
+            raise ConfigurationError(
+                f"Invalid patience {self.patience!r}: use None (no early stopping) or an integer >= 1."
+            )
         if not 0 < float(self.val_fraction) < 1:
             raise ConfigurationError(f"Invalid val_fraction {self.val_fraction!r}: use a value in (0, 1), e.g. 0.2.")
         if self.resize not in RESIZE_MODES:
@@ -270,9 +290,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             raise ConfigurationError("Only one class in the training images: fine-tuning needs at least two classes.")
         unknown = set(np.unique(y_val_arr).tolist()) - set(classes.tolist())
         if unknown:
-            raise ConfigurationError(f"Validation labels {sorted(unknown)} are not in the training labels: check y_val.")
+            raise ConfigurationError(
+                f"Validation labels {sorted(unknown)} are not in the training labels: check y_val."
+            )
         if len(train_inputs) < 2:
-            raise ConfigurationError(f"Only {len(train_inputs)} training image(s) after the validation split: add images.")
+            raise ConfigurationError(
+                f"Only {len(train_inputs)} training image(s) after the validation split: add images."
+            )
         scoring = resolve_scoring(self.scoring, len(classes))
         device = resolve_device(self.device)
         workers = default_num_workers(device) if self.num_workers is None else self.num_workers
@@ -284,14 +308,29 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         targets = np.searchsorted(classes, y_train)
         train_set = _TrainSet(train_inputs, targets, TrainAugmentation(prep) if self.augment else None, prep)
         val_targets = np.searchsorted(classes, y_val_arr)
-        logger.info("fine-tuning %s (%s) on %d images, validating on %d, %d classes, lr %s, %d epochs, on %s",
-                    self.backbone, backbone.weights_info.key(), len(train_inputs), len(val_inputs), len(classes),
-                    list(self.learning_rates), self.epochs, describe_device(device))
+        logger.info(
+            "fine-tuning %s (%s) on %d images, validating on %d, %d classes, lr %s, %d epochs, on %s",
+            self.backbone,
+            backbone.weights_info.key(),
+            len(train_inputs),
+            len(val_inputs),
+            len(classes),
+            list(self.learning_rates),
+            self.epochs,
+            describe_device(device),
+        )
 
         # Read every epoch: one loader whose workers live for the whole fit.
         val_batch = default_batch_size(device, self.image_size)
-        val_loader = make_loader(val_inputs, prep, range(len(val_inputs)), device=device, batch_size=val_batch,
-                                 num_workers=workers, persistent=True)
+        val_loader = make_loader(
+            val_inputs,
+            prep,
+            range(len(val_inputs)),
+            device=device,
+            batch_size=val_batch,
+            num_workers=workers,
+            persistent=True,
+        )
         history: list[dict] = []
         best: dict = {"key": (-math.inf, -math.inf), "state": None, "lr": None, "epoch": None, "score": None}
         for lr in self.learning_rates:
@@ -309,8 +348,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 generator=torch.Generator().manual_seed(self.seed),
             )
             if self.optimizer == "sgd":
-                optimizer = torch.optim.SGD(network.parameters(), lr=float(lr), momentum=self.momentum,
-                                            weight_decay=self.weight_decay)
+                optimizer = torch.optim.SGD(
+                    network.parameters(), lr=float(lr), momentum=self.momentum, weight_decay=self.weight_decay
+                )
             else:
                 optimizer = torch.optim.Adam(network.parameters(), lr=float(lr), weight_decay=self.weight_decay)
             autocast, scaler = _mixed_precision(device, self.amp)
@@ -318,23 +358,62 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             lr_best = (-math.inf, -math.inf)
             for epoch in range(1, self.epochs + 1):
                 start = time.perf_counter()
-                train_loss = _train_epoch(network, loader, prep, device, optimizer, autocast, scaler,
-                                          desc=f"lr {lr:g} epoch {epoch}", progress=self.progress)
-                val_logits = predict_logits(network, val_inputs, prep, batch_size=val_batch, num_workers=workers,
-                                            device=device, amp=self.amp, loader=val_loader)
-                val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits),
-                                                             torch.from_numpy(val_targets).long()))
+                train_loss = _train_epoch(
+                    network,
+                    loader,
+                    prep,
+                    device,
+                    optimizer,
+                    autocast,
+                    scaler,
+                    desc=f"lr {lr:g} epoch {epoch}",
+                    progress=self.progress,
+                )
+                val_logits = predict_logits(
+                    network,
+                    val_inputs,
+                    prep,
+                    batch_size=val_batch,
+                    num_workers=workers,
+                    device=device,
+                    amp=self.amp,
+                    loader=val_loader,
+                )
+                val_loss = float(
+                    nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_targets).long())
+                )
                 val_score = score_from_decisions(scoring, y_val_arr, softmax(val_logits), classes)
-                history.append({"lr": float(lr), "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                "val_score": val_score, "seconds": time.perf_counter() - start})
+                history.append(
+                    {
+                        "lr": float(lr),
+                        "epoch": epoch,
+                        "train_loss": train_loss,
+                        "val_loss": val_loss,
+                        "val_score": val_score,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
                 if self.on_epoch is not None:
                     self.on_epoch(dict(history[-1]))
-                logger.info("lr %g epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f", lr, epoch, self.epochs,
-                            train_loss, val_loss, scoring, val_score)
+                logger.info(
+                    "lr %g epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f",
+                    lr,
+                    epoch,
+                    self.epochs,
+                    train_loss,
+                    val_loss,
+                    scoring,
+                    val_score,
+                )
                 key = (-math.inf if math.isnan(val_score) else val_score, -val_loss)
                 if key > best["key"]:
-                    best = {"key": key, "state": {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()},
-                            "lr": float(lr), "epoch": epoch, "score": val_score}
+                    best = {
+                        "key": key,
+                        "state": {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()},
+                        "lr": float(lr),
+                        "epoch": epoch,
+                        "score": val_score,
+                    }
                 if key > lr_best:
                     lr_best, stale = key, 0
                 else:
@@ -359,8 +438,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.scoring_ = scoring
         self.preprocessing_ = prep
         self.backbone_identity_ = identity
-        logger.info("fine-tuning: best lr %g, epoch %d, val %s %.4f", self.best_lr_, self.best_epoch_, scoring,
-                    self.best_score_)
+        logger.info(
+            "fine-tuning: best lr %g, epoch %d, val %s %.4f", self.best_lr_, self.best_epoch_, scoring, self.best_score_
+        )
         return self
 
     # ----------------------------------------------------------------- prediction
@@ -368,8 +448,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities of images: (n, n_classes)."""
         check_is_fitted(self)
-        return softmax(predict_logits(self.network_, X, self.preprocessing_, num_workers=self.num_workers,
-                                      device=self.device, amp=self.amp))
+        return softmax(
+            predict_logits(
+                self.network_, X, self.preprocessing_, num_workers=self.num_workers, device=self.device, amp=self.amp
+            )
+        )
 
     def predict(self, X: Any) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
@@ -405,9 +488,18 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return save_backbone(self.network_.backbone, path, metadata={"fine_tuned": self.training_summary()})
 
 
-def _train_epoch(network: FineTunedNetwork, loader: torch.utils.data.DataLoader, prep: Preprocessing,
-                 device: torch.device, optimizer: torch.optim.Optimizer, autocast: Any,
-                 scaler: torch.amp.GradScaler | None, *, desc: str, progress: bool) -> float:
+def _train_epoch(
+    network: FineTunedNetwork,
+    loader: torch.utils.data.DataLoader,
+    prep: Preprocessing,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    autocast: Any,
+    scaler: torch.amp.GradScaler | None,
+    *,
+    desc: str,
+    progress: bool,
+) -> float:
     """One pass over the training set; returns the mean training loss."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     # Validation runs channels_last (faster inference everywhere): back to the training layout.

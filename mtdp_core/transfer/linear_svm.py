@@ -251,16 +251,20 @@ def linear_svm_path(
     out = np.empty((len(Cs), n_folds, n_prob, Xt.shape[1]))
     not_converged = []
     for i in order:  # increasing C: warm start from the previous solution
-        converged, n_newton, n_cg = _newton(Xt, XT, X2T, basis, Y, base_cost * float(Cs[i]), W, tol=tol,
-                                            max_newton=max_newton, max_cg=max_cg)
+        converged, n_newton, n_cg = _newton(
+            Xt, XT, X2T, basis, Y, base_cost * float(Cs[i]), W, tol=tol, max_newton=max_newton, max_cg=max_cg
+        )
         logger.debug("C=%g: %d Newton steps, %d CG steps", Cs[i], n_newton, n_cg)
         if not converged:
             not_converged.append(Cs[i])
         out[i] = W.T.reshape(n_folds, n_prob, -1).double().cpu().numpy()
         out[i, ..., -1] *= intercept_scaling  # weight of the constant feature -> intercept
     if not_converged:
-        warnings.warn(f"linear SVM path: C={not_converged} did not converge in {max_newton} Newton steps",
-                      ConvergenceWarning, stacklevel=2)
+        warnings.warn(
+            f"linear SVM path: C={not_converged} did not converge in {max_newton} Newton steps",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return out, classes
 
 
@@ -276,7 +280,9 @@ def _class_weights(class_weight: dict | str | None, classes: np.ndarray, y_index
         return out
     if isinstance(class_weight, dict):
         return np.array([float(class_weight.get(c, 1.0)) for c in classes.tolist()])
-    raise ConfigurationError(f"Invalid class_weight {class_weight!r}: use None, 'balanced' or a dict {{label: weight}}.")
+    raise ConfigurationError(
+        f"Invalid class_weight {class_weight!r}: use None, 'balanced' or a dict {{label: weight}}."
+    )
 
 
 def decision_values(coef: np.ndarray, X: np.ndarray) -> np.ndarray:

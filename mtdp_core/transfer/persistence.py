@@ -170,11 +170,14 @@ class SavedModel:
         from mtdp_core.transfer.features import FeatureExtractor
 
         if self.kind == "finetune":
-            raise ModelFileError("A fine-tuned model runs its own network: use predict_images(), not a feature extractor.")
+            raise ModelFileError(
+                "A fine-tuned model runs its own network: use predict_images(), not a feature extractor."
+            )
         fixed = set(runtime) - _RUNTIME_OPTIONS
         if fixed:
             raise ConfigurationError(
-                f"{sorted(fixed)} are fixed by the model (they make its features): pass only {sorted(_RUNTIME_OPTIONS)}."
+                f"{sorted(fixed)} are fixed by the model (they make its features): pass only "
+                f"{sorted(_RUNTIME_OPTIONS)}."
             )
         w = self.backbone.get("weights", {})
         source = w.get("source")
@@ -265,6 +268,7 @@ def _norm(obj: Any) -> Any:
 
 # --------------------------------------------------------------------------- estimator <-> arrays
 
+
 def _json_params(estimator: BaseEstimator) -> dict:
     params = {}
     for key, value in estimator.get_params(deep=False).items():
@@ -285,20 +289,35 @@ def _estimator_to_arrays(kind: str, estimator: Any) -> tuple[dict[str, np.ndarra
     if kind in _LINEAR:
         # Dtypes kept as fitted (float32 features give float32 coefficients): identical predictions.
         arrays = {"coef": np.asarray(estimator.coef_), "intercept": np.asarray(estimator.intercept_).reshape(-1)}
-        return arrays, {"class": type(estimator).__name__, "params": _json_params(estimator),
-                        "n_features_in": int(estimator.n_features_in_)}
+        return arrays, {
+            "class": type(estimator).__name__,
+            "params": _json_params(estimator),
+            "n_features_in": int(estimator.n_features_in_),
+        }
     if kind == "rf":
         return _forest_to_arrays(estimator)
     if kind == "finetune":
         state = estimator.state_dict()
         arrays = {f"net.{k}": v.detach().cpu().numpy() for k, v in state.items()}
-        return arrays, {"class": "FineTunedNetwork", "arch": estimator.arch, "n_classes": int(estimator.n_classes),
-                        "state_keys": list(state)}
+        return arrays, {
+            "class": "FineTunedNetwork",
+            "arch": estimator.arch,
+            "n_classes": int(estimator.n_classes),
+            "state_keys": list(state),
+        }
     raise ModelFileError(f"Cannot save a model of kind {kind!r}: use one of {', '.join(KINDS)}.")
 
 
-_TREE_FIELDS = ("left_child", "right_child", "feature", "threshold", "impurity", "n_node_samples",
-                "weighted_n_node_samples", "missing_go_to_left")
+_TREE_FIELDS = (
+    "left_child",
+    "right_child",
+    "feature",
+    "threshold",
+    "impurity",
+    "n_node_samples",
+    "weighted_n_node_samples",
+    "missing_go_to_left",
+)
 
 
 def _forest_to_arrays(forest: RandomForestClassifier) -> tuple[dict[str, np.ndarray], dict]:
@@ -311,9 +330,13 @@ def _forest_to_arrays(forest: RandomForestClassifier) -> tuple[dict[str, np.ndar
     arrays["tree.offsets"] = np.concatenate([[0], np.cumsum(counts)])
     arrays["tree.max_depth"] = np.array([s["max_depth"] for s in states], dtype=np.int64)
     arrays["tree.values"] = np.concatenate([s["values"] for s in states]).astype(np.float64)
-    info = {"class": "RandomForestClassifier", "params": _json_params(forest),
-            "n_features_in": int(forest.n_features_in_), "node_fields": list(nodes.dtype.names),
-            "tree_max_features": [int(t.max_features_) for t in forest.estimators_]}
+    info = {
+        "class": "RandomForestClassifier",
+        "params": _json_params(forest),
+        "n_features_in": int(forest.n_features_in_),
+        "node_fields": list(nodes.dtype.names),
+        "tree_max_features": [int(t.max_features_) for t in forest.estimators_],
+    }
     return arrays, info
 
 
@@ -324,7 +347,8 @@ def _forest_from_arrays(arrays: Mapping[str, np.ndarray], info: dict, classes: n
     fields = tuple(NODE_DTYPE.names)
     if tuple(info.get("node_fields", ())) != fields:
         raise IncompatibleModelError(
-            f"Random forest saved with tree node fields {info.get('node_fields')}, this scikit-learn uses {list(fields)}: "
+            f"Random forest saved with tree node fields {info.get('node_fields')}, this scikit-learn uses "
+            f"{list(fields)}: "
             "retrain the model with this version."
         )
     offsets = arrays["tree.offsets"]
@@ -342,8 +366,9 @@ def _forest_from_arrays(arrays: Mapping[str, np.ndarray], info: dict, classes: n
         if values.shape != (b - a, 1, n_classes):
             raise ModelFileError(f"Tree {t} has values of shape {values.shape}, expected {(b - a, 1, n_classes)}.")
         tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
-        tree.__setstate__({"max_depth": int(arrays["tree.max_depth"][t]), "node_count": b - a,
-                           "nodes": nodes, "values": values})
+        tree.__setstate__(
+            {"max_depth": int(arrays["tree.max_depth"][t]), "node_count": b - a, "nodes": nodes, "values": values}
+        )
         est = DecisionTreeClassifier(**tree_params)
         est.tree_ = tree
         est.n_features_in_ = n_features
@@ -381,8 +406,9 @@ def _known_params(cls: type, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in valid}
 
 
-def _estimator_from_arrays(kind: str, arrays: Mapping[str, np.ndarray], info: dict, classes: np.ndarray,
-                           n_features: int) -> Any:
+def _estimator_from_arrays(
+    kind: str, arrays: Mapping[str, np.ndarray], info: dict, classes: np.ndarray, n_features: int
+) -> Any:
     if kind in _LINEAR:
         coef, intercept = arrays.get("coef"), arrays.get("intercept")
         rows = 1 if len(classes) == 2 else len(classes)
@@ -399,12 +425,14 @@ def _estimator_from_arrays(kind: str, arrays: Mapping[str, np.ndarray], info: di
         return est
     if kind == "rf":
         if int(info.get("n_features_in", -1)) != n_features:
-            raise ModelFileError(f"Random forest expects {info.get('n_features_in')} features, backbone gives {n_features}.")
+            raise ModelFileError(
+                f"Random forest expects {info.get('n_features_in')} features, backbone gives {n_features}."
+            )
         return _forest_from_arrays(arrays, info, classes)
     if kind == "finetune":
         from mtdp_core.transfer.finetune import network_from_state
 
-        state = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
+        state = {k[len("net.") :]: v for k, v in arrays.items() if k.startswith("net.")}
         if list(state) != list(info.get("state_keys", [])) and set(state) != set(info.get("state_keys", [])):
             raise ModelFileError("The fine-tuned network's tensors do not match its key list: the file is damaged.")
         return network_from_state(str(info.get("arch")), len(classes), state)
@@ -412,6 +440,7 @@ def _estimator_from_arrays(kind: str, arrays: Mapping[str, np.ndarray], info: di
 
 
 # --------------------------------------------------------------------------- checksum, save, load
+
 
 def _checksum(meta: dict, arrays: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha256()
@@ -462,12 +491,20 @@ def save_model(
                 "scoring": model.scoring_,
                 "best_params": model.best_params_,
                 "best_score": model.best_score_,
-                "grid": [{"params": p, "mean": float(m), "std": float(s)} for p, m, s in zip(
-                    model.cv_results_["params"], model.cv_results_["mean_test_score"], model.cv_results_["std_test_score"])],
+                "grid": [
+                    {"params": p, "mean": float(m), "std": float(s)}
+                    for p, m, s in zip(
+                        model.cv_results_["params"],
+                        model.cv_results_["mean_test_score"],
+                        model.cv_results_["std_test_score"],
+                    )
+                ],
             }
         else:
             estimator = model
-        kind = next((k for k, cls in (*_LINEAR.items(), ("rf", RandomForestClassifier)) if isinstance(estimator, cls)), None)
+        kind = next(
+            (k for k, cls in (*_LINEAR.items(), ("rf", RandomForestClassifier)) if isinstance(estimator, cls)), None
+        )
         if kind is None:
             raise ModelFileError(
                 f"Cannot save a {type(estimator).__name__}: save a Probe, LinearSVC, LogisticRegression, "
@@ -523,14 +560,18 @@ def _read_file(path: Path, max_bytes: int) -> tuple[dict, dict[str, np.ndarray]]
                 )
             names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
     except zipfile.BadZipFile:
-        raise ModelFileError(f"{path} is not an mtdp model file (not an .npz archive): give a file saved by mtdp.") from None
+        raise ModelFileError(
+            f"{path} is not an mtdp model file (not an .npz archive): give a file saved by mtdp."
+        ) from None
     if _META not in names:
         raise ModelFileError(f"{path} is not an mtdp model file (no {_META} entry): give a file saved by mtdp.")
     try:
         with np.load(path, allow_pickle=False) as npz:
             raw = {name: npz[name] for name in names}
     except ValueError as exc:  # object arrays need pickle: refused
-        raise ModelFileError(f"{path} holds non-numeric arrays ({exc}): refused, model files hold numbers and JSON only.") from None
+        raise ModelFileError(
+            f"{path} holds non-numeric arrays ({exc}): refused, model files hold numbers and JSON only."
+        ) from None
     except OSError as exc:
         raise ModelFileError(f"{path} cannot be read ({exc}): the file is damaged.") from None
     try:
@@ -566,11 +607,14 @@ def load_model(
         raise ModelFileError(f"Model file {path} does not exist: give the path of a model saved by mtdp.")
     meta, arrays = _read_file(path, max_bytes)
     if meta.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{path} is not an mtdp classifier (format {meta.get('format')!r}): give a model saved by mtdp.")
+        raise ModelFileError(
+            f"{path} is not an mtdp classifier (format {meta.get('format')!r}): give a model saved by mtdp."
+        )
     version = meta.get("format_version")
     if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
         raise IncompatibleModelError(
-            f"Model file {path.name} has format version {version!r}, made by mtdp {meta.get('mtdp_version')}; this mtdp "
+            f"Model file {path.name} has format version {version!r}, made by mtdp {meta.get('mtdp_version')}; this "
+            "mtdp "
             f"{__version__} reads versions {MIN_MODEL_FORMAT_VERSION}-{MODEL_FORMAT_VERSION}: upgrade mtdp."
         )
     if version < MIN_MODEL_FORMAT_VERSION:
@@ -598,15 +642,26 @@ def load_model(
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"Model file {path.name} lacks or garbles a field ({exc}): the file is damaged.") from None
     if kind not in KINDS:
-        raise ModelFileError(f"Model file {path.name} has unknown kind {kind!r}: use a model saved by mtdp ({', '.join(KINDS)}).")
+        raise ModelFileError(
+            f"Model file {path.name} has unknown kind {kind!r}: use a model saved by mtdp ({', '.join(KINDS)})."
+        )
     if len(classes) < 2 or not all(isinstance(c.label, (int, str)) for c in classes):
-        raise ModelFileError(f"Model file {path.name} has invalid classes {meta.get('classes')!r}: the file is damaged.")
+        raise ModelFileError(
+            f"Model file {path.name} has invalid classes {meta.get('classes')!r}: the file is damaged."
+        )
     labels = _labels_array([c.label for c in classes])
     estimator = _estimator_from_arrays(kind, arrays, estimator_info, labels, n_features)
     model = SavedModel(
-        kind=kind, estimator=estimator, classes=classes, backbone=backbone, preprocessing=preprocessing,
-        training=meta.get("training", {}), extra=meta.get("extra", {}), mtdp_version=str(meta.get("mtdp_version")),
-        format_version=version, path=path,
+        kind=kind,
+        estimator=estimator,
+        classes=classes,
+        backbone=backbone,
+        preprocessing=preprocessing,
+        training=meta.get("training", {}),
+        extra=meta.get("extra", {}),
+        mtdp_version=str(meta.get("mtdp_version")),
+        format_version=version,
+        path=path,
     )
     if expect_backbone is not None:
         model.check_backbone(expect_backbone)

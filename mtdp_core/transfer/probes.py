@@ -49,6 +49,7 @@ SCORINGS: tuple[str, ...] = ("auto", "accuracy", "roc_auc", "balanced_accuracy")
 
 # --------------------------------------------------------------------------- probe registry
 
+
 @dataclass(frozen=True)
 class ProbeKind:
     """One kind of probe: how to build its estimator and the grid its parameters are tuned on."""
@@ -85,26 +86,36 @@ def get_probe_kind(name: str) -> ProbeKind:
         raise UnknownNameError(f"Unknown probe kind {name!r}: use one of {', '.join(list_probes())}.") from None
 
 
-@register_probe("svm", param_grid={"C": PAPER_C_GRID},
-                description="linear SVM (LinearSVC, squared hinge, one-vs-rest), the paper's protocol")
+@register_probe(
+    "svm",
+    param_grid={"C": PAPER_C_GRID},
+    description="linear SVM (LinearSVC, squared hinge, one-vs-rest), the paper's protocol",
+)
 def _build_svm(*, seed: int, n_jobs: int | None, class_weight: Any) -> BaseEstimator:
     # max_iter above the default: the largest C values need it on unscaled CNN features.
     return LinearSVC(C=1.0, class_weight=class_weight, max_iter=5000, random_state=seed)
 
 
-@register_probe("logreg", param_grid={"C": tuple(float(f"1e{i}") for i in range(-6, 3))},
-                description="multinomial logistic regression (L2, lbfgs); gives probabilities")
+@register_probe(
+    "logreg",
+    param_grid={"C": tuple(float(f"1e{i}") for i in range(-6, 3))},
+    description="multinomial logistic regression (L2, lbfgs); gives probabilities",
+)
 def _build_logreg(*, seed: int, n_jobs: int | None, class_weight: Any) -> BaseEstimator:
     return LogisticRegression(C=1.0, class_weight=class_weight, max_iter=2000, random_state=seed)
 
 
-@register_probe("rf", param_grid={"max_features": ("sqrt", 0.05, 0.2)},
-                description="random forest of 300 trees (as in Mormont et al. 2018); gives probabilities")
+@register_probe(
+    "rf",
+    param_grid={"max_features": ("sqrt", 0.05, 0.2)},
+    description="random forest of 300 trees (as in Mormont et al. 2018); gives probabilities",
+)
 def _build_rf(*, seed: int, n_jobs: int | None, class_weight: Any) -> BaseEstimator:
     return RandomForestClassifier(n_estimators=300, class_weight=class_weight, n_jobs=n_jobs, random_state=seed)
 
 
 # --------------------------------------------------------------------------- folds and scores
+
 
 @dataclass
 class CVPlan:
@@ -131,8 +142,9 @@ class CVPlan:
         return list(self.split(None, y))
 
 
-def make_cv(labels: Sequence, groups: Sequence | None = None, n_splits: int = 5, *, seed: int = 0,
-            min_groups: int = 2) -> CVPlan:
+def make_cv(
+    labels: Sequence, groups: Sequence | None = None, n_splits: int = 5, *, seed: int = 0, min_groups: int = 2
+) -> CVPlan:
     """Choose the folds: grouped by ``groups`` (patient, slide or image ids) when possible.
 
     - at least ``n_splits`` groups: ``n_splits`` folds, stratified, a group never on both sides;
@@ -162,8 +174,13 @@ def make_cv(labels: Sequence, groups: Sequence | None = None, n_splits: int = 5,
         )
     k = int(n_splits)
     if counts.min() < k:
-        logger.warning("class %r has only %d samples: using %d folds instead of %d",
-                       classes[counts.argmin()], counts.min(), counts.min(), k)
+        logger.warning(
+            "class %r has only %d samples: using %d folds instead of %d",
+            classes[counts.argmin()],
+            counts.min(),
+            counts.min(),
+            k,
+        )
         k = int(counts.min())
     if groups is not None:
         g = np.asarray(groups)
@@ -176,10 +193,14 @@ def make_cv(labels: Sequence, groups: Sequence | None = None, n_splits: int = 5,
         if n_groups >= max(2, min_groups):
             logger.warning("only %d groups for %d folds: using %d grouped folds", n_groups, k, n_groups)
             splitter = StratifiedGroupKFold(n_splits=n_groups, shuffle=True, random_state=seed)
-            return CVPlan(splitter, g, n_groups, True, f"{n_groups}-fold CV grouped by {n_groups} groups (too few groups for {k})")
+            return CVPlan(
+                splitter, g, n_groups, True, f"{n_groups}-fold CV grouped by {n_groups} groups (too few groups for {k})"
+            )
         logger.warning(
             "only %d group(s): cannot group the folds, falling back to %d-fold stratified CV "
-            "(scores may be optimistic: samples of one group fall on both sides)", n_groups, k,
+            "(scores may be optimistic: samples of one group fall on both sides)",
+            n_groups,
+            k,
         )
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return CVPlan(splitter, None, k, False, f"{k}-fold stratified CV (not grouped)")
@@ -193,7 +214,8 @@ def resolve_scoring(scoring: str, n_classes: int) -> str:
         return "roc_auc" if n_classes == 2 else "accuracy"
     if scoring == "roc_auc" and n_classes != 2:
         raise ConfigurationError(
-            f"scoring 'roc_auc' needs a binary task, this one has {n_classes} classes: use accuracy or balanced_accuracy."
+            f"scoring 'roc_auc' needs a binary task, this one has {n_classes} classes: use accuracy or "
+            "balanced_accuracy."
         )
     return scoring
 
@@ -241,10 +263,14 @@ def score_estimator(metric: str, estimator: Any, X: Any, y: Any) -> float:
 
 # --------------------------------------------------------------------------- the probe
 
+
 def _has_method(name: str) -> Callable[[Probe], bool]:
     def check(self: Probe) -> bool:
-        return hasattr(self.estimator_, name) if hasattr(self, "estimator_") else hasattr(
-            get_probe_kind(self.kind).build(seed=0, n_jobs=None, class_weight=None), name)
+        return (
+            hasattr(self.estimator_, name)
+            if hasattr(self, "estimator_")
+            else hasattr(get_probe_kind(self.kind).build(seed=0, n_jobs=None, class_weight=None), name)
+        )
 
     return check
 
@@ -334,8 +360,17 @@ class Probe(ClassifierMixin, BaseEstimator):
         classes = np.unique(y)
         scoring = resolve_scoring(self.scoring, len(classes))
         engine = self._engine(params, scoring)
-        logger.info("%s probe: %d samples x %d features, %d classes, %d parameter sets, %s, scoring %s (%s engine)",
-                    self.kind, X.shape[0], X.shape[1], len(classes), len(params), plan.description, scoring, engine)
+        logger.info(
+            "%s probe: %d samples x %d features, %d classes, %d parameter sets, %s, scoring %s (%s engine)",
+            self.kind,
+            X.shape[0],
+            X.shape[1],
+            len(classes),
+            len(params),
+            plan.description,
+            scoring,
+            engine,
+        )
         start = time.perf_counter()
         folds = plan.folds(y)
         # Ties are frequent with ROC AUC (several C at 1.0 on an easy task), and the models
@@ -357,8 +392,11 @@ class Probe(ClassifierMixin, BaseEstimator):
                 "Use more samples or groups per class, or fewer folds."
             )
         if np.isnan(split_scores).any():
-            logger.warning("%d fold(s) could not be scored with %s (a single class in the test fold): "
-                           "averaged over the others", int(np.isnan(split_scores[0]).sum()), scoring)
+            logger.warning(
+                "%d fold(s) could not be scored with %s (a single class in the test fold): averaged over the others",
+                int(np.isnan(split_scores[0]).sum()),
+                scoring,
+            )
         key = np.where(np.isnan(mean), -np.inf, mean)
         # Lexicographic: score, then accuracy, then position (later first); np.lexsort's last key is primary.
         order = np.lexsort((-np.arange(len(params)), -np.nan_to_num(tie_break, nan=-np.inf), -key))
@@ -389,15 +427,23 @@ class Probe(ClassifierMixin, BaseEstimator):
             logger.warning("%s refit with %s did not fully converge", self.kind, self.best_params_)
         self.classes_ = self.estimator_.classes_
         self.fit_seconds_ = time.perf_counter() - start
-        logger.info("%s: best %s, CV %s %.4f (%.1f s)", self.kind, self.best_params_, scoring, self.best_score_,
-                    self.fit_seconds_)
+        logger.info(
+            "%s: best %s, CV %s %.4f (%.1f s)",
+            self.kind,
+            self.best_params_,
+            scoring,
+            self.best_score_,
+            self.fit_seconds_,
+        )
         return self
 
-    def _batched_scores(self, X: np.ndarray, y: np.ndarray, folds: list, params: list[dict],
-                        metrics: list[str]) -> dict[str, np.ndarray]:
+    def _batched_scores(
+        self, X: np.ndarray, y: np.ndarray, folds: list, params: list[dict], metrics: list[str]
+    ) -> dict[str, np.ndarray]:
         Cs = [float(p["C"]) for p in params]
-        coef, classes = linear_svm_path(X, y, [train for train, _ in folds], Cs, class_weight=self.class_weight,
-                                        device=self.device)
+        coef, classes = linear_svm_path(
+            X, y, [train for train, _ in folds], Cs, class_weight=self.class_weight, device=self.device
+        )
         scores = {m: np.empty((len(Cs), len(folds))) for m in metrics}
         for f, (_, test) in enumerate(folds):
             for i in range(len(Cs)):
@@ -406,8 +452,9 @@ class Probe(ClassifierMixin, BaseEstimator):
                     scores[m][i, f] = score_from_decisions(m, y[test], decisions, classes)
         return scores
 
-    def _sklearn_scores(self, kind: ProbeKind, X: np.ndarray, y: np.ndarray, folds: list, params: list[dict],
-                        metrics: list[str]) -> dict[str, np.ndarray]:
+    def _sklearn_scores(
+        self, kind: ProbeKind, X: np.ndarray, y: np.ndarray, folds: list, params: list[dict], metrics: list[str]
+    ) -> dict[str, np.ndarray]:
         def scorer(metric: str) -> Callable:
             return lambda est, Xs, ys: score_estimator(metric, est, Xs, ys)
 
@@ -445,8 +492,9 @@ class Probe(ClassifierMixin, BaseEstimator):
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """The probe's metric (``scoring_``: accuracy, or ROC AUC for binary tasks) on (X, y)."""
         check_is_fitted(self)
-        return score_estimator(self.scoring_, self.estimator_,
-                               validate_data(self, X, reset=False, dtype=[np.float32, np.float64]), y)
+        return score_estimator(
+            self.scoring_, self.estimator_, validate_data(self, X, reset=False, dtype=[np.float32, np.float64]), y
+        )
 
     def cv_table(self) -> str:
         """The CV results as aligned text: one line per parameter set, the best marked."""
@@ -511,15 +559,23 @@ class LearningCurve:
                 subset = stratified_subset(y_train, fraction, seed, self.min_per_class)
                 probe = clone(self.probe).set_params(seed=seed)
                 probe.fit(X_train[subset], y_train[subset], None if groups is None else np.asarray(groups)[subset])
-                rows.append({
-                    "fraction": fraction,
-                    "seed": int(seed),
-                    "n_train": int(len(subset)),
-                    "metric": probe.scoring_,
-                    "cv_score": probe.best_score_,
-                    "test_score": probe.score(X_test, y_test),
-                    "best_params": probe.best_params_,
-                })
-                logger.info("learning curve: %.0f%% (%d samples), seed %d: test %s %.4f", 100 * fraction,
-                            len(subset), seed, probe.scoring_, rows[-1]["test_score"])
+                rows.append(
+                    {
+                        "fraction": fraction,
+                        "seed": int(seed),
+                        "n_train": int(len(subset)),
+                        "metric": probe.scoring_,
+                        "cv_score": probe.best_score_,
+                        "test_score": probe.score(X_test, y_test),
+                        "best_params": probe.best_params_,
+                    }
+                )
+                logger.info(
+                    "learning curve: %.0f%% (%d samples), seed %d: test %s %.4f",
+                    100 * fraction,
+                    len(subset),
+                    seed,
+                    probe.scoring_,
+                    rows[-1]["test_score"],
+                )
         return rows

@@ -5,7 +5,17 @@ from mtdp_core.backbones import Backbone, create_backbone, get_backbone_entry, l
 from mtdp_core.backbones.weights import IMAGENET_MEAN, IMAGENET_STD
 from mtdp_core.errors import UnknownNameError
 
-REQUIRED = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169", "densenet201", "efficientnet_lite0"}
+REQUIRED = {
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "efficientnet_lite0",
+}
 
 
 def test_required_backbones_are_registered():

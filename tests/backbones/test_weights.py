@@ -144,7 +144,9 @@ def test_legacy_densenet_key_names(tmp_path):
     path = tmp_path / "legacy.pth"
     torch.save(legacy, path)
     model = create_backbone("densenet121", weights=path)
-    torch.testing.assert_close(model.features.denseblock1.denselayer1.norm1.weight, net.features.denseblock1.denselayer1.norm1.weight)
+    torch.testing.assert_close(
+        model.features.denseblock1.denselayer1.norm1.weight, net.features.denseblock1.denselayer1.norm1.weight
+    )
 
 
 def test_efficientnet_lite0_imagenet_ships_in_a_wheel():

@@ -16,8 +16,16 @@ PROBE_DESCRIPTOR = {
     "schema-version": "cytomine-0.1",
     "container-image": {"image": "mtdp/s_mtdp-test-app", "type": "singularity"},
     "command-line": "python /app/run.py [CYTOMINE_HOST]",
-    "inputs": [{"id": "cytomine_host", "type": "String", "optional": False, "value-key": "[@ID]",
-                "command-line-flag": "--@id", "set-by-server": True}],
+    "inputs": [
+        {
+            "id": "cytomine_host",
+            "type": "String",
+            "optional": False,
+            "value-key": "[@ID]",
+            "command-line-flag": "--@id",
+            "set-by-server": True,
+        }
+    ],
 }
 
 

@@ -59,14 +59,21 @@ def test_training_labels():
     assert binary.class_names == {1: "positive (stroma, necrosis)", 0: "tumour"}
 
 
-@pytest.mark.parametrize(("records", "kwargs", "error", "start"), [
-    ([record(1, 10), record(2), record(3)], {}, MissingTermError, "Give each training annotation a term"),
-    ([record(1, 10, 11), record(2, 11)], {}, MissingTermError, "Keep one term per training annotation"),
-    ([record(1, 10), record(2, 10)], {}, TooFewClassesError, "Select annotations of at least two terms"),
-    ([record(1, 10), record(2, 10)], {"positive_terms": (10,)}, TooFewClassesError,
-     "Select annotations of both classes for binary mode"),
-    ([record(1, 10), record(2, 11)], {"positive_terms": (99,)}, TooFewClassesError, "Choose positive terms"),
-])
+@pytest.mark.parametrize(
+    ("records", "kwargs", "error", "start"),
+    [
+        ([record(1, 10), record(2), record(3)], {}, MissingTermError, "Give each training annotation a term"),
+        ([record(1, 10, 11), record(2, 11)], {}, MissingTermError, "Keep one term per training annotation"),
+        ([record(1, 10), record(2, 10)], {}, TooFewClassesError, "Select annotations of at least two terms"),
+        (
+            [record(1, 10), record(2, 10)],
+            {"positive_terms": (10,)},
+            TooFewClassesError,
+            "Select annotations of both classes for binary mode",
+        ),
+        ([record(1, 10), record(2, 11)], {"positive_terms": (99,)}, TooFewClassesError, "Choose positive terms"),
+    ],
+)
 def test_training_label_errors(records, kwargs, error, start):
     with pytest.raises(error) as info:
         training_labels(records, NAMES, **kwargs)

@@ -35,8 +35,12 @@ def test_class_folders_and_labels_csv(tmp_path):
     (tmp_path / "labels.csv").write_text("filename;label;slide\nx.png;beta;s1\n")
     images = read_image_folder(tmp_path)
     assert [(i.key, i.label, i.group) for i in images] == [
-        ("alpha/a1.png", "alpha", None), ("alpha/a2.png", "alpha", None), ("beta/sub/b1.png", "beta", None),
-        ("x.png", "beta", "s1"), ("y.png", None, None)]
+        ("alpha/a1.png", "alpha", None),
+        ("alpha/a2.png", "alpha", None),
+        ("beta/sub/b1.png", "beta", None),
+        ("x.png", "beta", "s1"),
+        ("y.png", None, None),
+    ]
     assert ground_truth(tmp_path)["x.png"] == "beta"
 
 

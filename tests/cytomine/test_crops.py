@@ -80,8 +80,11 @@ def test_truncated_images_are_not_cached(admin_session, records, tmp_path, monke
     class Broken:
         content = b"\x89PNG\r\n\x1a\nnot really"
 
-    monkeypatch.setattr(admin_session, "request_once",
-                        lambda m, p, **k: Broken() if f"/{records[0].id}/crop" in p else original(m, p, **k))
+    monkeypatch.setattr(
+        admin_session,
+        "request_once",
+        lambda m, p, **k: Broken() if f"/{records[0].id}/crop" in p else original(m, p, **k),
+    )
     admin_session.retries = 1
     store = CropStore(tmp_path, admin_session.server_url, CropSpec())
     report = download_crops(admin_session, records, store)

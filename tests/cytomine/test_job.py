@@ -18,8 +18,9 @@ SUCCESS, FAILED = 3, 4
 def parser():
     p = new_parser("test_app", "A test app.")
     add_connection_inputs(p)
-    add_input(p, "threshold", type="Number", name="Threshold", description="A number.", default=3,
-              converter=integer(0, 10))
+    add_input(
+        p, "threshold", type="Number", name="Threshold", description="A number.", default=3, converter=integer(0, 10)
+    )
     add_biaflows_arguments(p)
     return p
 
@@ -30,9 +31,18 @@ def app(server, seeded, tmp_path, monkeypatch):
     path = tmp_path / "test_app.json"
     path.write_text(json.dumps(build_descriptor(parser(), name="MTDP-Test", description="t", image="mtdp/s_t")))
     software = server.register_app(path)
-    argv = ["--cytomine_host", server.url, "--cytomine_public_key", server.public_key, "--cytomine_private_key",
-            server.private_key, "--cytomine_id_project", str(seeded.project_id), "--cytomine_id_software",
-            str(software["id"])]
+    argv = [
+        "--cytomine_host",
+        server.url,
+        "--cytomine_public_key",
+        server.public_key,
+        "--cytomine_private_key",
+        server.private_key,
+        "--cytomine_id_project",
+        str(seeded.project_id),
+        "--cytomine_id_software",
+        str(software["id"]),
+    ]
 
     def run(pipeline, *extra):
         code = run_app(parser(), argv + list(extra), pipeline, app="test_app")
@@ -90,8 +100,18 @@ def test_mtdp_errors_and_crashes_fail_the_job(app):
 
 
 def test_refused_keys_and_unknown_project_exit_1(server, seeded, caplog):
-    argv = ["--cytomine_host", server.url, "--cytomine_public_key", server.public_key, "--cytomine_private_key",
-            "wrong", "--cytomine_id_project", str(seeded.project_id), "--cytomine_id_software", "1"]
+    argv = [
+        "--cytomine_host",
+        server.url,
+        "--cytomine_public_key",
+        server.public_key,
+        "--cytomine_private_key",
+        "wrong",
+        "--cytomine_id_project",
+        str(seeded.project_id),
+        "--cytomine_id_software",
+        "1",
+    ]
     assert run_app(parser(), argv, lambda job, args: "x", app="test_app") == 1
     assert "Check the host and API keys" in caplog.text
     argv[5] = server.private_key

@@ -22,22 +22,50 @@ from mtdp_core.cytomine.params import (
 
 def make_parser():
     parser = new_parser("app", "An app.")
-    add_input(parser, "cytomine_id_images", type="ListDomain", name="Images", description="Images.", default="",
-              uri="/api/project/$currentProject$/imageinstance.json", uri_print_attribute="instanceFilename",
-              uri_sort_attribute="instanceFilename")
-    add_input(parser, "batch_size", type="Number", name="Batch", description="Batch size.", default=32,
-              converter=integer(1, 512))
+    add_input(
+        parser,
+        "cytomine_id_images",
+        type="ListDomain",
+        name="Images",
+        description="Images.",
+        default="",
+        uri="/api/project/$currentProject$/imageinstance.json",
+        uri_print_attribute="instanceFilename",
+        uri_sort_attribute="instanceFilename",
+    )
+    add_input(
+        parser,
+        "batch_size",
+        type="Number",
+        name="Batch",
+        description="Batch size.",
+        default=32,
+        converter=integer(1, 512),
+    )
     add_input(parser, "flag", type="Boolean", name="Flag", description="A flag.", default=False)
-    add_input(parser, "mode", type="String", name="Mode", description="Mode.", default="term",
-              choices=("term", "annotation"))
+    add_input(
+        parser, "mode", type="String", name="Mode", description="Mode.", default="term", choices=("term", "annotation")
+    )
     parser.add_argument("--local", action="store_true")
     return parser
 
 
 def test_values_are_typed_from_cytomine_text():
     args, unknown = make_parser().parse_app_args(
-        ["--cytomine_id_images", "12,13", "--batch_size", "64.0", "--flag", "True", "--mode", "annotation",
-         "[CYTOMINE_ID_USERS]", "python", "/app/run.py"])
+        [
+            "--cytomine_id_images",
+            "12,13",
+            "--batch_size",
+            "64.0",
+            "--flag",
+            "True",
+            "--mode",
+            "annotation",
+            "[CYTOMINE_ID_USERS]",
+            "python",
+            "/app/run.py",
+        ]
+    )
     assert args.cytomine_id_images == (12, 13)
     assert args.batch_size == 64
     assert args.flag is True
@@ -51,14 +79,20 @@ def test_defaults_are_converted():
     assert args.batch_size == 32 and args.flag is False and args.mode == "term"
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["--batch_size", "abc"], "Set batch_size to a whole number from 1 to 512 (got 'abc')."),
-    (["--batch_size", "0"], "Set batch_size to a whole number from 1 to 512 (got '0')."),
-    (["--flag", "maybe"], "Set flag to true or false (got 'maybe')."),
-    (["--mode", "polygon"], "Set mode to one of term, annotation (got 'polygon')."),
-    (["--cytomine_id_images", "1,x"], "Set cytomine_id_images to a comma-separated list of ids, e.g. 12,13 (got '1,x')."),
-    (["--batch_size"], "Give batch_size a value"),
-])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--batch_size", "abc"], "Set batch_size to a whole number from 1 to 512 (got 'abc')."),
+        (["--batch_size", "0"], "Set batch_size to a whole number from 1 to 512 (got '0')."),
+        (["--flag", "maybe"], "Set flag to true or false (got 'maybe')."),
+        (["--mode", "polygon"], "Set mode to one of term, annotation (got 'polygon')."),
+        (
+            ["--cytomine_id_images", "1,x"],
+            "Set cytomine_id_images to a comma-separated list of ids, e.g. 12,13 (got '1,x').",
+        ),
+        (["--batch_size"], "Give batch_size a value"),
+    ],
+)
 def test_invalid_values_raise_fix_first_messages(argv, expected):
     with pytest.raises(ParameterError) as info:
         make_parser().parse_app_args(argv)

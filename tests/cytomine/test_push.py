@@ -64,7 +64,9 @@ def test_annotation_mode_is_idempotent_and_updates_changed_terms(server, seeded,
     again = pusher(second, server, seeded, "annotation").push(predictions_for(second.session, seeded.project_id))
     assert again.created == 0 and again.unchanged == 8
     third = make_job_user()
-    flipped = pusher(third, server, seeded, "annotation").push(predictions_for(third.session, seeded.project_id, flip=True))
+    flipped = pusher(third, server, seeded, "annotation").push(
+        predictions_for(third.session, seeded.project_id, flip=True)
+    )
     assert flipped.created == 0 and flipped.suggested == 8
     assert count(server, "SELECT count(*) FROM annotation WHERE kind = 'algo'") == 8
 
@@ -84,7 +86,8 @@ def test_failure_after_some_chunks_then_rerun_completes_without_duplicates(serve
     monkeypatch.setattr(first.session, "post_json", failing_from_second_chunk)
     with pytest.raises(PushError, match="Re-run the job to push the remaining predictions") as info:
         pusher(first, server, seeded, "annotation", retries=2, backoff=0.0).push(
-            predictions_for(first.session, seeded.project_id))
+            predictions_for(first.session, seeded.project_id)
+        )
     assert "3 of 8 pushed" in str(info.value)
     assert count(server, "SELECT count(*) FROM annotation WHERE kind = 'algo'") == 3
     second = make_job_user()
@@ -106,7 +109,9 @@ def test_lost_answer_is_reconciled_not_duplicated(server, seeded, make_job_user,
         return result
 
     monkeypatch.setattr(job.session, "post_json", answer_lost_once)
-    report = pusher(job, server, seeded, "annotation", backoff=0.0).push(predictions_for(job.session, seeded.project_id))
+    report = pusher(job, server, seeded, "annotation", backoff=0.0).push(
+        predictions_for(job.session, seeded.project_id)
+    )
     assert report.created == 8 and not report.failed
     assert count(server, "SELECT count(*) FROM annotation WHERE kind = 'algo'") == 8
 
@@ -124,7 +129,8 @@ def test_term_push_retries_then_reports(server, seeded, make_job_user, monkeypat
 
     monkeypatch.setattr(job.session, "post_json", flaky)
     report = pusher(job, server, seeded, "term", backoff=0.0, threads=1).push(
-        predictions_for(job.session, seeded.project_id))
+        predictions_for(job.session, seeded.project_id)
+    )
     assert report.suggested == 8 and count(server, "SELECT count(*) FROM algo_annotation_term") == 8
 
 

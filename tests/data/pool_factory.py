@@ -20,9 +20,19 @@ def make_tiny_pool(root: Path, specs=DEFAULT_SPECS, *, index: bool = True) -> Ta
             c = i % n_classes
             split = ("train", "train", "train", "val", "test")[i % 5]
             size = (36 + (i % 3) * 6, 32)  # some non-square images, for the random square crop
-            make_image(root / name / "img" / f"{i:03d}.png", size=size, color=(40 + 160 * (c % 2), 60 * c, (40 + 50 * ti) % 256), seed=100 * ti + i)
+            make_image(
+                root / name / "img" / f"{i:03d}.png",
+                size=size,
+                color=(40 + 160 * (c % 2), 60 * c, (40 + 50 * ti) % 256),
+                seed=100 * ti + i,
+            )
             rows.append(SampleRow(f"img/{i:03d}.png", split, f"class{c}", f"g{i // 2}"))
-        info = TaskInfo(name, tuple(f"class{k}" for k in range(n_classes)), "roc_auc" if n_classes == 2 else "accuracy", group_kind="image")
+        info = TaskInfo(
+            name,
+            tuple(f"class{k}" for k in range(n_classes)),
+            "roc_auc" if n_classes == 2 else "accuracy",
+            group_kind="image",
+        )
         tasks.append(write_task(root / name, info, rows))
     if index:
         write_pool_index(root, tasks)

@@ -25,7 +25,11 @@ def test_string_array():
 
 def test_items_are_image_label_task(pool):
     dataset = MultiTaskDataset.from_pool(pool, "train", Preprocessing(size=24))
-    assert dataset.task_names == ["alpha", "beta", "gamma"] and dataset.task_sizes == [6, 9, 24] and dataset.n_classes == [2, 3, 2]
+    assert (
+        dataset.task_names == ["alpha", "beta", "gamma"]
+        and dataset.task_sizes == [6, 9, 24]
+        and dataset.n_classes == [2, 3, 2]
+    )
     assert list(dataset.offsets) == [0, 6, 15] and len(dataset) == 39
     image, label, task = dataset[7]
     assert image.dtype == torch.uint8 and image.shape == (3, 24, 24)

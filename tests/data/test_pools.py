@@ -52,7 +52,11 @@ def test_pool_without_index_discovers_task_folders(tmp_path):
     pool = load_pool(tmp_path / "pool")
     assert pool.names == ["alpha", "beta", "gamma"]
     write_pool_index(tmp_path / "pool")
-    assert json.loads((tmp_path / "pool" / "pool.json").read_text())["tasks"][2]["info"]["counts"] == {"train": 24, "val": 8, "test": 8}
+    assert json.loads((tmp_path / "pool" / "pool.json").read_text())["tasks"][2]["info"]["counts"] == {
+        "train": 24,
+        "val": 8,
+        "test": 8,
+    }
 
 
 def test_class_folder_layout_with_group_pattern(tmp_path):
@@ -61,8 +65,16 @@ def test_class_folder_layout_with_group_pattern(tmp_path):
         for c in ("benign", "malignant"):
             for i in range(n):
                 make_image(root / split / c / f"patient{i % 2}_{c}_{i}.png", seed=i)
-    (root / "task.json").write_text(json.dumps({"name": "folders", "classes": ["benign", "malignant"], "group_kind": "patient",
-                                                "group_pattern": r"^(patient\d+)_"}))
+    (root / "task.json").write_text(
+        json.dumps(
+            {
+                "name": "folders",
+                "classes": ["benign", "malignant"],
+                "group_kind": "patient",
+                "group_pattern": r"^(patient\d+)_",
+            }
+        )
+    )
     task = load_pool(tmp_path / "pool")["folders"]
     assert task.layout == "folders" and task.metric == "roc_auc"  # binary -> ROC AUC by default
     train = task.samples("train")
@@ -110,7 +122,9 @@ def test_write_task_validates_rows(tmp_path):
     with pytest.raises(DataError, match="no group id"):
         write_task(tmp_path / "t", info, [SampleRow("x.png", "train", "a"), SampleRow("y.png", "train", "b")])
     with pytest.raises(DataError, match=r"no training sample of class\(es\) \['b'\]"):
-        write_task(tmp_path / "t", info, [SampleRow("x.png", "train", "a", "p1"), SampleRow("y.png", "test", "b", "p2")])
+        write_task(
+            tmp_path / "t", info, [SampleRow("x.png", "train", "a", "p1"), SampleRow("y.png", "test", "b", "p2")]
+        )
     with pytest.raises(DataError, match="ROC AUC needs a binary task"):
         TaskInfo("t", ("a", "b", "c"), "roc_auc")
     with pytest.raises(DataError, match="Invalid task name"):

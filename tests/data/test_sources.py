@@ -37,7 +37,12 @@ def fake_shared(tmp_path):
         name = f"BloodImage_{i:05d}.jpg"
         make_image(bccd / "JPEGImages" / name, size=(64, 48), seed=i)
         rows.append((f"JPEGImages/{name}", "", ""))
-        boxes += [f"{name},RBC,2,20,3,30", f"{name},WBC,30,60,10,40", f"{name},Platelets,40,50,0,8", f"{name},RBC,5,6,5,30"]
+        boxes += [
+            f"{name},RBC,2,20,3,30",
+            f"{name},WBC,30,60,10,40",
+            f"{name},Platelets,40,50,0,8",
+            f"{name},RBC,5,6,5,30",
+        ]
     _manifest(bccd, rows)
     (bccd / "boxes.csv").write_text("\n".join(boxes) + "\n")
     (bccd / "ImageSets" / "Main").mkdir(parents=True)
@@ -64,21 +69,27 @@ def test_bccd_boxes_become_cached_crops(fake_shared, tmp_path):
     assert task.classes == ("Platelets", "RBC", "WBC") and task.metric == "accuracy" and task.group_kind == "image"
     samples = task.samples("all")
     assert len(samples) == 18  # 4 boxes per image, the 1-pixel-wide one dropped
-    assert dict(zip(*np.unique(samples.splits, return_counts=True))) == {"train": 12, "val": 3, "test": 3}  # BCCD's own split
+    assert dict(zip(*np.unique(samples.splits, return_counts=True))) == {
+        "train": 12,
+        "val": 3,
+        "test": 3,
+    }  # BCCD's own split
     with Image.open(samples.paths[0]) as crop:
         assert crop.size == (18, 27)
     stamp = task.folder / "crops" / "crops.json"
     mtimes = {p: p.stat().st_mtime_ns for p in samples.paths}
     build_task("bccd", fake_shared, tmp_path / "pool")  # second build: crops reused
     assert {p: p.stat().st_mtime_ns for p in samples.paths} == mtimes and stamp.is_file()
-    (fake_shared / "bccd" / "boxes.csv").write_text((fake_shared / "bccd" / "boxes.csv").read_text().replace(",2,20,", ",2,22,"))
+    (fake_shared / "bccd" / "boxes.csv").write_text(
+        (fake_shared / "bccd" / "boxes.csv").read_text().replace(",2,20,", ",2,22,")
+    )
     rebuilt = build_task("bccd", fake_shared, tmp_path / "pool").samples("all")
     with Image.open(rebuilt.paths[0]) as crop:
         assert crop.size == (20, 27)  # boxes changed: crops redone
 
 
 def test_checksums_are_verified(fake_shared, tmp_path):
-    first = sorted((fake_shared / "mini" / "malaria").glob("*.png"))[0]
+    first = min((fake_shared / "mini" / "malaria").glob("*.png"))
     make_image(first, size=(30, 34), seed=999)
     with pytest.raises(ChecksumMismatchError, match="the file changed"):
         build_task("malaria", fake_shared, tmp_path / "pool")
@@ -103,7 +114,14 @@ def test_every_shared_set_becomes_a_task(shared_pool, shared_data):
     for name, n in expected.items():
         assert shared_pool[name].n_samples("all") == n
     assert shared_pool["bccd"].n_samples("all") == 4888 - 2  # two degenerate boxes
-    assert [shared_pool[n].metric for n in list_sources()] == ["roc_auc", "accuracy", "accuracy", "accuracy", "roc_auc", "accuracy"]
+    assert [shared_pool[n].metric for n in list_sources()] == [
+        "roc_auc",
+        "accuracy",
+        "accuracy",
+        "accuracy",
+        "roc_auc",
+        "accuracy",
+    ]
     nct = shared_pool["nct_crc_he"].samples("all")
     assert nct.class_counts() == {c: 10 for c in ("ADI", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")}
     assert all(p.name.startswith(nct.classes[label] + "___") for p, label in zip(nct.paths, nct.labels))
@@ -111,7 +129,9 @@ def test_every_shared_set_becomes_a_task(shared_pool, shared_data):
     oral = {r.path: r.split for r in read_manifest(shared_data / "oral_cancer")}
     samples = shared_pool["oral_cancer"].samples("all")
     for path, split in zip(samples.paths, samples.splits):
-        assert (split == "test") == (oral[path.relative_to((shared_data / "oral_cancer").resolve()).as_posix()] == "test")
+        assert (split == "test") == (
+            oral[path.relative_to((shared_data / "oral_cancer").resolve()).as_posix()] == "test"
+        )
     for name in ("herlev_papsmear", "bccd", "malaria"):
         s = shared_pool[name].samples("all")
         assert not set(s.groups[s.splits == "val"]) & set(s.groups[s.splits == "train"]), name
@@ -125,6 +145,21 @@ def test_pool_commands(shared_pool, capsys, tmp_path, shared_data):
     assert main(["pool", "info", str(shared_pool.path), "--check"]) == 0
     out = capsys.readouterr().out
     assert "herlev_papsmear" in out and "accuracy" in out and "slide" in out
-    assert main(["pool", "build", "--shared-data", str(shared_data), "--out", str(tmp_path / "p"), "--tasks", "malaria", "lc25000"]) == 0
+    assert (
+        main(
+            [
+                "pool",
+                "build",
+                "--shared-data",
+                str(shared_data),
+                "--out",
+                str(tmp_path / "p"),
+                "--tasks",
+                "malaria",
+                "lc25000",
+            ]
+        )
+        == 0
+    )
     assert load_pool(tmp_path / "p").names == ["malaria", "lc25000"]
     assert main(["pool", "info", str(tmp_path / "missing")]) == 1

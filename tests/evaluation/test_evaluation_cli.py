@@ -9,9 +9,27 @@ def test_compare_then_report(tmp_path, capsys):
         colour_task(tmp_path / name / "train", 5, seed)
         colour_task(tmp_path / name / "test", 3, seed + 500)
     out = tmp_path / "report"
-    code = main(["compare", str(tmp_path / "alpha"), str(tmp_path / "beta"),
-                 "--backbone", "r18a=resnet18:random", "--backbone", "eff=efficientnet_lite0:random", "--seeds", "0,1",
-                 "--size", "32", "--workers", "0", "--device", "cpu", "-o", str(out)])
+    code = main(
+        [
+            "compare",
+            str(tmp_path / "alpha"),
+            str(tmp_path / "beta"),
+            "--backbone",
+            "r18a=resnet18:random",
+            "--backbone",
+            "eff=efficientnet_lite0:random",
+            "--seeds",
+            "0,1",
+            "--size",
+            "32",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| task | metric | r18a fe | eff fe | r18a fe vs eff fe |" in printed

@@ -30,9 +30,19 @@ def tiny_config(pool, out, **overrides) -> dict:
         "pool": str(pool.path),
         "output_dir": str(out),
         "left_out_sets": [["alpha"], ["beta", "gamma"]],
-        "pretrain": {"backbone": "resnet18", "weights": "random", "image_size": 32, "batch_size": 8, "iterations": 2,
-                     "bn_adapt_batches": 0, "num_workers": 0, "device": "cpu", "val_split": None,
-                     "checkpoint_every": 100, "progress": False},
+        "pretrain": {
+            "backbone": "resnet18",
+            "weights": "random",
+            "image_size": 32,
+            "batch_size": 8,
+            "iterations": 2,
+            "bn_adapt_batches": 0,
+            "num_workers": 0,
+            "device": "cpu",
+            "val_split": None,
+            "checkpoint_every": 100,
+            "progress": False,
+        },
         "hyperparams": [{"lr": 0.01}, {"lr": 0.001, "head_lr_multiplier": 5}],
         "seeds": [0, 1],
         "num_workers": 0,
@@ -75,22 +85,41 @@ def test_selection_excludes_the_target_and_the_multitask_scores_are_the_selected
     # Fine-tuning: the selected multi-task model (pre-trained without gamma's set) and the baseline.
     assert result.ft.methods == ["multitask ft", "random ft"] and result.ft.tasks == ["gamma"]
     ft_mt = [r for r in result.records if r["method"] == "multitask ft"]
-    assert len(ft_mt) == 1 and "without_beta+gamma" in str(next(
-        r["weights"] for r in result.records if r["stage"] == "loto" and r["task"] == "gamma" and r["seed"] == 0
-        and r["method"] == result.loto.selections["gamma"]))
+    assert len(ft_mt) == 1 and "without_beta+gamma" in str(
+        next(
+            r["weights"]
+            for r in result.records
+            if r["stage"] == "loto"
+            and r["task"] == "gamma"
+            and r["seed"] == 0
+            and r["method"] == result.loto.selections["gamma"]
+        )
+    )
 
 
 def test_outputs_are_written(finished):
     result, out = finished
-    for rel in ["results.md", "records.jsonl", "experiment.json", "summary.json", "loto/scores.csv", "loto/summary.csv",
-                "loto/selection.csv", "loto/selection.md", "comparison_fe/comparison.md", "comparison_fe/scores.csv",
-                "comparison_ft/comparison.md"]:
+    for rel in [
+        "results.md",
+        "records.jsonl",
+        "experiment.json",
+        "summary.json",
+        "loto/scores.csv",
+        "loto/summary.csv",
+        "loto/selection.csv",
+        "loto/selection.md",
+        "comparison_fe/comparison.md",
+        "comparison_fe/scores.csv",
+        "comparison_ft/comparison.md",
+    ]:
         assert (out / rel).is_file(), rel
     assert list((out / "comparison_fe").glob("differences_*.png"))
     text = (out / "results.md").read_text()
     assert "## Hyper-parameter selection" in text and "## Fine-tuning" in text and "multitask fe" in text
     lines = (out / "records.jsonl").read_text().splitlines()
-    assert len(lines) == len(result.records) and all(json.loads(line)["stage"] in ("loto", "comparison") for line in lines)
+    assert len(lines) == len(result.records) and all(
+        json.loads(line)["stage"] in ("loto", "comparison") for line in lines
+    )
 
 
 def test_reports_are_rewritten_from_the_records_alone(finished, monkeypatch):
@@ -98,7 +127,9 @@ def test_reports_are_rewritten_from_the_records_alone(finished, monkeypatch):
     before = (out / "results.md").read_text()
     (out / "results.md").unlink()
     monkeypatch.setattr("mtdp_core.training.train", lambda config: pytest.fail("report_experiment trained"))
-    monkeypatch.setattr("mtdp_core.evaluation.experiment.evaluate_feature_extraction", lambda *a, **k: pytest.fail("evaluated"))
+    monkeypatch.setattr(
+        "mtdp_core.evaluation.experiment.evaluate_feature_extraction", lambda *a, **k: pytest.fail("evaluated")
+    )
     again = report_experiment(out)
     assert (out / "results.md").read_text() == before
     assert again.loto.selections == result.loto.selections
@@ -127,19 +158,28 @@ def test_running_again_redoes_only_the_evaluations_whose_settings_changed(finish
     result, out = finished
     with open(out / "evaluations.jsonl", "a") as fh:
         fh.write('{"key": "cut short by an interrup')  # an interrupted write: ignored, not an error
-    monkeypatch.setattr("mtdp_core.evaluation.experiment.evaluate_feature_extraction",
-                        lambda *a, **k: pytest.fail("a finished feature evaluation ran again"))
+    monkeypatch.setattr(
+        "mtdp_core.evaluation.experiment.evaluate_feature_extraction",
+        lambda *a, **k: pytest.fail("a finished feature evaluation ran again"),
+    )
     calls = []
     real = exp.evaluate_fine_tuning
-    monkeypatch.setattr("mtdp_core.evaluation.experiment.evaluate_fine_tuning",
-                        lambda task, spec, finetuner: calls.append((task.name, spec.label, finetuner.epochs)) or real(task, spec, finetuner=finetuner))
+    monkeypatch.setattr(
+        "mtdp_core.evaluation.experiment.evaluate_fine_tuning",
+        lambda task, spec, finetuner: (
+            calls.append((task.name, spec.label, finetuner.epochs)) or real(task, spec, finetuner=finetuner)
+        ),
+    )
     config = tiny_config(pool, out)
     config["finetune"] = {**config["finetune"], "epochs": 2}
     again = run_experiment(config)
     assert sorted(calls) == [("gamma", "multitask", 2), ("gamma", "random", 2)]
     np.testing.assert_array_equal(again.fe.scores, result.fe.scores)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["evaluations_reused"] == len([r for r in result.records if r["mode"] == "fe" and r["stage"] == "loto"]) + 3 * 2
+    assert (
+        summary["evaluations_reused"]
+        == len([r for r in result.records if r["mode"] == "fe" and r["stage"] == "loto"]) + 3 * 2
+    )
 
 
 def test_a_completed_pretraining_with_other_settings_is_not_reused(finished, pool):
@@ -153,7 +193,9 @@ def test_a_completed_pretraining_with_other_settings_is_not_reused(finished, poo
 def test_task_data_from_pool_trains_on_the_given_splits(pool):
     task = pool["gamma"]
     data = task_data_from_pool(task, ["train", "val"], "test")
-    assert len(data.train_inputs) == task.n_samples(["train", "val"]) and len(data.test_inputs) == task.n_samples("test")
+    assert len(data.train_inputs) == task.n_samples(["train", "val"]) and len(data.test_inputs) == task.n_samples(
+        "test"
+    )
     assert set(data.train_labels) <= set(task.classes) and data.train_groups is not None
     assert not set(data.train_inputs) & set(data.test_inputs)
 
@@ -164,15 +206,18 @@ def test_default_left_out_sets():
     assert default_left_out_sets(["a", "b"]) == [["a"], ["b"]]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"colour": 1}, "Unknown key"),
-    ({"hyperparams": [{"seed": 3}]}, "sets these per run"),
-    ({"hyperparams": [{"learning_rate": 3}]}, "Unknown training option"),
-    ({"hyperparams": []}, "hyperparams is empty"),
-    ({"seeds": [0, 0]}, "without repeats"),
-    ({"baselines": [{"label": "multitask", "weights": "random"}]}, "reserved"),
-    ({"baselines": [{"weights": "random"}]}, "baselines\\[0\\]"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"colour": 1}, "Unknown key"),
+        ({"hyperparams": [{"seed": 3}]}, "sets these per run"),
+        ({"hyperparams": [{"learning_rate": 3}]}, "Unknown training option"),
+        ({"hyperparams": []}, "hyperparams is empty"),
+        ({"seeds": [0, 0]}, "without repeats"),
+        ({"baselines": [{"label": "multitask", "weights": "random"}]}, "reserved"),
+        ({"baselines": [{"weights": "random"}]}, "baselines\\[0\\]"),
+    ],
+)
 def test_config_errors_say_what_to_fix(pool, tmp_path, overrides, message):
     with pytest.raises(ConfigurationError, match=message):
         ExperimentConfig.from_dict(tiny_config(pool, tmp_path, **overrides))

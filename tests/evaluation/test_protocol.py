@@ -82,18 +82,28 @@ def test_loto_pretrains_without_each_left_out_set_and_selects_without_the_target
     def pretrain_fn(excluded, hyperparams, seed):
         calls.append((excluded, hyperparams["init"], seed))
         path = tmp_path / "weights" / f"{'-'.join(excluded)}_{hyperparams['init']}_{seed}.pth"
-        return save_backbone(create_backbone("efficientnet_lite0", weights="random", seed=100 * hyperparams["init"] + seed),
-                             path)
+        return save_backbone(
+            create_backbone("efficientnet_lite0", weights="random", seed=100 * hyperparams["init"] + seed), path
+        )
 
     # efficientnet_lite0: the smallest registered network (the fake pre-training writes 8 files).
-    result = run_loto(tasks, [["a"], ["b", "c"]], [{"init": 1}, {"init": 2}], [0, 1], pretrain_fn, arch="efficientnet_lite0",
-                      probe=PROBE, **FAST)
+    result = run_loto(
+        tasks,
+        [["a"], ["b", "c"]],
+        [{"init": 1}, {"init": 2}],
+        [0, 1],
+        pretrain_fn,
+        arch="efficientnet_lite0",
+        probe=PROBE,
+        **FAST,
+    )
     assert calls == [(s, h, seed) for s in (("a",), ("b", "c")) for h in (1, 2) for seed in (0, 1)]
     assert result.table.methods == ["init=1", "init=2"] and result.table.tasks == ["a", "b", "c"]
     assert result.table.scores.shape == (2, 3, 2) and not np.isnan(result.table.scores).any()
     # Each record was made by a model that never saw its task's set.
-    assert all(r["task"] in r["left_out"] and r["task"] in r["weights"].split("/")[-1].split("_")[0]
-               for r in result.records)
+    assert all(
+        r["task"] in r["left_out"] and r["task"] in r["weights"].split("/")[-1].split("_")[0] for r in result.records
+    )
     for task, chosen in result.selections.items():
         avg = average_rank(result.table, exclude=[task])
         assert chosen == result.table.methods[int(np.argmin(avg))]

@@ -7,27 +7,33 @@ from mtdp_core.evaluation.ranking import ScoreTable, average_rank, compare, rank
 # Hand-made: 3 methods x 4 tasks, 2 seeds each; the means are the numbers in the comments.
 RUNS = {
     #      t1 (A > C > B)   t2 (B = C > A)   t3 (B > A > C)   t4 (A > C > B)
-    "A": [(0.89, 0.91),    (0.69, 0.71),    (0.60, 0.60),    (0.98, 1.00)],  # 0.90 0.70 0.60 0.99
-    "B": [(0.80, 0.80),    (0.74, 0.76),    (0.64, 0.66),    (0.90, 0.90)],  # 0.80 0.75 0.65 0.90
-    "C": [(0.84, 0.86),    (0.75, 0.75),    (0.45, 0.55),    (0.95, 0.95)],  # 0.85 0.75 0.50 0.95
+    "A": [(0.89, 0.91), (0.69, 0.71), (0.60, 0.60), (0.98, 1.00)],  # 0.90 0.70 0.60 0.99
+    "B": [(0.80, 0.80), (0.74, 0.76), (0.64, 0.66), (0.90, 0.90)],  # 0.80 0.75 0.65 0.90
+    "C": [(0.84, 0.86), (0.75, 0.75), (0.45, 0.55), (0.95, 0.95)],  # 0.85 0.75 0.50 0.95
 }
 TASKS = ["t1", "t2", "t3", "t4"]
 
 
 @pytest.fixture
 def table():
-    records = [{"method": m, "task": t, "seed": s, "score": v}
-               for m, per_task in RUNS.items() for t, runs in zip(TASKS, per_task) for s, v in enumerate(runs)]
+    records = [
+        {"method": m, "task": t, "seed": s, "score": v}
+        for m, per_task in RUNS.items()
+        for t, runs in zip(TASKS, per_task)
+        for s, v in enumerate(runs)
+    ]
     return ScoreTable.from_records(records)
 
 
 def test_ranks_by_hand(table):
     # Worked out by hand: per task, 1 = best, ties averaged (t2: B and C share ranks 1 and 2 -> 1.5).
-    expected = np.array([
-        [1, 3, 2, 1],      # A
-        [3, 1.5, 1, 3],    # B
-        [2, 1.5, 3, 2],    # C
-    ])
+    expected = np.array(
+        [
+            [1, 3, 2, 1],  # A
+            [3, 1.5, 1, 3],  # B
+            [2, 1.5, 3, 2],  # C
+        ]
+    )
     np.testing.assert_array_equal(rank_matrix(table), expected)
     # Eq. 2: mean rank over tasks. A: 7/4, B: 8.5/4, C: 8.5/4.
     np.testing.assert_allclose(average_rank(table), [1.75, 2.125, 2.125])
@@ -68,8 +74,9 @@ def test_the_two_sigma_rule():
 
 
 def test_incomplete_tables_cannot_be_ranked(table):
-    partial = ScoreTable.from_records([{"method": "A", "task": "t1", "score": 1.0},
-                                       {"method": "B", "task": "t2", "score": 1.0}])
+    partial = ScoreTable.from_records(
+        [{"method": "A", "task": "t1", "score": 1.0}, {"method": "B", "task": "t2", "score": 1.0}]
+    )
     with pytest.raises(ConfigurationError, match="no score on task"):
         rank_matrix(partial)
     with pytest.raises(ConfigurationError, match="Unknown task"):

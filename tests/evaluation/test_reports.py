@@ -59,8 +59,19 @@ def test_reports_refuse_unknown_methods(table, tmp_path):
 
 
 def test_learning_curve_plot(tmp_path):
-    rows = [{"method": m, "fraction": f, "seed": s, "n_train": int(1000 * f), "test_score": 0.5 + 0.4 * f - 0.1 * (m == "b"),
-             "metric": "accuracy"} for m in "ab" for f in (0.01, 0.1, 1.0) for s in range(2)]
+    rows = [
+        {
+            "method": m,
+            "fraction": f,
+            "seed": s,
+            "n_train": int(1000 * f),
+            "test_score": 0.5 + 0.4 * f - 0.1 * (m == "b"),
+            "metric": "accuracy",
+        }
+        for m in "ab"
+        for f in (0.01, 0.1, 1.0)
+        for s in range(2)
+    ]
     path = plot_learning_curve(rows, tmp_path / "curve.png")
     assert Image.open(path).format == "PNG"
     assert np.isclose(rows[0]["test_score"], 0.504)

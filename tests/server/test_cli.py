@@ -177,9 +177,12 @@ def test_serve_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path):
     inherited too: kill -INT must still stop it."""
     process = subprocess.Popen(
         [sys.executable, "-m", "mtdp_core", "server", "serve", "--data", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        preexec_fn=_ignore_and_block_sigint,
+        preexec_fn=_ignore_and_block_sigint,  # noqa: PLW1509 - the test needs the mask set in the child
     )
     try:
         assert process.stdout.readline().startswith("Local Cytomine server: http://127.0.0.1:")

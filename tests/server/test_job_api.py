@@ -113,9 +113,8 @@ def test_cytomine_job_lifecycle(server, seeded, probe, tmp_path):
 
 def test_cytomine_job_failure_keeps_255_characters(server, seeded, probe):
     argv = _argv(server, probe["id"], seeded.project_id, "--label", "cells")
-    with pytest.raises(ValueError):
-        with CytomineJob.from_cli(argv, configure_logging=False) as cj:
-            raise ValueError("Bad parameter: " + "y" * 400)
+    with pytest.raises(ValueError), CytomineJob.from_cli(argv, configure_logging=False) as cj:
+        raise ValueError("Bad parameter: " + "y" * 400)
     job = server.store.get_job(cj.job.id)
     assert job["status"] == FAILED
     assert job["status_comment"] == ("Bad parameter: " + "y" * 400)[:255]

@@ -91,7 +91,9 @@ def test_all_reduce_hook_pools_ranks():
     # "Rank 0" records its local sums; "rank 1"'s all_reduce adds them to its own.
     adapt_batch_norm(shards[0], batches[:2], all_reduce=lambda t: captured.setdefault("rank0", t.clone()))
     adapt_batch_norm(shards[1], batches[2:], all_reduce=lambda t: t.add_(captured["rank0"]))
-    torch.testing.assert_close(shards[1].layer2[0].bn2.running_var, whole.layer2[0].bn2.running_var, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        shards[1].layer2[0].bn2.running_var, whole.layer2[0].bn2.running_var, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_freeze_batch_norm():

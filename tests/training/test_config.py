@@ -15,8 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_from_dict_coerces_and_validates():
-    config = TrainConfig.from_dict({"pool": "p", "lr": "1e-4", "iterations": "5e4", "hflip": "false", "tasks": "a,b",
-                                    "val_max_samples": "none", "_comment": "ignored"})
+    config = TrainConfig.from_dict(
+        {
+            "pool": "p",
+            "lr": "1e-4",
+            "iterations": "5e4",
+            "hflip": "false",
+            "tasks": "a,b",
+            "val_max_samples": "none",
+            "_comment": "ignored",
+        }
+    )
     assert config.lr == 1e-4 and config.iterations == 50000 and config.hflip is False and config.tasks == ["a", "b"]
     assert config.val_max_samples is None
     with pytest.raises(ConfigurationError, match="Did you mean 'head_lr_multiplier'"):
@@ -36,7 +45,12 @@ def test_shipped_configs_are_valid(name):
     config = TrainConfig.from_file(REPO / "training" / "configs" / f"{name}.json")
     assert config.momentum == 0.9
     if name.startswith("paper"):
-        assert (config.iterations, config.batch_size, config.warmup_iterations, config.warmup_lr) == (50000, 64, 5000, 1e-3)
+        assert (config.iterations, config.batch_size, config.warmup_iterations, config.warmup_lr) == (
+            50000,
+            64,
+            5000,
+            1e-3,
+        )
         assert config.train_splits == ["train", "val", "test"]  # the released models used every image
     if name == "paper_densenet121":
         assert (config.backbone, config.lr, config.head_lr_multiplier) == ("densenet121", 1e-4, 5.0)
@@ -45,8 +59,16 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_learning_rates_per_phase():
-    config = TrainConfig.from_dict({"pool": "p", "iterations": 100, "warmup_iterations": 10, "warmup_lr": 1e-3,
-                                    "lr": 1e-4, "head_lr_multiplier": 5})
+    config = TrainConfig.from_dict(
+        {
+            "pool": "p",
+            "iterations": 100,
+            "warmup_iterations": 10,
+            "warmup_lr": 1e-3,
+            "lr": 1e-4,
+            "head_lr_multiplier": 5,
+        }
+    )
     assert phase_at(config, 9) == "warmup" and phase_at(config, 10) == "full"
     assert learning_rates(config, 0) == {"backbone": 0.0, "heads": 1e-3}
     assert learning_rates(config, 10) == pytest.approx({"backbone": 1e-4, "heads": 5e-4})
@@ -69,7 +91,11 @@ def test_optimizer_groups_and_phase_modes():
     assert not any(p.requires_grad for p in model.backbone.parameters()) and not model.backbone.training
     assert all(p.requires_grad for p in model.heads.parameters()) and model.heads.training
     enter_phase(model, "full", bn_mode="frozen")
-    assert all(p.requires_grad for p in model.backbone.parameters()) and model.backbone.training and not model.backbone.bn1.training
+    assert (
+        all(p.requires_grad for p in model.backbone.parameters())
+        and model.backbone.training
+        and not model.backbone.bn1.training
+    )
     enter_phase(model, "full")
     assert model.backbone.bn1.training
 

@@ -22,15 +22,29 @@ def script():
 def test_flags_override_the_config_file(script, tmp_path, capsys):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"pool": "somewhere", "lr": 0.1, "iterations": 10}))
-    assert script.main(["--config", str(config), "--lr", "0.2", "--no-hflip", "--tasks", "a", "b", "--print-config"]) == 0
+    assert (
+        script.main(["--config", str(config), "--lr", "0.2", "--no-hflip", "--tasks", "a", "b", "--print-config"]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
-    assert printed["lr"] == 0.2 and printed["iterations"] == 10 and printed["hflip"] is False and printed["tasks"] == ["a", "b"]
+    assert (
+        printed["lr"] == 0.2
+        and printed["iterations"] == 10
+        and printed["hflip"] is False
+        and printed["tasks"] == ["a", "b"]
+    )
     assert printed["head_lr_multiplier"] == 1.0  # defaults fill the rest
 
 
 def test_help_lists_every_option_with_its_default():
     out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--head-lr-multiplier", "--warmup-iterations", "--rescale-head-grads", "--bn-adapt-batches", "--stop-after", "--amp"):
+    for flag in (
+        "--head-lr-multiplier",
+        "--warmup-iterations",
+        "--rescale-head-grads",
+        "--bn-adapt-batches",
+        "--stop-after",
+        "--amp",
+    ):
         assert flag in out
     assert "Supplementary C" in out and "(default: 0.9)" in out
 

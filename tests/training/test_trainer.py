@@ -26,8 +26,15 @@ def _assert_same_tensors(a, b):
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(fast_config, tmp_path):
     # efficientnet_lite0 with its real ImageNet weights: BN adaptation runs, and stochastic
     # depth draws from the global RNG during training (restored from the checkpoint).
-    config = {**fast_config, "backbone": "efficientnet_lite0", "weights": "imagenet", "bn_adapt_batches": 2,
-              "iterations": 5, "warmup_iterations": 2, "lr": 0.003}
+    config = {
+        **fast_config,
+        "backbone": "efficientnet_lite0",
+        "weights": "imagenet",
+        "bn_adapt_batches": 2,
+        "iterations": 5,
+        "warmup_iterations": 2,
+        "lr": 0.003,
+    }
     whole = train({**config, "output_dir": str(tmp_path / "whole")})
     assert whole.completed and whole.iteration == 5
 
@@ -43,10 +50,15 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(fast_config, tmp_pa
     _assert_same_tensors(a["model"], b["model"])
     for group_a, group_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(group_a["momentum_buffer"], group_b["momentum_buffer"])
-    _assert_same_tensors(torch.load(whole.backbone_path, weights_only=True)["state_dict"],
-                         torch.load(last.backbone_path, weights_only=True)["state_dict"])
+    _assert_same_tensors(
+        torch.load(whole.backbone_path, weights_only=True)["state_dict"],
+        torch.load(last.backbone_path, weights_only=True)["state_dict"],
+    )
     # The loss curve of the resumed run is the uninterrupted one.
-    losses = [[e["loss"] for e in map(json.loads, open(r.output_dir / "metrics.jsonl")) if e["event"] == "train"] for r in (whole, last)]
+    losses = [
+        [e["loss"] for e in map(json.loads, open(r.output_dir / "metrics.jsonl")) if e["event"] == "train"]
+        for r in (whole, last)
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 5
 
 
@@ -54,8 +66,12 @@ def test_logging_validation_and_checkpoints_do_not_change_the_run(fast_config, t
     # EfficientNet's stochastic depth draws from the global RNG while training: nothing done
     # between steps (validation loaders, checkpoints, logs) may draw from it.
     config = {**fast_config, "backbone": "efficientnet_lite0", "iterations": 3}
-    quiet = train({**config, "output_dir": str(tmp_path / "quiet"), "log_every": 3, "val_every": 0, "checkpoint_every": 100})
-    busy = train({**config, "output_dir": str(tmp_path / "busy"), "log_every": 1, "val_every": 1, "checkpoint_every": 1})
+    quiet = train(
+        {**config, "output_dir": str(tmp_path / "quiet"), "log_every": 3, "val_every": 0, "checkpoint_every": 100}
+    )
+    busy = train(
+        {**config, "output_dir": str(tmp_path / "busy"), "log_every": 1, "val_every": 1, "checkpoint_every": 1}
+    )
     _assert_same_tensors(_state(quiet.checkpoint)["model"], _state(busy.checkpoint)["model"])
 
 
@@ -112,7 +128,11 @@ def test_outputs_config_metrics_and_summary(fast_config):
     assert tasks["beta"]["metric"] == "accuracy" and tasks["gamma"]["metric"] == "roc_auc"
     assert all(0.0 <= tasks[t]["accuracy"] <= 1.0 for t in tasks)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["iterations"] == 4 and summary["validation"]["gamma"]["n"] == 8 and result.validation == summary["validation"]
+    assert (
+        summary["iterations"] == 4
+        and summary["validation"]["gamma"]["n"] == 8
+        and result.validation == summary["validation"]
+    )
 
 
 def test_val_max_samples_subsamples_each_task(fast_config):
@@ -136,7 +156,9 @@ def test_leave_one_task_out_and_empty_splits(fast_config, tiny_pool):
     with pytest.raises(DataError, match="no sample in split"):
         pool = make_tiny_pool(tiny_pool.path.parent / "no_val_pool")
         manifest = pool["alpha"].folder / "samples.tsv"
-        manifest.write_text("\n".join(line for line in manifest.read_text().splitlines() if "\ttrain\t" not in line) + "\n")
+        manifest.write_text(
+            "\n".join(line for line in manifest.read_text().splitlines() if "\ttrain\t" not in line) + "\n"
+        )
         (pool.path / "pool.json").unlink()
         train({**fast_config, "pool": str(pool.path), "output_dir": fast_config["output_dir"] + "2"})
 
@@ -156,8 +178,15 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, config: dict) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     train(config)
 
@@ -172,9 +201,21 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     # averaging, head-gradient rescaling with global counts, warm-up) must match.
     pool = make_tiny_pool(tmp_path / "pool", specs=[(f"t{i}", 2 + i % 3, 6 + 3 * i) for i in range(6)])
     config = {
-        "pool": str(pool.path), "backbone": "resnet18", "weights": "random", "image_size": 32, "batch_size": 6,
-        "iterations": 3, "warmup_iterations": 1, "lr": 0.05, "head_lr_multiplier": 5.0, "bn_mode": "frozen",
-        "num_workers": 0, "device": "cpu", "val_every": 0, "val_split": None, "progress": False,
+        "pool": str(pool.path),
+        "backbone": "resnet18",
+        "weights": "random",
+        "image_size": 32,
+        "batch_size": 6,
+        "iterations": 3,
+        "warmup_iterations": 1,
+        "lr": 0.05,
+        "head_lr_multiplier": 5.0,
+        "bn_mode": "frozen",
+        "num_workers": 0,
+        "device": "cpu",
+        "val_every": 0,
+        "val_split": None,
+        "progress": False,
     }
     single = train({**config, "output_dir": str(tmp_path / "single")})
     mp.spawn(_ddp_worker, args=(2, _free_port(), {**config, "output_dir": str(tmp_path / "ddp")}), nprocs=2, join=True)
@@ -185,7 +226,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6, msg=key)
     moved = [k for k in a["model"] if k.startswith("backbone.") and k.endswith("weight")]
     initial = create_backbone("resnet18", weights="random", seed=0).state_dict()
-    assert any(not torch.equal(a["model"][k], initial[k[len("backbone."):]]) for k in moved)  # it did train
+    assert any(not torch.equal(a["model"][k], initial[k[len("backbone.") :]]) for k in moved)  # it did train
     # The exported backbone (written by rank 0) is identical too.
     exported = torch.load(tmp_path / "ddp" / "backbone.pt", weights_only=True)["state_dict"]
     for key, value in torch.load(single.backbone_path, weights_only=True)["state_dict"].items():

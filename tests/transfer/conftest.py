@@ -15,8 +15,9 @@ def colour_task(root: Path, n_per_class: int, seed: int, size=(36, 28)) -> tuple
     for c, (name, color) in enumerate([("red", (190, 60, 60)), ("blue", (60, 60, 190))]):
         for i in range(n_per_class):
             w, h = size[0] + 4 * (i % 3), size[1]
-            paths.append(make_image(root / name / f"img{i:02d}_{name}.png", size=(w, h), color=color,
-                                    seed=seed + 100 * c + i))
+            paths.append(
+                make_image(root / name / f"img{i:02d}_{name}.png", size=(w, h), color=color, seed=seed + 100 * c + i)
+            )
             labels.append(name)
     return paths, labels
 

@@ -13,8 +13,16 @@ from tests.conftest import make_image
 
 
 def _extractor(cache_dir, **kw):
-    params = dict(backbone="resnet18", weights="random", image_size=32, num_workers=0, device="cpu",
-                  batch_size=2, cache_dir=cache_dir, chunk_size=3)
+    params = dict(
+        backbone="resnet18",
+        weights="random",
+        image_size=32,
+        num_workers=0,
+        device="cpu",
+        batch_size=2,
+        cache_dir=cache_dir,
+        chunk_size=3,
+    )
     params.update(kw)
     return FeatureExtractor(**params)
 
@@ -101,7 +109,10 @@ def test_an_interrupted_extraction_resumes_from_its_completed_chunks(tiny_image_
     # 3 batches = 6 images = chunks 0 and 1 complete, recorded in the index.
     (entry,) = FeatureCache(cache).entries()
     assert not entry["complete"]
-    assert json.loads((tmp_path / "cache" / os.path.basename(entry["path"]) / "index.json").read_text())["done"] == [0, 1]
+    assert json.loads((tmp_path / "cache" / os.path.basename(entry["path"]) / "index.json").read_text())["done"] == [
+        0,
+        1,
+    ]
     resumed, stats = _extractor(cache).extract(paths)  # the plain registered resnet18: same identity
     assert (stats["n_cached"], stats["n_computed"]) == (6, 2)
     np.testing.assert_allclose(resumed, _extractor(None).transform(paths), atol=1e-5)

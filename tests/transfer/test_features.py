@@ -12,7 +12,6 @@ from mtdp_core.backbones import create_backbone
 from mtdp_core.data.images import Preprocessing, list_images
 from mtdp_core.errors import ConfigurationError, ImageReadError, UnknownNameError
 from mtdp_core.transfer.features import FeatureExtractor, extract_features
-from tests.conftest import make_image
 
 EXTRACTOR = dict(backbone="resnet18", weights="random", image_size=32, num_workers=0, device="cpu", batch_size=3)
 
@@ -86,7 +85,7 @@ def test_subset_invariance_within_float_tolerance(tiny_image_folder):
     fx = FeatureExtractor(**{**EXTRACTOR, "batch_size": 8})
     full = fx.transform(paths)
     for i in (0, 5):
-        np.testing.assert_allclose(fx.transform(paths[i:i + 1])[0], full[i], atol=1e-4)
+        np.testing.assert_allclose(fx.transform(paths[i : i + 1])[0], full[i], atol=1e-4)
 
 
 def test_features_make_a_pipeline_with_a_classifier(tiny_image_folder):
@@ -102,6 +101,7 @@ def test_features_make_a_pipeline_with_a_classifier(tiny_image_folder):
 
 
 # --------------------------------------------------------------------------- scikit-learn's checks
+
 
 class _RowsAsImages(FeatureExtractor):
     """FeatureExtractor fed with the numeric 2-D arrays scikit-learn's checks generate.

@@ -6,8 +6,16 @@ from mtdp_core.backbones import create_backbone
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.transfer.finetune import FineTuner
 
-TINY = dict(backbone="resnet18", weights="random", image_size=32, epochs=2, batch_size=8, learning_rates=(1e-2, 1e-4),
-            num_workers=0, device="cpu")
+TINY = dict(
+    backbone="resnet18",
+    weights="random",
+    image_size=32,
+    epochs=2,
+    batch_size=8,
+    learning_rates=(1e-2, 1e-4),
+    num_workers=0,
+    device="cpu",
+)
 
 
 def test_fine_tuning_from_scratch_learns_a_tiny_task_and_keeps_its_best_epoch(colour_splits):
@@ -48,7 +56,12 @@ def test_on_epoch_sees_every_history_row_as_it_ends(colour_splits):
     rows = []
     tuner = FineTuner(**{**TINY, "learning_rates": (1e-3, 1e-4), "epochs": 2, "on_epoch": rows.append})
     tuner.fit(train, y_train)
-    assert rows == tuner.history_ and [(r["lr"], r["epoch"]) for r in rows] == [(1e-3, 1), (1e-3, 2), (1e-4, 1), (1e-4, 2)]
+    assert rows == tuner.history_ and [(r["lr"], r["epoch"]) for r in rows] == [
+        (1e-3, 1),
+        (1e-3, 2),
+        (1e-4, 1),
+        (1e-4, 2),
+    ]
 
 
 def test_pretrained_initial_weights_are_used(colour_splits, tmp_path):

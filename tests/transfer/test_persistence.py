@@ -19,7 +19,7 @@ RUN = dict(num_workers=0, device="cpu")
 def task(colour_splits):
     """Features of the colour task by a random resnet18, integer labels (Cytomine term ids)."""
     fx = FeatureExtractor("resnet18", "random", **FX)
-    (train, names), (test, test_names) = colour_splits["train"], colour_splits["test"]
+    (train, names), (test, _test_names) = colour_splits["train"], colour_splits["test"]
     term = {"red": 101, "blue": 202}
     y = np.array([term[n] for n in names])
     return fx, fx.transform(train), y, fx.transform(test), test
@@ -39,8 +39,13 @@ def test_a_probe_round_trips_with_its_identity(task, tmp_path, kind):
     fx, X, y, X_test, _ = task
     grid = {"max_features": ["sqrt"], "n_estimators": [20]} if kind == "rf" else {"C": [1e-3, 1e-1]}
     probe = Probe(kind, param_grid=grid, n_splits=2).fit(X, y)
-    path = save_model(tmp_path / "model.npz", probe, features=fx, class_names={101: "red cells", 202: "blue cells"},
-                      extra={"project": 77})
+    path = save_model(
+        tmp_path / "model.npz",
+        probe,
+        features=fx,
+        class_names={101: "red cells", 202: "blue cells"},
+        extra={"project": 77},
+    )
     model = load_model(path, expect_backbone=fx)
     assert model.kind == kind and list(model.labels) == [101, 202]
     assert [(c.name, c.id) for c in model.classes] == [("red cells", 101), ("blue cells", 202)]
@@ -73,9 +78,9 @@ def test_a_fine_tuned_network_round_trips(colour_splits, tmp_path):
     from mtdp_core.transfer.finetune import FineTuner
 
     (train, y_train), (test, _) = colour_splits["train"], colour_splits["test"]
-    tuner = FineTuner("resnet18", "random", image_size=32, epochs=1, batch_size=8, learning_rates=(1e-2,),
-                      num_workers=0, device="cpu").fit(train, y_train, X_val=train[:4] + train[-4:],
-                                                        y_val=y_train[:4] + y_train[-4:])
+    tuner = FineTuner(
+        "resnet18", "random", image_size=32, epochs=1, batch_size=8, learning_rates=(1e-2,), num_workers=0, device="cpu"
+    ).fit(train, y_train, X_val=train[:4] + train[-4:], y_val=y_train[:4] + y_train[-4:])
     model = load_model(save_model(tmp_path / "ft.npz", tuner))
     assert model.kind == "finetune" and model.training["best_lr"] == 1e-2
     predictions = model.predict_images(test, num_workers=0, device="cpu")
@@ -99,12 +104,16 @@ def test_a_model_on_weights_from_a_file_needs_that_file(tmp_path, colour_splits)
     ckpt = save_backbone(create_backbone("resnet18", weights="random", seed=5), tmp_path / "mine.pth")
     fx = FeatureExtractor("resnet18", str(ckpt), **FX)
     train, names = colour_splits["train"]
-    path = save_model(tmp_path / "m.npz", Probe(param_grid={"C": [1e-2]}, n_splits=2).fit(fx.transform(train), names),
-                      features=fx)
+    path = save_model(
+        tmp_path / "m.npz", Probe(param_grid={"C": [1e-2]}, n_splits=2).fit(fx.transform(train), names), features=fx
+    )
     model = load_model(path)
     with pytest.raises(IncompatibleModelError, match="mine.pth"):
         model.feature_extractor()
-    assert model.feature_extractor(weights=ckpt, **RUN).get_backbone().weights_info.sha256 == model.backbone["weights"]["sha256"]
+    assert (
+        model.feature_extractor(weights=ckpt, **RUN).get_backbone().weights_info.sha256
+        == model.backbone["weights"]["sha256"]
+    )
 
 
 def test_tampered_files_are_rejected(task, tmp_path):

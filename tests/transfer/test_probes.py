@@ -88,7 +88,8 @@ def test_fast_metrics_equal_scikit_learns():
     pred = d3.argmax(1)
     assert score_from_decisions("accuracy", y3, d3, np.arange(3)) == accuracy_score(y3, pred)
     assert score_from_decisions("balanced_accuracy", y3, d3, np.arange(3)) == pytest.approx(
-        balanced_accuracy_score(y3, pred))
+        balanced_accuracy_score(y3, pred)
+    )
     assert np.isnan(score_from_decisions("roc_auc", np.array(["pos"] * 3), d[:3], classes2))
 
 
@@ -101,10 +102,12 @@ def test_binary_tasks_are_scored_by_roc_auc_and_multiclass_by_accuracy():
     assert probe.scoring_ == "roc_auc"
     # The CV score is the mean over folds of ROC AUC computed from decision values.
     plan = make_cv(y, g, 5, seed=0)
-    expected = np.mean([
-        roc_auc_score(y[te], LinearSVC(C=0.01, max_iter=5000).fit(X[tr], y[tr]).decision_function(X[te]))
-        for tr, te in plan.folds(y)
-    ])
+    expected = np.mean(
+        [
+            roc_auc_score(y[te], LinearSVC(C=0.01, max_iter=5000).fit(X[tr], y[tr]).decision_function(X[te]))
+            for tr, te in plan.folds(y)
+        ]
+    )
     assert probe.best_score_ == pytest.approx(expected, abs=1e-4)
     assert probe.score(X, y) == pytest.approx(roc_auc_score(y, probe.decision_function(X)))
     assert Probe(param_grid={"C": [0.01]}).fit(*blobs(k=3)[:2]).scoring_ == "accuracy"
@@ -119,8 +122,16 @@ def test_the_batched_solver_agrees_with_liblinear(k, class_weight):
     # Coefficients on one training set, against LinearSVC solved to a tight tolerance, with
     # both preconditioners (a low rank below the feature count, so both parts of it act).
     for preconditioner in ("lowrank", "diagonal"):
-        coef, classes = linear_svm_path(X, y, [np.arange(len(y))], [1e-3, 0.1, 1.0], class_weight=class_weight,
-                                        tol=1e-8, preconditioner=preconditioner, rank=4)
+        coef, classes = linear_svm_path(
+            X,
+            y,
+            [np.arange(len(y))],
+            [1e-3, 0.1, 1.0],
+            class_weight=class_weight,
+            tol=1e-8,
+            preconditioner=preconditioner,
+            rank=4,
+        )
         for i, C in enumerate([1e-3, 0.1, 1.0]):
             ref = LinearSVC(C=C, class_weight=class_weight, dual=False, tol=1e-10, max_iter=100000).fit(X, y)
             expected = np.hstack([ref.coef_, ref.intercept_[:, None]])
@@ -185,10 +196,12 @@ def test_a_probe_on_features_in_a_pipeline_with_groups(tiny_image_folder):
     paths = list_images(tiny_image_folder)
     labels = np.array([p.parent.name for p in paths])
     groups = np.arange(len(paths)) // 2
-    pipe = Pipeline([
-        ("features", FeatureExtractor("resnet18", "random", image_size=32, num_workers=0, device="cpu")),
-        ("probe", Probe(n_splits=2)),
-    ])
+    pipe = Pipeline(
+        [
+            ("features", FeatureExtractor("resnet18", "random", image_size=32, num_workers=0, device="cpu")),
+            ("probe", Probe(n_splits=2)),
+        ]
+    )
     pipe.fit(paths, labels, probe__groups=groups)
     assert pipe.named_steps["probe"].cv_.startswith("2-fold stratified CV grouped")
     assert (pipe.predict(paths) == labels).mean() == 1.0

@@ -16,8 +16,9 @@ def _prefix_labelled(folder, pattern):
 def test_imagenet_features_and_the_svm_protocol_on_malaria_cells(shared_data, tmp_path):
     paths, labels = _prefix_labelled(shared_data / "mini" / "malaria", "*.png")
     assert len(paths) == 40 and set(labels) == {"Parasitized", "Uninfected"}
-    fx = FeatureExtractor("efficientnet_lite0", "imagenet", image_size=96, num_workers=0, device="cpu",
-                          cache_dir=tmp_path / "cache")
+    fx = FeatureExtractor(
+        "efficientnet_lite0", "imagenet", image_size=96, num_workers=0, device="cpu", cache_dir=tmp_path / "cache"
+    )
     X = fx.transform(paths)
     assert X.shape == (40, 1280) and np.isfinite(X).all()
     probe = Probe("svm", n_splits=4).fit(X, labels)

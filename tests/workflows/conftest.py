@@ -15,13 +15,19 @@ from tests.server.conftest import client, server  # noqa: F401  (pytest fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from write_descriptors import APPS, load_workflow  # noqa: E402
+from write_descriptors import APPS, load_workflow
 
 JOB_CLASS = "be.cytomine.processing.Job"
 SUCCESS, FAILED = 3, 4
 #: Tiny and fast: a random ResNet18 on 32-pixel crops (the apps' logic, not the model, is tested).
-FAST = {"backbone": "resnet18", "weights": "random", "image_size": 32, "crop_max_size": 32, "batch_size": 8,
-        "n_workers": 0}
+FAST = {
+    "backbone": "resnet18",
+    "weights": "random",
+    "image_size": 32,
+    "crop_max_size": 32,
+    "batch_size": 8,
+    "n_workers": 0,
+}
 
 
 def as_argv(params: dict) -> list[str]:
@@ -43,8 +49,13 @@ class Apps:
 
     def argv(self, app: str, **params) -> list[str]:
         s = self.server
-        base = {"cytomine_host": s.url, "cytomine_public_key": s.public_key, "cytomine_private_key": s.private_key,
-                "cytomine_id_project": self.project.project_id, "cytomine_id_software": self.software[app]}
+        base = {
+            "cytomine_host": s.url,
+            "cytomine_public_key": s.public_key,
+            "cytomine_private_key": s.private_key,
+            "cytomine_id_project": self.project.project_id,
+            "cytomine_id_software": self.software[app],
+        }
         return as_argv({**base, **params})
 
     def run(self, app: str, *flags: str, **params) -> dict:

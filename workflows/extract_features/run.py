@@ -53,8 +53,9 @@ def get_args_parser() -> AppArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_app(get_args_parser(), sys.argv[1:] if argv is None else argv, extract_features.run,
-                   app="extract_features")
+    return run_app(
+        get_args_parser(), sys.argv[1:] if argv is None else argv, extract_features.run, app="extract_features"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,15 @@ from mtdp_core.cytomine.inputs import (
     add_runtime_inputs,
 )
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer, new_parser, number, positive_number_list
+from mtdp_core.cytomine.params import (
+    AppArgumentParser,
+    add_input,
+    boolean,
+    integer,
+    new_parser,
+    number,
+    positive_number_list,
+)
 
 DESCRIPTOR = {
     "name": "MTDP-Finetune-Predict",
@@ -45,28 +53,71 @@ def get_args_parser() -> AppArgumentParser:
     parser = new_parser("finetune_predict", DESCRIPTOR["description"])
     add_connection_inputs(parser)
     add_filter_inputs(parser, purpose="train")
-    add_input(parser, "cytomine_id_target_images", type="ListDomain", name="Images to predict", default="",
-              uri="/api/project/$currentProject$/imageinstance.json", uri_print_attribute="instanceFilename",
-              uri_sort_attribute="instanceFilename",
-              description="The annotations of these images are predicted. Empty: the selected annotations that "
-                          "have no term are predicted.")
+    add_input(
+        parser,
+        "cytomine_id_target_images",
+        type="ListDomain",
+        name="Images to predict",
+        default="",
+        uri="/api/project/$currentProject$/imageinstance.json",
+        uri_print_attribute="instanceFilename",
+        uri_sort_attribute="instanceFilename",
+        description="The annotations of these images are predicted. Empty: the selected annotations that "
+        "have no term are predicted.",
+    )
     add_push_inputs(parser)
-    add_input(parser, "epochs", type="Number", name="Epochs", default=10, converter=integer(1, 1000),
-              description="Passes over the training annotations for each learning rate (the paper used 100).",
-              minimum=1, maximum=1000)
-    add_input(parser, "learning_rates", type="String", name="Learning rates", default="0.001,0.0001",
-              converter=positive_number_list,
-              description="Learning rates to try, comma-separated (no spaces); the one with the best validation "
-                          "score is kept (the paper tried 0.001,0.0001,0.00001,0.000001).")
-    add_input(parser, "patience", type="Number", name="Early stopping patience", default=3, converter=integer(0, 1000),
-              description="Stop a learning rate after this many epochs without validation improvement (0: never).",
-              minimum=0, maximum=1000)
-    add_input(parser, "val_fraction", type="Number", name="Validation share", default=0.2,
-              converter=number(0.05, 0.5),
-              description="Share of the labelled annotations kept for validation; annotations of one image stay "
-                          "on one side.", minimum=0.05, maximum=0.5)
-    add_input(parser, "augment", type="Boolean", name="Augment", default=True, converter=boolean,
-              description="Random square crops and flips of the training crops (the paper's augmentation).")
+    add_input(
+        parser,
+        "epochs",
+        type="Number",
+        name="Epochs",
+        default=10,
+        converter=integer(1, 1000),
+        description="Passes over the training annotations for each learning rate (the paper used 100).",
+        minimum=1,
+        maximum=1000,
+    )
+    add_input(
+        parser,
+        "learning_rates",
+        type="String",
+        name="Learning rates",
+        default="0.001,0.0001",
+        converter=positive_number_list,
+        description="Learning rates to try, comma-separated (no spaces); the one with the best validation "
+        "score is kept (the paper tried 0.001,0.0001,0.00001,0.000001).",
+    )
+    add_input(
+        parser,
+        "patience",
+        type="Number",
+        name="Early stopping patience",
+        default=3,
+        converter=integer(0, 1000),
+        description="Stop a learning rate after this many epochs without validation improvement (0: never).",
+        minimum=0,
+        maximum=1000,
+    )
+    add_input(
+        parser,
+        "val_fraction",
+        type="Number",
+        name="Validation share",
+        default=0.2,
+        converter=number(0.05, 0.5),
+        description="Share of the labelled annotations kept for validation; annotations of one image stay on one side.",
+        minimum=0.05,
+        maximum=0.5,
+    )
+    add_input(
+        parser,
+        "augment",
+        type="Boolean",
+        name="Augment",
+        default=True,
+        converter=boolean,
+        description="Random square crops and flips of the training crops (the paper's augmentation).",
+    )
     add_crop_inputs(parser)
     add_backbone_inputs(parser)
     add_image_size_input(parser)
@@ -76,8 +127,9 @@ def get_args_parser() -> AppArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_app(get_args_parser(), sys.argv[1:] if argv is None else argv, finetune_predict.run,
-                   app="finetune_predict")
+    return run_app(
+        get_args_parser(), sys.argv[1:] if argv is None else argv, finetune_predict.run, app="finetune_predict"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,15 @@ DESCRIPTOR = {
 def get_args_parser() -> AppArgumentParser:
     parser = new_parser("svm_predict", DESCRIPTOR["description"])
     add_connection_inputs(parser)
-    add_input(parser, "cytomine_id_job", type="Number", name="Training job", optional=False, converter=integer(1),
-              description="Id of the training job (MTDP-SVM-Train or MTDP-Finetune-Predict) whose model to use.")
+    add_input(
+        parser,
+        "cytomine_id_job",
+        type="Number",
+        name="Training job",
+        optional=False,
+        converter=integer(1),
+        description="Id of the training job (MTDP-SVM-Train or MTDP-Finetune-Predict) whose model to use.",
+    )
     add_filter_inputs(parser, purpose="predict")
     add_push_inputs(parser)
     add_crop_inputs(parser, from_model=True)

@@ -47,16 +47,40 @@ def get_args_parser() -> AppArgumentParser:
     parser = new_parser("svm_train", DESCRIPTOR["description"])
     add_connection_inputs(parser)
     add_filter_inputs(parser, purpose="train")
-    add_input(parser, "cytomine_positive_terms", type="ListDomain", name="Positive terms (binary mode)", default="",
-              uri="/api/project/$currentProject$/term.json", uri_print_attribute="name", uri_sort_attribute="name",
-              description="Binary mode: annotations with these terms form the positive class, all others the "
-                          "negative class. Empty: one class per term.")
-    add_input(parser, "cv_folds", type="Number", name="Cross-validation folds", default=5, converter=integer(2, 20),
-              description="Folds of the cross-validation that chooses the SVM's C; annotations of one image stay "
-                          "in one fold (fewer folds when there are fewer images).", minimum=2, maximum=20)
-    add_input(parser, "balanced_classes", type="Boolean", name="Balance classes", default=False, converter=boolean,
-              description="Weight classes inversely to their number of annotations (helps when one term "
-                          "dominates, e.g. red blood cells).")
+    add_input(
+        parser,
+        "cytomine_positive_terms",
+        type="ListDomain",
+        name="Positive terms (binary mode)",
+        default="",
+        uri="/api/project/$currentProject$/term.json",
+        uri_print_attribute="name",
+        uri_sort_attribute="name",
+        description="Binary mode: annotations with these terms form the positive class, all others the "
+        "negative class. Empty: one class per term.",
+    )
+    add_input(
+        parser,
+        "cv_folds",
+        type="Number",
+        name="Cross-validation folds",
+        default=5,
+        converter=integer(2, 20),
+        description="Folds of the cross-validation that chooses the SVM's C; annotations of one image stay "
+        "in one fold (fewer folds when there are fewer images).",
+        minimum=2,
+        maximum=20,
+    )
+    add_input(
+        parser,
+        "balanced_classes",
+        type="Boolean",
+        name="Balance classes",
+        default=False,
+        converter=boolean,
+        description="Weight classes inversely to their number of annotations (helps when one term "
+        "dominates, e.g. red blood cells).",
+    )
     add_crop_inputs(parser)
     add_backbone_inputs(parser)
     add_image_size_input(parser)

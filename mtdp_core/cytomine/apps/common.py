@@ -91,8 +91,9 @@ class CytomineInputs:
     report: CropReport | None = None
 
 
-def list_project_annotations(job: CytomineJobRun, filters: AnnotationFilters, *, what: str = "annotation"
-                             ) -> tuple[list[AnnotationRecord], dict[int, str]]:
+def list_project_annotations(
+    job: CytomineJobRun, filters: AnnotationFilters, *, what: str = "annotation"
+) -> tuple[list[AnnotationRecord], dict[int, str]]:
     assert job.session is not None
     term_names = project_terms(job.session, filters.project)
     records = list_annotations(job.session, filters)
@@ -100,8 +101,9 @@ def list_project_annotations(job: CytomineJobRun, filters: AnnotationFilters, *,
     return records, term_names
 
 
-def fetch_crops(job: CytomineJobRun, records: Sequence[AnnotationRecord], spec: CropSpec,
-                args: argparse.Namespace, stage: Stage) -> tuple[list[AnnotationRecord], list[Path], CropReport]:
+def fetch_crops(
+    job: CytomineJobRun, records: Sequence[AnnotationRecord], spec: CropSpec, args: argparse.Namespace, stage: Stage
+) -> tuple[list[AnnotationRecord], list[Path], CropReport]:
     """Crops of ``records`` (cache, or ``--infolder`` as ``<id>.png`` with BIAFLOWS flags).
 
     Failed crops are skipped, counted, listed in ``crop_failures.csv`` (attached) and the
@@ -114,8 +116,14 @@ def fetch_crops(job: CytomineJobRun, records: Sequence[AnnotationRecord], spec: 
     else:
         assert job.session is not None
         store = CropStore(cache_root(job), job.session.server_url, spec)
-    report = download_crops(job.session, records, store, threads=args.n_download_threads,
-                            download=job.flags.do_download, progress=lambda d, t: stage.update(d, t))
+    report = download_crops(
+        job.session,
+        records,
+        store,
+        threads=args.n_download_threads,
+        download=job.flags.do_download,
+        progress=lambda d, t: stage.update(d, t),
+    )
     job.set_property("crops_failed", report.n_failed)
     if report.failures:
         path = job.workdir / "crop_failures.csv"  # type: ignore[operator]
@@ -150,10 +158,10 @@ def extract_features(extractor: Any, paths: Sequence[Path], stage: Stage, chunk:
     out: np.ndarray | None = None
     stage.update(0, n)
     for start in range(0, n, chunk):
-        rows = np.asarray(extractor.transform([str(p) for p in paths[start:start + chunk]]), dtype=np.float32)
+        rows = np.asarray(extractor.transform([str(p) for p in paths[start : start + chunk]]), dtype=np.float32)
         if out is None:
             out = np.empty((n, rows.shape[1]), dtype=np.float32)
-        out[start:start + len(rows)] = rows
+        out[start : start + len(rows)] = rows
         stage.update(min(n, start + chunk), n)
     assert out is not None
     return out

@@ -35,9 +35,16 @@ logger = logging.getLogger(__name__)
 def make_extractor(args: argparse.Namespace, job: Job, device: str):
     from mtdp_core.transfer.features import FeatureExtractor
 
-    return FeatureExtractor(args.backbone, args.weights, seed=args.seed, image_size=args.image_size,
-                            batch_size=args.batch_size, num_workers=args.n_workers, device=device,
-                            cache_dir=cache_root(job) / "features")
+    return FeatureExtractor(
+        args.backbone,
+        args.weights,
+        seed=args.seed,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=args.n_workers,
+        device=device,
+        cache_dir=cache_root(job) / "features",
+    )
 
 
 def run(job: Job, args: argparse.Namespace) -> str:
@@ -60,9 +67,16 @@ def run(job: Job, args: argparse.Namespace) -> str:
             "term_ids": np.array([min(r.terms) if r.terms else -1 for r in records], dtype=np.int64),
             "n_terms": np.array([len(r.terms) for r in records], dtype=np.int64),
         }
-        meta.update({"project": job.project_id, "job": job.id, "filters": filters.describe(term_names),
-                     "crop": spec.to_dict(), "terms": {str(k): v for k, v in term_names.items()},
-                     "crops_failed": report.n_failed})
+        meta.update(
+            {
+                "project": job.project_id,
+                "job": job.id,
+                "filters": filters.describe(term_names),
+                "crop": spec.to_dict(),
+                "terms": {str(k): v for k, v in term_names.items()},
+                "crops_failed": report.n_failed,
+            }
+        )
     else:
         job.stage("Reading images", 0, 5)
         images = local_images(job)

@@ -49,10 +49,20 @@ def make_tuner(args: argparse.Namespace, device: str, stage: Stage) -> Any:
         seen["n"] += 1
         stage.update(seen["n"], total, f"lr {row['lr']:g} epoch {row['epoch']}: validation {row['val_score']:.3f}")
 
-    return FineTuner(args.backbone, args.weights, seed=args.seed, image_size=args.image_size,
-                     learning_rates=tuple(args.learning_rates), epochs=args.epochs, batch_size=args.batch_size or FINETUNE_BATCH_SIZE,
-                     patience=args.patience or None, augment=args.augment, num_workers=args.n_workers,
-                     device=device, on_epoch=on_epoch)
+    return FineTuner(
+        args.backbone,
+        args.weights,
+        seed=args.seed,
+        image_size=args.image_size,
+        learning_rates=tuple(args.learning_rates),
+        epochs=args.epochs,
+        batch_size=args.batch_size or FINETUNE_BATCH_SIZE,
+        patience=args.patience or None,
+        augment=args.augment,
+        num_workers=args.n_workers,
+        device=device,
+        on_epoch=on_epoch,
+    )
 
 
 def validation_split(labels: list, groups: list, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,48 +87,96 @@ def run(job: Job, args: argparse.Namespace) -> str:
         if len(names) < 2:
             raise TooFewClassesError(f"Put images of at least two classes in --infolder: found {names or 'none'}.")
         index = {n: k for k, n in enumerate(names)}
-        labels = TrainingLabels([index[i.label] for i in labelled], dict(enumerate(names)), {k: None for k in index.values()})
+        labels = TrainingLabels(
+            [index[i.label] for i in labelled], dict(enumerate(names)), {k: None for k in index.values()}
+        )
         train_paths = [i.path for i in labelled]
         groups = [i.group if i.group is not None else i.key for i in labelled]
         targets = [i for i in images if i.label is None]
         target_paths = [i.path for i in targets]
-        term_names, spec = {}, None
+        _term_names, spec = {}, None
 
     train_idx, val_idx = validation_split(labels.labels, groups, args.val_fraction, args.seed)
     y = np.asarray(labels.labels)
-    logger.info("fine-tuning on %d crops, validating on %d (grouped by image), predicting %d", len(train_idx),
-                len(val_idx), len(target_paths))
+    logger.info(
+        "fine-tuning on %d crops, validating on %d (grouped by image), predicting %d",
+        len(train_idx),
+        len(val_idx),
+        len(target_paths),
+    )
     tuner = make_tuner(args, device, job.stage("Fine-tuning", 35, 80))
-    tuner.fit([str(train_paths[i]) for i in train_idx], y[train_idx],
-              X_val=[str(train_paths[i]) for i in val_idx], y_val=y[val_idx])
+    tuner.fit(
+        [str(train_paths[i]) for i in train_idx],
+        y[train_idx],
+        X_val=[str(train_paths[i]) for i in val_idx],
+        y_val=y[val_idx],
+    )
 
     job.stage("Predicting", 80, 85)
     classes = tuner.classes_
     names = {int(c): labels.class_names[int(c)] for c in classes}
     val_probabilities = tuner.predict_proba([str(train_paths[i]) for i in val_idx])
     val_pred = classes[val_probabilities.argmax(axis=1)]
-    target_probabilities = tuner.predict_proba([str(p) for p in target_paths]) if target_paths else np.zeros((0, len(classes)))
+    target_probabilities = (
+        tuner.predict_proba([str(p) for p in target_paths]) if target_paths else np.zeros((0, len(classes)))
+    )
 
     from mtdp_core.transfer.persistence import save_model
 
-    extra = {"app": "finetune_predict", "crop": spec.to_dict() if spec else None, "binary": False,
-             "source": {"project": getattr(job, "project_id", None), "job": job.id}}
-    model_path = save_model(job.output_path(MODEL_FILENAME), tuner, class_names=names,
-                            class_ids={int(c): labels.class_ids[int(c)] for c in classes}, extra=extra)
+    extra = {
+        "app": "finetune_predict",
+        "crop": spec.to_dict() if spec else None,
+        "binary": False,
+        "source": {"project": getattr(job, "project_id", None), "job": job.id},
+    }
+    model_path = save_model(
+        job.output_path(MODEL_FILENAME),
+        tuner,
+        class_names=names,
+        class_ids={int(c): labels.class_ids[int(c)] for c in classes},
+        extra=extra,
+    )
     job.attach(model_path)
     history = tuner.history_
-    job.attach(write_rows(job.output_path("history.csv"), ["lr", "epoch", "train_loss", "val_loss", "val_score",
-                                                           "seconds"],
-                          [[h["lr"], h["epoch"], f"{h['train_loss']:.5f}", f"{h['val_loss']:.5f}",
-                            f"{h['val_score']:.5f}", f"{h['seconds']:.2f}"] for h in history]))
+    job.attach(
+        write_rows(
+            job.output_path("history.csv"),
+            ["lr", "epoch", "train_loss", "val_loss", "val_score", "seconds"],
+            [
+                [
+                    h["lr"],
+                    h["epoch"],
+                    f"{h['train_loss']:.5f}",
+                    f"{h['val_loss']:.5f}",
+                    f"{h['val_score']:.5f}",
+                    f"{h['seconds']:.2f}",
+                ]
+                for h in history
+            ],
+        )
+    )
     if job.flags.do_compute_metrics:
-        metrics = classification_metrics(y[val_idx], val_pred, list(classes), names,
-                                         scores=val_probabilities if len(classes) == 2 else None)
-        metrics.update({"note": "validation set (grouped by image) of the kept network", "best_lr": tuner.best_lr_,
-                        "best_epoch": tuner.best_epoch_, "scoring": tuner.scoring_, "best_score": tuner.best_score_})
-        outputs = [write_json(job.output_path("metrics.json"), metrics),
-                   confusion_matrix_png(metrics["confusion_matrix"], metrics["class_names"],
-                                        job.output_path("confusion_matrix.png"), title="Validation confusion matrix")]
+        metrics = classification_metrics(
+            y[val_idx], val_pred, list(classes), names, scores=val_probabilities if len(classes) == 2 else None
+        )
+        metrics.update(
+            {
+                "note": "validation set (grouped by image) of the kept network",
+                "best_lr": tuner.best_lr_,
+                "best_epoch": tuner.best_epoch_,
+                "scoring": tuner.scoring_,
+                "best_score": tuner.best_score_,
+            }
+        )
+        outputs = [
+            write_json(job.output_path("metrics.json"), metrics),
+            confusion_matrix_png(
+                metrics["confusion_matrix"],
+                metrics["class_names"],
+                job.output_path("confusion_matrix.png"),
+                title="Validation confusion matrix",
+            ),
+        ]
         if job.flags.do_upload_metrics:
             for path in outputs:
                 job.attach(path)
@@ -127,31 +185,56 @@ def run(job: Job, args: argparse.Namespace) -> str:
     job.set_property("scoring", tuner.scoring_)
     job.set_property("best_lr", f"{tuner.best_lr_:g}")
     job.set_property("best_epoch", tuner.best_epoch_)
-    summary = (f"validation {tuner.scoring_} {tuner.best_score_:.3f} (lr {tuner.best_lr_:g}, epoch "
-               f"{tuner.best_epoch_}) on {len(val_idx)} crops")
+    summary = (
+        f"validation {tuner.scoring_} {tuner.best_score_:.3f} (lr {tuner.best_lr_:g}, epoch "
+        f"{tuner.best_epoch_}) on {len(val_idx)} crops"
+    )
 
     index = target_probabilities.argmax(axis=1) if len(target_paths) else np.zeros(0, dtype=int)
     if isinstance(job, CytomineJobRun):
-        predictions = [Prediction(r, labels.class_ids[int(classes[k])], float(target_probabilities[i, k]),
-                                  r.terms[0] if len(r.terms) == 1 else None)
-                       for i, (r, k) in enumerate(zip(targets, index))]
+        predictions = [
+            Prediction(
+                r,
+                labels.class_ids[int(classes[k])],
+                float(target_probabilities[i, k]),
+                r.terms[0] if len(r.terms) == 1 else None,
+            )
+            for i, (r, k) in enumerate(zip(targets, index))
+        ]
         pushed: dict[int, int] = {}
         if job.flags.do_upload_annotations and predictions:
             stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 85, 97)
             assert job.session is not None
             users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
-            report = PredictionPusher(job.session, job.project_id, users, mode=args.push_mode,
-                                      threads=args.n_download_threads).push(predictions, lambda d, t: stage.update(d, t))
+            report = PredictionPusher(
+                job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads
+            ).push(predictions, lambda d, t: stage.update(d, t))
             pushed = report.pushed
             job.set_property("push", report.summary())
             summary += f"; {len(predictions)} predicted: {report.summary()}"
-        rows = [[p.annotation.id, p.annotation.image, names[int(classes[k])], p.term or "", f"{p.rate:.6f}",
-                 pushed.get(p.annotation.id, "")] for p, k in zip(predictions, index)]
-        job.attach(write_rows(job.output_path("predictions.csv"),
-                              ["annotation", "image", "predicted_class", "predicted_term", "rate", "pushed_to"], rows))
+        rows = [
+            [
+                p.annotation.id,
+                p.annotation.image,
+                names[int(classes[k])],
+                p.term or "",
+                f"{p.rate:.6f}",
+                pushed.get(p.annotation.id, ""),
+            ]
+            for p, k in zip(predictions, index)
+        ]
+        job.attach(
+            write_rows(
+                job.output_path("predictions.csv"),
+                ["annotation", "image", "predicted_class", "predicted_term", "rate", "pushed_to"],
+                rows,
+            )
+        )
     else:
-        rows = [[t.key, names[int(classes[k])], f"{target_probabilities[i, k]:.6f}"]
-                for i, (t, k) in enumerate(zip(targets, index))]
+        rows = [
+            [t.key, names[int(classes[k])], f"{target_probabilities[i, k]:.6f}"]
+            for i, (t, k) in enumerate(zip(targets, index))
+        ]
         job.attach(write_rows(job.output_path("predictions.csv"), ["filename", "predicted_class", "probability"], rows))
         summary += f"; {len(targets)} images predicted"
     job.set_property("n_predictions", len(target_paths))
@@ -186,5 +269,12 @@ def _cytomine_data(job: CytomineJobRun, args: argparse.Namespace):
     labels = training_labels(training, term_names, selected_terms=filters.terms)
     if not targets:
         logger.warning("no annotation to predict: the model is trained and attached, nothing is pushed")
-    return ([path_of[r.id] for r in training], labels, [r.image for r in training], [path_of[r.id] for r in targets],
-            targets, term_names, spec)
+    return (
+        [path_of[r.id] for r in training],
+        labels,
+        [r.image for r in training],
+        [path_of[r.id] for r in targets],
+        targets,
+        term_names,
+        spec,
+    )

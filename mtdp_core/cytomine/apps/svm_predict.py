@@ -89,8 +89,9 @@ def check_backbone(model: Any, args: argparse.Namespace) -> None:
         raise BackboneMismatchError(f"{fix}: {exc}") from None
 
 
-def predict_scores(model: Any, paths: Sequence[Path], args: argparse.Namespace, job: Job, device: str,
-                   stage: Stage, chunk: int = 512) -> np.ndarray:
+def predict_scores(
+    model: Any, paths: Sequence[Path], args: argparse.Namespace, job: Job, device: str, stage: Stage, chunk: int = 512
+) -> np.ndarray:
     """Class probabilities (n, n_classes) of the crops, in chunks (job progress between them)."""
     from mtdp_core.transfer.calibration import scaled_softmax
 
@@ -108,14 +109,14 @@ def predict_scores(model: Any, paths: Sequence[Path], args: argparse.Namespace, 
     out = np.empty((len(paths), len(model.classes)), dtype=np.float64)
     stage.update(0, len(paths))
     for start in range(0, len(paths), chunk):
-        part = [str(p) for p in paths[start:start + chunk]]
+        part = [str(p) for p in paths[start : start + chunk]]
         if extractor is None:
             scores = model.predict_images(part, **runtime).scores
         else:
             scores = model.decision_scores(extractor.transform(part))
             if model.kind == "svm":
                 scores = scaled_softmax(scores, float(calibration.get("scale", 1.0)))
-        out[start:start + len(part)] = scores
+        out[start : start + len(part)] = scores
         stage.update(min(len(paths), start + chunk), len(paths))
     return out
 
@@ -153,8 +154,9 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     probabilities = predict_scores(model, paths, args, job, device, job.stage("Predicting", 40, 75))
     index = probabilities.argmax(axis=1)
     predictions = [
-        Prediction(record, model.classes[k].id, float(probabilities[i, k]),
-                   record.terms[0] if len(record.terms) == 1 else None)
+        Prediction(
+            record, model.classes[k].id, float(probabilities[i, k]), record.terms[0] if len(record.terms) == 1 else None
+        )
         for i, (record, k) in enumerate(zip(records, index))
     ]
     pushed: dict[int, int] = {}
@@ -163,21 +165,32 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
         stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 75, 97)
         assert job.session is not None
         users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
-        pusher = PredictionPusher(job.session, job.project_id, users, mode=args.push_mode,
-                                  threads=args.n_download_threads)
+        pusher = PredictionPusher(
+            job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads
+        )
         report = pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
         pushed = report.pushed
         comment_push = report.summary()
         job.set_property("push", comment_push)
         job.set_property("push_failed", len(report.failed))
     job.progress(97, "Saving the predictions")
-    rows = [[p.annotation.id, p.annotation.image, model.classes[k].name, p.term if p.term is not None else "",
-             f"{p.rate:.6f}", pushed.get(p.annotation.id, ""), ";".join(term_names.get(t, str(t))
-                                                                          for t in p.annotation.terms)]
-            for p, k in zip(predictions, index)]
-    csv_path = write_rows(job.output_path("predictions.csv"),
-                          ["annotation", "image", "predicted_class", "predicted_term", "rate", "pushed_to",
-                           "current_terms"], rows)
+    rows = [
+        [
+            p.annotation.id,
+            p.annotation.image,
+            model.classes[k].name,
+            p.term if p.term is not None else "",
+            f"{p.rate:.6f}",
+            pushed.get(p.annotation.id, ""),
+            ";".join(term_names.get(t, str(t)) for t in p.annotation.terms),
+        ]
+        for p, k in zip(predictions, index)
+    ]
+    csv_path = write_rows(
+        job.output_path("predictions.csv"),
+        ["annotation", "image", "predicted_class", "predicted_term", "rate", "pushed_to", "current_terms"],
+        rows,
+    )
     job.attach(csv_path)
     agreement = ""
     if job.flags.do_compute_metrics:
@@ -198,8 +211,9 @@ def _truth_label(model: Any, terms: Sequence[int]) -> Any:
     return known[0] if len(known) == 1 else None
 
 
-def _agreement(job: Job, model: Any, records: Sequence[AnnotationRecord], index: np.ndarray,
-               probabilities: np.ndarray) -> str:
+def _agreement(
+    job: Job, model: Any, records: Sequence[AnnotationRecord], index: np.ndarray, probabilities: np.ndarray
+) -> str:
     """Metrics of the predictions against the terms the annotations already have (when they have one)."""
     labels = [c.label for c in model.classes]
     truth = [_truth_label(model, r.terms) for r in records]
@@ -215,9 +229,15 @@ def _agreement(job: Job, model: Any, records: Sequence[AnnotationRecord], index:
     scores = probabilities[keep] if len(labels) == 2 else None
     metrics = classification_metrics(y_true, y_pred, labels, names, scores=scores)
     metrics["note"] = "agreement of the predictions with the terms the annotations already have"
-    outputs = [write_json(job.output_path("metrics.json"), metrics),
-               confusion_matrix_png(metrics["confusion_matrix"], metrics["class_names"],
-                                    job.output_path("confusion_matrix.png"), title="Predictions vs existing terms")]
+    outputs = [
+        write_json(job.output_path("metrics.json"), metrics),
+        confusion_matrix_png(
+            metrics["confusion_matrix"],
+            metrics["class_names"],
+            job.output_path("confusion_matrix.png"),
+            title="Predictions vs existing terms",
+        ),
+    ]
     if job.flags.do_upload_metrics:
         for path in outputs:
             job.attach(path)
@@ -231,10 +251,15 @@ def _run_local(job: Job, args: argparse.Namespace, model: Any, device: str) -> s
     probabilities = predict_scores(model, [i.path for i in images], args, job, device, job.stage("Predicting", 10, 90))
     index = probabilities.argmax(axis=1)
     names = [c.name for c in model.classes]
-    rows = [[image.key, names[k], f"{probabilities[i, k]:.6f}", *(f"{p:.6f}" for p in probabilities[i])]
-            for i, (image, k) in enumerate(zip(images, index))]
-    csv_path = write_rows(job.output_path("predictions.csv"),
-                          ["filename", "predicted_class", "probability", *(f"p_{n}" for n in names)], rows)
+    rows = [
+        [image.key, names[k], f"{probabilities[i, k]:.6f}", *(f"{p:.6f}" for p in probabilities[i])]
+        for i, (image, k) in enumerate(zip(images, index))
+    ]
+    csv_path = write_rows(
+        job.output_path("predictions.csv"),
+        ["filename", "predicted_class", "probability", *(f"p_{n}" for n in names)],
+        rows,
+    )
     job.attach(csv_path)
     truth = {i.key: i.label for i in images if i.label is not None}
     if job.flags.gtfolder is not None:
@@ -245,10 +270,13 @@ def _run_local(job: Job, args: argparse.Namespace, model: Any, device: str) -> s
         y_true = [truth.get(images[i].key, truth.get(images[i].path.name)) for i in keep]
         y_pred = [names[index[i]] for i in keep]
         labels = names + sorted(set(y_true) - set(names))
-        metrics = classification_metrics(y_true, y_pred, labels, None,
-                                         scores=probabilities[keep] if len(names) == 2 else None)
+        metrics = classification_metrics(
+            y_true, y_pred, labels, None, scores=probabilities[keep] if len(names) == 2 else None
+        )
         write_json(job.output_path("metrics.json"), metrics)
-        confusion_matrix_png(metrics["confusion_matrix"], metrics["class_names"], job.output_path("confusion_matrix.png"))
+        confusion_matrix_png(
+            metrics["confusion_matrix"], metrics["class_names"], job.output_path("confusion_matrix.png")
+        )
         job.set_property("accuracy", f"{metrics['accuracy']:.4f}")
         summary += f"; accuracy {metrics['accuracy']:.3f} on {len(keep)} with ground truth"
     return summary

@@ -53,8 +53,9 @@ class TrainingSet:
     source: dict[str, Any]
 
 
-def cytomine_training_set(job: CytomineJobRun, args: argparse.Namespace, positive_terms: tuple[int, ...] = ()
-                          ) -> TrainingSet:
+def cytomine_training_set(
+    job: CytomineJobRun, args: argparse.Namespace, positive_terms: tuple[int, ...] = ()
+) -> TrainingSet:
     job.stage("Listing annotations", 0, 5)
     filters = filters_from_args(args, job.project_id)
     records, term_names = list_project_annotations(job, filters, what="annotation with a term")
@@ -63,10 +64,17 @@ def cytomine_training_set(job: CytomineJobRun, args: argparse.Namespace, positiv
     spec = crop_spec_from_args(args)
     records, paths, report = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 35))
     labels = training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
-    source = {"project": job.project_id, "job": job.id, "software": job.software_name,
-              "host": job.session.server_url if job.session else None, "filters": filters.describe(term_names),
-              "crop": spec.to_dict(), "n_images": len({r.image for r in records}), "crops_failed": report.n_failed,
-              "annotation_ids": [r.id for r in records]}
+    source = {
+        "project": job.project_id,
+        "job": job.id,
+        "software": job.software_name,
+        "host": job.session.server_url if job.session else None,
+        "filters": filters.describe(term_names),
+        "crop": spec.to_dict(),
+        "n_images": len({r.image for r in records}),
+        "crops_failed": report.n_failed,
+        "annotation_ids": [r.id for r in records],
+    }
     return TrainingSet(paths, labels, [r.image for r in records], source)
 
 
@@ -79,8 +87,12 @@ def local_training_set(job: Job) -> TrainingSet:
         raise TooFewClassesError(
             f"Put images of at least two classes in --infolder: found {len(names)} ({', '.join(names) or 'none'})."
         )
-    labels = TrainingLabels([index[i.label] for i in images], dict(enumerate(names)), {k: None for k in index.values()},
-                            counts={index[n]: sum(i.label == n for i in images) for n in names})
+    labels = TrainingLabels(
+        [index[i.label] for i in images],
+        dict(enumerate(names)),
+        {k: None for k in index.values()},
+        counts={index[n]: sum(i.label == n for i in images) for n in names},
+    )
     groups = [i.group if i.group is not None else i.key for i in images]
     return TrainingSet([i.path for i in images], labels, groups, {"infolder": str(job.flags.infolder)})
 
@@ -104,8 +116,13 @@ def run(job: Job, args: argparse.Namespace) -> str:
     groups = np.asarray([str(g) for g in data.groups])
 
     job.stage("Cross-validating the SVM (C grid, folds grouped by image)", 75, 90)
-    probe = Probe("svm", n_splits=args.cv_folds, class_weight="balanced" if args.balanced_classes else None,
-                  seed=args.seed, device="cuda" if device.startswith("cuda") else "cpu").fit(X, y, groups)
+    probe = Probe(
+        "svm",
+        n_splits=args.cv_folds,
+        class_weight="balanced" if args.balanced_classes else None,
+        seed=args.seed,
+        device="cuda" if device.startswith("cuda") else "cpu",
+    ).fit(X, y, groups)
     # Out-of-fold decisions of the chosen C, on the same folds: per-class metrics and calibration.
     # The path up to the chosen C, warm-started from the smallest C, is ~3x faster than C alone from zero.
     folds = make_cv(y, groups, args.cv_folds, seed=args.seed).folds(y)
@@ -131,22 +148,41 @@ def run(job: Job, args: argparse.Namespace) -> str:
         "calibration": {"method": "softmax_scale", "scale": scale, "oof_nll": nll},
         "class_counts": {names[int(c)]: int(n) for c, n in zip(*np.unique(y, return_counts=True))},
     }
-    model_path = save_model(job.output_path(MODEL_FILENAME), probe, features=extractor, class_names=names,
-                            class_ids={int(c): data.labels.class_ids[int(c)] for c in classes}, extra=extra)
+    model_path = save_model(
+        job.output_path(MODEL_FILENAME),
+        probe,
+        features=extractor,
+        class_names=names,
+        class_ids={int(c): data.labels.class_ids[int(c)] for c in classes},
+        extra=extra,
+    )
     job.attach(model_path)
-    cv_rows = [{"C": p["C"], "mean": float(m), "std": float(s)} for p, m, s in
-               zip(probe.cv_results_["params"], probe.cv_results_["mean_test_score"],
-                   probe.cv_results_["std_test_score"])]
-    summary = {"cv_score": probe.best_score_, "scoring": probe.scoring_, "best_C": probe.best_params_["C"],
-               "cv": probe.cv_, "grid": cv_rows, "n_samples": int(len(y)), "classes": [names[int(c)] for c in classes]}
+    cv_rows = [
+        {"C": p["C"], "mean": float(m), "std": float(s)}
+        for p, m, s in zip(
+            probe.cv_results_["params"], probe.cv_results_["mean_test_score"], probe.cv_results_["std_test_score"]
+        )
+    ]
+    summary = {
+        "cv_score": probe.best_score_,
+        "scoring": probe.scoring_,
+        "best_C": probe.best_params_["C"],
+        "cv": probe.cv_,
+        "grid": cv_rows,
+        "n_samples": int(len(y)),
+        "classes": [names[int(c)] for c in classes],
+    }
     if job.flags.do_compute_metrics:
         metrics = classification_metrics(y, predicted, list(classes), names, scores=oof if oof.ndim == 1 else None)
         metrics["note"] = "out-of-fold predictions of the chosen C (C was chosen on the same folds)"
         summary["cross_validated"] = metrics
         outputs = [write_json(job.output_path("metrics.json"), summary)]
-        png = confusion_matrix_png(metrics["confusion_matrix"], metrics["class_names"],
-                                   job.output_path("confusion_matrix.png"),
-                                   title=f"Cross-validated confusion matrix (C={probe.best_params_['C']:g})")
+        png = confusion_matrix_png(
+            metrics["confusion_matrix"],
+            metrics["class_names"],
+            job.output_path("confusion_matrix.png"),
+            title=f"Cross-validated confusion matrix (C={probe.best_params_['C']:g})",
+        )
         outputs += [png, _report(job, args, probe, summary, metrics, data)]
         if job.flags.do_upload_metrics:
             for path in outputs:
@@ -163,20 +199,28 @@ def run(job: Job, args: argparse.Namespace) -> str:
     job.set_property("backbone", f"{args.backbone} ({args.weights})")
     failed = data.source.get("crops_failed", 0)
     note = f" ({failed} crops failed: see crop_failures.csv)" if failed else ""
-    return (f"CV {probe.scoring_} {probe.best_score_:.3f} (C={probe.best_params_['C']:g}, {probe.n_splits_} folds) "
-            f"on {len(y)} crops{note}, {len(classes)} classes; model: {MODEL_FILENAME}")
+    return (
+        f"CV {probe.scoring_} {probe.best_score_:.3f} (C={probe.best_params_['C']:g}, {probe.n_splits_} folds) "
+        f"on {len(y)} crops{note}, {len(classes)} classes; model: {MODEL_FILENAME}"
+    )
 
 
 def _report(job: Job, args: argparse.Namespace, probe: Any, summary: dict, metrics: dict, data: TrainingSet):
-    grid = "".join(f"<tr><td>{r['C']:g}</td><td>{r['mean']:.4f}</td><td>{r['std']:.4f}</td></tr>"
-                   for r in summary["grid"])
+    grid = "".join(
+        f"<tr><td>{r['C']:g}</td><td>{r['mean']:.4f}</td><td>{r['std']:.4f}</td></tr>" for r in summary["grid"]
+    )
     sections = [
-        ("Model", f"<p>Linear SVM on <code>{html.escape(args.backbone)}</code> ({html.escape(str(args.weights))}) "
-                  f"features of {len(data.paths)} crops ({html.escape(data.labels.describe())}); "
-                  f"{html.escape(probe.cv_)}; best C = {probe.best_params_['C']:g}, CV {probe.scoring_} "
-                  f"{probe.best_score_:.4f}.</p>"),
-        ("Cross-validation over C", f"<table><tr><th>C</th><th>mean {probe.scoring_}</th><th>std</th></tr>"
-                                    f"{grid}</table>"),
+        (
+            "Model",
+            f"<p>Linear SVM on <code>{html.escape(args.backbone)}</code> ({html.escape(str(args.weights))}) "
+            f"features of {len(data.paths)} crops ({html.escape(data.labels.describe())}); "
+            f"{html.escape(probe.cv_)}; best C = {probe.best_params_['C']:g}, CV {probe.scoring_} "
+            f"{probe.best_score_:.4f}.</p>",
+        ),
+        (
+            "Cross-validation over C",
+            f"<table><tr><th>C</th><th>mean {probe.scoring_}</th><th>std</th></tr>{grid}</table>",
+        ),
         ("Per-class metrics (out-of-fold)", metrics_table_html(metrics)),
         ("Confusion matrix (out-of-fold)", "<img src='confusion_matrix.png' alt='confusion matrix'>"),
     ]
