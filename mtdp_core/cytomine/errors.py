@@ -75,3 +75,7 @@ class PushError(CytomineAppError):
 
 class LocalDataError(CytomineAppError):
     """A BIAFLOWS / local-mode input folder is missing or badly laid out."""
+
+
+class OutputFolderError(CytomineAppError):
+    """The output folder cannot be created or written by the user the app runs as."""

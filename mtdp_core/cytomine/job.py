@@ -37,7 +37,7 @@ from typing import Any
 
 from mtdp_core.cytomine.biaflows import BiaflowsFlags
 from mtdp_core.cytomine.client import CytomineSession, check_connected
-from mtdp_core.cytomine.errors import CytomineConnectionError, ParameterError, fit_comment
+from mtdp_core.cytomine.errors import CytomineConnectionError, OutputFolderError, ParameterError, fit_comment
 from mtdp_core.cytomine.params import AppArgumentParser, descriptor_values
 from mtdp_core.errors import MtdpError
 from mtdp_core.logs import configure_logging
@@ -97,7 +97,15 @@ class Job(ABC):
     def _prepare_folders(self) -> None:
         if self.outfolder is None:
             self.outfolder = default_outfolder(self.app, self.id)
-        self.outfolder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.outfolder.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.outfolder)
+        except OSError as exc:
+            raise OutputFolderError(
+                f"Make the output folder writable for uid {_uid()}, or give another --outfolder: cannot write to "
+                f"{str(self.outfolder)!r} ({exc.strerror or exc}). In a container, run as its owner: "
+                'docker run --user "$(id -u):$(id -g)" ...'
+            ) from exc
         self.workdir = Path(tempfile.mkdtemp(prefix=f"mtdp-{self.app}-"))
 
     def stage(self, name: str, start: int, end: int) -> Stage:
@@ -149,15 +157,25 @@ class Job(ABC):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _check_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in ``folder`` (mkdir succeeds on an existing
+    folder that this user cannot write to)."""
+    probe = folder / f".write-test-{os.getpid()}"
+    probe.touch()
+    probe.unlink()
+
+
+def _uid() -> str:
+    return str(os.getuid()) if hasattr(os, "getuid") else "of this user"
+
+
 def default_outfolder(app: str, job_id: int | str) -> Path:
     """``./mtdp-out/<app>-<job id>`` (the job's folder when a processing server runs it), or a
     temporary folder when the working directory is read-only (some containers)."""
     base = Path.cwd() / "mtdp-out"
     try:
         base.mkdir(parents=True, exist_ok=True)
-        probe = base / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        _check_writable(base)
     except OSError:
         base = Path(tempfile.gettempdir()) / "mtdp-out"
     return base / f"{app}-{job_id}"
@@ -206,7 +224,11 @@ class CytomineJobRun(Job):
         self.cj = cytomine_job
         self.id = int(cytomine_job.job.id)
         self.session = CytomineSession(cytomine_job)
-        self._prepare_folders()
+        try:
+            self._prepare_folders()
+        except OutputFolderError as exc:  # the job exists on the server: end it with the reason
+            self.fail(str(exc))
+            raise
 
     @property
     def project_id(self) -> int:

@@ -141,6 +141,41 @@ def test_local_mode_writes_outputs_and_properties(tmp_path):
     assert (out / "a.txt").read_text() == "x"
 
 
+def test_unwritable_outfolder_says_what_to_do_without_traceback(tmp_path, monkeypatch, caplog):
+    """A container user (uid 1000) on a root-owned bind mount: mkdir raises PermissionError."""
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code = run_app(parser(), ["--local", "--outfolder", str(tmp_path / "out")], lambda job, args: "x", app="test_app")
+    assert code == 1
+    message = caplog.records[-1].getMessage()
+    assert message.startswith("Make the output folder writable for uid ")
+    assert "(Permission denied)" in message and 'docker run --user "$(id -u):$(id -g)"' in message
+    assert "Traceback" not in caplog.text
+
+
+def test_outfolder_that_exists_but_cannot_be_written(tmp_path, monkeypatch, caplog):
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "touch", refuse)  # mkdir(exist_ok=True) succeeds on a read-only folder
+    assert run_app(parser(), ["--local", "--outfolder", str(tmp_path)], lambda job, args: "x", app="test_app") == 1
+    assert caplog.records[-1].getMessage().startswith("Make the output folder writable")
+
+
+def test_unwritable_outfolder_fails_the_cytomine_job(app, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    code, job = app(lambda job, args: "never", "--outfolder", str(tmp_path / "a-file" / "out"))
+    assert code == 1 and job["status"] == FAILED
+    comment = job["status_comment"]
+    assert comment.startswith("Make the output folder writable") and "Not a directory" in comment
+
+
 def test_stage_throttles_updates(tmp_path):
     from mtdp_core.cytomine.biaflows import BiaflowsFlags
 

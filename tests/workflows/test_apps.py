@@ -245,6 +245,7 @@ def test_binary_mode(apps):
     props = apps.properties(job)
     assert props["binary"] == "true" and props["positive_terms"] == str(apps.project.terms["tumour"])
     assert props["classes"] == "stroma,tumour"  # class 0 = negative, 1 = positive
+    assert props["class_term_ids"] == f"{apps.project.terms['stroma']},{apps.project.terms['tumour']}"
 
 
 # --------------------------------------------------------------------------- BIAFLOWS local mode
@@ -263,6 +264,7 @@ def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
     assert metrics["classes"] == ["blue", "red"] and metrics["n_samples"] == 8
     properties = json.loads((out / "properties.json").read_text())
     assert properties["classes"] == "blue,red"
+    assert "class_term_ids" not in properties  # folders are not Cytomine terms (was "None,None")
 
     # Predict a flat folder of images, with the ground truth in --gtfolder (a labels.csv).
     targets, truth = tmp_path / "targets", tmp_path / "gt"

@@ -188,7 +188,10 @@ def run(job: Job, args: argparse.Namespace) -> str:
             for path in outputs:
                 job.attach(path)
     job.set_property("classes", ",".join(names[int(c)] for c in classes))
-    job.set_property("class_term_ids", ",".join(str(data.labels.class_ids[int(c)]) for c in classes))
+    term_ids = [data.labels.class_ids[int(c)] for c in classes]
+    if any(t is not None for t in term_ids):  # local mode has no terms: `classes` names them
+        # A binary class of several terms has no single id: its slot stays empty (positive_terms lists them).
+        job.set_property("class_term_ids", ",".join("" if t is None else str(t) for t in term_ids))
     job.set_property("binary", str(data.labels.binary).lower())
     if data.labels.binary:
         job.set_property("positive_terms", ",".join(str(t) for t in data.labels.positive_terms))
