@@ -1,31 +1,44 @@
 # syntax=docker/dockerfile:1
-# The mtdp Cytomine / BIAFLOWS apps: one image per app, from one base.
+# The mtdp Cytomine / BIAFLOWS apps: one image per app, from shared stages.
 #
 #   docker build --target svm_train -t mtdp/s_mtdp-svm-train:1.0.0 .
 #   docker run --rm mtdp/s_mtdp-svm-train:1.0.0 --cytomine_host https://cytomine.example.org ...
-#   docker run --rm -v "$PWD/data:/data" mtdp/s_mtdp-svm-train:1.0.0 --local --infolder /data/in --outfolder /data/out
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/data:/data" mtdp/s_mtdp-svm-train:1.0.0 \
+#       --local --infolder /data/in --outfolder /data/out
 #   singularity pull mtdp-svm-train.sif docker://mtdp/s_mtdp-svm-train:1.0.0    (Cytomine's processing servers)
 #
-# Targets: extract_features, svm_train, svm_predict, finetune_predict (and base).
-# Build arguments:
-#   TORCH_INDEX_URL     where torch/torchvision come from. Default: PyPI (CUDA build, ~5 GB with its
-#                       nvidia-* wheels). For a CPU-only image (~1.5 GB):
-#                       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-#   PIP_FIND_LINKS      a folder of wheels mounted at build time, to install without downloading them,
-#                       e.g. podman build -v /opt/wheels:/wheels:ro --build-arg PIP_FIND_LINKS=/wheels
-#   MTDP_FETCH_WEIGHTS  1 (default): download MTDP_WEIGHTS at build time and check their sha256;
-#                       0: skip (builds without network). Weights are never downloaded when a job runs.
-#   MTDP_WEIGHTS        "arch:source" pairs to fetch (efficientnet_lite0 ImageNet weights, the apps'
-#                       default, come with a Python wheel and are always there). Files in docker/weights/
-#                       are copied in and verified too (e.g. the paper's multi-task weights).
+# Targets: extract_features, svm_train (the default), svm_predict, finetune_predict.
+# Stages, in the order of how often they change (each rebuilds only what follows it):
+#   python   the base image, the non-root user, the environment          (almost never)
+#   torch    the torch pair of requirements/torch.txt, checked          (a torch upgrade)
+#   deps     every other dependency at the versions of requirements/docker.txt   (a dependency bump)
+#   weights  weights files, fetched and verified in a stage of their own (the weights list, the
+#            weights registry in mtdp_core/backbones): the image only copies the result
+#   app      mtdp itself, workflows, descriptors                          (every commit)
+#   <app>    the app's descriptor and entrypoint
+# A future engine (e.g. an ONNX Runtime CPU image) is another pair of stages built FROM python
+# (its dependencies; an export stage FROM app writing the graphs) and its own app targets.
+#
+# Build arguments (none of them reaches a stage before it is used):
+#   TORCH               cuda (default): PyPI's build, with its nvidia-* CUDA libraries (~6 GB image);
+#                       cpu: the +cpu builds from TORCH_INDEX_URL; the build fails if it cannot get
+#                       them or if any CUDA library got in.
+#   TORCH_INDEX_URL     where torch comes from (default: PyPI; https://download.pytorch.org/whl/cpu for cpu)
+#   MTDP_FETCH_WEIGHTS  1 (default): fetch MTDP_WEIGHTS at build time and verify their sha256; 0: skip
+#                       (no network). Weights are never downloaded when a job runs.
+#   MTDP_WEIGHTS        "arch:source" pairs (default "densenet121:imagenet resnet50:imagenet");
+#                       EfficientNet-Lite0's ImageNet weights come with a Python wheel. Files in
+#                       docker/weights/ are copied in and verified (e.g. the paper's multi-task weights).
+#   PYTHON_IMAGE        the base image (default python:3.11-slim)
+# A wheel folder instead of the package index (nothing downloaded; it must hold every wheel):
+#   podman build --build-context wheels=DIR ...    (docker buildx build --build-context wheels=DIR ...)
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS base
-ARG TORCH_INDEX_URL=""
-ARG PIP_FIND_LINKS=""
-ARG MTDP_FETCH_WEIGHTS=1
-ARG MTDP_WEIGHTS="densenet121:imagenet resnet50:imagenet"
+# An empty wheel folder, replaced by --build-context wheels=DIR.
+FROM scratch AS wheels
+
+FROM ${PYTHON_IMAGE} AS python
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -33,73 +46,73 @@ ENV PYTHONUNBUFFERED=1 \
     MTDP_WEIGHTS_DIR=/opt/mtdp/weights \
     MPLCONFIGDIR=/tmp/matplotlib \
     HOME=/home/app
-
 RUN useradd --create-home --home-dir /home/app --uid 1000 --shell /usr/sbin/nologin app \
     && mkdir -p /opt/mtdp/weights /work \
     && chown app:app /work
 
-# torch and torchvision first (the biggest layer, reused by every app), pinned as a pair.
-# POSIX sh only: podman builds OCI images, where SHELL is ignored. $sources is split on purpose
-# (hadolint then takes it for an unpinned package: DL3013 does not apply, both are pinned).
-# hadolint ignore=DL3013,SC2086
-RUN set -eu; sources=""; \
-    if [ -n "$TORCH_INDEX_URL" ]; then sources="--index-url $TORCH_INDEX_URL --extra-index-url https://pypi.org/simple"; fi; \
-    if [ -n "$PIP_FIND_LINKS" ]; then sources="$sources --find-links $PIP_FIND_LINKS"; fi; \
-    pip install --no-cache-dir $sources torch==2.14.1 torchvision==0.29.1
+# The biggest layer, shared by every app image.
+FROM python AS torch
+ARG TORCH=cuda
+ARG TORCH_INDEX_URL=""
+COPY requirements/torch.txt docker/install-torch.sh /opt/mtdp/build/
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    sh /opt/mtdp/build/install-torch.sh /opt/mtdp/build/torch.txt
 
-# Everything else at the exact versions of requirements/docker.txt (no resolver surprises).
-COPY requirements/docker.txt /tmp/requirements-docker.txt
-# hadolint ignore=SC2086
-RUN set -eu; sources=""; if [ -n "$PIP_FIND_LINKS" ]; then sources="--find-links $PIP_FIND_LINKS"; fi; \
-    pip install --no-cache-dir --no-deps $sources --requirement /tmp/requirements-docker.txt; \
-    rm /tmp/requirements-docker.txt
+# Exact versions, no resolver: --no-deps, then `pip check` in the app stage.
+FROM torch AS deps
+COPY requirements/docker.txt /opt/mtdp/build/
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    set -eu; if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi; \
+    pip install --no-cache-dir --no-deps --requirement /opt/mtdp/build/docker.txt
 
+# Runs the weights command from the modules that define the weights (not from the whole package),
+# so that a commit elsewhere in mtdp_core does not fetch them again.
+FROM deps AS weights
+COPY mtdp_core/__init__.py mtdp_core/__main__.py mtdp_core/cli.py mtdp_core/errors.py mtdp_core/logs.py \
+    /opt/mtdp/weights-cli/mtdp_core/
+COPY mtdp_core/backbones /opt/mtdp/weights-cli/mtdp_core/backbones
+COPY docker/fetch-weights.sh /opt/mtdp/build/
+COPY docker/weights/ /opt/mtdp/weights/
+ARG MTDP_FETCH_WEIGHTS=1
+ARG MTDP_WEIGHTS="densenet121:imagenet resnet50:imagenet"
+RUN PYTHONPATH=/opt/mtdp/weights-cli sh /opt/mtdp/build/fetch-weights.sh
+
+FROM deps AS app
+COPY --from=weights /opt/mtdp/weights /opt/mtdp/weights
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mtdp_core ./mtdp_core
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-deps . \
-    && pip check \
-    && rm -rf /app/mtdp_core /app/build
-
-COPY docker/weights/ /opt/mtdp/weights/
-RUN rm -f /opt/mtdp/weights/README.md \
-    && if [ "$MTDP_FETCH_WEIGHTS" = "1" ]; then \
-         for pair in $MTDP_WEIGHTS; do mtdp weights fetch "${pair%%:*}" "${pair##*:}" --dir /opt/mtdp/weights; done; \
-       fi \
-    && mtdp weights fetch efficientnet_lite0 imagenet \
-    && mtdp weights verify
-
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    set -eu; if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi; \
+    pip install --no-cache-dir --no-deps .; \
+    pip check; \
+    rm -rf /app/mtdp_core /app/build; \
+    mtdp weights verify
 COPY workflows ./workflows
 COPY descriptors ./descriptors
 WORKDIR /work
 USER 1000:1000
 
-FROM base AS extract_features
-USER 0
-RUN cp /app/descriptors/extract_features.json /app/descriptor.json \
-    && ln -s /app/workflows/extract_features/run.py /app/run.py
-USER 1000:1000
+# One target per app: its descriptor, /app/run.py (the path Cytomine's command line names) and
+# the entrypoint, which forwards every argument.
+FROM app AS extract_features
+COPY descriptors/extract_features.json /app/descriptor.json
+COPY workflows/extract_features/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/extract_features/run.py"]
 
-FROM base AS svm_predict
-USER 0
-RUN cp /app/descriptors/svm_predict.json /app/descriptor.json \
-    && ln -s /app/workflows/svm_predict/run.py /app/run.py
-USER 1000:1000
+FROM app AS svm_predict
+COPY descriptors/svm_predict.json /app/descriptor.json
+COPY workflows/svm_predict/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/svm_predict/run.py"]
 
-FROM base AS finetune_predict
-USER 0
-RUN cp /app/descriptors/finetune_predict.json /app/descriptor.json \
-    && ln -s /app/workflows/finetune_predict/run.py /app/run.py
-USER 1000:1000
+FROM app AS finetune_predict
+COPY descriptors/finetune_predict.json /app/descriptor.json
+COPY workflows/finetune_predict/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/finetune_predict/run.py"]
 
 # Last: the default target of a plain `docker build .`.
-FROM base AS svm_train
-USER 0
-RUN cp /app/descriptors/svm_train.json /app/descriptor.json \
-    && ln -s /app/workflows/svm_train/run.py /app/run.py
-USER 1000:1000
+FROM app AS svm_train
+COPY descriptors/svm_train.json /app/descriptor.json
+COPY workflows/svm_train/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/svm_train/run.py"]

@@ -2,8 +2,8 @@
 environment where the project is installed (the development venv), for the container image.
 
 torch, torchvision and the packages only they need (nvidia-*, triton) are left out: the
-Dockerfile installs that pair first, from PyPI (CUDA build) or from TORCH_INDEX_URL (e.g. the
-CPU-only index), then this lock with --no-deps.
+Dockerfile installs that pair first (requirements/torch.txt: PyPI's CUDA build, or the +cpu build
+with TORCH=cpu), then this lock with --no-deps.
 
     python scripts/lock_docker_requirements.py            # writes requirements/docker.txt
     python scripts/lock_docker_requirements.py --check    # exit 1 when the file is out of date

@@ -109,18 +109,6 @@ def test_dockerfile_lints_clean():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_dockerfile_has_one_target_per_app_with_its_descriptor():
-    text = (ROOT / "Dockerfile").read_text()
-    assert text.splitlines()[0].startswith("# syntax=") and "FROM ${PYTHON_IMAGE} AS base" in text
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
-    for app in APPS:
-        assert f"FROM base AS {app}" in text
-        assert f'ENTRYPOINT ["python", "/app/workflows/{app}/run.py"]' in text
-        assert f"cp /app/descriptors/{app}.json /app/descriptor.json" in text
-        image = descriptor(app)["container-image"]["image"]
-        assert image.startswith("mtdp/s_mtdp-")
-
-
 def test_docker_lock_pins_every_runtime_dependency_and_never_torch():
     """requirements/docker.txt (installed --no-deps in the image) must cover pyproject's dependencies."""
     import tomllib
