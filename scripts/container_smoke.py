@@ -105,9 +105,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, **{"check": True, **kwargs})
+    return subprocess.run(cmd, check=check, **kwargs)
 
 
 def quiet(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -191,7 +191,7 @@ def make_base(engine: str, mirror: str) -> None:
             'CMD ["python3"]\n'
         )
         run([engine, "build", "-t", BASE_TAG, str(context)])
-        quiet([engine, "rmi", "localhost/debian-py311-base:latest"])
+        quiet([engine, "untag", "localhost/debian-py311-base:latest"])  # its layer is the stand-in's
 
 
 def ensure_runtime(engine: str, workdir: Path) -> str:
@@ -327,6 +327,9 @@ def inspect_torch(engine: str, image: str) -> dict:
 
 def build(args: argparse.Namespace) -> dict:
     results: dict = {}
+    if args.no_cache:  # earlier images of these tags would otherwise serve the second build from their cache
+        for app in APPS:
+            quiet([args.engine, "rmi", image_name(app, args.tag)])
     for app in APPS:
         image = image_name(app, args.tag)
         no_cache = ("--no-cache",) if args.no_cache and app == APPS[0] else ()  # the second reuses the first
@@ -472,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         check_engine(args.engine)
+        step = time.perf_counter()
         results["base_image"] = ensure_base(args.engine, remake=args.make_base, mirror=args.mirror)
+        results["base_seconds"] = round(time.perf_counter() - step, 1)
         results["containers_conf"] = ensure_runtime(args.engine, workdir)
         if args.wheels is not None and not args.skip_build:
             results["wheels"] = fill_wheels(args.wheels, args.torch, args.torch_index_url)
