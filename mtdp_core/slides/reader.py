@@ -377,9 +377,9 @@ class Slide:
         )
 
     def thumbnail(self, max_side: int = 1024) -> Image.Image:
-        """The whole slide with its longest side ``max_side`` (aspect ratio kept)."""
+        """The whole slide with its longest side ``max_side`` (aspect ratio kept; never larger than level 0)."""
         W, H = self.dimensions
-        scale = max(W, H) / max_side
+        scale = max(max(W, H) / max_side, 1.0)
         size = (max(1, round(W / scale)), max(1, round(H / scale)))
         return self.read_region((0, 0, W, H), size, max_output_side=max(size))
 

@@ -245,7 +245,11 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
     between = w0 * w1 * (mean0 - mean1) ** 2
     between[(w0 == 0) | (w1 == 0)] = -1
-    return float(edges[int(np.argmax(between)) + 1])
+    if between.max() <= 0:  # one value only: nothing above it
+        return float(edges[int(np.argmax(hist)) + 1])
+    # Every cut inside an empty gap between two modes scores the same: take the middle one.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(edges[int(best[len(best) // 2]) + 1])
 
 
 def _odd_pixels(micrometres: float, mpp: float) -> int:
