@@ -9,7 +9,10 @@ pyramids would open as one level).
   one halved, box filter), lossless ``zlib`` tiles by default, so tests can compare pixels.
 - ``write_tiled_slide(path, size, tile_fn)``: slides larger than memory: ``tile_fn(level,
   col, row, tile)`` returns each tile's pixels (or None for an empty tile: written sparse,
-  0 bytes, read back as background), called once per tile as it is written.
+  0 bytes; a generic TIFF reads it back as background, while OpenSlide renders a missing
+  Aperio tile from the levels above it, slowly), called once per tile as it is written; with
+  ``encoded=True`` it returns the tile already compressed (e.g. a few JPEG tiles encoded once
+  and repeated: a 100,000 px slide is written in seconds).
 - ``tissue_like(shape, seed)``: H&E-looking synthetic pixels (pink stroma, purple nuclei on
   a white background) for tests that run without real data.
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-TileFn = Callable[[int, int, int, int], "np.ndarray | None"]
+TileFn = Callable[[int, int, int, int], "np.ndarray | bytes | None"]
 
 
 def _tifffile():
@@ -65,6 +68,7 @@ def write_tiled_slide(
     magnification: float | None = None,
     compression: str = "zlib",
     thumbnail: np.ndarray | None = None,
+    encoded: bool = False,
 ) -> Path:
     """Write a pyramidal slide tile by tile (memory: one tile), see the module docstring.
 
@@ -77,6 +81,7 @@ def write_tiled_slide(
             Aperio files have).
         mpp: µm per level-0 pixel (None: no resolution recorded).
         compression: ``"zlib"`` (lossless), ``"jpeg"`` (needs imagecodecs) or None.
+        encoded: ``tile_fn`` returns tiles already compressed with ``compression`` (bytes).
     """
     tifffile = _tifffile()
     path = Path(path)
@@ -87,10 +92,11 @@ def write_tiled_slide(
         for level, (w, h) in enumerate(sizes):
             cols, rows = -(-w // tile), -(-h // tile)
 
-            def tiles(level: int = level, cols: int = cols, rows: int = rows) -> Iterator[np.ndarray | None]:
+            def tiles(level: int = level, cols: int = cols, rows: int = rows) -> Iterator[np.ndarray | bytes | None]:
                 for r in range(rows):
                     for c in range(cols):
-                        yield tile_fn(level, c, r, tile)
+                        t = tile_fn(level, c, r, tile)
+                        yield (t if t is not None else b"") if encoded else t
 
             kwargs: dict = {}
             if level == 0 and fmt == "tiff" and mpp is not None:

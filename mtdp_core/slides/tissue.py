@@ -118,23 +118,24 @@ class TissueDetector:
         return result
 
     def segment(self, image: Image.Image, mpp: float) -> tuple[np.ndarray, float]:
-        """Tissue mask (bool, H x W) of an RGB picture at ``mpp`` µm/px, and the threshold used."""
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        """Tissue mask (bool, H x W) of an RGB picture at ``mpp`` µm/px, and the threshold used
+        (saturation in [0, 1], or grey level in [0, 1])."""
+        # 8-bit channels computed by Pillow: no float copy of the picture (up to max_side² pixels).
         if self.method == "otsu_saturation":
-            hi, lo = rgb.max(axis=2), rgb.min(axis=2)
-            channel = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
+            channel = np.asarray(image.convert("RGB").convert("HSV"))[..., 1]
         else:
-            channel = 1.0 - (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2])  # darkness
+            channel = 255 - np.asarray(image.convert("L"))  # darkness: tissue is darker than glass
         blur = _odd_pixels(self.blur, mpp)
         if blur > 1:
             channel = ndimage.median_filter(channel, size=blur, mode="nearest")
         if self.threshold is not None:
-            threshold = self.threshold if self.method == "otsu_saturation" else 1.0 - self.threshold
+            cut = self.threshold if self.method == "otsu_saturation" else 1.0 - self.threshold
         else:
-            threshold = otsu_threshold(channel)
+            hist = np.bincount(channel.ravel(), minlength=256).astype(np.float64)
+            cut = (_otsu_index(hist, np.arange(256) / 255.0) + 0.5) / 255.0
             floor = self.min_saturation if self.method == "otsu_saturation" else 1.0 - self.max_gray
-            threshold = max(threshold, floor)
-        mask = channel > threshold
+            cut = max(cut, floor)
+        mask = channel > cut * 255.0
         radius = round(self.closing / mpp)
         if radius >= 1:
             # Padded so that tissue touching the border is not eroded by the closing.
@@ -149,7 +150,7 @@ class TissueDetector:
             keep = sizes >= min_pixels
             keep[0] = False
             mask = keep[labels]
-        reported = threshold if self.method == "otsu_saturation" else 1.0 - threshold
+        reported = cut if self.method == "otsu_saturation" else 1.0 - cut
         return mask.astype(bool), float(reported)
 
 
@@ -173,8 +174,9 @@ class TissueMask:
     def __post_init__(self) -> None:
         self.mask = np.asarray(self.mask, dtype=bool)
         h, w = self.mask.shape
-        self._sat = np.zeros((h + 1, w + 1), dtype=np.int64)
-        self._sat[1:, 1:] = self.mask.cumsum(axis=0).cumsum(axis=1)
+        # Summed-area table; int32 holds any mask up to 46,000 px square (max_side caps it lower).
+        self._sat = np.zeros((h + 1, w + 1), dtype=np.int32)
+        np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.int32), axis=1, out=self._sat[1:, 1:])
 
     @classmethod
     def everywhere(cls, slide_size: tuple[int, int]) -> TissueMask:
@@ -219,11 +221,11 @@ class TissueMask:
         xi, yi = np.minimum(np.floor(x).astype(np.int64), w - 1), np.minimum(np.floor(y).astype(np.int64), h - 1)
         fx, fy = x - xi, y - yi
         s = self._sat
-        m = self.mask.astype(np.float64)
+        corner = s[yi, xi].astype(np.float64)
         # S(x, y) = S(xi, yi) + partial column/row/pixel contributions.
-        row_part = (s[yi + 1, xi] - s[yi, xi]) * fy  # pixels left of xi in the partial row
-        col_part = (s[yi, xi + 1] - s[yi, xi]) * fx  # pixels above yi in the partial column
-        return s[yi, xi] + row_part + col_part + m[yi, xi] * fx * fy
+        row_part = (s[yi + 1, xi] - corner) * fy  # pixels left of xi in the partial row
+        col_part = (s[yi, xi + 1] - corner) * fx  # pixels above yi in the partial column
+        return corner + row_part + col_part + self.mask[yi, xi] * fx * fy
 
     def to_image(self) -> Image.Image:
         """The mask as a black-and-white picture (tissue white)."""
@@ -233,11 +235,14 @@ class TissueMask:
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of values in [0, 1]: the cut that maximises the between-class variance."""
     hist, edges = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    total = hist.sum()
-    if total == 0:
+    if hist.sum() == 0:
         return 0.5
-    centers = (edges[:-1] + edges[1:]) / 2
+    return float(edges[_otsu_index(hist.astype(np.float64), (edges[:-1] + edges[1:]) / 2) + 1])
+
+
+def _otsu_index(hist: np.ndarray, centers: np.ndarray) -> int:
+    """The last bin of the lower class of Otsu's cut of a histogram."""
+    total = hist.sum()
     w0 = np.cumsum(hist)
     w1 = total - w0
     m0 = np.cumsum(hist * centers)
@@ -246,10 +251,10 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     between = w0 * w1 * (mean0 - mean1) ** 2
     between[(w0 == 0) | (w1 == 0)] = -1
     if between.max() <= 0:  # one value only: nothing above it
-        return float(edges[int(np.argmax(hist)) + 1])
+        return int(np.argmax(hist))
     # Every cut inside an empty gap between two modes scores the same: take the middle one.
     best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
-    return float(edges[int(best[len(best) // 2]) + 1])
+    return int(best[len(best) // 2])
 
 
 def _odd_pixels(micrometres: float, mpp: float) -> int:
