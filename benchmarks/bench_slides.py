@@ -73,6 +73,7 @@ MODELS = {"efficientnet_lite0": "imagenet", "resnet50": "random", "densenet121":
 SLIDE_MPP = 0.25  # a 40x scan
 TILE = 256  # the slide's own tiles
 LEVEL_FACTOR = 4  # Aperio's pyramid: 1, 4, 16, ...
+MAX_SIDE = 65_536  # largest generated throughput slide
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -265,9 +266,10 @@ def run_throughput(args: argparse.Namespace, device: torch.device, slides_dir: P
     if args.slide is not None:
         path, source = args.slide, str(args.slide)
     else:
-        # Large enough for n_tiles tissue tiles at the coarsest resolution asked.
+        # Large enough for n_tiles tissue tiles at the coarsest resolution asked, up to 65,536 px
+        # (~1 GB; coarse resolutions then get fewer tiles: the table says how many).
         tile0 = args.size * max(resolutions) / SLIDE_MPP
-        side = int(math.ceil(math.sqrt(n_tiles / 0.6) * tile0 * 1.1 / TILE) * TILE)
+        side = min(MAX_SIDE, int(math.ceil(math.sqrt(n_tiles / 0.6) * tile0 * 1.1 / TILE) * TILE))
         pool, source = tile_pool(args.data)
         path = slides_dir / f"bench-{side}.svs"
         if not path.is_file():
