@@ -8,12 +8,17 @@ the CLI all speak these words.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mtdp_core.server.errors import BadRequest
 
 #: A database row as a dict (column name -> value), plus whatever a backend joins in.
 Row = dict[str, Any]
+
+#: A check a backend runs on a row before it writes what concerns it (e.g. the caller's access to
+#: its project); raising refuses the write. See ``api.access.project_write_check``.
+Check = Callable[[Row], None]
 
 #: Fully qualified class names, as the Grails core writes them in ``class`` fields.
 CLASS_NAMES: dict[str, str] = {

@@ -6,16 +6,14 @@ Authentication (a valid signature) happened before any handler runs, and made th
 
 Today's model (see docs/local_server.md, "Differences from a real core"): every authenticated
 user may read and edit every project (a core's CLASSIC mode with everyone a member);
-administrators alone manage users and see every attached file; a job user is confined to
-the annotations and the job it created.
+administrators alone manage users and list every attached file; a job user may change only
+the annotations it created and only its own job, and launches no job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from mtdp_core.server.api.context import Caller, RequestContext
-from mtdp_core.server.domain import Row
+from mtdp_core.server.domain import Check, Row
 from mtdp_core.server.errors import BadRequest, Forbidden, Unauthorized
 
 
@@ -56,7 +54,7 @@ def require_domain_access(ctx: RequestContext, class_name: str, ident: int, *, w
     caller(ctx)
 
 
-def project_write_check(ctx: RequestContext) -> Callable[[Row], None]:
+def project_write_check(ctx: RequestContext) -> Check:
     """For a backend to run on each object it is about to change (e.g. every item of a bulk
     creation): :func:`require_project_access` with ``write`` on the object's ``project_id``."""
 

@@ -4,17 +4,13 @@ the annotation with the validated terms)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mtdp_core.server.backends.annotations import INSERT_ALGO_TERM, INSERT_ANNOTATION_TERM, AnnotationsBackend
 from mtdp_core.server.backends.database import Database
-from mtdp_core.server.domain import Row, as_int, now_ms, parse_id_list
+from mtdp_core.server.domain import Check, Row, as_int, now_ms, parse_id_list
 from mtdp_core.server.errors import BadRequest, Conflict, NotFound
-
-#: A check run on an annotation before it changes (e.g. the caller's access to it); raising refuses.
-AnnotationCheck = Callable[[Row], None]
 
 if TYPE_CHECKING:
     from mtdp_core.server.backends.ontologies import OntologiesBackend
@@ -63,7 +59,7 @@ class AnnotationTermsBackend:
                 return row
         raise NotFound(f"AnnotationTerm for annotation {annotation_id} and term {term_id} not found")
 
-    def delete(self, annotation_id: int, term_id: int, user_id: int, *, check: AnnotationCheck | None = None) -> Row:
+    def delete(self, annotation_id: int, term_id: int, user_id: int, *, check: Check | None = None) -> Row:
         """Remove ``user_id``'s term from an annotation (``check`` may refuse the annotation first)."""
         row = self._find("annotation_term", annotation_id, term_id, user_id)
         if row is None:
@@ -143,7 +139,7 @@ class AnnotationTermsBackend:
         rid = self.db.scalar("SELECT id FROM annotation WHERE parent_id = ? AND kind = 'reviewed'", (annotation_id,))
         return None if rid is None else self.annotations.get(rid)
 
-    def unreview(self, annotation_id: int, *, check: AnnotationCheck | None = None) -> Row:
+    def unreview(self, annotation_id: int, *, check: Check | None = None) -> Row:
         """Delete the reviewed copy of an annotation (returned); ``check`` may refuse it first."""
         reviewed = self.reviewed_copy(annotation_id)
         if reviewed is None:

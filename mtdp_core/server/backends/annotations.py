@@ -10,7 +10,7 @@ for another user. Listings are ordered by id, newest first (``ORDER BY a.id desc
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from shapely.geometry.base import BaseGeometry
 from mtdp_core.server import geometry as geo
 from mtdp_core.server.backends.annotation_query import AnnotationQuery, algo_terms_sql, build_queries, where_clause
 from mtdp_core.server.backends.database import Database, chunks, marks
-from mtdp_core.server.domain import ANNOTATION_KINDS, CLASS_NAMES, Row, as_int, id_union, now_ms, parse_id_list
+from mtdp_core.server.domain import ANNOTATION_KINDS, CLASS_NAMES, Check, Row, as_int, id_union, now_ms, parse_id_list
 from mtdp_core.server.errors import BadRequest, Conflict, Forbidden, NotFound
 
 if TYPE_CHECKING:
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from mtdp_core.server.backends.meta import MetaBackend
     from mtdp_core.server.backends.projects import ProjectsBackend
     from mtdp_core.server.backends.users import UsersBackend
-
-#: A check run on the image of each annotation before it is created (e.g. the caller's access
-#: to its project); raising refuses that annotation.
-ImageCheck = Callable[[Row], None]
 
 INSERT_ANNOTATION = (
     "INSERT INTO annotation (id, kind, image_id, slice_id, project_id, user_id, location, geometry_compression, area,"
@@ -96,14 +92,14 @@ class AnnotationsBackend:
     meta: MetaBackend
 
     # ------------------------------------------------------------------ create
-    def create(self, data: dict[str, Any], user: Row, *, check: ImageCheck | None = None) -> Row:
+    def create(self, data: dict[str, Any], user: Row, *, check: Check | None = None) -> Row:
         """One annotation from a client body; algo when ``user`` is a job user (as the core)."""
         with self.db.transaction():
             aid = self._insert(data, user, check)
         return self.get(aid)
 
     def create_many(
-        self, items: Sequence[Any], user: Row, *, check: ImageCheck | None = None
+        self, items: Sequence[Any], user: Row, *, check: Check | None = None
     ) -> tuple[list[int], list[str]]:
         """Bulk create (a JSON array): (created ids, one message per refused item)."""
         created: list[int] = []
@@ -119,7 +115,7 @@ class AnnotationsBackend:
                     errors.append(f"item {position}: {exc.message}")
         return created, errors
 
-    def _insert(self, data: dict[str, Any], user: Row, check: ImageCheck | None) -> int:
+    def _insert(self, data: dict[str, Any], user: Row, check: Check | None) -> int:
         kind = "algo" if user["algo"] else "user"
         image = self._image_of(data)
         if check is not None:
