@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,50 +129,68 @@ def to_geojson(
         merged: one ``"annotation"`` per class: its tiles merged, ``min_area`` level-0 px².
         colors: RGB per class (default: ``class_colors``).
     """
+    features = geojson_features(result, tiles=tiles, merged=merged, min_area=min_area, colors=colors)
+    return {"type": "FeatureCollection", "features": list(features)}
+
+
+def geojson_features(
+    result: SlideClassification,
+    *,
+    tiles: bool = True,
+    merged: bool = True,
+    min_area: float = 0.0,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+) -> Iterator[dict]:
+    """The features of ``to_geojson``, one at a time (merged classes first, then tiles)."""
     names = [c.name for c in result.classes]
     colors = list(colors or class_colors(names))
-    features: list[dict] = []
+    index = result.index
     if merged:
-        for c, geom in enumerate(merge_classes(result.grid, result.index, len(names), min_area=min_area)):
+        for c, geom in enumerate(merge_classes(result.grid, index, len(names), min_area=min_area)):
             if geom.is_empty:
                 continue
-            features.append(
-                {
-                    "type": "Feature",
-                    "geometry": _rounded(mapping(geom)),
-                    "properties": {
-                        "objectType": "annotation",
-                        "name": names[c],
-                        "classification": {"name": names[c], "color": list(colors[c])},
-                        "measurements": {"tiles": int((result.index == c).sum()), "area_px": round(geom.area, 1)},
-                    },
-                }
-            )
+            yield {
+                "type": "Feature",
+                "geometry": _rounded(mapping(geom)),
+                "properties": {
+                    "objectType": "annotation",
+                    "name": names[c],
+                    "classification": {"name": names[c], "color": list(colors[c])},
+                    "measurements": {"tiles": int((index == c).sum()), "area_px": round(geom.area, 1)},
+                },
+            }
     if tiles:
-        index, probs, tissue = result.index, np.asarray(result.probabilities), result.grid.tissue_fraction
+        probs, tissue = np.asarray(result.probabilities), result.grid.tissue_fraction
         for i, (x, y, w, h) in enumerate(result.grid.boxes.tolist()):
             c = int(index[i])
             ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
-            features.append(
-                {
-                    "type": "Feature",
-                    "geometry": {"type": "Polygon", "coordinates": [[[_num(a), _num(b)] for a, b in ring]]},
-                    "properties": {
-                        "objectType": "tile",
-                        "classification": {"name": names[c], "color": list(colors[c])},
-                        "measurements": {
-                            **{f"prob_{n}": round(float(p), 5) for n, p in zip(names, probs[i])},
-                            "tissue": round(float(tissue[i]), 4),
-                        },
+            yield {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [[[_num(a), _num(b)] for a, b in ring]]},
+                "properties": {
+                    "objectType": "tile",
+                    "classification": {"name": names[c], "color": list(colors[c])},
+                    "measurements": {
+                        **{f"prob_{n}": round(float(p), 5) for n, p in zip(names, probs[i])},
+                        "tissue": round(float(tissue[i]), 4),
                     },
-                }
-            )
-    return {"type": "FeatureCollection", "features": features}
+                },
+            }
 
 
 def write_geojson(result: SlideClassification, path: str | os.PathLike, **kwargs) -> Path:
-    """``to_geojson`` written to ``path`` (compact JSON), atomically."""
-    return _write_text(path, json.dumps(to_geojson(result, **kwargs), separators=(",", ":")))
+    """``to_geojson`` written to ``path`` (compact JSON), one feature at a time (memory does not
+    grow with the number of tiles), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write('{"type":"FeatureCollection","features":[')
+        features = geojson_features(result, **kwargs)
+        handle.writelines(("," if i else "") + json.dumps(f, separators=(",", ":")) for i, f in enumerate(features))
+        handle.write("]}")
+    os.replace(tmp, path)
+    return path
 
 
 def _num(v: float) -> float | int:
@@ -342,12 +360,3 @@ def _with_colorbar(picture: Image.Image, title: str, cmap: str) -> Image.Image:
     draw.text((pad + bar_w - size // 2, y + size + pad // 2), "1", fill=(0, 0, 0), font=font)
     draw.text((2 * pad + bar_w, y), title, fill=(0, 0, 0), font=font)
     return out
-
-
-def _write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path

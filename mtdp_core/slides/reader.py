@@ -372,9 +372,7 @@ class Slide:
     ) -> Image.Image:
         """The level-0 box at ``resolution`` (None: level 0): output size = box size / downsample."""
         ds = self.downsample_for(resolution)
-        return self.read_region(
-            (x, y, width, height), (max(1, round(width / ds)), max(1, round(height / ds))), max_output_side=1 << 30
-        )
+        return self.read_region((x, y, width, height), (max(1, round(width / ds)), max(1, round(height / ds))))
 
     def thumbnail(self, max_side: int = 1024) -> Image.Image:
         """The whole slide with its longest side ``max_side`` (aspect ratio kept; never larger than level 0)."""

@@ -137,6 +137,8 @@ def test_region_at_a_level_equals_that_level(request, fixture, slide_pixels):
         # Downsample 2 on even coordinates: level 1's own pixels, no resampling.
         region = slide.read_region((200, 120, 300, 200), (150, 100))
         assert np.array_equal(np.asarray(region), pyramid[1][60:160, 100:250])
+        # The same at a resolution: 2 µm/px on a 1 µm/px slide.
+        assert np.array_equal(np.asarray(slide.read(200, 120, 300, 200, resolution="2")), np.asarray(region))
 
 
 def test_region_between_levels_matches_level0_resized(tiff_slide, slide_pixels):
