@@ -15,7 +15,7 @@ import pytest
 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError
-from tests.workflows.conftest import FAILED, FAST, SUCCESS
+from tests.helpers.apps import FAILED, FAST, SUCCESS, as_argv, load_workflow
 
 
 def algo_terms(apps, job) -> list[dict]:
@@ -251,8 +251,6 @@ def test_binary_mode(apps):
 
 
 def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     out = tmp_path / "out"
     fast = as_argv({k: v for k, v in FAST.items() if k != "crop_max_size"})
     code = load_workflow("svm_train").main(
@@ -317,8 +315,6 @@ def test_biaflows_no_download_uses_crops_in_infolder(apps, tmp_path):
 
 
 def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     for path in sorted(tiny_image_folder.rglob("*_3.png")):  # one image per class leaves its class folder
         path.rename(tiny_image_folder / path.name)
     out = tmp_path / "out"
@@ -346,7 +342,5 @@ def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, t
 
 
 def test_local_mode_without_folder_says_what_to_give(tmp_path):
-    from tests.workflows.conftest import load_workflow
-
     assert load_workflow("svm_train").main(["--local", "--outfolder", str(tmp_path)]) == 1
     assert load_workflow("svm_train").main([]) == 2  # neither a server nor --local
