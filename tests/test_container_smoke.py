@@ -3,22 +3,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.scripts import load_script
 
 
 @pytest.fixture
 def smoke():
-    spec = importlib.util.spec_from_file_location("container_smoke", ROOT / "scripts" / "container_smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/container_smoke.py")
+
+
+@pytest.fixture
+def no_containers_conf(monkeypatch):
+    """CONTAINERS_CONF unset, and unset again afterwards (the script exports it)."""
+    monkeypatch.setenv("CONTAINERS_CONF", "")
+    monkeypatch.delenv("CONTAINERS_CONF")
 
 
 def fake_engine(tmp_path: Path, script: str) -> str:
@@ -37,6 +40,7 @@ def test_no_engine_stops_at_once_with_the_install_line(smoke, tmp_path, monkeypa
     assert "No podman on PATH: install podman: apt-get install -y podman buildah runc" in err
 
 
+@pytest.mark.usefixtures("no_containers_conf")
 def test_podman_that_cannot_set_rlimits_gets_the_scripts_containers_conf(smoke, tmp_path, monkeypatch):
     """Without the config every `podman run` failed, after a 4-minute build."""
     script = (
@@ -44,17 +48,16 @@ def test_podman_that_cannot_set_rlimits_gets_the_scripts_containers_conf(smoke, 
         'echo "Error: runc create failed: error setting rlimit type 7: operation not permitted" >&2; exit 126\n'
     )
     monkeypatch.setenv("PATH", fake_engine(tmp_path, script))
-    monkeypatch.delenv("CONTAINERS_CONF", raising=False)
     conf = smoke.ensure_runtime("podman", tmp_path)
     assert conf == str(tmp_path / "containers.conf")
     text = Path(conf).read_text()
     assert 'default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]' in text and 'runtime = "runc"' in text
 
 
+@pytest.mark.usefixtures("no_containers_conf")
 def test_podman_that_cannot_run_at_all_says_what_to_install(smoke, tmp_path, monkeypatch):
     script = 'echo "Error: default OCI runtime not found" >&2; exit 125\n'
     monkeypatch.setenv("PATH", fake_engine(tmp_path, script))
-    monkeypatch.delenv("CONTAINERS_CONF", raising=False)
     with pytest.raises(smoke.SmokeError, match=r"Make `podman run` work: .*runtime not found.*apt-get install -y runc"):
         smoke.ensure_runtime("podman", tmp_path)
 
