@@ -32,7 +32,7 @@ from mtdp_core.server.api import Services, create_app
 from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.domain import Row
-from mtdp_core.server.errors import NotFound
+from mtdp_core.server.errors import Forbidden, NotFound
 from mtdp_core.server.imaging import ImageCache
 from mtdp_core.server.launcher import JobLauncher, typed_parameters
 
@@ -268,7 +268,8 @@ class LocalCytomine:
         """Launch a job as the Cytomine web UI does: a Job with its own user and its parameters,
         the command line built by the core's rules, run by the local processing server.
 
-        Returns the job (its final state when ``wait``).
+        ``user`` launches it (an administrator, or a member of the project); the job user acts in
+        the project until the job ends. Returns the job (its final state when ``wait``).
         """
         store = self._store()
         software_row = self.find_software(software)
@@ -276,6 +277,11 @@ class LocalCytomine:
         launcher_user = store.users.find_by_username(user)
         if launcher_user is None:
             raise NotFound(f"User {user!r} does not exist")
+        if not launcher_user["is_admin"] and store.projects.role(project_row["id"], launcher_user["id"]) is None:
+            raise Forbidden(
+                f"User {user!r} is not a member of project {project_row['name']!r}: add it with "
+                f"'mtdp server user add {user} --project {project_row['name']}'"
+            )
         store.software.ensure_in_project(software_row["id"], project_row["id"])
         checked = typed_parameters(store.software.list_parameters(software_row["id"]), parameters or {})
         job, _ = store.jobs.create(project_row["id"], software_row["id"], launcher_user, checked)

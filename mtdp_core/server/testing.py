@@ -21,6 +21,7 @@ with the 4xx it must get: the security tests and ``benchmarks/bench_hostile.py``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -206,85 +207,85 @@ def signed_request(
 @dataclass(frozen=True)
 class HostileRequest:
     """A request a hostile user with valid keys may send, and the 4xx it must get (``expect``),
-    whose message contains ``says``."""
+    whose message contains ``says``. ``path`` and ``body`` name the objects they target with
+    ``{crop}``, ``{window}``, ``{attach}``, ``{project}`` and ``{huge}`` (see :func:`hostile_requests`)."""
 
     item: int  # the defect of issue 11 it reproduces: 4 (unbounded pixels and bodies) or 6 (bad input)
     what: str
     method: str
     path: str
-    data: bytes | None = None
+    body: bytes | None = None
     files: dict[str, tuple[str, bytes]] | None = None
     expect: int = 400
     says: str = ""
 
     def send(self, url: str, keys: tuple[str, str], timeout: float = 120) -> requests.Response:
-        return signed_request(url, keys, self.method, self.path, data=self.data, files=self.files, timeout=timeout)
+        return signed_request(url, keys, self.method, self.path, data=self.body, files=self.files, timeout=timeout)
+
+
+_NOTES = {"files[]": ("notes.txt", b"some notes")}
+_DEEP = b"[" * 1000 + b"]" * 1000
+_JUNK = b"<junk>"  # replaced by junk_body_bytes bytes of junk
+HOSTILE_REQUESTS = (
+    HostileRequest(4, "crop of 20000 pixels", "GET", "{crop}?maxSize=20000", says="max-pixels"),
+    HostileRequest(4, "crop enlarged 200 times", "GET", "{crop}?maxSize=4000", says="max-upscale"),
+    HostileRequest(4, "crop with maxSize 10^12", "GET", f"{{crop}}?maxSize={10**12}", says="maxSize"),
+    HostileRequest(4, "window of 20000 x 20000", "GET", "{window}-0-0-20000-20000.png?withExterior=true", says="max-"),
+    HostileRequest(4, "window enlarged to 20000", "GET", "{window}-0-0-20-20.png?maxSize=20000", says="max-"),
+    HostileRequest(4, "body over the limit", "POST", "/api/annotation.json", _JUNK, expect=413, says="max-body-mb"),
+    HostileRequest(6, "file name '.'", "POST", "{attach}&filename=.", files=_NOTES, says="file name"),
+    HostileRequest(6, "file name '..'", "POST", "{attach}&filename=..", files=_NOTES, says="file name"),
+    HostileRequest(6, "file name with NUL", "POST", "{attach}&filename=a%00b.txt", files=_NOTES, says="file name"),
+    HostileRequest(
+        6, "file name of 300 characters", "POST", "{attach}&filename=" + "a" * 300, files=_NOTES, says="255"
+    ),
+    HostileRequest(6, "file name with CR/LF", "POST", "{attach}&filename=a%0D%0Ab.txt", files=_NOTES, says="file name"),
+    HostileRequest(
+        6, "uploaded file named '..'", "POST", "{attach}", files={"files[]": ("..", b"x")}, says="file name"
+    ),
+    HostileRequest(6, "id above 2^63 in the path", "GET", "/api/project/{huge}.json", says="2^63"),
+    HostileRequest(6, "id above 2^63 in the query", "GET", "/api/annotation.json?project={huge}", says="2^63"),
+    HostileRequest(6, "id above 2^63 in a body", "POST", "/api/annotation.json", b'{"image": {huge}}', says="2^63"),
+    HostileRequest(6, "JSON nested 1000 deep", "POST", "/api/annotation.json", _DEEP, says="nested"),
+    HostileRequest(
+        6,
+        "JSON nested 1000 deep in a property",
+        "POST",
+        "/api/project/{project}/property.json",
+        b'{"key": "k", "value": ' + _DEEP + b"}",
+        says="nested",
+    ),
+    HostileRequest(6, "increaseArea=nan", "GET", "{crop}?increaseArea=nan", says="increaseArea"),
+    HostileRequest(6, "increaseArea=inf", "GET", "{crop}?increaseArea=inf", says="increaseArea"),
+    HostileRequest(6, "color=notacolor", "GET", "{crop}?draw=true&color=notacolor", says="color"),
+    HostileRequest(6, "thickness of 10^12", "GET", f"{{crop}}?draw=true&thickness={10**12}", says="thickness"),
+    HostileRequest(6, "jpegQuality of 1000", "GET", "{crop}?jpegQuality=1000", says="jpegQuality"),
+    HostileRequest(6, "window at negative x/y", "GET", "{window}--10--10-20-20.png", says="withExterior"),
+)
 
 
 def hostile_requests(
     project_id: int, image_id: int, annotation_id: int, *, junk_body_bytes: int = 20 * 1024 * 1024
 ) -> list[HostileRequest]:
-    """The catalogue (see :class:`HostileRequest`) against a project, one of its images and one of
-    its annotations (a small box: crops of it are enlarged). ``junk_body_bytes`` must exceed the
-    server's body limit (``--max-body-mb``)."""
-    crop = f"/api/userannotation/{annotation_id}/crop.png"
-    window = f"/api/imageinstance/{image_id}/window"
-    attach = f"/api/attachedfile.json?domainClassName=be.cytomine.project.Project&domainIdent={project_id}"
-    upload = {"files[]": ("notes.txt", b"some notes")}
-    huge_id = str(2**64)
-    deep = b"[" * 1000 + b"]" * 1000
-    return [
-        HostileRequest(4, "crop of 20000 pixels", "GET", f"{crop}?maxSize=20000", says="max-pixels"),
-        HostileRequest(4, "crop enlarged 200 times", "GET", f"{crop}?maxSize=4000", says="max-upscale"),
-        HostileRequest(4, "crop with maxSize 10^12", "GET", f"{crop}?maxSize={10**12}", says="maxSize"),
-        HostileRequest(
-            4, "window of 20000 x 20000", "GET", f"{window}-0-0-20000-20000.png?withExterior=true", says="max-pixels"
-        ),
-        HostileRequest(4, "window enlarged to 20000", "GET", f"{window}-0-0-20-20.png?maxSize=20000", says="max-"),
-        HostileRequest(
-            4,
-            "body larger than the limit",
-            "POST",
-            "/api/annotation.json",
-            data=b"x" * junk_body_bytes,
-            expect=413,
-            says="max-body-mb",
-        ),
-        HostileRequest(6, "file name '.'", "POST", f"{attach}&filename=.", files=upload, says="file name"),
-        HostileRequest(6, "file name '..'", "POST", f"{attach}&filename=..", files=upload, says="file name"),
-        HostileRequest(6, "file name with NUL", "POST", f"{attach}&filename=a%00b.txt", files=upload, says="file name"),
-        HostileRequest(
-            6, "file name of 300 characters", "POST", f"{attach}&filename={'a' * 300}", files=upload, says="255"
-        ),
-        HostileRequest(
-            6, "file name with CR/LF", "POST", f"{attach}&filename=a%0D%0Ab.txt", files=upload, says="file name"
-        ),
-        HostileRequest(
-            6, "uploaded file named '..'", "POST", attach, files={"files[]": ("..", b"x")}, says="file name"
-        ),
-        HostileRequest(6, "id above 2^63 in the path", "GET", f"/api/project/{huge_id}.json", says="2^63"),
-        HostileRequest(6, "id above 2^63 in the query", "GET", f"/api/annotation.json?project={huge_id}", says="2^63"),
-        HostileRequest(
-            6,
-            "id above 2^63 in the body",
-            "POST",
-            "/api/annotation.json",
-            data=f'{{"image": {huge_id}, "location": "POINT (1 1)"}}'.encode(),
-            says="2^63",
-        ),
-        HostileRequest(6, "JSON nested 1000 deep", "POST", "/api/annotation.json", data=deep, says="nested"),
-        HostileRequest(
-            6,
-            "JSON nested 1000 deep in a property",
-            "POST",
-            f"/api/domain/be.cytomine.project.Project/{project_id}/property.json",
-            data=b'{"key": "k", "value": ' + deep + b"}",
-            says="nested",
-        ),
-        HostileRequest(6, "increaseArea=nan", "GET", f"{crop}?increaseArea=nan", says="increaseArea"),
-        HostileRequest(6, "increaseArea=inf", "GET", f"{crop}?increaseArea=inf", says="increaseArea"),
-        HostileRequest(6, "color=notacolor", "GET", f"{crop}?draw=true&color=notacolor", says="color"),
-        HostileRequest(6, "thickness of 10^12", "GET", f"{crop}?draw=true&thickness={10**12}", says="thickness"),
-        HostileRequest(6, "jpegQuality of 1000", "GET", f"{crop}?jpegQuality=1000", says="jpegQuality"),
-        HostileRequest(6, "window at negative x/y", "GET", f"{window}--10--10-20-20.png", says="withExterior"),
-    ]
+    """:data:`HOSTILE_REQUESTS` against a project, one of its images and one of its annotations (a
+    small box: crops of it are enlarged). ``junk_body_bytes`` must exceed the server's body limit."""
+    names = {
+        "{crop}": f"/api/userannotation/{annotation_id}/crop.png",
+        "{window}": f"/api/imageinstance/{image_id}/window",
+        "{attach}": f"/api/attachedfile.json?domainClassName=be.cytomine.project.Project&domainIdent={project_id}",
+        "{project}": str(project_id),
+        "{huge}": str(2**64),
+    }
+
+    def named(text: str) -> str:
+        for key, value in names.items():
+            text = text.replace(key, value)
+        return text
+
+    requests_ = []
+    for request in HOSTILE_REQUESTS:
+        body = request.body
+        if body is not None:
+            body = b"x" * junk_body_bytes if body == _JUNK else named(body.decode()).encode()
+        requests_.append(dataclasses.replace(request, path=named(request.path), body=body))
+    return requests_

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from cytomine.models import Software
 
-from mtdp_core.server.testing import signed_request
+from mtdp_core.server.domain import SUCCESS
+from mtdp_core.server.testing import running_server, signed_request
 
 
 def _keys(user) -> tuple[str, str]:
@@ -49,3 +50,150 @@ def test_1_only_the_operator_says_what_runs(server, seeded, probe_descriptor):
     server.connect()
     assert Software().fetch(sid).update(softwareVersion="2.0") is not False
     assert server.store.software.get(sid)["software_version"] == "2.0"
+
+
+# ---------------------------------------------------------------------- 2. who sees what
+def test_2_non_members_get_403_and_see_nothing(server, seeded):
+    store = server.store
+    alice = store.users.create("alice")
+    p, a, t, o = seeded.project_id, seeded.annotations[0].id, seeded.terms["tumour"], seeded.ontology_id
+    image = seeded.images[0]["id"]
+    software = store.software.create({"name": "predictor"})
+    job, _ = store.jobs.create(p, software["id"], server.admin)
+    store.meta.add_attached_file("be.cytomine.project.Project", p, "notes.txt", b"secret notes")
+    refused = [
+        ("GET", f"/api/project/{p}.json", None),
+        ("PUT", f"/api/project/{p}.json", {"name": "mine"}),
+        ("DELETE", f"/api/project/{p}.json", None),
+        ("GET", f"/api/project/{p}/imageinstance.json", None),
+        ("GET", f"/api/imageinstance/{image}.json", None),
+        ("GET", f"/api/imageinstance/{image}/download", None),
+        ("GET", f"/api/annotation.json?project={p}", None),
+        ("GET", f"/api/annotation/{a}.json", None),
+        ("PUT", f"/api/annotation/{a}.json", {"location": "POINT (5 5)"}),
+        ("DELETE", f"/api/annotation/{a}.json", None),
+        ("GET", f"/api/userannotation/{a}/crop.png", None),
+        ("POST", "/api/annotation.json", {"image": image, "location": "POINT (5 5)"}),
+        ("POST", f"/api/annotation/{a}/term/{t}.json", None),
+        ("GET", f"/api/project/{p}/term.json", None),
+        ("GET", f"/api/ontology/{o}.json", None),
+        ("DELETE", f"/api/ontology/{o}.json", None),
+        ("GET", f"/api/term/{t}.json", None),
+        ("PUT", f"/api/term/{t}.json", {"name": "renamed"}),
+        ("DELETE", f"/api/term/{t}.json", None),
+        ("POST", "/api/term.json", {"name": "new", "ontology": o}),
+        ("GET", f"/api/domain/be.cytomine.project.Project/{p}/attachedfile.json", None),
+        ("GET", f"/api/project/{p}/property.json", None),
+        ("GET", f"/api/job/{job['id']}.json", None),
+        ("POST", f"/api/job/{job['id']}/execute.json", None),
+        ("POST", f"/api/job/{job['id']}/kill.json", None),
+        ("DELETE", f"/api/job/{job['id']}.json", None),
+        ("POST", "/api/job.json", {"project": p, "software": software["id"]}),
+        ("POST", f"/api/project/{p}/user/{alice['id']}.json", None),
+    ]
+    for method, path, body in refused:
+        answer = _as(server, alice, method, path, body)
+        assert answer.status_code == 403, f"{method} {path}: {answer.status_code} {answer.text[:200]}"
+    assert "not a member of project" in _as(server, alice, "GET", f"/api/project/{p}.json").json()["message"]
+    # A bulk creation refuses each item (HTTP 200 with the outcome in the body, as the core).
+    bulk = _as(server, alice, "POST", "/api/annotation.json", [{"image": image, "location": "POINT (5 5)"}]).json()
+    assert bulk["status"] == 400 and "not a member" in bulk["data"]["errors"][0]
+    # Listings across projects show nothing of the project.
+    for path in (
+        "/api/project.json",
+        "/api/annotation.json",
+        f"/api/user/{alice['id']}/imageinstance.json",
+        f"/api/user/{server.admin['id']}/project.json",
+        "/api/ontology.json",
+        "/api/term.json",
+        "/api/job.json",
+        "/api/abstractimage.json",
+    ):
+        answer = _as(server, alice, "GET", path)
+        assert answer.status_code == 200 and answer.json()["size"] == 0, f"{path}: {answer.text[:200]}"
+    assert len(store.annotations.list(store_query(p))[0]) == 8 and store.projects.get(p)["name"] == "synthetic"
+
+
+def store_query(project_id):
+    from mtdp_core.server.backends import AnnotationQuery
+
+    return AnnotationQuery(project=project_id)
+
+
+def test_2_members_managers_and_administrators(server, seeded):
+    store = server.store
+    alice, bob = store.users.create("alice"), store.users.create("bob")
+    p, image = seeded.project_id, seeded.images[0]["id"]
+    # The creator (here the admin, who made the seeded project) manages it: it adds a member.
+    assert _admin(server, "POST", f"/api/project/{p}/user/{alice['id']}.json").status_code == 200
+    assert _as(server, alice, "GET", f"/api/project/{p}.json").status_code == 200
+    assert [x["id"] for x in _as(server, alice, "GET", "/api/project.json").json()["collection"]] == [p]
+    created = _as(server, alice, "POST", "/api/annotation.json", {"image": image, "location": "POINT (5 5)"})
+    assert created.status_code == 200
+    members = {u["username"] for u in _as(server, alice, "GET", f"/api/project/{p}/user.json").json()["collection"]}
+    managers = {u["username"] for u in _as(server, alice, "GET", f"/api/project/{p}/admin.json").json()["collection"]}
+    assert members == {"admin", "alice"} and managers == {"admin"}
+    # A member is not a manager: it neither renames the project nor adds members.
+    assert _as(server, alice, "PUT", f"/api/project/{p}.json", {"name": "mine"}).status_code == 403
+    assert _as(server, alice, "POST", f"/api/project/{p}/user/{bob['id']}.json").status_code == 403
+    # Made a manager, it does both.
+    assert _admin(server, "POST", f"/api/project/{p}/user/{alice['id']}/admin.json").status_code == 200
+    assert _as(server, alice, "PUT", f"/api/project/{p}.json", {"name": "mine"}).status_code == 200
+    assert _as(server, alice, "POST", f"/api/project/{p}/user/{bob['id']}.json").status_code == 200
+    assert _as(server, bob, "GET", f"/api/project/{p}.json").status_code == 200
+    assert _as(server, alice, "DELETE", f"/api/project/{p}/user/{bob['id']}.json").status_code == 200
+    assert _as(server, bob, "GET", f"/api/project/{p}.json").status_code == 403
+    # A project's creator is its manager; nobody else (but administrators) sees it.
+    own = _as(server, bob, "POST", "/api/project.json", {"name": "bob's"}).json()["project"]
+    assert [
+        u["username"] for u in _as(server, bob, "GET", f"/api/project/{own['id']}/admin.json").json()["collection"]
+    ] == ["bob"]
+    assert _as(server, alice, "GET", f"/api/project/{own['id']}.json").status_code == 403
+    assert _admin(server, "GET", f"/api/project/{own['id']}.json").status_code == 200
+    # Its last manager cannot be removed (the project would be managed by administrators only).
+    last = _admin(server, "DELETE", f"/api/project/{own['id']}/user/{bob['id']}.json")
+    assert last.status_code == 400 and "last manager" in last.json()["message"]
+    # Job users are not members.
+    software = store.software.create({"name": "x"})
+    _, job_user = store.jobs.create(p, software["id"], server.admin)
+    assert _admin(server, "POST", f"/api/project/{p}/user/{job_user['id']}.json").status_code == 400
+
+
+def test_2_job_keys_act_in_their_project_until_the_job_ends(server, seeded):
+    store = server.store
+    other = store.projects.create("other", seeded.ontology_id, server.admin["id"])
+    software = store.software.create({"name": "predictor"})
+    job, job_user = store.jobs.create(seeded.project_id, software["id"], server.admin)
+    assert _as(server, job_user, "GET", f"/api/project/{seeded.project_id}.json").status_code == 200
+    assert _as(server, job_user, "GET", f"/api/project/{other['id']}.json").status_code == 403
+    assert _as(server, job_user, "GET", f"/api/annotation.json?project={other['id']}").status_code == 403
+    assert [p["id"] for p in _as(server, job_user, "GET", "/api/project.json").json()["collection"]] == [
+        seeded.project_id
+    ]
+    assert _as(server, job_user, "PUT", f"/api/job/{job['id']}.json", {"status": SUCCESS}).status_code == 200
+    ended = _as(server, job_user, "GET", f"/api/project/{seeded.project_id}.json")
+    assert ended.status_code == 401 and "ended" in ended.json()["message"]
+
+
+def test_2_cli_user_add_to_a_project(tmp_path, capsys):
+    from mtdp_core.cli import main
+    from mtdp_core.server.backends import CytomineStore
+
+    data = tmp_path / "data"
+    with running_server(data) as srv:
+        project = srv.store.projects.create("P", None, srv.admin["id"])["id"]
+    assert main(["server", "user", "add", "alice", "--data", str(data), "--project", "P"]) == 0
+    assert "private key:" in capsys.readouterr().out
+    assert main(["server", "user", "add", "bob", "--data", str(data), "--project", "P", "--manager"]) == 0
+    # An existing user is added to the project (its keys are not printed again).
+    assert main(["server", "user", "add", "carol", "--data", str(data)]) == 0
+    capsys.readouterr()
+    assert main(["server", "user", "add", "carol", "--data", str(data), "--project", str(project)]) == 0
+    assert "private key" not in capsys.readouterr().out
+    assert main(["server", "user", "add", "dave", "--data", str(data), "--project", "nope"]) == 1
+    store = CytomineStore(data / "cytomine.sqlite3", data / "files")
+    try:
+        roles = {m["username"]: m["manager"] for m in store.projects.members(project)}
+    finally:
+        store.close()
+    assert roles == {"admin": True, "alice": False, "bob": True, "carol": False}

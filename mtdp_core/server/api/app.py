@@ -23,7 +23,7 @@ from mtdp_core.server.api.serialisers.envelopes import error
 from mtdp_core.server.api.urls import CONVERTERS, PUBLIC_PATHS, ROUTES
 from mtdp_core.server.auth import parse_authorization, verify
 from mtdp_core.server.backends import CytomineStore
-from mtdp_core.server.domain import Row
+from mtdp_core.server.domain import STATUS_NAMES, TERMINAL_STATUSES, Row
 from mtdp_core.server.errors import NotFound, ServerError, Unauthorized
 
 logger = logging.getLogger("mtdp_core.server.requests")
@@ -116,13 +116,20 @@ def authenticated_caller(store: CytomineStore) -> Caller:
 
 
 def _job_project(store: CytomineStore, user: Row) -> int | None:
-    """The project of a job user's job (None for people, and for a job deleted since)."""
-    if not user["algo"] or user["job_id"] is None:
+    """The project of a job user's job (None for people); 401 once the job has ended or is gone:
+    a job's keys work while it runs only."""
+    if not user["algo"]:
         return None
     try:
-        return store.jobs.get(user["job_id"])["project_id"]
+        job = store.jobs.get(user["job_id"])
     except NotFound:
-        return None
+        raise Unauthorized(f"The keys of job user {user['username']!r} no longer work: its job was deleted") from None
+    if job["status"] in TERMINAL_STATUSES:
+        raise Unauthorized(
+            f"The keys of job {job['id']} no longer work: the job ended ({STATUS_NAMES[job['status']]}); "
+            "launch a new job"
+        )
+    return job["project_id"]
 
 
 def log_request(status: int) -> None:

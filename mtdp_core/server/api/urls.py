@@ -70,8 +70,8 @@ ROUTES: list[Route] = [
     Route("GET", "/api/project/<int:project_id>/user.json", users.project_users),
     Route("GET", "/api/project/<int:project_id>/admin.json", users.project_admins),
     Route("GET", "/api/project/<int:project_id>/userjob.json", users.project_job_users),
-    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>.json", users.project_membership),
-    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>/admin.json", users.project_membership),
+    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>.json", users.project_member),
+    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>/admin.json", users.project_manager),
     # ontologies and terms
     Route("GET", "/api/ontology.json", ontologies.list_ontologies),
     Route("POST", "/api/ontology.json", ontologies.add_ontology),

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mtdp_core.errors import ConfigurationError
 from mtdp_core.server.domain import Row
 from mtdp_core.server.errors import NotFound
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 #: Ids per ``IN (...)`` clause (SQLite allows 999 bound parameters on old builds).
 CHUNK = 500
 
@@ -46,6 +47,10 @@ CREATE TABLE IF NOT EXISTS term (
 CREATE TABLE IF NOT EXISTS project (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, ontology_id INTEGER, user_id INTEGER,
     created INTEGER NOT NULL, updated INTEGER);
+CREATE TABLE IF NOT EXISTS project_member (
+    project_id INTEGER NOT NULL, user_id INTEGER NOT NULL, manager INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL, PRIMARY KEY (project_id, user_id));
+CREATE INDEX IF NOT EXISTS project_member_user ON project_member (user_id);
 CREATE TABLE IF NOT EXISTS abstract_image (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, original_filename TEXT NOT NULL, width INTEGER NOT NULL,
     height INTEGER NOT NULL, samples INTEGER NOT NULL, mime TEXT, user_id INTEGER, created INTEGER NOT NULL,
@@ -106,6 +111,15 @@ CREATE TABLE IF NOT EXISTS job_data (
     created INTEGER NOT NULL, updated INTEGER);
 """
 
+#: What turns a database of each older schema version into the next one (run once, in order).
+MIGRATIONS: dict[str, tuple[str, ...]] = {
+    # 1 -> 2: projects have members; the creator of each existing project becomes its manager.
+    "1": (
+        "INSERT OR IGNORE INTO project_member (project_id, user_id, manager, created)"
+        " SELECT id, user_id, 1, created FROM project WHERE user_id IS NOT NULL",
+    ),
+}
+
 
 def marks(count: int) -> str:
     """``?,?,?`` for an ``IN (...)`` clause of ``count`` values."""
@@ -140,6 +154,21 @@ class Database:
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_id', '1')")
+            self._migrate(db)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a database made by an older version of the server to :data:`SCHEMA_VERSION`."""
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+        while version != SCHEMA_VERSION:
+            if version not in MIGRATIONS:
+                raise ConfigurationError(
+                    f"Database {self.path} has schema version {version}, unknown to this server (version "
+                    f"{SCHEMA_VERSION}): use the mtdp version that wrote it, or a newer one"
+                )
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            version = str(int(version) + 1)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mtdp_core.server.backends.database import Database, Files, base_name
+from mtdp_core.server.backends.database import Database, Files, base_name, marks
 from mtdp_core.server.domain import Row, as_bool, as_int, now_ms, parameter_text, required_ids
 from mtdp_core.server.errors import BadRequest, Conflict, Forbidden
 
@@ -75,13 +75,19 @@ class JobsBackend:
     def get(self, job_id: int) -> Row:
         return self.db.get("job", job_id, "Job")
 
-    def list(self, *, project: int | None = None, software: int | None = None) -> list[Row]:
-        """Jobs, newest first, of a project and/or a software."""
+    def list(
+        self, *, project: int | None = None, software: int | None = None, among: Sequence[int] | None = None
+    ) -> list[Row]:
+        """Jobs, newest first, of a project and/or a software; only those of the projects ``among``
+        when given (None: no restriction)."""
         sql = "SELECT * FROM job WHERE 1 = 1"
         params: list[Any] = []
         if project is not None:
             sql += " AND project_id = ?"
             params.append(project)
+        if among is not None:
+            sql += f" AND project_id IN ({marks(len(among))})" if among else " AND 0"
+            params.extend(among)
         if software is not None:
             sql += " AND software_id = ?"
             params.append(software)

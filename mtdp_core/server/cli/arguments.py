@@ -125,6 +125,11 @@ def launch(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=None, help="kill the job after this many seconds")
     parser.add_argument(
+        "--user",
+        default="admin",
+        help="who launches the job: an administrator or a member of the project (default: admin)",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="return once the job started (needs a running server: 'mtdp server serve')",
@@ -134,7 +139,17 @@ def launch(parser: argparse.ArgumentParser) -> None:
 def user_add(parser: argparse.ArgumentParser) -> None:
     data_folder(parser)
     parser.add_argument("username")
-    parser.add_argument("--admin", action="store_true", help="make it an administrator")
+    parser.add_argument("--admin", action="store_true", help="make it an administrator (it sees every project)")
+    parser.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        metavar="P",
+        help="make it a member of project P (name or id; repeat for several); an existing user is added to it",
+    )
+    parser.add_argument(
+        "--manager", action="store_true", help="with --project: a manager (renames, deletes it, chooses its members)"
+    )
     parser.add_argument("--email", default=None)
     parser.add_argument("--firstname", default=None)
     parser.add_argument("--lastname", default=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shapely
 from flask import Response, send_file
 
+from mtdp_core.server.api import access
 from mtdp_core.server.api.context import RequestContext
 from mtdp_core.server.api.handlers.images import image_of
 from mtdp_core.server.domain import ANNOTATION_DOMAINS
@@ -38,6 +39,7 @@ def image_preview(ctx: RequestContext, image_id: int, fmt: str) -> Response:
 
 
 def abstract_thumb(ctx: RequestContext, abstract_id: int, fmt: str) -> Response:
+    access.require_abstract_image_access(ctx, abstract_id)
     return _thumb(ctx, ctx.store.images.get_abstract(abstract_id)["path"], THUMB_SIZE, fmt)
 
 
@@ -71,6 +73,7 @@ def download_image(ctx: RequestContext, image_id: int) -> Response:
 
 
 def download_abstract_image(ctx: RequestContext, abstract_id: int) -> Response:
+    access.require_abstract_image_access(ctx, abstract_id)
     row = ctx.store.images.get_abstract(abstract_id)
     return file_response(row["path"], row["original_filename"])
 
