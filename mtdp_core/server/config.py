@@ -22,9 +22,13 @@ class ServerConfig:
             ``maxSize`` is at full resolution (or reduced by ``zoom``).
         image_cache_bytes: memory for decoded images kept between crop requests.
         log_requests: log one line per request (method, path, status, user, duration).
+        max_clock_skew: seconds a request's signed ``date`` may differ from the server's clock
+            (15 minutes, as the HMAC schemes the client's signature copies); None: not checked
+            (a captured signature then works forever).
     """
 
     public_url: str | None = None
     crop_default_max_size: int | None = 256
     image_cache_bytes: int = 256 * 1024 * 1024
     log_requests: bool = True
+    max_clock_skew: float | None = 15 * 60

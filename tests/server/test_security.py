@@ -9,6 +9,11 @@ in any answer, and request paths are logged escaped.
 
 from __future__ import annotations
 
+import argparse
+import time
+from email.utils import formatdate
+
+import pytest
 from cytomine.models import Software
 
 from mtdp_core.server.domain import SUCCESS
@@ -197,3 +202,31 @@ def test_2_cli_user_add_to_a_project(tmp_path, capsys):
     finally:
         store.close()
     assert roles == {"admin": True, "alice": False, "bob": True, "carol": False}
+
+
+# ---------------------------------------------------------------------- 3. replay
+def test_3_signatures_expire(server):
+    path = "/api/user/current.json"
+    assert _admin(server, "GET", path).status_code == 200
+    for minutes in (-20, 20):
+        stale = formatdate(time.time() + minutes * 60, usegmt=True)
+        answer = _admin(server, "GET", path, date=stale)
+        assert answer.status_code == 401 and "date" in answer.json()["message"], answer.text
+    assert _admin(server, "GET", path, date=formatdate(time.time() - 14 * 60, usegmt=True)).status_code == 200
+    missing = _admin(server, "GET", path, date="")
+    assert missing.status_code == 401 and "date" in missing.json()["message"]
+    assert _admin(server, "GET", path, date="yesterday").status_code == 401
+    # The official client 3.0.0 signs a fresh date (4.x: tests/server/test_auth.py).
+    assert server.connect().current_user.username == "admin"
+
+
+def test_3_the_clock_skew_is_configurable():
+    from mtdp_core.server.cli.arguments import seconds_or_none
+    from mtdp_core.server.config import ServerConfig
+
+    stale = formatdate(time.time() - 20 * 60, usegmt=True)
+    with running_server(config=ServerConfig(log_requests=False, max_clock_skew=3600)) as srv:
+        assert _admin(srv, "GET", "/api/user/current.json", date=stale).status_code == 200
+    assert seconds_or_none("none") is None and seconds_or_none("60") == 60.0
+    with pytest.raises(argparse.ArgumentTypeError):
+        seconds_or_none("-1")

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -44,7 +45,7 @@ def create_app(services: Services) -> Flask:
         g.start = time.perf_counter()
         g.ctx = RequestContext(services, request)
         if request.path not in PUBLIC_PATHS:
-            g.ctx.caller = authenticated_caller(services.store)
+            g.ctx.caller = authenticated_caller(services.store, services.config.max_clock_skew)
 
     @app.after_request
     def finish(response: Response) -> Response:
@@ -87,8 +88,9 @@ def _view(handler: Callable[..., Any]) -> Callable[..., Response]:
     return view
 
 
-def authenticated_caller(store: CytomineStore) -> Caller:
-    """The caller of a signed request (401 when unsigned, unknown or badly signed)."""
+def authenticated_caller(store: CytomineStore, max_clock_skew: float | None = None) -> Caller:
+    """The caller of a signed request (401 when unsigned, unknown, badly signed, dated more than
+    ``max_clock_skew`` seconds from the server's clock, or by a job user whose job has ended)."""
     credentials = parse_authorization(request.headers.get("authorization"))
     if credentials is None:
         raise Unauthorized(
@@ -112,7 +114,29 @@ def authenticated_caller(store: CytomineStore) -> Caller:
         path_and_query=request.environ.get("RAW_URI") or request.full_path.rstrip("?"),
     ):
         raise Unauthorized("Bad request signature: check the private key and the 'date' header")
+    if max_clock_skew is not None:
+        check_date(request.headers.get("date"), max_clock_skew)
     return Caller(user, job_project_id=_job_project(store, user))
+
+
+def check_date(header: str | None, max_clock_skew: float) -> None:
+    """401 unless the signed ``date`` header is within ``max_clock_skew`` seconds of the server's
+    clock: a captured signature is not replayable later (as the HMAC schemes the client copies)."""
+    if not header:
+        raise Unauthorized("The request has no 'date' header: sign it with the current date (RFC 1123, UTC)")
+    try:
+        sent = parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise Unauthorized(
+            f"Invalid 'date' header {header[:40]!r}: use RFC 1123, e.g. {formatdate(usegmt=True)}"
+        ) from None
+    skew = sent - time.time()
+    if abs(skew) > max_clock_skew:
+        raise Unauthorized(
+            f"The request's date is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} the server's clock "
+            f"(at most {max_clock_skew:.0f} s allowed): set the clock of the calling machine, or start the server "
+            "with a larger --max-clock-skew"
+        )
 
 
 def _job_project(store: CytomineStore, user: Row) -> int | None:

@@ -30,6 +30,19 @@ LAUNCH = (
 )
 
 
+def seconds_or_none(text: str) -> float | None:
+    """A positive number of seconds, or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds, or 'none'")
+    return value
+
+
 def data_folder(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -63,6 +76,14 @@ def serve(parser: argparse.ArgumentParser) -> None:
         default="256",
         help="longest side of a crop asked without maxSize: a number (256, the Spring core's default) "
         "or 'none' for full resolution (the Grails core's behaviour)",
+    )
+    parser.add_argument(
+        "--max-clock-skew",
+        type=seconds_or_none,
+        default=900.0,
+        metavar="SECONDS",
+        help="refuse requests whose signed date is further than this from the server's clock (default: 900, "
+        "15 minutes: a captured signature cannot be replayed later); 'none' disables the check",
     )
 
 

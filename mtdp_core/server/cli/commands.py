@@ -42,7 +42,9 @@ def open_store(args: argparse.Namespace) -> Iterator[CytomineStore]:
 
 def serve(args: argparse.Namespace) -> int:
     max_size = None if str(args.crop_max_size).lower() in ("none", "0", "full") else int(args.crop_max_size)
-    config = ServerConfig(public_url=args.public_url, crop_default_max_size=max_size)
+    config = ServerConfig(
+        public_url=args.public_url, crop_default_max_size=max_size, max_clock_skew=args.max_clock_skew
+    )
     data = data_folder(args)
     running = read_server_file(data)
     if running:
