@@ -396,7 +396,8 @@ class JobLauncher:
         elif job["status"] == RUNNING:
             logger.warning("job %d: process exited with code 0 but left the job RUNNING", job_id)
         if running.log_path.exists():
-            self.store.meta.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", running.log_path.read_bytes())
+            with open(running.log_path, "rb") as log:
+                self.store.meta.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", log)
         final = self.store.jobs.get(job_id)
         level = logging.INFO if final["status"] not in (FAILED, KILLED) else logging.WARNING
         logger.log(

@@ -17,7 +17,7 @@ import pytest
 from cytomine.models import Software
 
 from mtdp_core.server.domain import SUCCESS
-from mtdp_core.server.testing import running_server, signed_request
+from mtdp_core.server.testing import hostile_requests, running_server, signed_request
 
 
 def _keys(user) -> tuple[str, str]:
@@ -230,3 +230,63 @@ def test_3_the_clock_skew_is_configurable():
     assert seconds_or_none("none") is None and seconds_or_none("60") == 60.0
     with pytest.raises(argparse.ArgumentTypeError):
         seconds_or_none("-1")
+
+
+# ---------------------------------------------------------------------- 4. bounded pixels and bodies
+def test_4_pixels_and_bodies_are_bounded(server, seeded):
+    box = min(seeded.annotations, key=lambda a: (a.box[2] - a.box[0]) * (a.box[3] - a.box[1]))
+    for request in hostile_requests(seeded.project_id, seeded.images[0]["id"], box.id):
+        if request.item != 4:
+            continue
+        answer = request.send(server.url, _keys(server.admin))
+        assert answer.status_code == request.expect, f"{request.what}: {answer.status_code} {answer.text[:300]}"
+        assert request.says in answer.json()["message"], request.what
+
+
+def test_4_limits_are_configurable_and_outputs_are_built_at_their_size(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mtdp_core.server.cli import arguments
+    from mtdp_core.server.cli.commands import serve_config
+    from mtdp_core.server.config import PixelLimits, ServerConfig
+    from mtdp_core.server.testing import seed_synthetic_project
+
+    limits = PixelLimits(max_pixels=100 * 100, max_upscale=2)
+    config = ServerConfig(
+        log_requests=False, max_body_bytes=64 * 1024, max_upload_bytes=256 * 1024, pixel_limits=limits
+    )
+    with running_server(config=config) as srv:
+        seeded = seed_synthetic_project(srv, tmp_path)
+        image, pixels = seeded.images[0]["id"], seeded.pixels(seeded.images[0]["id"])
+        window = f"/api/imageinstance/{image}/window"
+        too_big = _admin(srv, "POST", "/api/annotation.json", data=b"x" * 100_000)
+        assert too_big.status_code == 413 and "--max-body-mb" in too_big.json()["message"]
+        attach = f"/api/attachedfile.json?domainClassName=be.cytomine.project.Project&domainIdent={seeded.project_id}"
+        upload = _admin(srv, "POST", attach, files={"files[]": ("big.bin", b"x" * 300_000)})
+        assert upload.status_code == 413 and "--max-upload-mb" in upload.json()["message"]
+        assert _admin(srv, "POST", attach, files={"files[]": ("ok.bin", b"x" * 200_000)}).status_code == 200
+        assert srv.store.meta.list_attached_files()[0]["size"] == 200_000
+        enlarged = _admin(srv, "GET", f"{window}-0-0-20-20.png?maxSize=50")
+        assert enlarged.status_code == 400 and "--max-upscale" in enlarged.json()["message"]
+        too_many = _admin(srv, "GET", f"{window}-0-0-96-64.png?maxSize=150")  # 150 x 100 pixels, enlarged 1.6 times
+        assert too_many.status_code == 400 and "--max-pixels" in too_many.json()["message"]
+        # A window reaching outside the image, with exterior: black around the exact pixels.
+        padded = _admin(srv, "GET", f"{window}--10--10-116-84.png?withExterior=true")
+        array = np.asarray(Image.open(io.BytesIO(padded.content)).convert("RGB"))
+        assert array.shape == (84, 116, 3) and not array[:10].any() and not array[:, :10].any()
+        np.testing.assert_array_equal(array[10:74, 10:106], pixels)
+        # A window far larger than the limit is fine when its output is small: it is built at that size.
+        huge = _admin(srv, "GET", f"{window}--100000--100000-200096-200064.png?withExterior=true&maxSize=100")
+        assert huge.status_code == 200 and Image.open(io.BytesIO(huge.content)).size == (100, 100)
+    parser = argparse.ArgumentParser()
+    arguments.serve(parser)
+    args = parser.parse_args(
+        ["--max-body-mb", "2", "--max-upload-mb", "8", "--max-pixels", "1000", "--max-upscale", "3"]
+    )
+    config = serve_config(args)
+    assert (config.max_body_bytes, config.max_upload_bytes) == (2 << 20, 8 << 20)
+    assert config.pixel_limits == PixelLimits(max_pixels=1000, max_upscale=3)
+    assert serve_config(parser.parse_args([])).pixel_limits == PixelLimits()

@@ -19,9 +19,9 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from mtdp_core.server.api.context import Caller, RequestContext, Services
+from mtdp_core.server.api.context import Caller, RequestContext, Services, too_large
 from mtdp_core.server.api.serialisers.envelopes import error
-from mtdp_core.server.api.urls import CONVERTERS, PUBLIC_PATHS, ROUTES
+from mtdp_core.server.api.urls import CONVERTERS, PUBLIC_PATHS, ROUTES, Route
 from mtdp_core.server.auth import parse_authorization, verify
 from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.domain import STATUS_NAMES, TERMINAL_STATUSES, Row
@@ -37,13 +37,15 @@ def json_response(obj: Any, status: int = 200) -> Response:
 def create_app(services: Services) -> Flask:
     """The Flask application serving ``services`` with the routes of :data:`~.urls.ROUTES`."""
     app = Flask("mtdp_core.server")
-    app.config.update(MAX_CONTENT_LENGTH=None, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=services.config.max_upload_bytes, JSON_SORT_KEYS=False)
     app.url_map.converters.update(CONVERTERS)
+    uploads = {_endpoint(route) for route in ROUTES if route.upload}
 
     @app.before_request
     def authenticate() -> None:
         g.start = time.perf_counter()
         g.ctx = RequestContext(services, request)
+        limit_body(g.ctx, request.endpoint in uploads)
         if request.path not in PUBLIC_PATHS:
             g.ctx.caller = authenticated_caller(services.store, services.config.max_clock_skew)
 
@@ -62,6 +64,8 @@ def create_app(services: Services) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if exc.code == 413 and getattr(g, "ctx", None) is not None:  # a body that grew past the limit while read
+            return server_error(too_large(g.ctx.body_limit))
         message = f"{exc.name}: {request.method} {request.path}" if exc.code in (404, 405) else str(exc.description)
         return json_response(error(message, exc.code or 500), exc.code or 500)
 
@@ -71,10 +75,25 @@ def create_app(services: Services) -> Flask:
         return json_response(error(f"Internal server error: {type(exc).__name__}: {exc}", 500), 500)
 
     for route in ROUTES:
-        app.add_url_rule(
-            route.pattern, f"{route.methods} {route.pattern}", _view(route.handler), methods=route.methods.split()
-        )
+        app.add_url_rule(route.pattern, _endpoint(route), _view(route.handler), methods=route.methods.split())
     return app
+
+
+def _endpoint(route: Route) -> str:
+    return f"{route.methods} {route.pattern}"
+
+
+def limit_body(ctx: RequestContext, upload: bool) -> None:
+    """Bound what the request's body may make the server read: ``max_upload_bytes`` for a file
+    upload (streamed to disk), ``max_body_bytes`` for anything else (read in memory). A declared
+    length over the limit is refused before reading; a chunked body is read up to the limit only."""
+    config = ctx.services.config
+    ctx.body_limit = (
+        (config.max_upload_bytes, "--max-upload-mb") if upload else (config.max_body_bytes, "--max-body-mb")
+    )
+    request.max_content_length = ctx.body_limit[0]
+    if request.content_length is not None and request.content_length > ctx.body_limit[0]:
+        raise too_large(ctx.body_limit, request.content_length)
 
 
 def _view(handler: Callable[..., Any]) -> Callable[..., Response]:

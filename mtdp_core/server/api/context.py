@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from flask import Request
 
@@ -18,7 +18,7 @@ from mtdp_core.server.api.serialisers.envelopes import collection
 from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.domain import Row, as_bool, as_int
-from mtdp_core.server.errors import BadRequest
+from mtdp_core.server.errors import BadRequest, PayloadTooLarge
 from mtdp_core.server.imaging import ImageCache
 
 
@@ -79,6 +79,7 @@ class RequestContext:
     services: Services
     request: Request
     caller: Caller | None = None
+    body_limit: tuple[int, str] = (0, "")  # the most bytes the body may have, and the flag that sets it
     _body: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -100,11 +101,18 @@ class RequestContext:
     def body(self) -> Any:
         """The JSON body; a form-encoded body (some client helpers post dicts that way) as a dict."""
         if self._body is None:
-            self._body = _parse_body(self.request.get_data(cache=True))
+            self._body = _parse_body(self._raw_body())
         return self._body
 
     def has_body(self) -> bool:
-        return bool(self.request.get_data(cache=True))
+        return bool(self._raw_body())
+
+    def _raw_body(self) -> bytes:
+        raw = self.request.get_data(cache=True)
+        # A body without Content-Length is read up to the limit only: reaching it means it was longer.
+        if self.request.content_length is None and self.body_limit[0] and len(raw) >= self.body_limit[0]:
+            raise too_large(self.body_limit)
+        return raw
 
     def json_object(self) -> dict[str, Any]:
         data = self.body()
@@ -150,16 +158,26 @@ class RequestContext:
         offset, max_ = self.paging()
         return collection(items, offset=offset, max_=max_)
 
-    def uploaded_file(self) -> tuple[str | None, bytes]:
-        """(file name, content) of the multipart field ``files[]`` (or the only file sent)."""
+    def uploaded_file(self) -> tuple[str | None, BinaryIO]:
+        """(file name, content as a binary stream) of the multipart field ``files[]`` (or the only
+        file sent); the content is spooled to a temporary file by Werkzeug, never held whole in memory."""
         upload = self.request.files.get("files[]") or next(iter(self.request.files.values()), None)
         if upload is None:
             raise BadRequest("No file in the request: send it as multipart/form-data field 'files[]'")
-        return upload.filename, upload.read()
+        return upload.filename, upload.stream
 
     def form_or_arg(self, name: str) -> str | None:
         """A value given in the query string or in the multipart form."""
         return self.request.args.get(name) or self.request.form.get(name)
+
+
+def too_large(limit: tuple[int, str], size: int | None = None) -> PayloadTooLarge:
+    """413 for a body over ``limit`` (bytes, and the flag that sets it)."""
+    what = f"of {size:,} bytes " if size is not None else ""
+    return PayloadTooLarge(
+        f"Request body {what}over the server's limit of {limit[0]:,} bytes: send less (e.g. smaller chunks of "
+        f"annotations), or start the server with a larger {limit[1]}"
+    )
 
 
 def _parse_body(raw: bytes) -> Any:

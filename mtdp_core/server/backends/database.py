@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.server.domain import Row
@@ -31,6 +31,8 @@ from mtdp_core.server.errors import NotFound
 SCHEMA_VERSION = "2"
 #: Ids per ``IN (...)`` clause (SQLite allows 999 bound parameters on old builds).
 CHUNK = 500
+#: Bytes copied at a time when a file is stored (uploads are streamed, never held whole in memory).
+CHUNK_BYTES = 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -262,10 +264,15 @@ class Files:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def save(self, kind: str, ident: int, name: str, data: bytes) -> Path:
-        """Write ``data`` as ``kind/ident/name`` (``name``: a :func:`base_name`); returns the path."""
+    def save(self, kind: str, ident: int, name: str, data: bytes | BinaryIO) -> Path:
+        """Write ``data`` (bytes, or a binary file read to its end in chunks) as ``kind/ident/name``
+        (``name``: a :func:`base_name`); returns the path."""
         path = self.folder(kind, ident) / name
-        path.write_bytes(data)
+        with open(path, "wb") as out:
+            if isinstance(data, (bytes, bytearray)):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, CHUNK_BYTES)
         return path
 
     @staticmethod

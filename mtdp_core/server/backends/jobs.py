@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mtdp_core.server.backends.database import Database, Files, base_name, marks
 from mtdp_core.server.domain import Row, as_bool, as_int, now_ms, parameter_text, required_ids
@@ -195,13 +195,14 @@ class JobsBackend:
         self.get(job_id)
         return self.db.all("SELECT * FROM job_data WHERE job_id = ? ORDER BY id", (job_id,))
 
-    def upload_data(self, data_id: int, filename: str, data: bytes) -> Row:
+    def upload_data(self, data_id: int, filename: str, data: bytes | BinaryIO) -> Row:
+        """The file of a job data entry (its bytes, or a binary stream)."""
         row = self.get_data(data_id)
         path = self.files.save("jobdata", data_id, row["filename"] or base_name(filename, "data"), data)
         with self.db.transaction() as db:
             db.execute(
                 "UPDATE job_data SET storage = ?, size = ?, filename = ?, updated = ? WHERE id = ?",
-                (str(path), len(data), path.name, now_ms(), data_id),
+                (str(path), path.stat().st_size, path.name, now_ms(), data_id),
             )
         return self.get_data(data_id)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from mtdp_core.server.backends.database import Database, Files, base_name
 from mtdp_core.server.domain import ANNOTATION_KINDS, CLASS_NAMES, Row, domain_key, now_ms, short_class
@@ -157,7 +157,10 @@ class MetaBackend:
         )
 
     # ------------------------------------------------------------------ attached files
-    def add_attached_file(self, class_name: str, ident: int, filename: str, data: bytes, key: str | None = None) -> Row:
+    def add_attached_file(
+        self, class_name: str, ident: int, filename: str, data: bytes | BinaryIO, key: str | None = None
+    ) -> Row:
+        """Attach a file (its bytes, or a binary stream) to a domain object."""
         canonical = self.resolve_domain(class_name, ident)
         fid = self.db.allocate_ids()
         path = self.files.save("attachedfiles", fid, base_name(filename, "file"), data)
@@ -165,7 +168,7 @@ class MetaBackend:
             db.execute(
                 "INSERT INTO attached_file (id, domain_class, domain_ident, filename, storage, size, key, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (fid, canonical, ident, path.name, str(path), len(data), key, now_ms()),
+                (fid, canonical, ident, path.name, str(path), path.stat().st_size, key, now_ms()),
             )
         return self.get_attached_file(fid)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from mtdp_core.server.config import PixelLimits
 from mtdp_core.server.importers import FORMATS
 
 SERVE = (
@@ -41,6 +43,21 @@ def seconds_or_none(text: str) -> float | None:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds, or 'none'")
     return value
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a positive ``kind`` (int or float)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a positive {'integer' if kind is int else 'number'}")
+        return value
+
+    return parse
 
 
 def data_folder(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +101,32 @@ def serve(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="refuse requests whose signed date is further than this from the server's clock (default: 900, "
         "15 minutes: a captured signature cannot be replayed later); 'none' disables the check",
+    )
+    limits = parser.add_argument_group("limits (what one request may cost; over them: a 400 or 413 naming the flag)")
+    limits.add_argument(
+        "--max-body-mb",
+        type=positive(float),
+        default=16,
+        help="largest request body (JSON, forms), in MiB (default: 16)",
+    )
+    limits.add_argument(
+        "--max-upload-mb",
+        type=positive(float),
+        default=1024,
+        help="largest uploaded file (attached files, job data; streamed to disk), in MiB (default: 1024)",
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=positive(int),
+        default=PixelLimits.max_pixels,
+        help=f"largest image rendered for a request (crop, mask, window, thumbnail), in pixels "
+        f"(default: {PixelLimits.max_pixels}, 4096 x 4096)",
+    )
+    limits.add_argument(
+        "--max-upscale",
+        type=positive(float),
+        default=PixelLimits.max_upscale,
+        help=f"how many times a crop or window may enlarge its region, per side (default: {PixelLimits.max_upscale:g})",
     )
 
 

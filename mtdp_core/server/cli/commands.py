@@ -14,7 +14,7 @@ from mtdp_core.errors import ConfigurationError
 from mtdp_core.server import descriptors
 from mtdp_core.server.app import DATABASE_NAME, LocalCytomine, read_server_file
 from mtdp_core.server.backends import CytomineStore
-from mtdp_core.server.config import ServerConfig
+from mtdp_core.server.config import MIB, PixelLimits, ServerConfig
 from mtdp_core.server.domain import STATUS_NAMES, Row
 from mtdp_core.server.errors import ServerError
 from mtdp_core.server.importers import ColumnNames, import_folder
@@ -40,11 +40,21 @@ def open_store(args: argparse.Namespace) -> Iterator[CytomineStore]:
         store.close()
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve_config(args: argparse.Namespace) -> ServerConfig:
+    """The server's settings from the options of ``mtdp server serve``."""
     max_size = None if str(args.crop_max_size).lower() in ("none", "0", "full") else int(args.crop_max_size)
-    config = ServerConfig(
-        public_url=args.public_url, crop_default_max_size=max_size, max_clock_skew=args.max_clock_skew
+    return ServerConfig(
+        public_url=args.public_url,
+        crop_default_max_size=max_size,
+        max_clock_skew=args.max_clock_skew,
+        max_body_bytes=int(args.max_body_mb * MIB),
+        max_upload_bytes=int(args.max_upload_mb * MIB),
+        pixel_limits=PixelLimits(max_pixels=args.max_pixels, max_upscale=args.max_upscale),
     )
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     data = data_folder(args)
     running = read_server_file(data)
     if running:

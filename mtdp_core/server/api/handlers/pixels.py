@@ -27,7 +27,7 @@ def file_response(path: str, download_name: str) -> Response:
 
 def _thumb(ctx: RequestContext, path: str, default_size: int, fmt: str) -> Response:
     max_size = ctx.arg_int("maxSize", default_size) or default_size
-    return image_response(*render_thumb(ctx.services.cache.get(path), max_size, fmt))
+    return image_response(*render_thumb(ctx.services.cache.get(path), max_size, fmt, ctx.services.config.pixel_limits))
 
 
 def image_thumb(ctx: RequestContext, image_id: int, fmt: str) -> Response:
@@ -45,7 +45,11 @@ def abstract_thumb(ctx: RequestContext, abstract_id: int, fmt: str) -> Response:
 
 def image_window(ctx: RequestContext, image_id: int, x: int, y: int, w: int, h: int, fmt: str) -> Response:
     pixels = ctx.services.cache.get(image_of(ctx, image_id)["path"])
-    options = {"with_exterior": ctx.arg_bool("withExterior"), "max_size": ctx.arg_int("maxSize")}
+    options = {
+        "with_exterior": ctx.arg_bool("withExterior"),
+        "max_size": ctx.arg_int("maxSize"),
+        "limits": ctx.services.config.pixel_limits,
+    }
     return image_response(*render_window(pixels, x, y, w, h, fmt, **options))
 
 
@@ -55,7 +59,8 @@ def image_crop(ctx: RequestContext, image_id: int, fmt: str) -> Response:
     if not wkt:
         raise BadRequest("An image crop needs 'location' (a WKT geometry in Cytomine coordinates)")
     options = crop_options(ctx, "crop", fmt)
-    return image_response(*render_crop(ctx.services.cache.get(image["path"]), parse_wkt(wkt), options))
+    pixels = ctx.services.cache.get(image["path"])
+    return image_response(*render_crop(pixels, parse_wkt(wkt), options, ctx.services.config.pixel_limits))
 
 
 def annotation_crop(ctx: RequestContext, domain: str, annotation_id: int, crop: str, fmt: str) -> Response:
@@ -64,7 +69,9 @@ def annotation_crop(ctx: RequestContext, domain: str, annotation_id: int, crop: 
     image = image_of(ctx, row["image_id"])
     options = crop_options(ctx, crop, fmt)
     pixels = ctx.services.cache.get(image["path"])  # decoding happens outside the database lock
-    return image_response(*render_crop(pixels, shapely.from_wkt(row["location"]), options))
+    return image_response(
+        *render_crop(pixels, shapely.from_wkt(row["location"]), options, ctx.services.config.pixel_limits)
+    )
 
 
 def download_image(ctx: RequestContext, image_id: int) -> Response:
