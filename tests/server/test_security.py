@@ -10,11 +10,13 @@ in any answer, and request paths are logged escaped.
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import time
 from email.utils import formatdate
 
 import pytest
-from cytomine.models import Software
+from cytomine.models import AttachedFile, Project, Software
 
 from mtdp_core.server.domain import SUCCESS
 from mtdp_core.server.testing import hostile_requests, running_server, signed_request
@@ -290,3 +292,47 @@ def test_4_limits_are_configurable_and_outputs_are_built_at_their_size(tmp_path)
     assert (config.max_body_bytes, config.max_upload_bytes) == (2 << 20, 8 << 20)
     assert config.pixel_limits == PixelLimits(max_pixels=1000, max_upscale=3)
     assert serve_config(parser.parse_args([])).pixel_limits == PixelLimits()
+
+
+# ---------------------------------------------------------------------- 5. secrets on disk
+def test_5_secrets_on_disk_are_private(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        with running_server(data) as srv:
+            project = srv.store.projects.create("p", None, srv.admin["id"])
+            srv.connect()
+            notes = tmp_path / "notes.txt"
+            notes.write_text("notes")
+            AttachedFile(Project().fetch(project["id"]), filename=str(notes)).upload()
+            stored = srv.store.meta.list_attached_files()[0]["storage"]
+            modes = {
+                name: stat.S_IMODE(os.stat(path).st_mode)
+                for name, path in {
+                    "data folder": data,
+                    "database": data / "cytomine.sqlite3",
+                    "WAL": data / "cytomine.sqlite3-wal",
+                    "SHM": data / "cytomine.sqlite3-shm",
+                    "admin keys": data / "admin-keys.json",
+                    "server file": data / "server.json",
+                    "attached file": stored,
+                }.items()
+            }
+    finally:
+        os.umask(old)
+    assert modes == {
+        "data folder": 0o700,
+        "database": 0o600,
+        "WAL": 0o600,
+        "SHM": 0o600,
+        "admin keys": 0o600,
+        "server file": 0o600,
+        "attached file": 0o600,
+    }
+    # An existing data folder with readable files is tightened when opened.
+    os.chmod(data, 0o755)
+    os.chmod(data / "cytomine.sqlite3", 0o644)
+    with running_server(data):
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(data / "cytomine.sqlite3").st_mode) == 0o600

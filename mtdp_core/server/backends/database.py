@@ -4,6 +4,10 @@ One database (a file, so data survive a restart, or ``:memory:`` for tests) hold
 Cytomine domain. Identifiers come from one sequence shared by every domain (as Cytomine's
 ``hibernate_sequence``).
 
+Secrets: the database holds every private key, so it is readable by its owner only (mode
+0600, with its WAL and shared-memory files), as are stored files (0600, in 0700 folders);
+:func:`private_folder` makes the data folder 0700. Existing files are tightened when opened.
+
 Thread safety: one connection guarded by a re-entrant lock (SQLite's Python binding must not
 be used by two threads at once); writes run in ``BEGIN IMMEDIATE`` transactions so another
 process (e.g. ``mtdp server import`` while a server runs) can share a database file. Nested
@@ -33,6 +37,8 @@ SCHEMA_VERSION = "2"
 CHUNK = 500
 #: Bytes copied at a time when a file is stored (uploads are streamed, never held whole in memory).
 CHUNK_BYTES = 1024 * 1024
+#: Modes of what holds secrets: the database and stored files, and the folders around them.
+PRIVATE_FILE, PRIVATE_FOLDER = 0o600, 0o700
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -145,12 +151,17 @@ class Database:
         self._depth = 0
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))  # never readable by others
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA foreign_keys = OFF")
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
+            # SQLite gives the WAL and shared-memory files the database file's mode: make that 0600 first.
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(self.path + suffix, PRIVATE_FILE)
         with self._lock:
             self._conn.executescript(SCHEMA)  # idempotent (IF NOT EXISTS); commits by itself
         with self.transaction() as db:
@@ -240,6 +251,28 @@ class Database:
             self._conn.close()
 
 
+def private_folder(path: str | os.PathLike) -> Path:
+    """A folder (created when missing, with its parents) readable by its owner only."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
+    os.chmod(path, PRIVATE_FOLDER)
+    return path
+
+
+def write_private(path: str | os.PathLike, data: bytes | BinaryIO) -> Path:
+    """Write ``data`` (bytes, or a binary file read to its end in chunks) to a file readable by
+    its owner only (an existing file is replaced and tightened)."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as out:
+        if isinstance(data, (bytes, bytearray)):
+            out.write(data)
+        else:
+            shutil.copyfileobj(data, out, CHUNK_BYTES)
+    return path
+
+
 def base_name(filename: str, fallback: str) -> str:
     """The file name of an uploaded path (``../a/b.txt`` -> ``b.txt``), or ``fallback``."""
     return os.path.basename(filename.replace("\\", "/")) or fallback
@@ -256,24 +289,18 @@ class Files:
     @classmethod
     def at(cls, folder: str | os.PathLike | None) -> Files:
         if folder is None:
-            return cls(Path(tempfile.mkdtemp(prefix="mtdp-server-files-")), owned=True)
-        return cls(Path(folder))
+            return cls(Path(tempfile.mkdtemp(prefix="mtdp-server-files-")), owned=True)  # 0700
+        return cls(private_folder(folder))
 
     def folder(self, *parts: str | int) -> Path:
         path = self.root.joinpath(*(str(p) for p in parts))
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
         return path
 
     def save(self, kind: str, ident: int, name: str, data: bytes | BinaryIO) -> Path:
         """Write ``data`` (bytes, or a binary file read to its end in chunks) as ``kind/ident/name``
-        (``name``: a :func:`base_name`); returns the path."""
-        path = self.folder(kind, ident) / name
-        with open(path, "wb") as out:
-            if isinstance(data, (bytes, bytearray)):
-                out.write(data)
-            else:
-                shutil.copyfileobj(data, out, CHUNK_BYTES)
-        return path
+        (``name``: a :func:`base_name`), readable by its owner only; returns the path."""
+        return write_private(self.folder(kind, ident) / name, data)
 
     @staticmethod
     def remove(path: str | os.PathLike) -> None:

@@ -14,6 +14,7 @@ from mtdp_core.errors import ConfigurationError
 from mtdp_core.server import descriptors
 from mtdp_core.server.app import DATABASE_NAME, LocalCytomine, read_server_file
 from mtdp_core.server.backends import CytomineStore
+from mtdp_core.server.backends.database import private_folder
 from mtdp_core.server.config import MIB, PixelLimits, ServerConfig
 from mtdp_core.server.domain import STATUS_NAMES, Row
 from mtdp_core.server.errors import ServerError
@@ -29,7 +30,7 @@ def data_folder(args: argparse.Namespace) -> Path:
 @contextlib.contextmanager
 def open_store(args: argparse.Namespace) -> Iterator[CytomineStore]:
     """The store of the data folder (with its admin), closed at the end."""
-    data = data_folder(args)
+    data = private_folder(data_folder(args))
     store = CytomineStore(data / DATABASE_NAME, data / "files")
     try:
         store.users.ensure_admin()
