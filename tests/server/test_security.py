@@ -10,6 +10,7 @@ in any answer, and request paths are logged escaped.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import stat
 import time
@@ -336,3 +337,58 @@ def test_5_secrets_on_disk_are_private(tmp_path):
     with running_server(data):
         assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(data / "cytomine.sqlite3").st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------- 6. bad input
+def test_6_bad_input_is_a_4xx_that_says_what_to_change(server, seeded, tmp_path):
+    box = seeded.annotations[0]
+    secrets = [str(tmp_path), str(server.store.files.root)]
+    for request in hostile_requests(seeded.project_id, seeded.images[0]["id"], box.id):
+        if request.item != 6:
+            continue
+        answer = request.send(server.url, _keys(server.admin))
+        assert answer.status_code == request.expect, f"{request.what}: {answer.status_code} {answer.text[:300]}"
+        message = answer.json()["message"]
+        assert request.says in message, f"{request.what}: {message}"
+        assert not any(s in answer.text for s in secrets), f"{request.what}: {answer.text}"
+    assert server.store.meta.list_attached_files() == []
+
+
+def test_6_no_server_path_in_error_bodies(server, seeded, tmp_path, monkeypatch):
+    secrets = [str(tmp_path), str(server.store.files.root)]
+    # An image file gone from disk.
+    seeded.image_paths[seeded.images[0]["id"]].unlink()
+    answer = _admin(server, "GET", f"/api/userannotation/{seeded.annotations[0].id}/crop.png")
+    assert answer.status_code == 404 and not any(s in answer.text for s in secrets), answer.text
+
+    # An unexpected error: its text (which may name files) goes to the log, not to the caller.
+    def broken(*args, **kwargs):
+        raise OSError(f"[Errno 13] Permission denied: '{server.store.files.root}/x'")
+
+    monkeypatch.setattr(server.store.projects, "list", broken)
+    answer = _admin(server, "GET", "/api/project.json")
+    assert answer.status_code == 500 and not any(s in answer.text for s in secrets), answer.text
+
+
+def test_6_download_names_with_cr_lf_are_sent_safely(server, seeded):
+    # A name stored before names were checked (or by the operator's import): never a raw header.
+    row = server.store.meta.add_attached_file("be.cytomine.project.Project", seeded.project_id, "notes.txt", b"x")
+    with server.store.db.transaction() as db:
+        db.execute("UPDATE attached_file SET filename = ? WHERE id = ?", ("evil\r\nSet-Cookie: a=b.txt", row["id"]))
+    answer = _admin(server, "GET", f"/api/attachedfile/{row['id']}/download")
+    assert answer.status_code == 200 and answer.content == b"x"
+    assert "Set-Cookie" not in answer.headers and "\n" not in answer.headers["Content-Disposition"]
+
+
+def test_6_logged_request_paths_are_escaped(caplog):
+    import requests
+
+    from mtdp_core.server.config import ServerConfig
+
+    with (
+        caplog.at_level(logging.INFO, "mtdp_core.server.requests"),
+        running_server(config=ServerConfig(log_requests=True)) as srv,
+    ):
+        requests.get(srv.url + "/api/project.json%0D%0A127.0.0.1 GET /api/forged 200 admin", timeout=10)
+    lines = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert lines and all("\n" not in line and "\r" not in line for line in lines), lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_to_datetime
@@ -24,7 +25,7 @@ from mtdp_core.server.api.serialisers.envelopes import error
 from mtdp_core.server.api.urls import CONVERTERS, PUBLIC_PATHS, ROUTES, Route
 from mtdp_core.server.auth import parse_authorization, verify
 from mtdp_core.server.backends import CytomineStore
-from mtdp_core.server.domain import STATUS_NAMES, TERMINAL_STATUSES, Row
+from mtdp_core.server.domain import STATUS_NAMES, TERMINAL_STATUSES, Row, check_range
 from mtdp_core.server.errors import NotFound, ServerError, Unauthorized
 
 logger = logging.getLogger("mtdp_core.server.requests")
@@ -71,8 +72,11 @@ def create_app(services: Services) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        logger.exception("internal error on %s %s", request.method, request.path)
-        return json_response(error(f"Internal server error: {type(exc).__name__}: {exc}", 500), 500)
+        # The details (which may name files of the server) go to the log only.
+        reference = secrets.token_hex(4)
+        logger.exception("internal error %s on %s %s", reference, request.method, printable(request.path))
+        message = f"Internal server error ({type(exc).__name__}, reference {reference}): see the server's log"
+        return json_response(error(message, 500), 500)
 
     for route in ROUTES:
         app.add_url_rule(route.pattern, _endpoint(route), _view(route.handler), methods=route.methods.split())
@@ -97,9 +101,13 @@ def limit_body(ctx: RequestContext, upload: bool) -> None:
 
 
 def _view(handler: Callable[..., Any]) -> Callable[..., Response]:
-    """A Flask view calling ``handler(ctx, **path parameters)``; a dict answer is sent as JSON."""
+    """A Flask view calling ``handler(ctx, **path parameters)``; a dict answer is sent as JSON.
+    Integers of the path are checked first (SQLite stores 64 bits)."""
 
     def view(**path: Any) -> Response:
+        for name, value in path.items():
+            if isinstance(value, int):
+                check_range(value, name.removesuffix("_id"))
         answer = handler(g.ctx, **path)
         return answer if isinstance(answer, Response) else json_response(answer)
 
@@ -176,9 +184,15 @@ def _job_project(store: CytomineStore, user: Row) -> int | None:
 
 
 def log_request(status: int) -> None:
-    """One line per request: method, path, status, user, duration (never a key)."""
+    """One line per request: method, path, status, user, duration (never a key); what the
+    client chose (the path) is escaped, so that it cannot forge log lines."""
     elapsed = (time.perf_counter() - getattr(g, "start", time.perf_counter())) * 1000
     ctx = getattr(g, "ctx", None)
     who = ctx.caller.username if ctx is not None and ctx.caller is not None else "-"
-    target = request.full_path.rstrip("?")
-    logger.info("%s %s %d %s %.1fms", request.method, target[:200], status, who, elapsed)
+    target = printable(request.full_path.rstrip("?"))
+    logger.info("%s %s %d %s %.1fms", printable(request.method), target[:300], status, printable(who), elapsed)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (CR, LF, ...) and backslashes escaped, for a log line."""
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -8,6 +8,7 @@ globals, so a handler is a plain function of ``(ctx, **path parameters)``.
 from __future__ import annotations
 
 import json
+import math
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -134,9 +135,12 @@ class RequestContext:
         if value in (None, "", "null"):
             return None
         try:
-            return float(value)  # type: ignore[arg-type]
+            number = float(value)  # type: ignore[arg-type]
         except ValueError:
-            raise BadRequest(f"Invalid {name} {value!r}: a number is expected") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise BadRequest(f"Invalid {name} {value[:40]!r}: a finite number is expected") from None
+        return number
 
     def listing_params(self) -> dict[str, Any]:
         """Query parameters, and those of a POSTed search body."""
@@ -180,11 +184,18 @@ def too_large(limit: tuple[int, str], size: int | None = None) -> PayloadTooLarg
     )
 
 
+#: How deeply a JSON body may nest (Cytomine's bodies nest 3 levels; Python's parser recurses).
+MAX_JSON_DEPTH = 32
+
+
 def _parse_body(raw: bytes) -> Any:
     if not raw:
         return {}
+    too_deep = BadRequest(f"The request body is JSON nested too deeply: at most {MAX_JSON_DEPTH} levels are accepted")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
     except ValueError:
         # Annotation.review() posts a dict through requests' data=, i.e. form-encoded, under a JSON
         # content type: read it as a form.
@@ -193,3 +204,19 @@ def _parse_body(raw: bytes) -> Any:
         except (UnicodeDecodeError, ValueError):
             raise BadRequest("The request body is not valid JSON") from None
         return {key: (values if len(values) > 1 else values[0]) for key, values in form.items()}
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise too_deep
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and objects nest in ``data`` (iteratively: no recursion to exhaust)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

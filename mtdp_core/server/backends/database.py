@@ -273,11 +273,6 @@ def write_private(path: str | os.PathLike, data: bytes | BinaryIO) -> Path:
     return path
 
 
-def base_name(filename: str, fallback: str) -> str:
-    """The file name of an uploaded path (``../a/b.txt`` -> ``b.txt``), or ``fallback``."""
-    return os.path.basename(filename.replace("\\", "/")) or fallback
-
-
 @dataclass
 class Files:
     """Where the store keeps files: attachments, job data, job folders (a temporary folder,
@@ -299,7 +294,7 @@ class Files:
 
     def save(self, kind: str, ident: int, name: str, data: bytes | BinaryIO) -> Path:
         """Write ``data`` (bytes, or a binary file read to its end in chunks) as ``kind/ident/name``
-        (``name``: a :func:`base_name`), readable by its owner only; returns the path."""
+        (``name``: a :func:`~mtdp_core.server.domain.file_name`), readable by its owner only."""
         return write_private(self.folder(kind, ident) / name, data)
 
     @staticmethod

@@ -8,13 +8,12 @@ progress 0-100; a parameter belongs to the job's software and is given once.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from mtdp_core.server.backends.database import Database, Files, base_name, marks
-from mtdp_core.server.domain import Row, as_bool, as_int, now_ms, parameter_text, required_ids
+from mtdp_core.server.backends.database import Database, Files, marks
+from mtdp_core.server.domain import Row, as_bool, as_int, file_name, now_ms, parameter_text, required_ids
 from mtdp_core.server.errors import BadRequest, Conflict, Forbidden
 
 if TYPE_CHECKING:
@@ -182,7 +181,7 @@ class JobsBackend:
                     did,
                     jid,
                     None if key is None else str(key),
-                    None if filename is None else os.path.basename(str(filename)),
+                    None if filename is None else file_name(filename, "data"),
                     now_ms(),
                 ),
             )
@@ -198,7 +197,7 @@ class JobsBackend:
     def upload_data(self, data_id: int, filename: str, data: bytes | BinaryIO) -> Row:
         """The file of a job data entry (its bytes, or a binary stream)."""
         row = self.get_data(data_id)
-        path = self.files.save("jobdata", data_id, row["filename"] or base_name(filename, "data"), data)
+        path = self.files.save("jobdata", data_id, row["filename"] or file_name(filename, "data"), data)
         with self.db.transaction() as db:
             db.execute(
                 "UPDATE job_data SET storage = ?, size = ?, filename = ?, updated = ? WHERE id = ?",

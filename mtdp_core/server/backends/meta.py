@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from mtdp_core.server.backends.database import Database, Files, base_name
-from mtdp_core.server.domain import ANNOTATION_KINDS, CLASS_NAMES, Row, domain_key, now_ms, short_class
+from mtdp_core.server.backends.database import Database, Files
+from mtdp_core.server.domain import ANNOTATION_KINDS, CLASS_NAMES, Row, domain_key, file_name, now_ms, short_class
 from mtdp_core.server.errors import BadRequest, Conflict, NotFound
 
 #: Domain classes that can carry properties and files, by :func:`domain_key`, and their table.
@@ -163,7 +163,7 @@ class MetaBackend:
         """Attach a file (its bytes, or a binary stream) to a domain object."""
         canonical = self.resolve_domain(class_name, ident)
         fid = self.db.allocate_ids()
-        path = self.files.save("attachedfiles", fid, base_name(filename, "file"), data)
+        path = self.files.save("attachedfiles", fid, file_name(filename, "file"), data)
         with self.db.transaction() as db:
             db.execute(
                 "INSERT INTO attached_file (id, domain_class, domain_ident, filename, storage, size, key, created)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import shapely
 from flask import Response, send_file
 
@@ -9,7 +11,7 @@ from mtdp_core.server.api import access
 from mtdp_core.server.api.context import RequestContext
 from mtdp_core.server.api.handlers.images import image_of
 from mtdp_core.server.domain import ANNOTATION_DOMAINS
-from mtdp_core.server.errors import BadRequest
+from mtdp_core.server.errors import BadRequest, NotFound
 from mtdp_core.server.geometry import parse_wkt
 from mtdp_core.server.imaging import CropOptions, render_crop, render_thumb, render_window
 
@@ -21,8 +23,12 @@ def image_response(data: bytes, mime: str) -> Response:
 
 
 def file_response(path: str, download_name: str) -> Response:
-    """A stored file as an attachment (no validators: the client's cache must not keep it)."""
-    return send_file(path, as_attachment=True, download_name=download_name, conditional=False, etag=False)
+    """A stored file as an attachment (no validators: the client's cache must not keep it). The
+    name goes into a header: control characters (CR/LF) are replaced, whatever was stored."""
+    if not os.path.isfile(path):
+        raise NotFound(f"The file {download_name[:60]!r} is missing from the server's disk")
+    safe = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in download_name) or "file"
+    return send_file(path, as_attachment=True, download_name=safe, conditional=False, etag=False)
 
 
 def _thumb(ctx: RequestContext, path: str, default_size: int, fmt: str) -> Response:
