@@ -105,10 +105,14 @@ def require_project_manager(ctx: RequestContext, project_id: int) -> None:
 
 def project_write_check(ctx: RequestContext) -> Check:
     """For a backend to run on each object it is about to change (e.g. every item of a bulk
-    creation): :func:`require_project_access` with ``write`` on the object's ``project_id``."""
+    creation): :func:`require_project_access` with ``write`` on the object's ``project_id``
+    (checked once per project)."""
+    allowed: set[int] = set()
 
     def check(row: Row) -> None:
-        require_project_access(ctx, row["project_id"], write=True)
+        if row["project_id"] not in allowed:
+            require_project_access(ctx, row["project_id"], write=True)
+            allowed.add(row["project_id"])
 
     return check
 

@@ -50,6 +50,8 @@ def add_job(ctx: RequestContext) -> JSON:
         if isinstance(item, dict) and item.get("softwareParameter") is not None:
             params.append((as_int(item["softwareParameter"], "softwareParameter"), item.get("value")))
     project = as_int(data.get("project"), "project")
+    if project is None:
+        raise BadRequest("A job needs 'project' and 'software' (their ids)")
     access.require_project_access(ctx, project, write=True)
     row, _ = ctx.store.jobs.create(project, data.get("software"), ctx.user, params)
     return command("job", job_json(ctx, row), f"Job {row['id']} added", "AddJobCommand")
