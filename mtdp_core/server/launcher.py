@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mtdp_core.server.backends import CytomineStore
+from mtdp_core.server.backends.database import private_folder, write_private
 from mtdp_core.server.domain import CLASS_NAMES, FAILED, INQUEUE, KILLED, NOT_LAUNCH, RUNNING, WAIT, Row
 from mtdp_core.server.errors import BadRequest, NotFound
 
@@ -282,9 +283,8 @@ class JobLauncher:
         secrets = [user_job["private_key"]] if user_job else []
         logger.info("job %d: Cytomine command: %s", job_id, mask_secrets(real_command, secrets))
         logger.info("job %d: running: %s", job_id, mask_secrets(argv, secrets))
-        folder = self.jobs_dir / str(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        log_path = folder / "log.out"
+        folder = private_folder(self.jobs_dir / str(job_id))
+        log_path = write_private(folder / "log.out", b"")  # the job's output may hold what it read: 0600
         self.store.jobs.set_status(job_id, INQUEUE, "Job launched by the local server", 0)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "wb") as log:
@@ -396,7 +396,8 @@ class JobLauncher:
         elif job["status"] == RUNNING:
             logger.warning("job %d: process exited with code 0 but left the job RUNNING", job_id)
         if running.log_path.exists():
-            self.store.meta.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", running.log_path.read_bytes())
+            with open(running.log_path, "rb") as log:
+                self.store.meta.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", log)
         final = self.store.jobs.get(job_id)
         level = logging.INFO if final["status"] not in (FAILED, KILLED) else logging.WARNING
         logger.log(
