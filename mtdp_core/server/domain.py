@@ -210,3 +210,28 @@ def parameter_text(value: object) -> str | None:
     if isinstance(value, (list, tuple)):
         return ",".join(parameter_text(v) or "" for v in value)
     return str(value)
+
+
+def check_parameter_value(parameter: Row, text: str | None) -> None:
+    """Refuse a job parameter value its software parameter's type does not allow, as the web UI does,
+    and any value with a space: the core splits the command line on spaces, so such a value would
+    reach the app as extra arguments (e.g. another ``--cytomine_host``)."""
+    if not text:
+        return
+    name, ptype = parameter["name"], parameter["type"]
+    try:
+        if ptype == "Number":
+            float(text)
+        elif ptype == "Domain":
+            int(text)
+        elif ptype == "ListDomain":
+            [int(v) for v in text.split(",")]
+        elif ptype == "Boolean" and text.lower() not in ("true", "false"):
+            raise ValueError
+    except ValueError:
+        raise BadRequest(f"Invalid value {text[:60]!r} for {ptype} parameter {name!r}: give a {ptype} value") from None
+    if any(c.isspace() for c in text):
+        raise BadRequest(
+            f"Value {text[:60]!r} of parameter {name!r} contains a space: Cytomine splits the command "
+            "line on spaces, use commas or no spaces"
+        )

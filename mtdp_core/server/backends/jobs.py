@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mtdp_core.server.backends.database import Database, Files, marks
-from mtdp_core.server.domain import Row, as_bool, as_int, file_name, now_ms, parameter_text, required_ids
+from mtdp_core.server.domain import (
+    Row,
+    as_bool,
+    as_int,
+    check_parameter_value,
+    file_name,
+    now_ms,
+    parameter_text,
+    required_ids,
+)
 from mtdp_core.server.errors import BadRequest, Conflict, Forbidden
 
 if TYPE_CHECKING:
@@ -136,6 +145,7 @@ class JobsBackend:
         param = self.software.get_parameter(spid)
         if param["software_id"] != job["software_id"]:
             raise BadRequest(f"Software parameter {spid} does not belong to the software of job {jid}")
+        check_parameter_value(param, parameter_text(value))
         with self.db.transaction() as db:
             if self._parameter_id(jid, spid) is not None:
                 raise Conflict(f"Job {jid} already has a value for parameter {param['name']!r}")
