@@ -1,25 +1,87 @@
-"""Choosing the device and logging what runs where."""
+"""Choosing the device, the CPU threads, and logging what runs where.
+
+torch is optional here: without it (the torch-free inference images, engine onnxruntime),
+the only device is the CPU, represented by ``CPU`` (``.type == "cpu"``, as a torch.device).
+"""
 
 from __future__ import annotations
 
 import logging
-
-import torch
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from mtdp_core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+@dataclass(frozen=True)
+class CpuDevice:
+    """The CPU where torch is not installed: what code that reads ``device.type`` needs."""
+
+    type: str = "cpu"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+CPU = CpuDevice()
+
+
+@cache
+def torch_available() -> bool:
+    """Whether torch can be imported here (False in the torch-free images)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container's or taskset's cpuset), or
+    the machine's count where affinity is unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads of a CPU forward pass, for every engine: ``OMP_NUM_THREADS`` when set
+    (as torch reads it), else the cores available to the process (``available_cores``)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return available_cores()
+
+
+def resolve_device(spec: Any = "auto") -> torch.device | CpuDevice:
     """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Asking for CUDA where there is none is an error rather than a silent fall-back to the CPU
-    (a job that would take ten times longer should say so at once).
+    (a job that would take ten times longer should say so at once). Without torch installed,
+    ``auto`` and ``cpu`` give ``CPU``.
     """
+    if isinstance(spec, CpuDevice):
+        return spec
+    text = str(spec or "auto").strip().lower()
+    if not torch_available():
+        if text in ("auto", "cpu"):
+            return CPU
+        raise ConfigurationError(
+            f"Device {spec!r} asked for but torch is not installed here (a CPU-only inference image): "
+            "use device cpu or auto, or an image with torch for GPUs."
+        )
+    import torch
+
     if isinstance(spec, torch.device):
         return spec
-    text = (spec or "auto").strip().lower()
     if text == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -42,10 +104,16 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: Any) -> str:
     if device.type == "cuda":
+        import torch
+
         index = device.index if device.index is not None else torch.cuda.current_device()
         return (
             f"{torch.cuda.get_device_name(index)} (cuda:{index}, CUDA {torch.version.cuda}, torch {torch.__version__})"
         )
+    if not torch_available():
+        return f"CPU ({cpu_threads()} threads, no torch)"
+    import torch
+
     return f"CPU ({torch.get_num_threads()} threads, torch {torch.__version__})"

@@ -16,14 +16,24 @@ SHARED_DATA = Path(os.environ.get("MTDP_SHARED_DATA", REPO_ROOT.parent / "shared
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session")
+def session_graph_dir(tmp_path_factory) -> Path:
+    """Exported ONNX graphs, shared by the whole session: a backbone is exported once (each
+    export takes seconds), never from the machine's own cache."""
+    return tmp_path_factory.mktemp("graphs")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_weight_dirs(tmp_path_factory, monkeypatch):
-    """No test sees the machine's own weights caches: each gets empty ones."""
+def _isolated_weight_dirs(tmp_path_factory, monkeypatch, session_graph_dir):
+    """No test sees the machine's own weights and graph caches: each gets empty weights
+    folders, and the session's graph folder."""
     base = tmp_path_factory.mktemp("weights")
     monkeypatch.setenv("MTDP_WEIGHTS_DIR", str(base / "mtdp"))
     monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
     monkeypatch.delenv("TORCH_MODEL_ZOO", raising=False)
     monkeypatch.setenv("HOME", str(base / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(session_graph_dir))
     yield
 
 
