@@ -21,17 +21,18 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CpuDevice:
-    """The CPU where torch is not installed: what code that reads ``device.type`` needs."""
+class PlainDevice:
+    """A device without torch (``CPU`` where torch is not installed): what code that reads
+    ``device.type`` and ``str(device)`` needs."""
 
     type: str = "cpu"
     index: int | None = None
 
     def __str__(self) -> str:
-        return "cpu"
+        return self.type if self.index is None else f"{self.type}:{self.index}"
 
 
-CPU = CpuDevice()
+CPU = PlainDevice()
 
 
 @cache
@@ -61,14 +62,14 @@ def cpu_threads() -> int:
     return available_cores()
 
 
-def resolve_device(spec: Any = "auto") -> torch.device | CpuDevice:
+def resolve_device(spec: Any = "auto") -> torch.device | PlainDevice:
     """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Asking for CUDA where there is none is an error rather than a silent fall-back to the CPU
     (a job that would take ten times longer should say so at once). Without torch installed,
     ``auto`` and ``cpu`` give ``CPU``.
     """
-    if isinstance(spec, CpuDevice):
+    if isinstance(spec, PlainDevice):
         return spec
     text = str(spec or "auto").strip().lower()
     if not torch_available():

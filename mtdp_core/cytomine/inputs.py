@@ -293,6 +293,22 @@ def add_runtime_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_engine_input(parser: argparse.ArgumentParser) -> None:
+    """The inference engine of apps that run a frozen backbone (extract, svm-train, svm-predict)."""
+    from mtdp_core.inference.engines import ENGINES
+
+    add_input(
+        parser,
+        "engine",
+        type="String",
+        name="Inference engine",
+        default="auto",
+        choices=ENGINES,
+        description="What runs the network: auto (ONNX Runtime on a CPU, where it is faster; torch on a GPU), "
+        "onnxruntime or torch. Both give the same features within 1e-4 of their scale.",
+    )
+
+
 def add_push_inputs(parser: argparse.ArgumentParser) -> None:
     add_input(
         parser,
@@ -319,6 +335,7 @@ __all__ = [
     "add_backbone_inputs",
     "add_connection_inputs",
     "add_crop_inputs",
+    "add_engine_input",
     "add_filter_inputs",
     "add_image_size_input",
     "add_local_model_option",

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -223,8 +225,15 @@ def export_graph(backbone: Backbone, key: dict, target: Path) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    chatter = io.StringIO()  # the exporter prints graphs while it tries its strategies
     try:
-        with warnings.catch_warnings(), _quiet_exporter_logs(), torch.no_grad():
+        with (
+            warnings.catch_warnings(),
+            _quiet_exporter_logs(),
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+            torch.no_grad(),
+        ):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,
@@ -238,8 +247,8 @@ def export_graph(backbone: Backbone, key: dict, target: Path) -> None:
                 verbose=False,
             )
     except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one typed error
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise ExportError(f"{backbone.arch} cannot be exported to ONNX: {type(exc).__name__}: {first}") from exc
+        logger.debug("exporter output:\n%s", chatter.getvalue())
+        raise ExportError(f"{backbone.arch} cannot be exported to ONNX: {_root_cause(exc)}") from exc
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata, sort_keys=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
     os.close(fd)
@@ -260,13 +269,24 @@ def export_graph(backbone: Backbone, key: dict, target: Path) -> None:
     )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause of an exporter error, on one line (the outer ones say "step 1/3 failed")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = _ANSI.sub("", str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
 @contextlib.contextmanager
 def _quiet_exporter_logs() -> Iterator[None]:
     """The exporter's libraries log each optimisation pass at INFO: warnings only, while exporting."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(max(logging.WARNING, lg.getEffectiveLevel()))
+        lg.setLevel(max(logging.ERROR if lg.name == "torch" else logging.WARNING, lg.getEffectiveLevel()))
     try:
         yield
     finally:

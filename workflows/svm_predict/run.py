@@ -21,6 +21,7 @@ from mtdp_core.cytomine.inputs import (
     add_backbone_inputs,
     add_connection_inputs,
     add_crop_inputs,
+    add_engine_input,
     add_filter_inputs,
     add_local_model_option,
     add_push_inputs,
@@ -58,6 +59,7 @@ def get_args_parser() -> AppArgumentParser:
     add_crop_inputs(parser, from_model=True)
     add_backbone_inputs(parser, from_model=True)
     add_runtime_inputs(parser)
+    add_engine_input(parser)
     add_local_model_option(add_biaflows_arguments(parser))
     return parser
 

@@ -24,6 +24,7 @@ from mtdp_core.cytomine.inputs import (
     add_backbone_inputs,
     add_connection_inputs,
     add_crop_inputs,
+    add_engine_input,
     add_filter_inputs,
     add_image_size_input,
     add_runtime_inputs,
@@ -85,6 +86,7 @@ def get_args_parser() -> AppArgumentParser:
     add_backbone_inputs(parser)
     add_image_size_input(parser)
     add_runtime_inputs(parser)
+    add_engine_input(parser)
     add_biaflows_arguments(parser)
     return parser
 

@@ -44,6 +44,7 @@ def make_extractor(args: argparse.Namespace, job: Job, device: str):
         num_workers=args.n_workers,
         device=device,
         cache_dir=cache_root(job) / "features",
+        engine=args.engine,
     )
 
 
