@@ -38,9 +38,14 @@ def weights_info_from_dict(data: dict) -> WeightsInfo:
     )
 
 
-def session_options(threads: int | None = None) -> Any:
+def session_options(threads: int | None = None, *, spinning: bool = False) -> Any:
     """ONNX Runtime session options: ``threads`` intra-op threads (default ``cpu_threads()``,
-    torch's rule), one inter-op thread (a CNN is a chain), every graph optimisation."""
+    torch's rule), one inter-op thread (a CNN is a chain), every graph optimisation.
+
+    ``spinning``: whether idle intra-op threads busy-wait for the next batch. Off: between
+    batches the cores go to the decoding threads and to other processes (a busy processing
+    server); measured faster with it off (benchmarks/bench_engines.py, docs/transfer.md).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -48,6 +53,7 @@ def session_options(threads: int | None = None) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not to logging
     return options
 

@@ -295,6 +295,7 @@ class FeatureCache:
         n_features: int,
         precision: str = "float32",
         engine: str = "torch",
+        decoder: str = "pil",
     ) -> CacheEntry:
         """The entry for these features (created on first write).
 
@@ -307,6 +308,7 @@ class FeatureCache:
                 autocast dtype on CUDA): features at another precision are another entry.
             engine: what ran the forward pass (``"torch"``, ``"onnxruntime"``): the engines
                 agree within a tolerance (docs/transfer.md), not to the bit, so each has its own entries.
+            decoder: what decoded the images (``"pil"``, or ``"nvjpeg"`` on the GPU).
         """
         identity = {
             "backbone": backbone_identity,
@@ -314,6 +316,7 @@ class FeatureCache:
             "inputs": inputs,
             "precision": precision,
             "engine": engine,
+            "decoder": decoder,
         }
         identity = json.loads(json.dumps(identity))  # as the index will hold it (tuples -> lists)
         key = entry_key(identity)

@@ -101,6 +101,12 @@ def add_runtime_options(
             "`mtdp engine`; CPU only, faster there), torch, or auto: onnxruntime on a CPU, torch on CUDA "
             "(default: auto)",
         )
+        g.add_argument(
+            "--gpu-decode",
+            action="store_true",
+            help="torch on CUDA: decode JPEG files on the GPU (nvJPEG) instead of in the worker processes "
+            "(features differ at the level of resampling rounding; ignored without a GPU)",
+        )
     if batch_size is None:
         g.add_argument(
             "--batch-size",
@@ -159,6 +165,7 @@ def _extractor(args: argparse.Namespace):
         fingerprint=getattr(args, "fingerprint", "stat"),
         progress=args.progress,
         engine=args.engine,
+        gpu_decode=args.gpu_decode,
     )
 
 
@@ -454,7 +461,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp, progress=args.progress
     )
     if model.kind != "finetune":  # a fine-tuned network is trained and run by torch
-        runtime.update(cache_dir=args.cache_dir, fingerprint=args.fingerprint, engine=args.engine)
+        runtime.update(
+            cache_dir=args.cache_dir, fingerprint=args.fingerprint, engine=args.engine, gpu_decode=args.gpu_decode
+        )
     predictions = model.predict_images(paths, weights=args.weights, **runtime)
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
     try:

@@ -237,6 +237,7 @@ def extract_features(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     fingerprint: str = "stat",
     stats: dict | None = None,
+    gpu_decode: bool = False,
 ) -> np.ndarray:
     """Features of images, in input order: float32 (len(inputs), backbone.n_features).
 
@@ -256,6 +257,9 @@ def extract_features(
         chunk_size: rows per cache chunk (the unit of resumption).
         fingerprint: ``"stat"`` or ``"content"``: how input files are identified in the cache key.
         stats: if a dict, receives ``n_cached``, ``n_computed``, ``seconds``, ``cache_path``.
+        gpu_decode: torch on CUDA: decode the JPEG files on the GPU (nvJPEG, batched; other
+            images on the CPU workers), where torchvision can (``inference.gpu_decode``);
+            ignored elsewhere.
 
     Returns:
         float32 array (n_samples, n_features); a ``np.memmap`` when ``cache_dir`` is given.
@@ -279,6 +283,14 @@ def extract_features(
     n, d = len(inputs), backbone.n_features
     start = time.perf_counter()
     info = {"n_cached": 0, "n_computed": n, "cache_path": None}
+    decoder = "pil"
+    if gpu_decode and engine == "torch":
+        from mtdp_core.inference.gpu_decode import gpu_jpeg_available
+
+        if gpu_jpeg_available(str(device)):
+            decoder = "nvjpeg"
+        else:
+            logger.info("gpu_decode: JPEG decoding on %s is not available, decoding on the CPU", device)
 
     def run(indices: Sequence[int], sink: Callable[[np.ndarray, np.ndarray], None]) -> None:
         if len(indices):
@@ -307,6 +319,22 @@ def extract_features(
                 )
                 return
             model = prepare_model(backbone, device)
+            if decoder == "nvjpeg":
+                from mtdp_core.inference.gpu_decode import run_gpu_decode_extraction
+
+                run_gpu_decode_extraction(
+                    model,
+                    preprocessing,
+                    inputs,
+                    indices,
+                    sink,
+                    device=device,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    amp=amp,
+                    progress=progress,
+                )
+                return
             run_extraction(
                 model,
                 preprocessing,
@@ -336,6 +364,7 @@ def extract_features(
             n_features=d,
             precision=precision_of(device, amp),
             engine=engine,
+            decoder=decoder,
         )
         missing = entry.missing_chunks()
         todo = [i for c in missing for i in range(*entry.chunk_range(c))]
@@ -421,6 +450,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         fingerprint: ``"stat"`` (path, size, mtime) or ``"content"`` (file bytes) cache keys.
         chunk_size: rows per cache chunk.
         progress: show a progress bar.
+        gpu_decode: torch on CUDA: decode JPEG files on the GPU (nvJPEG); off by default
+            (see ``extract_features``).
     """
 
     def __init__(
@@ -441,6 +472,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: bool = False,
         engine: str = "auto",
+        gpu_decode: bool = False,
     ) -> None:
         self.backbone = backbone
         self.weights = weights
@@ -457,6 +489,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.chunk_size = chunk_size
         self.progress = progress
         self.engine = engine
+        self.gpu_decode = gpu_decode
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -570,6 +603,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             chunk_size=self.chunk_size,
             fingerprint=self.fingerprint,
             stats=stats,
+            gpu_decode=self.gpu_decode,
         )
         return features, stats
 

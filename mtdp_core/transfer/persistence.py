@@ -63,6 +63,7 @@ _RUNTIME_OPTIONS = {
     "fingerprint",
     "chunk_size",
     "engine",
+    "gpu_decode",
 }
 _ALLOWED_KINDS = "fiub"  # float, signed/unsigned int, bool arrays only
 
