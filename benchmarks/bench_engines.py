@@ -36,11 +36,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mtdp_core.backbones import create_backbone, resolve_weights  # noqa: E402
-from mtdp_core.inference.graphs import INPUT_NAME, OUTPUT_NAME, ensure_graph, graph_key  # noqa: E402
-from mtdp_core.inference.onnx_backbone import session_options  # noqa: E402
-from mtdp_core.logs import configure_logging  # noqa: E402
-from mtdp_core.runtime import cpu_threads  # noqa: E402
+from mtdp_core.backbones import create_backbone, resolve_weights
+from mtdp_core.inference.graphs import INPUT_NAME, OUTPUT_NAME, ensure_graph, graph_key
+from mtdp_core.inference.onnx_backbone import session_options
+from mtdp_core.logs import configure_logging
+from mtdp_core.runtime import cpu_threads
 
 MODELS = {"efficientnet_lite0": "imagenet", "densenet121": "random", "resnet50": "random"}
 

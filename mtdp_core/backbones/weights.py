@@ -33,8 +33,8 @@ import importlib.util
 import logging
 import os
 import re
-from dataclasses import dataclass, field
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtdp_core.errors import ChecksumMismatchError, IncompatibleWeightsError, WeightsNotFoundError

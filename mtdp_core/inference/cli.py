@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("backbone", help="a registered backbone, e.g. densenet121 (see `mtdp backbones`)")
     e.add_argument("weights", help="imagenet, imagenet_v2, mtdp, random, or a checkpoint file")
-    e.add_argument("--size", type=_sizes, default=[224], help="input size(s) in pixels, e.g. 224 or 224,384 (default: 224)")
+    e.add_argument(
+        "--size", type=_sizes, default=[224], help="input size(s) in pixels, e.g. 224 or 224,384 (default: 224)"
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
     e.add_argument("--sha256", default=None, help="expected sha256 of the weights file (checked)")
     e.add_argument(
@@ -77,7 +79,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     get_backbone_entry(args.backbone)  # an unknown name fails with the valid ones
     if not onnxruntime_available():
-        raise ConfigurationError("Exported graphs are checked with onnxruntime, which is not installed: pip install it.")
+        raise ConfigurationError(
+            "Exported graphs are checked with onnxruntime, which is not installed: pip install onnxruntime."
+        )
     resolved = resolve_weights(args.backbone, args.weights, seed=args.seed, sha256=args.sha256)
     built: list = []
 
@@ -104,8 +108,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     for e in entries:
         w = e["weights"] or {}
-        weights = f"{w.get('source')} seed {w.get('seed')}" if w.get("source") == "random" else (
-            f"{w.get('source')} {str(w.get('sha256'))[:12]}"
+        weights = (
+            f"{w.get('source')} seed {w.get('seed')}"
+            if w.get("source") == "random"
+            else (f"{w.get('source')} {str(w.get('sha256'))[:12]}")
         )
         state = "" if e["current"] else "  (stale: another mtdp version)"
         print(f"{e['arch']}  {e['image_size']} px  {weights}  {e['bytes'] / 2**20:.1f} MiB  {e['path']}{state}")

@@ -160,7 +160,7 @@ def onnx_backbone(
     else:
         resolved = None
         arch, digest = backbone.arch, tensors_digest(backbone)
-        factory = lambda: backbone  # noqa: E731
+        factory = lambda: backbone
         describe = f"{arch} (a {type(backbone).__name__} object, {digest[:24]}) at {image_size} px"
     key = graph_key(arch, digest, image_size)
     failure = _FAILED.get((arch, digest, image_size))
@@ -223,6 +223,7 @@ def load_frozen_backbone(
             def build() -> Backbone:
                 return create_backbone(backbone, weights, seed=seed, sha256=sha256)
         else:
+
             def build() -> Backbone:
                 return backbone
 

@@ -90,9 +90,7 @@ def _gpu_decodable(data: bytes) -> bool:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return (
-                image.format == "JPEG"
-                and image.mode in ("RGB", "L")
-                and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+                image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
             )
     except Exception:  # noqa: BLE001 - let the CPU path report what is wrong with it
         return False

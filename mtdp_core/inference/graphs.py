@@ -246,7 +246,7 @@ def export_graph(backbone: Backbone, key: dict, target: Path) -> None:
                 external_data=False,
                 verbose=False,
             )
-    except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one typed error
+    except Exception as exc:
         logger.debug("exporter output:\n%s", chatter.getvalue())
         raise ExportError(f"{backbone.arch} cannot be exported to ONNX: {_root_cause(exc)}") from exc
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata, sort_keys=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-
 from typing import Any
 
 import numpy as np

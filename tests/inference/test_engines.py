@@ -168,6 +168,7 @@ def _run_without_torch(code: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, "-c", _BLOCK_TORCH + textwrap.dedent(code), *args],
+        check=False,
         capture_output=True,
         text=True,
         env=env,
