@@ -23,12 +23,19 @@ from dataclasses import replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from mtdp_core.backbones.registry import resolve_weights
-from mtdp_core.backbones.weights import RANDOM
-from mtdp_core.errors import ConfigurationError, ExportError, GraphNotFoundError, MissingDependencyError
+from mtdp_core.backbones.registry import ResolvedWeights, resolve_weights
+from mtdp_core.backbones.weights import RANDOM, get_weight_spec
+from mtdp_core.errors import (
+    ConfigurationError,
+    ExportError,
+    GraphNotFoundError,
+    MissingDependencyError,
+    WeightsNotFoundError,
+)
 from mtdp_core.inference.graphs import (
     ensure_graph,
     find_graph,
+    find_graph_for_source,
     graph_dirs,
     graph_key,
     graph_name,
@@ -146,7 +153,7 @@ def onnx_backbone(
         _LOADED[memo] = _LOADED.pop(memo)  # most recently used last
         return _LOADED[memo]
     if isinstance(backbone, str):
-        resolved = resolve_weights(backbone, weights, seed=seed, sha256=sha256)
+        resolved = _resolve_or_find_graph(backbone, weights, seed=seed, sha256=sha256, image_size=image_size)
         arch, digest = backbone, resolved.digest()
 
         def factory() -> Backbone:
@@ -195,6 +202,21 @@ def onnx_backbone(
             "delete it (`mtdp engine clear`) and run again."
         )
     return _remember(memo, OnnxBackbone(path, metadata, info, threads=threads))
+
+
+def _resolve_or_find_graph(name: str, weights: Any, *, seed: int, sha256: str | None, image_size: int):
+    """``resolve_weights``, or, when a catalogue weights file is absent, the weights of the graph
+    exported from it (the torch-free images ship graphs, not weights files)."""
+    try:
+        return resolve_weights(name, weights, seed=seed, sha256=sha256)
+    except WeightsNotFoundError:
+        spec = get_weight_spec(name, weights) if isinstance(weights, str) else None
+        path = find_graph_for_source(name, spec.source, image_size, sha256 or spec.sha256) if spec else None
+        if path is None:
+            raise
+        digest = read_metadata(path)["identity"]["weights"]["sha256"]
+        logger.info("%s: %s weights file absent, using the graph exported from it (%s)", name, spec.source, path)
+        return ResolvedWeights(name, spec.source, sha256=digest, spec=spec)
 
 
 def load_frozen_backbone(

@@ -149,6 +149,31 @@ def find_graph(key: dict) -> Path | None:
     return None
 
 
+def find_graph_for_source(arch: str, source: str, image_size: int, sha256: str | None = None) -> Path | None:
+    """The graph of ``arch`` with the catalogue's ``source`` weights, found by its metadata when
+    the weights file itself is absent (a torch-free image ships the graphs, which hold the
+    weights, not the .pth files). ``sha256``: the catalogue's digest or published prefix, which
+    the graph's weights must match. None when there is no such graph.
+
+    Raises ExportError when graphs of several different weights match (remove the stale ones).
+    """
+    found: dict[str, Path] = {}
+    for folder in graph_dirs():
+        for path in sorted(folder.glob(f"{arch}-{int(image_size)}px-*.onnx")) if folder.is_dir() else ():
+            meta = read_metadata(path)
+            key, weights = meta.get("key", {}), meta.get("identity", {}).get("weights", {})
+            digest = str(weights.get("sha256") or "")
+            current = key == graph_key(arch, f"sha256-{digest}", image_size) and path.name == graph_name(key)
+            if current and weights.get("source") == source and digest.startswith((sha256 or "").lower()):
+                found.setdefault(digest, path)
+    if len(found) > 1:
+        raise ExportError(
+            f"Several graphs of {arch} with {source} weights at {image_size} px, from different files "
+            f"({', '.join(d[:12] for d in found)}): put the weights file in place, or remove the stale graphs."
+        )
+    return next(iter(found.values()), None)
+
+
 def _writable_dir() -> Path:
     for folder in graph_dirs():
         try:

@@ -17,7 +17,13 @@ import torch
 
 from mtdp_core.backbones import create_backbone, list_backbones
 from mtdp_core.backbones.base import Backbone
-from mtdp_core.errors import ConfigurationError, ExportError, GraphNotFoundError, MissingDependencyError
+from mtdp_core.errors import (
+    ConfigurationError,
+    ExportError,
+    GraphNotFoundError,
+    MissingDependencyError,
+    WeightsNotFoundError,
+)
 from mtdp_core.inference import engines, graphs
 from mtdp_core.inference.engines import load_frozen_backbone, onnx_backbone, resolve_engine
 from mtdp_core.inference.graphs import compare_features, within_tolerance
@@ -86,6 +92,24 @@ def test_graphs_are_keyed_by_the_weights_file(tmp_path):
     copy.write_bytes(a.read_bytes())  # same bytes, another name: the same graph, the file's own name
     again = onnx_backbone("resnet18", copy, image_size=16)
     assert again.path == first.path and again.weights_info.file == "renamed.pth"
+
+
+def test_a_graph_stands_in_for_an_absent_catalogue_weights_file(monkeypatch):
+    # Torch-free images ship the graphs (which hold the weights), not the .pth files.
+    from mtdp_core.backbones import registry
+
+    expected = FeatureExtractor("efficientnet_lite0", "imagenet", image_size=32, engine="torch").identity()
+    onnx_backbone("efficientnet_lite0", "imagenet", image_size=32)  # exported while the file is there
+
+    def absent(spec):
+        raise WeightsNotFoundError(f"Missing weights file {spec.file_name}")
+
+    monkeypatch.setattr(registry, "find_weights_file", absent)
+    monkeypatch.setattr(engines, "_LOADED", {})
+    fx = FeatureExtractor("efficientnet_lite0", "imagenet", image_size=32, engine="onnxruntime")
+    assert isinstance(fx.get_backbone(), OnnxBackbone) and fx.identity() == expected
+    with pytest.raises(WeightsNotFoundError, match="Missing weights file"):  # no graph at this size
+        onnx_backbone("efficientnet_lite0", "imagenet", image_size=48)
 
 
 class Unexportable(Backbone):
