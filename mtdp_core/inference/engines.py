@@ -106,6 +106,9 @@ def resolve_engine(engine: str = "auto", device: Any = "auto") -> tuple[str, Any
 _LOADED: dict[tuple, OnnxBackbone] = {}
 _LOADED_MAX = 2
 _FAILED: dict[tuple, str] = {}
+# What ``export=False`` did not find (for the life of the process: a checkpoint is not hashed
+# again on every call; a graph exported by another process later is seen by the next one).
+_ABSENT: set[tuple] = set()
 
 
 def _remember(key: tuple, model: OnnxBackbone) -> OnnxBackbone:
@@ -135,16 +138,18 @@ def onnx_backbone(
     image_size: int = 224,
     build: Callable[[], Backbone] | None = None,
     threads: int | None = None,
+    export: bool = True,
 ) -> OnnxBackbone:
     """The exported graph of a backbone, loaded in ONNX Runtime (exported first if needed).
 
     ``backbone``: a registered name (weights resolved and checksummed as by
     ``create_backbone``, without torch) or a Backbone object. ``build()`` returns the torch
-    Backbone to export when no graph is on disk (default: ``create_backbone``).
+    Backbone to export when no graph is on disk (default: ``create_backbone``). ``export``:
+    False only looks for a graph on disk.
 
     Raises:
         ExportError: the backbone cannot be exported, or its graph does not match torch.
-        GraphNotFoundError: no graph on disk and no torch to export one.
+        GraphNotFoundError: no graph on disk and no torch to export one (or ``export`` is False).
     """
     from mtdp_core.inference.onnx_backbone import OnnxBackbone, weights_info_from_dict
 
@@ -152,6 +157,8 @@ def onnx_backbone(
     if memo in _LOADED:
         _LOADED[memo] = _LOADED.pop(memo)  # most recently used last
         return _LOADED[memo]
+    if not export and memo in _ABSENT:
+        raise GraphNotFoundError(f"No exported graph of {backbone} ({weights}) at {image_size} px.")
     if isinstance(backbone, str):
         resolved = _resolve_or_find_graph(backbone, weights, seed=seed, sha256=sha256, image_size=image_size)
         arch, digest = backbone, resolved.digest()
@@ -175,6 +182,9 @@ def onnx_backbone(
         raise ExportError(failure)
     path = find_graph(key)
     if path is None:
+        if not export:
+            _ABSENT.add(memo)
+            raise GraphNotFoundError(f"No exported graph of {describe} ({graph_name(key)}).")
         if not torch_available():
             raise GraphNotFoundError(
                 f"No exported graph of {describe} ({graph_name(key)}) in {', '.join(map(str, graph_dirs()))}, and "
@@ -233,9 +243,13 @@ def load_frozen_backbone(
     """The backbone as the engine runs it: a torch ``Backbone`` or an ``OnnxBackbone``.
 
     ``build()`` returns the torch Backbone (default: ``create_backbone``, or ``backbone``
-    itself when it is an object): what torch runs, and what is exported. A backbone object
-    runs with torch under ``auto``. When the graph cannot be made, torch runs it, with a
-    warning (once per process) that says why.
+    itself when it is an object): what torch runs, and what is exported. When the graph cannot
+    be made, torch runs it, with a warning (once per process) that says why.
+
+    ``auto`` on a CPU exports a graph only for published weights (the catalogue's: every job
+    reuses them, and an export takes 6-20 s); a local checkpoint or random weights run as a
+    graph when one is on disk (``mtdp engine export``), with torch otherwise, and a backbone
+    object with torch. ``onnxruntime`` exports whatever it is given.
     """
     check_engine(engine)
     if build is None:
@@ -251,8 +265,16 @@ def load_frozen_backbone(
 
     name, _ = resolve_engine(engine, device)
     if name == "onnxruntime" and not (engine == "auto" and not isinstance(backbone, str)):
+        published = isinstance(weights, str) and get_weight_spec(str(backbone), weights) is not None
+        export = engine == "onnxruntime" or published or not torch_available()
         try:
-            return onnx_backbone(backbone, weights, seed=seed, sha256=sha256, image_size=image_size, build=build)
+            return onnx_backbone(
+                backbone, weights, seed=seed, sha256=sha256, image_size=image_size, build=build, export=export
+            )
+        except GraphNotFoundError as exc:
+            if export:
+                raise
+            logger.debug("engine auto: %s; running it with torch (`mtdp engine export` makes the graph)", exc)
         except ExportError as exc:
             arch = backbone if isinstance(backbone, str) else backbone.arch
             reason = str(exc)

@@ -145,9 +145,19 @@ def test_a_registered_backbone_whose_export_fails_runs_with_torch(monkeypatch, c
     monkeypatch.setattr(graphs, "export_graph", broken)
     monkeypatch.setattr(engines, "_FAILED", {})
     with caplog.at_level(logging.WARNING, logger="mtdp_core.inference.engines"):
-        model = load_frozen_backbone("resnet18", "random", image_size=24, engine="auto", device="cpu")
+        model = load_frozen_backbone("resnet18", "random", image_size=24, engine="onnxruntime")
     assert isinstance(model, Backbone)
     assert any("unsupported operator" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_exports_published_weights_and_runs_others_as_graphs_only_when_exported(monkeypatch):
+    monkeypatch.setattr(engines, "_ABSENT", set())
+    published = load_frozen_backbone("efficientnet_lite0", "imagenet", image_size=32, engine="auto", device="cpu")
+    assert isinstance(published, OnnxBackbone)  # the catalogue's weights: exported on first use
+    assert isinstance(load_frozen_backbone("resnet18", "random", seed=7, image_size=24, device="cpu"), Backbone)
+    onnx_backbone("resnet18", "random", seed=7, image_size=24)  # `mtdp engine export resnet18 random ...`
+    monkeypatch.setattr(engines, "_ABSENT", set())
+    assert isinstance(load_frozen_backbone("resnet18", "random", seed=7, image_size=24, device="cpu"), OnnxBackbone)
 
 
 def test_a_backbone_object_runs_with_torch_under_auto():
