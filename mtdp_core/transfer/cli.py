@@ -67,6 +67,16 @@ def _backbone_names() -> str:
         return "a registered backbone (`mtdp backbones` where torch is installed)"
 
 
+def _add_mpp_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="resolution of the training images in µm per pixel (e.g. 0.5 for 20x), recorded in the model: "
+        "`mtdp slides classify` reads slide tiles at it",
+    )
+
+
 def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet121") -> None:
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=default, help=f"one of: {_backbone_names()} (default: {default})")
@@ -87,7 +97,12 @@ def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet
 
 
 def add_runtime_options(
-    p: argparse.ArgumentParser, *, cache: bool = True, batch_size: int | None = None, engine: bool = True
+    p: argparse.ArgumentParser,
+    *,
+    cache: bool = True,
+    batch_size: int | None = None,
+    engine: bool = True,
+    gpu_decode: bool = True,
 ) -> None:
     g = p.add_argument_group("runtime")
     if engine:
@@ -101,6 +116,7 @@ def add_runtime_options(
             "`mtdp engine`; CPU only, faster there), torch, or auto: onnxruntime on a CPU, torch on CUDA "
             "(default: auto)",
         )
+    if engine and gpu_decode:
         g.add_argument(
             "--gpu-decode",
             action="store_true",
@@ -320,6 +336,7 @@ def _register_probe(subparsers: argparse._SubParsersAction) -> None:
         "--test: writes OUTPUT-curve.csv and .png",
     )
     p.add_argument("--curve-seeds", type=_ints, default=[0, 1, 2], help="seeds of the learning curve (default: 0,1,2)")
+    _add_mpp_option(p)
     add_backbone_options(p)
     add_runtime_options(p)
     p.set_defaults(func=_cmd_probe)
@@ -391,7 +408,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         score = probe.score(test["X"], test["y"])
         extra["test"] = {"path": str(args.test), "metric": probe.scoring_, "score": score, "n": len(test["y"])}
         print(f"test {probe.scoring_}: {score:.4f} ({len(test['y'])} samples)")
-    save_model(args.output, probe, features=train["identity"], extra=extra)
+    save_model(args.output, probe, features=train["identity"], extra=extra, mpp=args.mpp)
     print(f"model saved to {args.output}")
     if args.learning_curve:
         if test is None:
@@ -531,6 +548,7 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="also save the fine-tuned backbone alone (.pth) for `mtdp features --weights`",
     )
+    _add_mpp_option(p)
     add_backbone_options(p)
     add_runtime_options(p, cache=False, batch_size=32, engine=False)
     p.set_defaults(func=_cmd_finetune)
@@ -575,7 +593,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         score = tuner.score(test_paths, test_labels)
         extra["test"] = {"path": str(args.test), "metric": tuner.scoring_, "score": score, "n": len(test_paths)}
         print(f"test {tuner.scoring_}: {score:.4f} ({len(test_paths)} images)")
-    save_model(args.output, tuner, extra=extra)
+    save_model(args.output, tuner, extra=extra, mpp=args.mpp)
     write_csv(tuner.history_, f"{args.output.with_suffix('')}-history.csv")
     print(f"model saved to {args.output}, history to {args.output.with_suffix('')}-history.csv")
     if args.export_backbone:

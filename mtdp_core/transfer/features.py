@@ -36,7 +36,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from mtdp_core.backbones import create_backbone, get_backbone_entry
-from mtdp_core.data.images import RESIZE_MODES, Preprocessing
+from mtdp_core.data.images import RESIZE_MODES, LazyImage, Preprocessing
 from mtdp_core.errors import ConfigurationError, ImageReadError, MissingDependencyError
 from mtdp_core.inference.engines import check_engine, load_frozen_backbone
 from mtdp_core.runtime import available_cores, describe_device, resolve_device, torch_available
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # torch is imported where the torch engine runs: ONNX Runtime
 
 logger = logging.getLogger(__name__)
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | LazyImage
 
 
 def _is_torch_backbone(obj: Any) -> bool:
@@ -125,7 +125,7 @@ class ImageInputDataset:
 
 
 def _describe(item: Any) -> str:
-    return str(item) if isinstance(item, (str, os.PathLike)) else f"in-memory image {type(item).__name__}"
+    return str(item) if isinstance(item, (str, os.PathLike, LazyImage)) else f"in-memory image {type(item).__name__}"
 
 
 def _autocast(device: Any, amp: bool) -> tuple[contextlib.AbstractContextManager, str]:
@@ -223,6 +223,68 @@ def prepare_model(backbone: Backbone, device: torch.device, channels_last: bool 
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def run_backbone(
+    backbone: Any,
+    preprocessing: Preprocessing,
+    inputs: Sequence[ImageInput],
+    indices: Sequence[int],
+    sink: Callable[[np.ndarray, np.ndarray], None],
+    *,
+    device: Any,
+    batch_size: int,
+    num_workers: int,
+    amp: bool = True,
+    progress: bool = False,
+    decoder: str = "pil",
+) -> None:
+    """Run ``backbone`` on ``inputs[indices]`` in order with its engine's loop, passing each batch
+    to ``sink(indices, rows)``: an OnnxBackbone in ONNX Runtime (decoding threads), a torch
+    module on ``device`` (DataLoader workers; ``decoder="nvjpeg"``: JPEGs decoded on the GPU)."""
+    if not len(indices):
+        return
+    engine = engine_of(backbone)
+    logger.info(
+        "running %s on %d images with %s on %s (batch %d, %d workers)",
+        getattr(backbone, "arch", type(backbone).__name__),
+        len(indices),
+        engine,
+        describe_device(device) if engine == "torch" else f"CPU ({backbone.threads} threads)",
+        batch_size,
+        num_workers,
+    )
+    if engine == "onnxruntime":
+        from mtdp_core.inference.onnx_backbone import run_onnx_extraction
+
+        dataset = ImageInputDataset(inputs, preprocessing)
+        run_onnx_extraction(
+            backbone,
+            dataset,
+            preprocessing,
+            indices,
+            sink,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+        )
+        return
+    model = prepare_model(backbone, device)
+    loop = run_extraction
+    if decoder == "nvjpeg":
+        from mtdp_core.inference.gpu_decode import run_gpu_decode_extraction as loop
+    loop(
+        model,
+        preprocessing,
+        inputs,
+        indices,
+        sink,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        amp=amp,
+        progress=progress,
+    )
+
+
 def extract_features(
     backbone: Backbone | OnnxBackbone,
     inputs: Sequence[ImageInput],
@@ -293,60 +355,19 @@ def extract_features(
             logger.info("gpu_decode: JPEG decoding on %s is not available, decoding on the CPU", device)
 
     def run(indices: Sequence[int], sink: Callable[[np.ndarray, np.ndarray], None]) -> None:
-        if len(indices):
-            logger.info(
-                "extracting %s features of %d images with %s on %s (batch %d, %d workers)",
-                backbone.arch,
-                len(indices),
-                engine,
-                describe_device(device) if engine == "torch" else f"CPU ({backbone.threads} threads)",
-                batch_size,
-                num_workers,
-            )
-            if engine == "onnxruntime":
-                from mtdp_core.inference.onnx_backbone import run_onnx_extraction
-
-                dataset = ImageInputDataset(inputs, preprocessing)
-                run_onnx_extraction(
-                    backbone,
-                    dataset,
-                    preprocessing,
-                    indices,
-                    sink,
-                    batch_size=batch_size,
-                    num_workers=num_workers,
-                    progress=progress,
-                )
-                return
-            model = prepare_model(backbone, device)
-            if decoder == "nvjpeg":
-                from mtdp_core.inference.gpu_decode import run_gpu_decode_extraction
-
-                run_gpu_decode_extraction(
-                    model,
-                    preprocessing,
-                    inputs,
-                    indices,
-                    sink,
-                    device=device,
-                    batch_size=batch_size,
-                    num_workers=num_workers,
-                    amp=amp,
-                    progress=progress,
-                )
-                return
-            run_extraction(
-                model,
-                preprocessing,
-                inputs,
-                indices,
-                sink,
-                device=device,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                amp=amp,
-                progress=progress,
-            )
+        run_backbone(
+            backbone,
+            preprocessing,
+            inputs,
+            indices,
+            sink,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            amp=amp,
+            progress=progress,
+            decoder=decoder,
+        )
 
     if cache_dir is None:
         out = np.empty((n, d), dtype=np.float32)
@@ -396,7 +417,8 @@ def as_input_list(X: Any) -> Sequence[ImageInput]:
     """Accept what a user (or scikit-learn's indexing) passes as images.
 
     A list/tuple of paths, PIL images or arrays; a 1-D array of paths (object or str dtype);
-    a pathlib.Path of one image; a 4-D uint8 array (n, H, W, 3) of images.
+    a pathlib.Path of one image; a 4-D uint8 array (n, H, W, 3) of images; a sequence of lazy
+    images (``LazyImage``, e.g. a slide's ``TileGrid``).
     """
     if isinstance(X, (str, os.PathLike, Image.Image)):
         return [X]
@@ -414,10 +436,10 @@ def as_input_list(X: Any) -> Sequence[ImageInput]:
     if not isinstance(X, Sequence):
         X = list(X)
     for item in X[:1]:
-        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray)):
+        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray, LazyImage)):
             raise ConfigurationError(
-                f"FeatureExtractor got inputs of type {type(item).__name__}: give image paths, PIL images "
-                "or uint8 (H, W, 3) arrays."
+                f"FeatureExtractor got inputs of type {type(item).__name__}: give image paths, PIL images, "
+                "uint8 (H, W, 3) arrays or slide tiles."
             )
     return X
 
