@@ -20,10 +20,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from shapely.geometry.base import BaseGeometry
 
 from mtdp_core.errors import ChecksumMismatchError, IncompatibleModelError, MissingResolutionError
@@ -32,6 +31,9 @@ from mtdp_core.slides.tiles import TileGrid, tile_grid
 from mtdp_core.slides.tissue import TissueDetector, TissueMask
 from mtdp_core.transfer.cache import DEFAULT_CHUNK_SIZE
 from mtdp_core.transfer.persistence import ClassInfo, SavedModel, load_model
+
+if TYPE_CHECKING:  # torch only for fine-tuned networks: probes run without it (engine onnxruntime)
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -210,23 +212,27 @@ def probabilities(model: SavedModel, scores: np.ndarray) -> np.ndarray:
     return scaled_softmax(scores, scale).astype(np.float32) if len(scores) else np.asarray(scores, np.float32)
 
 
-class _Logits(torch.nn.Module):
+def _logits(model: SavedModel) -> Any:
     """A fine-tuned network dressed as a backbone (its outputs: logits) for the feature pipeline."""
+    import torch
 
-    def __init__(self, model: SavedModel) -> None:
-        super().__init__()
-        self.network = model.estimator
-        self.arch = f"{model.arch}-finetuned"
-        self.n_features = len(model.classes)
-        digest = _file_sha256(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
-        weights = {"source": "model", "sha256": digest}
-        self._identity = {"arch": self.arch, "n_features": self.n_features, "weights": weights}
+    class _Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = model.estimator
+            self.arch = f"{model.arch}-finetuned"
+            self.n_features = len(model.classes)
+            digest = _file_sha256(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
+            weights = {"source": "model", "sha256": digest}
+            self._identity = {"arch": self.arch, "n_features": self.n_features, "weights": weights}
 
-    def identity(self) -> dict:
-        return dict(self._identity)
+        def identity(self) -> dict:
+            return dict(self._identity)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.network(x)
+
+    return _Logits()
 
 
 def score_tiles(
@@ -254,10 +260,11 @@ def score_tiles(
         extract_features,
         run_backbone,
     )
-    from mtdp_core.transfer.finetune import softmax
 
     if model.kind == "finetune":
-        module: Any = _Logits(model)
+        from mtdp_core.transfer.finetune import softmax  # a fine-tuned network runs with torch
+
+        module: Any = _logits(model)
         prep = model.preprocessing
         post = softmax
     else:
