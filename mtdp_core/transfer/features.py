@@ -72,8 +72,9 @@ def default_num_workers(device: Any, engine: str = "torch") -> int:
     forward pass already uses every core; on small machines (up to 4 cores) a decoding
     process only preempts it, and decoding in the main process between batches was faster
     (2-core benchmark: 0 workers fastest in 5 of 6 cases, by up to 40%; docs/transfer.md).
-    Larger CPU machines get 2 workers (not measured here). ONNX Runtime: the same rule (its
-    decoding threads were measured on the 2-core machine too: docs/transfer.md).
+    Larger CPU machines get 2 workers (not measured here). ONNX Runtime: the same rule, for its
+    decoding threads (0, 1 and 2 were within noise of each other on the loaded 2-core machine;
+    docs/transfer.md has the command that re-measures it).
     """
     cores = available_cores()
     if device.type == "cuda":
