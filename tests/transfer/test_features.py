@@ -153,5 +153,5 @@ _NOT_APPLICABLE_TORCH = {
     expected_failed_checks=lambda est: {**_NOT_APPLICABLE, **(_NOT_APPLICABLE_TORCH if est.engine == "torch" else {})},
     xfail_strict=True,
 )
-def test_scikit_learn_estimator_checks(estimator, check):
+def test_scikit_learn_estimator_checks(estimator, check, shared_graph_dir):
     check(estimator)
