@@ -1,4 +1,4 @@
-"""Choosing the device, the CPU threads, and logging what runs where.
+"""Choosing the device, the numeric precision on it, the CPU threads, and logging what runs where.
 
 torch is optional here: without it (the torch-free inference images, engine onnxruntime),
 the only device is the CPU, represented by ``CPU`` (``.type == "cpu"``, as a torch.device).
@@ -6,6 +6,7 @@ the only device is the CPU, represented by ``CPU`` (``.type == "cpu"``, as a tor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -118,3 +119,82 @@ def describe_device(device: Any) -> str:
     import torch
 
     return f"CPU ({torch.get_num_threads()} threads, torch {torch.__version__})"
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+#: ``auto``: mixed precision where it pays (CUDA); ``none``: fp32; ``bf16``/``fp16``: that dtype (CUDA only).
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype (None: fp32) and the device type it applies to.
+
+    The one precision policy of the project (training, fine-tuning and feature extraction all
+    get theirs from ``resolve_precision``).
+    """
+
+    dtype: torch.dtype | None
+    device_type: str
+
+    # fp32 (dtype None) needs no torch: the onnxruntime engine runs where torch is not installed.
+    @property
+    def name(self) -> str:
+        if self.dtype is None:
+            return "fp32"
+        import torch
+
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def dtype_name(self) -> str:
+        """``float32``, ``bfloat16`` or ``float16`` (part of a feature cache's identity)."""
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range.
+        return self.dtype is not None and self.name == "fp16"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        import torch
+
+        return torch.amp.GradScaler(self.device_type, enabled=self.needs_grad_scaler)
+
+
+def resolve_precision(amp: str | bool, device: Any) -> Precision:
+    """The autocast dtype for ``amp`` on ``device``.
+
+    ``auto`` (or True): bf16 on GPUs that support it (fp32's range: no overflow, no loss
+    scaling), else fp16; fp32 on CPU, where bf16/fp16 autocast is 5-20x *slower* without bf16
+    units (measured on the project's machines). ``none`` (or False): fp32. ``bf16``/``fp16``
+    force a dtype, on CUDA only (asking for one on a CPU is an error, not a slow run).
+    """
+    if isinstance(amp, bool):
+        amp = "auto" if amp else "none"
+    if amp not in AMP_CHOICES:
+        raise ConfigurationError(f"Invalid amp {amp!r}: use one of {', '.join(AMP_CHOICES)}.")
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return Precision(None, device.type)
+    if device.type != "cuda":
+        raise ConfigurationError(
+            f"amp={amp} asked for on {device}: mixed precision is CUDA-only here (bf16 on CPU is 5-20x slower); use "
+            "--amp none or auto."
+        )
+    import torch
+
+    if amp == "auto":
+        return Precision(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16, "cuda")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigurationError(
+            f"amp=bf16 asked for but {torch.cuda.get_device_name(device)} has no bf16 support: use --amp fp16."
+        )
+    return Precision(torch.bfloat16 if amp == "bf16" else torch.float16, "cuda")

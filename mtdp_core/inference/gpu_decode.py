@@ -137,7 +137,7 @@ def run_gpu_decode_extraction(
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from mtdp_core.transfer.features import _autocast
+    from mtdp_core.runtime import resolve_precision
 
     if not len(indices):
         return
@@ -151,7 +151,7 @@ def run_gpu_decode_extraction(
         collate_fn=_collate,
         prefetch_factor=4 if workers else None,
     )
-    autocast, _ = _autocast(device, amp)
+    autocast = resolve_precision(amp, device).autocast()
     bar = tqdm(total=len(indices), desc="features", unit="img", disable=not progress, smoothing=0.05)
     with torch.inference_mode(), autocast, bar, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders in favour of torchcodec
