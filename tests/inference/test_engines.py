@@ -30,7 +30,7 @@ from mtdp_core.inference.graphs import compare_features, within_tolerance
 from mtdp_core.inference.onnx_backbone import OnnxBackbone
 from mtdp_core.runtime import PlainDevice
 from mtdp_core.transfer.features import FeatureExtractor
-from tests.conftest import REPO_ROOT
+from tests.helpers.paths import REPO_ROOT
 
 # --------------------------------------------------------------------------- resolution
 

@@ -15,7 +15,7 @@ from mtdp_core.inference.gpu_decode import (
     run_gpu_decode_extraction,
 )
 from mtdp_core.transfer.features import FeatureExtractor, extract_features
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def _photo(path, size=(90, 60), seed=0):
