@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("mtdp_core.backbones.cli", "list, locate, verify or fetch weights files"),
     "engine": (
         "mtdp_core.inference.cli",
-        "inference engines: pre-export backbones to ONNX graphs, list or clear them",
+        "inference engines: pre-export backbones to ONNX graphs, list, verify or clear them",
     ),
     "features": ("mtdp_core.transfer.cli", "extract features of a folder of images (cached, resumable)"),
     "probe": (

@@ -1,4 +1,4 @@
-"""``mtdp engine``: pre-export backbones to ONNX graphs, list and clear the graph cache, show the engines."""
+"""``mtdp engine``: pre-export backbones to ONNX graphs, list, verify and clear them, show the engines."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "engine",
-        help="inference engines: pre-export backbones to ONNX graphs, list or clear them",
+        help="inference engines: pre-export backbones to ONNX graphs, list, verify or clear them",
         description=(
             "Frozen backbones run with torch or, on CPUs, as ONNX graphs in ONNX Runtime (engine auto|torch|"
             "onnxruntime; see docs/transfer.md). A graph is exported from the torch module once, checked against "
@@ -42,10 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "export",
         help="export a backbone with its weights to an ONNX graph (needs torch)",
-        description="Export BACKBONE with WEIGHTS at each --size, check the graph against torch, and cache it.",
+        description=(
+            "Export BACKBONE with WEIGHTS (or, with --present, every published weights file present here) at "
+            "each --size, check each graph against torch, and cache it. With --dir, the folder's SHA256SUMS lists "
+            "the graphs' sha256: they are then checked whenever they are loaded (`mtdp engine verify` checks them all)."
+        ),
     )
-    e.add_argument("backbone", help="a registered backbone, e.g. densenet121 (see `mtdp backbones`)")
-    e.add_argument("weights", help="imagenet, imagenet_v2, mtdp, random, or a checkpoint file")
+    e.add_argument("backbone", nargs="?", help="a registered backbone, e.g. densenet121 (see `mtdp backbones`)")
+    e.add_argument("weights", nargs="?", help="imagenet, imagenet_v2, mtdp, random, or a checkpoint file")
+    e.add_argument(
+        "--present",
+        action="store_true",
+        help="instead of BACKBONE WEIGHTS: every published weights file present here (`mtdp weights list`), "
+        "verified; what a container image has its graphs made from",
+    )
     e.add_argument(
         "--size", type=_sizes, default=[224], help="input size(s) in pixels, e.g. 224 or 224,384 (default: 224)"
     )
@@ -55,10 +65,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dir",
         type=Path,
         default=None,
-        help="folder to write the graph to (default: the first writable graph folder); set MTDP_GRAPH_DIR "
-        "to it where the graph is used",
+        help="folder to write the graph to, listed with its sha256 in the folder's SHA256SUMS (default: the first "
+        "writable graph folder); set MTDP_GRAPH_DIR to it where the graph is used",
     )
     e.set_defaults(func=_cmd_export)
+
+    v = sub.add_parser(
+        "verify",
+        help="check the graphs: SHA256SUMS, name against content, weights against the catalogue",
+        description=(
+            "Check every graph of the graph folders, as `mtdp weights verify` checks weights files: the sha256 of "
+            "each graph of a folder that has a SHA256SUMS (every graph listed, every listed graph there), the key "
+            "inside each graph against its file name, and the weights it was exported from against the published "
+            "sha256. Exit status 1 when a check fails (or, with --require, when no current graph is there)."
+        ),
+    )
+    v.add_argument("--require", action="store_true", help="fail when there is no graph of this mtdp version")
+    v.set_defaults(func=_cmd_verify)
 
     ls = sub.add_parser("list", help="the graphs in the graph folders")
     ls.add_argument("--json", action="store_true", help="print JSON")
@@ -73,27 +96,81 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from mtdp_core.backbones import create_backbone, get_backbone_entry, resolve_weights
+    from mtdp_core.backbones import get_backbone_entry
+    from mtdp_core.backbones.weights import candidate_paths, weight_specs
     from mtdp_core.inference.engines import onnxruntime_available
-    from mtdp_core.inference.graphs import ensure_graph, graph_key
+    from mtdp_core.inference.graphs import record_in_manifest
 
-    get_backbone_entry(args.backbone)  # an unknown name fails with the valid ones
+    if args.present == bool(args.backbone or args.weights) or (args.backbone and not args.weights):
+        raise ConfigurationError(
+            "mtdp engine export: give BACKBONE WEIGHTS (e.g. densenet121 imagenet), or --present for every "
+            "published weights file present here, not both."
+        )
     if not onnxruntime_available():
         raise ConfigurationError(
             "Exported graphs are checked with onnxruntime, which is not installed: pip install onnxruntime."
         )
-    resolved = resolve_weights(args.backbone, args.weights, seed=args.seed, sha256=args.sha256)
+    if args.present:
+        pairs = [(s.arch, s.source) for s in weight_specs() if any(p.is_file() for p in candidate_paths(s))]
+        if not pairs:
+            raise ConfigurationError(
+                "mtdp engine export --present: no published weights file is present here (`mtdp weights list` "
+                "says where each one is expected; `mtdp weights fetch` gets one)."
+            )
+        logger.info("published weights present: %s", ", ".join(f"{a} {s}" for a, s in pairs))
+    else:
+        get_backbone_entry(args.backbone)  # an unknown name fails with the valid ones
+        pairs = [(args.backbone, args.weights)]
+    paths = [path for arch, weights in pairs for path in _export(arch, weights, args)]
+    if args.dir is not None:
+        record_in_manifest(paths)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _export(arch: str, weights: str, args: argparse.Namespace) -> list[Path]:
+    """The graphs of ``arch`` with ``weights`` at each of ``args.size`` (exported when absent)."""
+    from mtdp_core.backbones import create_backbone, resolve_weights
+    from mtdp_core.inference.graphs import ensure_graph, graph_key
+
+    sha256 = None if args.present else args.sha256
+    resolved = resolve_weights(arch, weights, seed=args.seed, sha256=sha256)
     built: list = []
 
     def factory():
         if not built:
-            built.append(create_backbone(args.backbone, args.weights, seed=args.seed, sha256=args.sha256))
+            built.append(create_backbone(arch, weights, seed=args.seed, sha256=sha256))
         return built[0]
 
-    for size in args.size:
-        path = ensure_graph(graph_key(args.backbone, resolved.digest(), size), factory, folder=args.dir)
-        print(path)
-    return 0
+    return [ensure_graph(graph_key(arch, resolved.digest(), size), factory, folder=args.dir) for size in args.size]
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from mtdp_core.inference.graphs import graph_dirs, verify_graphs
+
+    checked, problems = verify_graphs()
+    for entry in checked:
+        logger.info(
+            "ok %s %s px %s %s sha256=%s%s",
+            entry["arch"],
+            entry["image_size"],
+            entry["weights"],
+            entry["path"],
+            entry["sha256"],
+            "" if entry["current"] else " (stale: another mtdp version, never read)",
+        )
+    for problem in problems:
+        logger.error("%s", problem)
+    current = sum(1 for entry in checked if entry["current"])
+    logger.info("%d graph(s) checked, %d problem(s)", len(checked), len(problems))
+    if args.require and not current:
+        logger.error(
+            "no graph of this mtdp version in %s: export them (`mtdp engine export --dir`)",
+            os.pathsep.join(map(str, graph_dirs())),
+        )
+        return 1
+    return 1 if problems else 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

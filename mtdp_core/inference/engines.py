@@ -41,6 +41,7 @@ from mtdp_core.inference.graphs import (
     graph_name,
     read_metadata,
     tensors_digest,
+    verify_graph_file,
 )
 from mtdp_core.runtime import resolve_device, torch_available
 
@@ -197,6 +198,7 @@ def onnx_backbone(
         except ExportError as exc:
             _FAILED[(arch, digest, image_size)] = str(exc)
             raise
+    verify_graph_file(path)  # against its folder's SHA256SUMS, when it has one (an image's graphs)
     metadata = read_metadata(path)
     if metadata.get("key") != key:
         raise ExportError(

@@ -23,6 +23,12 @@ Folders (``graph_dirs``): ``$MTDP_GRAPH_DIR`` (several separated by ``os.pathsep
 read-only folder baked into a container image, then a writable one), then
 ``$XDG_CACHE_HOME/mtdp/graphs`` (``~/.cache/mtdp/graphs``). A graph is looked up in each,
 in order; an export goes to the first writable one.
+
+A folder made on purpose (``mtdp engine export --dir``: a container image's) also lists its
+graphs' sha256 in ``SHA256SUMS`` (``sha256sum``'s format). There, like a weights file, a
+graph is checked against its recorded sha256 whenever it is loaded, and one that is not
+listed is refused; ``verify_graphs`` (``mtdp engine verify``) checks every graph of every
+folder: the manifest, the name against the key inside, and the weights against the catalogue.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtdp_core import __version__
-from mtdp_core.errors import ExportError
+from mtdp_core.backbones.weights import get_weight_spec, sha256_of
+from mtdp_core.errors import ChecksumMismatchError, ExportError
 
 if TYPE_CHECKING:
     from mtdp_core.backbones.base import Backbone
@@ -62,6 +69,8 @@ GRAPH_FORMAT_VERSION = 1
 #: ONNX opset of the exported graphs (supported by onnxruntime >= 1.14).
 OPSET = 18
 METADATA_KEY = "mtdp.graph"
+#: The list of a graph folder's graphs and their sha256 (``sha256sum -c SHA256SUMS`` reads it too).
+MANIFEST = "SHA256SUMS"
 INPUT_NAME, OUTPUT_NAME = "images", "features"
 
 #: How close an exported graph's features must be to torch's, on the check run at export time
@@ -189,7 +198,7 @@ def _writable_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def _lock(path: Path, what: str | None = None) -> Iterator[None]:
     if fcntl is None:  # pragma: no cover
         yield
         return
@@ -197,7 +206,7 @@ def _lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("waiting for another process that is exporting %s", path.with_suffix(".onnx").name)
+            logger.info("waiting for another process that is %s", what or f"exporting {path.with_suffix('.onnx').name}")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -225,6 +234,8 @@ def ensure_graph(key: dict, backbone_factory: Any, *, folder: Path | None = None
         if target.is_file():  # exported by another process while we waited
             return target
         export_graph(backbone_factory(), key, target)
+    if (folder / MANIFEST).is_file():  # a folder made on purpose lists every graph it has
+        record_in_manifest([target])
     return target
 
 
@@ -358,6 +369,145 @@ def check_graph(model: Any, path: Path, size: int) -> dict:
     return stats
 
 
+# --------------------------------------------------------------------------- manifests
+
+
+def read_manifest(folder: Path) -> dict[str, str] | None:
+    """``{file name: sha256}`` of ``folder``'s manifest; None when the folder has none.
+
+    Raises ChecksumMismatchError when the manifest is not in ``sha256sum``'s format.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    entries: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-f]{64}) [ *]([^/\\]+\.onnx)", line.strip())
+        if match is None:
+            raise ChecksumMismatchError(
+                f"{path}, line {number}: {line[:80]!r} is not '<sha256>  <name>.onnx': write the file again "
+                "with `mtdp engine export --dir`."
+            )
+        entries[match.group(2)] = match.group(1)
+    return entries
+
+
+def record_in_manifest(paths: list[Path]) -> Path:
+    """Add (or update) the sha256 of ``paths``, graphs of one folder, to that folder's manifest,
+    atomically and under a lock (several exports into one folder at once). Returns its path."""
+    if not paths:
+        raise ValueError("no graph to record")
+    folder = Path(paths[0]).parent
+    if any(Path(p).parent != folder for p in paths):
+        raise ValueError(f"graphs of several folders: {paths}")
+    manifest = folder / MANIFEST
+    with _lock(folder / (MANIFEST + ".lock"), f"writing {manifest}"):
+        entries = read_manifest(folder) or {}
+        entries.update({Path(p).name: sha256_of(p) for p in paths})
+        _write_manifest(folder, entries)
+    return manifest
+
+
+def _write_manifest(folder: Path, entries: dict[str, str]) -> None:
+    """Write ``folder``'s manifest atomically (the caller holds its lock); none when ``entries`` is empty."""
+    if not entries:
+        (folder / MANIFEST).unlink(missing_ok=True)
+        return
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=MANIFEST + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(f"{digest}  {name}\n" for name, digest in sorted(entries.items()))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / MANIFEST)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def verify_graph_file(path: Path) -> str | None:
+    """Check a graph against its folder's manifest, as a weights file against the catalogue.
+
+    Returns its sha256, or None when its folder has no manifest (a cache folder). Raises
+    ChecksumMismatchError when it is not listed there or its sha256 differs.
+    """
+    path = Path(path)
+    entries = read_manifest(path.parent)
+    if entries is None:
+        return None
+    expected = entries.get(path.name)
+    if expected is None:
+        raise ChecksumMismatchError(
+            f"Graph {path.name} is not listed in {path.parent / MANIFEST}: it was not exported with this folder's "
+            "graphs. Remove it, or export it there with `mtdp engine export --dir`."
+        )
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"Checksum mismatch for graph {path}: sha256 is {actual}, {MANIFEST} says {expected}. The file is "
+            "corrupt or was replaced: export it again (`mtdp engine export --dir`)."
+        )
+    return actual
+
+
+def verify_graphs() -> tuple[list[dict], list[str]]:
+    """Check every graph of every graph folder: its folder's manifest (when it has one: every
+    graph listed, every listed graph present, sha256 equal), its name against the key inside,
+    and its weights' sha256 against the catalogue's for published weights.
+
+    Returns the graphs checked (path, arch, size, weights, sha256, current) and the problems
+    found (one message each; none when everything is right). A graph of another mtdp version
+    is reported as not current (never read), not as a problem.
+    """
+    checked: list[dict] = []
+    problems: list[str] = []
+    for folder in graph_dirs():
+        if not folder.is_dir():
+            continue
+        try:
+            entries = read_manifest(folder)
+        except ChecksumMismatchError as exc:
+            problems.append(str(exc))
+            entries = {}
+        present = sorted(folder.glob("*.onnx"))
+        for missing in sorted(set(entries or {}) - {p.name for p in present}):
+            problems.append(f"{folder / MANIFEST} lists {missing}, which is not in {folder}.")
+        for path in present:
+            try:
+                digest = verify_graph_file(path) if entries else sha256_of(path)
+            except ChecksumMismatchError as exc:
+                problems.append(str(exc))
+                continue
+            meta = read_metadata(path)
+            key, weights = meta.get("key") or {}, (meta.get("identity") or {}).get("weights") or {}
+            if not meta or path.name != graph_name(key):
+                problems.append(
+                    f"Graph {path} does not hold what its name says (metadata key {key or 'absent'}): "
+                    "remove it (`mtdp engine clear`) and export it again."
+                )
+                continue
+            spec = get_weight_spec(str(key.get("arch")), str(weights.get("source")))
+            published = (spec.sha256 or "").lower() if spec is not None else ""
+            if published and not str(weights.get("sha256") or "").startswith(published):
+                problems.append(
+                    f"Graph {path} was exported from {key.get('arch')} {weights.get('source')} weights with sha256 "
+                    f"{weights.get('sha256')}, not the published {published}: remove it and export it again from "
+                    "the verified file."
+                )
+                continue
+            checked.append(
+                {
+                    "path": str(path),
+                    "arch": key.get("arch"),
+                    "image_size": key.get("image_size"),
+                    "weights": weights.get("source"),
+                    "sha256": digest,
+                    "current": _is_current(meta),
+                }
+            )
+    return checked, problems
+
+
 def list_graphs() -> list[dict]:
     """Every graph in the graph folders: path, size, and its metadata's key and identity."""
     out = []
@@ -400,4 +550,17 @@ def clear_graphs(*, stale_only: bool = False) -> list[str]:
             logger.warning("cannot remove %s: %s", path, exc)
             continue
         removed.append(str(path))
+    for folder in {Path(p).parent for p in removed}:
+        _forget_in_manifest(folder)
     return removed
+
+
+def _forget_in_manifest(folder: Path) -> None:
+    """Drop the graphs no longer in ``folder`` from its manifest (the manifest too when none is left)."""
+    if not (folder / MANIFEST).is_file():
+        return
+    with _lock(folder / (MANIFEST + ".lock"), f"writing {folder / MANIFEST}"):
+        entries = read_manifest(folder) or {}
+        kept = {name: digest for name, digest in entries.items() if (folder / name).is_file()}
+        if kept != entries:
+            _write_manifest(folder, kept)

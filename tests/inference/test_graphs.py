@@ -1,4 +1,5 @@
-"""The graph cache: keys, export checked against torch, atomic and concurrent writes, listing."""
+"""The graph cache: keys, export checked against torch, atomic and concurrent writes, listing, the sha256 of
+an image's graph folder (SHA256SUMS)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import torch
 from torch import nn
 
 from mtdp_core.backbones.base import Backbone
-from mtdp_core.errors import ExportError
+from mtdp_core.backbones.weights import sha256_of
+from mtdp_core.errors import ChecksumMismatchError, ExportError
 from mtdp_core.inference import graphs
 from mtdp_core.inference.graphs import (
+    MANIFEST,
     check_graph,
     clear_graphs,
     compare_features,
@@ -23,8 +26,12 @@ from mtdp_core.inference.graphs import (
     graph_key,
     graph_name,
     list_graphs,
+    read_manifest,
     read_metadata,
+    record_in_manifest,
     tensors_digest,
+    verify_graph_file,
+    verify_graphs,
 )
 
 
@@ -166,3 +173,77 @@ def test_list_and_clear(tmp_path, monkeypatch):
     monkeypatch.setattr(graphs, "__version__", "99.0")  # now it is another version's graph
     assert not list_graphs()[0]["current"]
     assert len(clear_graphs(stale_only=True)) == 1 and list_graphs() == []
+
+
+# --------------------------------------------------------------------------- SHA256SUMS (an image's graph folder)
+
+
+def _listed_graph(folder, seed: int = 0):
+    model = TinyBackbone(seed)
+    path = ensure_graph(graph_key("tiny", tensors_digest(model), 20), lambda: model, folder=folder)
+    record_in_manifest([path])
+    return model, path
+
+
+def test_a_listed_graph_is_checked_against_its_sha256_when_loaded(tmp_path, monkeypatch):
+    from mtdp_core.inference.engines import onnx_backbone
+
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(tmp_path))
+    model, path = _listed_graph(tmp_path)
+    assert (tmp_path / MANIFEST).read_text() == f"{sha256_of(path)}  {path.name}\n"  # sha256sum's format
+    assert verify_graph_file(path) == sha256_of(path)
+    path.write_bytes(path.read_bytes() + b"\0")  # corrupt (or replaced) after the build
+    with pytest.raises(ChecksumMismatchError, match=f"Checksum mismatch for graph {path}"):
+        onnx_backbone(model, image_size=20)
+    checked, problems = verify_graphs()
+    assert checked == [] and len(problems) == 1 and "Checksum mismatch" in problems[0]
+
+
+def test_in_a_listed_folder_an_unlisted_graph_is_refused_and_a_missing_one_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(tmp_path))
+    _, listed = _listed_graph(tmp_path, 0)
+    other = TinyBackbone(1)
+    key = graph_key("tiny", tensors_digest(other), 20)
+    target = tmp_path / graph_name(key)
+    graphs.export_graph(other, key, target)  # put next to it without the manifest, e.g. copied in by hand
+    with pytest.raises(ChecksumMismatchError, match=f"Graph {target.name} is not listed in"):
+        verify_graph_file(target)
+    listed.unlink()
+    _, problems = verify_graphs()
+    assert any(f"lists {listed.name}, which is not in" in p for p in problems)
+    assert any(f"Graph {target.name} is not listed" in p for p in problems)
+
+
+def test_an_export_into_a_listed_folder_is_listed_and_clear_forgets_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(tmp_path))
+    _listed_graph(tmp_path, 0)
+    other = TinyBackbone(1)
+    added = ensure_graph(graph_key("tiny", tensors_digest(other), 20), lambda: other)  # not through the CLI
+    assert read_manifest(tmp_path)[added.name] == sha256_of(added)
+    checked, problems = verify_graphs()
+    assert problems == [] and len(checked) == 2
+    assert len(clear_graphs()) == 2 and not (tmp_path / MANIFEST).exists()
+    assert verify_graphs() == ([], [])
+
+
+def test_verify_refuses_a_graph_of_published_weights_with_another_sha256_or_another_name(tmp_path, monkeypatch):
+    from mtdp_core.backbones.weights import WeightsInfo
+
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(tmp_path))
+    model = TinyBackbone()
+    forged = "ab" * 32  # says "EfficientNet-Lite0's ImageNet weights" but is not their file
+    model.weights_info = WeightsInfo(source="imagenet", file="x.pth", sha256=forged)
+    ensure_graph(graph_key("efficientnet_lite0", f"sha256-{forged}", 20), lambda: model, folder=tmp_path)
+    _, problems = verify_graphs()
+    assert len(problems) == 1 and f"weights with sha256 {forged}, not the published 5793442" in problems[0]
+    good = TinyBackbone(2)
+    path = ensure_graph(graph_key("tiny", tensors_digest(good), 20), lambda: good, folder=tmp_path)
+    path.rename(tmp_path / graph_name(graph_key("tiny", tensors_digest(TinyBackbone(3)), 20)))
+    _, problems = verify_graphs()
+    assert len(problems) == 2 and "does not hold what its name says" in problems[1]
+
+
+def test_a_manifest_that_is_not_sha256sums_format_is_an_error(tmp_path):
+    (tmp_path / MANIFEST).write_text("not a checksum line\n")
+    with pytest.raises(ChecksumMismatchError, match="line 1: 'not a checksum line' is not '<sha256>  <name>.onnx'"):
+        read_manifest(tmp_path)
