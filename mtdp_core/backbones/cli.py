@@ -160,6 +160,7 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     except MtdpError:
         os.unlink(tmp.name)
         raise
+    os.chmod(tmp.name, 0o644)  # not the temporary file's 0600: an image's weights are read by its non-root user
     os.replace(tmp.name, dest)
     logger.info("saved %s (sha256 %s)", dest, digest)
     return 0

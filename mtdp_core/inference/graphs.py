@@ -292,6 +292,7 @@ def export_graph(backbone: Backbone, key: dict, target: Path) -> None:
     try:
         program.save(str(tmp))
         check_graph(model, tmp, size)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared folder's graph (an image's) from its users
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

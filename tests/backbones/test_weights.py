@@ -171,3 +171,22 @@ def test_efficientnet_lite0_imagenet_classifies_chelsea_as_a_cat():
     top = int(probabilities.argmax())
     assert 281 <= top <= 285, f"ImageNet class {top} is not a cat"  # tabby .. Egyptian cat
     assert float(probabilities[top]) > 0.5
+
+
+def test_a_fetched_file_is_readable_by_other_users(weights_dir, tmp_path, monkeypatch):
+    """Fetched as root in an image's build, a 0600 file could not be read by the image's uid 1000."""
+    from mtdp_core.backbones import cli
+
+    published = tmp_path / "published.pth"
+    published.write_bytes(b"weights")
+    spec = replace(
+        W.get_weight_spec("resnet18", "imagenet"),
+        url=published.as_uri(),
+        sha256=hashlib.sha256(b"weights").hexdigest(),
+        size_bytes=None,
+    )
+    monkeypatch.setattr(cli, "get_weight_spec", lambda arch, source: spec)
+    args = argparse.Namespace(arch="resnet18", source="imagenet", dir=weights_dir)
+    assert cli._cmd_weights_fetch(args) == 0
+    fetched = weights_dir / spec.file_name
+    assert fetched.read_bytes() == b"weights" and fetched.stat().st_mode & 0o777 == 0o644

@@ -247,3 +247,9 @@ def test_a_manifest_that_is_not_sha256sums_format_is_an_error(tmp_path):
     (tmp_path / MANIFEST).write_text("not a checksum line\n")
     with pytest.raises(ChecksumMismatchError, match="line 1: 'not a checksum line' is not '<sha256>  <name>.onnx'"):
         read_manifest(tmp_path)
+
+
+def test_an_exported_graph_is_readable_by_other_users(tmp_path):
+    """Exported as root in an image's build, a 0600 graph could not be read by the image's uid 1000."""
+    _, path = _listed_graph(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o644 and (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o644
