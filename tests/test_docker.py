@@ -3,6 +3,7 @@ torch build check and the weights step. scripts/container_smoke.py builds and ru
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -64,10 +65,14 @@ def test_layers_are_ordered_by_how_often_they_change():
     assert args == ["TORCH", "TORCH_INDEX_URL"]
     copies = [i for stage in torch_chain for i in found[stage]["instructions"] if i.startswith("COPY")]
     assert copies == ["COPY requirements/torch.txt docker/install-torch.sh /opt/mtdp/build/"]
-    # The weights arguments live in the weights stage only, which the app stage copies from.
+    # The weights arguments live in the weights stage only, which the app stage copies from; the
+    # graphs' in the graphs stage only, which the torch-free app stage copies from.
     for name, stage in found.items():
         if name != "weights":
             assert not {"MTDP_WEIGHTS", "MTDP_FETCH_WEIGHTS"} & set(stage["args"]), name
+        if name != "graphs":
+            assert not {"MTDP_GRAPHS", "MTDP_GRAPH_SIZES"} & set(stage["args"]), name
+    assert "graphs" not in ancestors("app", found)  # the torch images do not wait for the export
     app = found["app"]["instructions"]
     weights = app.index("COPY --from=weights /opt/mtdp/weights /opt/mtdp/weights")
     assert weights < app.index("COPY mtdp_core ./mtdp_core")
@@ -78,16 +83,63 @@ def test_layers_are_ordered_by_how_often_they_change():
     assert "FROM scratch AS wheels" in text
 
 
+def apps() -> dict[str, set[str]]:
+    """Each app (descriptors/*.json) and the names of its inputs."""
+    found = {}
+    for path in sorted((ROOT / "descriptors").glob("*.json")):
+        descriptor = json.loads(path.read_text())
+        if "inputs" in descriptor:
+            found[path.stem] = {i["id"] for i in descriptor["inputs"]}
+    return found
+
+
 def test_each_app_target_has_its_descriptor_and_entrypoint():
     found = stages()
-    for app in ("extract_features", "svm_train", "svm_predict", "finetune_predict"):
-        assert found[app]["parent"] == "app"
-        assert found[app]["instructions"] == [
-            f"COPY descriptors/{app}.json /app/descriptor.json",
-            f"COPY workflows/{app}/run.py /app/run.py",
-            f'ENTRYPOINT ["python", "/app/workflows/{app}/run.py"]',
-        ]
+    assert set(apps()) >= {"extract_features", "svm_train", "svm_predict", "finetune_predict"}
+    for app in apps():
+        for target, parent in ((app, "app"), (f"{app}_cpu", "app_cpu")):
+            if target not in found:
+                continue
+            assert found[target]["parent"] == parent
+            assert found[target]["instructions"] == [
+                f"COPY descriptors/{app}.json /app/descriptor.json",
+                f"COPY workflows/{app}/run.py /app/run.py",
+                f'ENTRYPOINT ["python", "/app/workflows/{app}/run.py"]',
+            ]
+        assert app in found
     assert list(found)[-1] == "svm_train"  # the default target
+
+
+def test_every_frozen_backbone_app_has_a_torch_free_target_and_only_they_do():
+    """An app with the engine input runs a frozen backbone: ONNX Runtime and a graph are all it needs.
+    One that trains its network (finetune_predict) needs torch: it has no torch-free target."""
+    found = stages()
+    frozen = {app for app, inputs in apps().items() if "engine" in inputs}
+    assert frozen >= {"extract_features", "svm_train", "svm_predict"} and "finetune_predict" not in frozen
+    assert {name[: -len("_cpu")] for name in found if name.endswith("_cpu") and name != "app_cpu"} == frozen
+
+
+def test_the_torch_free_images_have_no_torch_layer_and_copy_verified_graphs():
+    found = stages()
+    assert ancestors("app_cpu", found) == ["app_cpu", "inference", "python"]
+    assert [i for i in found["inference"]["instructions"] if i.startswith("COPY")] == [
+        "COPY requirements/docker-inference.txt /opt/mtdp/build/"
+    ]
+    # Graphs are exported where torch and the verified weights are, from the weights stage.
+    assert ancestors("graphs", found) == ["graphs", "weights", "deps", "torch", "python"]
+    assert found["graphs"]["args"] == ["MTDP_GRAPHS", "MTDP_GRAPH_SIZES"]
+    app_cpu = found["app_cpu"]["instructions"]
+    graphs = app_cpu.index("COPY --from=graphs /opt/mtdp/graphs /opt/mtdp/graphs")
+    assert "ENV MTDP_GRAPH_DIR=/opt/mtdp/graphs" in app_cpu[:graphs] and graphs < app_cpu.index(
+        "COPY mtdp_core ./mtdp_core"
+    )
+    [install] = [re.sub(r"\s+", " ", i) for i in app_cpu if i.startswith("RUN") and "pip install" in i]
+    assert install.index("pip install --no-cache-dir --no-deps .") < install.index(
+        "python /opt/mtdp/build/check-torch-free.py"
+    )
+    assert "HOME=$home python /opt/mtdp/build/check-torch-free.py;" in install  # not the image's HOME, as root
+    assert install.rstrip().endswith('HOME=$home mtdp engine verify --require; rm -rf "$home"')
+    assert found["app_cpu"]["instructions"][-1] == "USER 1000:1000"
 
 
 # --------------------------------------------------------------------------- docker/install-torch.sh
@@ -154,16 +206,16 @@ def test_unknown_torch_variant(tmp_path):
 # --------------------------------------------------------------------------- docker/fetch-weights.sh
 
 
-def weights_cli(tmp_path: Path) -> Path:
-    """The files the Dockerfile's weights stage copies (and nothing else of mtdp_core)."""
-    found = stages()["weights"]["instructions"]
-    target = tmp_path / "weights-cli"
+def stage_cli(tmp_path: Path, stage: str = "weights") -> Path:
+    """The files of mtdp_core the Dockerfile's weights (or graphs) stage copies, and nothing else."""
+    found = stages()[stage]["instructions"]
+    target = tmp_path / f"{stage}-cli"
     for instruction in found:
         parts = instruction.split()
         if parts[0] != "COPY" or not parts[1].startswith("mtdp_core"):
             continue
         *sources, dest = parts[1:]
-        dest_dir = target / Path(dest).relative_to("/opt/mtdp/weights-cli")
+        dest_dir = target / Path(dest).relative_to(f"/opt/mtdp/{stage}-cli")
         for source in sources:
             if (ROOT / source).is_dir():
                 shutil.copytree(ROOT / source, dest_dir, ignore=shutil.ignore_patterns("__pycache__"))
@@ -216,7 +268,7 @@ def test_weights_stage_runs_with_only_the_files_it_copies(tmp_path):
     """The weights stage runs `python -m mtdp_core weights ...` from a few copied modules: they
     must be all the command needs (an unknown name fails, a packaged file is verified)."""
     pytest.importorskip("torch")
-    closure = weights_cli(tmp_path)
+    closure = stage_cli(tmp_path, "weights")
     env = {"PYTHONPATH": str(closure), "MTDP_FETCH_WEIGHTS": "1"}
     bad = fetch_weights(tmp_path, **env, MTDP_WEIGHTS="nosuchnet:imagenet efficientnet_lite0:imagenet")
     assert bad.returncode == 1 and "weights nosuchnet:imagenet" in bad.stderr
@@ -225,3 +277,140 @@ def test_weights_stage_runs_with_only_the_files_it_copies(tmp_path):
     good = fetch_weights(tmp_path, **env, MTDP_WEIGHTS="efficientnet_lite0:imagenet")
     assert good.returncode == 0, good.stderr
     assert "efficientnet-lite0" in good.stderr and "0 failed" in good.stderr
+
+
+# --------------------------------------------------------------------------- docker/export-graphs.sh
+
+
+def recording_mtdp(tmp_path: Path, fail_on: str = "") -> Path:
+    """A fake `mtdp` that records each call; `engine export FAIL_ON ...` fails."""
+    fake = tmp_path / "fake-mtdp"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls"\n'
+        + (f'[ "$1 $2 $3" = "engine export {fail_on}" ] && exit 1\n' if fail_on else "")
+        + "exit 0\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def export_graphs(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {**os.environ, "MTDP_GRAPH_DIR": str(tmp_path / "graphs"), "MTDP": f"{sys.executable} -m mtdp_core"}
+    base.pop("MTDP_GRAPHS", None)
+    base.pop("MTDP_GRAPH_SIZES", None)
+    return subprocess.run(
+        [SH, str(ROOT / "docker" / "export-graphs.sh")],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+def test_graphs_default_to_the_images_weights_then_all_are_verified(tmp_path):
+    result = export_graphs(tmp_path, MTDP=str(recording_mtdp(tmp_path)), MTDP_GRAPH_SIZES="224 384")
+    assert result.returncode == 0, result.stderr
+    graphs = tmp_path / "graphs"
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"engine export --present --size 224,384 --dir {graphs}",
+        "engine verify --require",
+    ]
+
+
+def test_a_graph_that_cannot_be_made_fails_the_build_even_when_a_later_one_succeeds(tmp_path):
+    fake = recording_mtdp(tmp_path, fail_on="densenet121")
+    pairs = "densenet121:mtdp efficientnet_lite0:imagenet"
+    result = export_graphs(tmp_path, MTDP=str(fake), MTDP_GRAPHS=pairs)
+    assert result.returncode == 1
+    assert "graph densenet121:mtdp: not exported or not verified" in result.stderr
+    assert "verify" not in (tmp_path / "calls").read_text()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MTDP_GRAPHS": "resnet50"}, "'resnet50' is not arch:weights"),
+        ({"MTDP_GRAPH_SIZES": "224px"}, "MTDP_GRAPH_SIZES='224px': give input sizes in pixels"),
+        ({"MTDP_GRAPH_SIZES": "224,,384"}, "give input sizes in pixels"),
+    ],
+)
+def test_bad_graphs_arguments(tmp_path, env, message):
+    result = export_graphs(tmp_path, MTDP=str(recording_mtdp(tmp_path)), **env)
+    assert result.returncode == 1 and message in result.stderr
+
+
+def test_graphs_stage_runs_with_only_the_files_it_copies(tmp_path):
+    """The graphs stage exports with `python -m mtdp_core engine ...` from a few copied modules:
+    they must be all the export and the verification need; the folder ends listed and lock-free."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    closure = stage_cli(tmp_path, "graphs")
+    home = tmp_path / "home"
+    env = {"PYTHONPATH": str(closure), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    result = export_graphs(tmp_path, **env, MTDP_GRAPHS="resnet18:random", MTDP_GRAPH_SIZES="32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    graphs = tmp_path / "graphs"
+    [graph] = graphs.glob("*.onnx")
+    assert sorted(p.name for p in graphs.iterdir()) == sorted(["SHA256SUMS", graph.name])
+    assert "1 graph(s) checked, 0 problem(s)" in result.stderr
+    failed = export_graphs(tmp_path, **env, MTDP_GRAPHS="nosuchnet:imagenet", MTDP_GRAPH_SIZES="32")
+    assert failed.returncode == 1 and "graph nosuchnet:imagenet" in failed.stderr
+    assert "ModuleNotFoundError" not in result.stderr + failed.stderr
+
+
+# --------------------------------------------------------------------------- docker/check-torch-free.py
+
+
+@pytest.fixture
+def torch_free_check():
+    from tests.helpers.scripts import load_script
+
+    return load_script("docker/check-torch-free.py", "check_torch_free")
+
+
+def test_what_the_torch_free_check_lets_pip_miss_is_what_the_lock_leaves_out(torch_free_check):
+    from tests.helpers.scripts import load_script
+
+    lock = load_script("scripts/lock_docker_requirements.py")
+    assert torch_free_check.LEFT_OUT == lock.TORCH | lock.EXPORT_ONLY
+
+
+def test_pip_check_may_only_miss_what_is_left_out(torch_free_check):
+    allowed = (
+        "mtdp 0.1.0 requires torch, which is not installed.\nmtdp 0.1.0 requires onnxscript, which is not installed."
+    )
+    assert torch_free_check.pip_check_problems(allowed) == []
+    assert torch_free_check.pip_check_problems("No broken requirements found.") == []
+    broken = [
+        "mtdp 0.1.0 requires scipy, which is not installed.",
+        "onnxruntime 1.32.0 requires torch, which is not installed.",
+        "scikit-learn 1.9.1 has requirement numpy>=1.22, but you have numpy 1.0.",
+    ]
+    assert torch_free_check.pip_check_problems("\n".join(broken)) == [f"pip check: {line}" for line in broken]
+
+
+def test_the_torch_free_check_fails_where_torch_is(torch_free_check):
+    pytest.importorskip("torch")
+    assert "torch can be imported: the torch-free image has torch" in torch_free_check.torch_problems()
+    assert torch_free_check.engine_problems() == ["engine torch does not fail"]
+
+
+def test_the_torch_free_check_passes_the_engines_without_torch():
+    code = (
+        "import importlib.abc, runpy, sys\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"check = runpy.run_path({str(ROOT / 'docker' / 'check-torch-free.py')!r})\n"
+        "print(check['engine_problems'](), [p for p in check['torch_problems']() if 'torch can' in p])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[] []"
