@@ -15,6 +15,7 @@ Faults (``Fault.kind``), each drawn per request with probability ``rate``:
 =============  ==============================================================================
 ``500``        answered 500 by the proxy; the server never sees the request (not applied)
 ``502``/``503`` the same with a gateway's 502 / an overloaded core's 503
+``500_late``   forwarded and applied, then answered 500 (a core that saved, then failed answering)
 ``504_late``   forwarded and applied, then answered 504 Gateway Time-out instead of the
                server's answer (a gateway that gave up just before the answer came)
 ``504_early``  answered 504 at once; the request reaches the server ``delay`` seconds later
@@ -57,7 +58,7 @@ from typing import Any, Self
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-FAULT_KINDS = ("500", "502", "503", "504_late", "504_early", "reset", "reset_late", "delay")
+FAULT_KINDS = ("500", "502", "503", "500_late", "504_late", "504_early", "reset", "reset_late", "delay")
 WRITE_METHODS = ("POST", "PUT", "DELETE")
 #: Requests that push predictions: bulk annotation creation and suggested terms.
 PUSH_WRITES = r"^/api/annotation(/\d+/term/\d+)?\.json$"
@@ -349,7 +350,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 trigger.action()
             except Exception:  # a trigger must not break the proxy
                 logger.exception("fault proxy trigger failed")
-        if kind == "504_late":
+        if kind == "500_late":
+            payload = json.dumps({"success": False, "errors": "Injected fault: failed after saving", "status": 500})
+            self._answer(500, "Internal Server Error", [("Content-Type", "application/json")], payload.encode())
+        elif kind == "504_late":
             self._answer(504, "Gateway Time-out", [("Content-Type", "text/html")], _gateway_page(504))
         elif kind == "reset_late":
             self._reset()
@@ -396,7 +400,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
+    """This environment, with the repository importable (for apps and servers run as processes)."""
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO), "PYTHONUNBUFFERED": "1"}
 
@@ -426,7 +431,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_env(),
+            env=subprocess_env(),
             cwd=str(self.data),
         )
         log.close()
@@ -469,7 +474,7 @@ class AppProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=str(cwd),
-            env={**_env(), **(env or {})},
+            env={**subprocess_env(), **(env or {})},
         )
         log.close()
 

@@ -34,7 +34,8 @@ def test_requests_pass_through_with_urls_pointing_at_the_proxy(proxy, server, se
 
 
 @pytest.mark.parametrize(
-    ("kind", "applied"), [("500", False), ("reset", False), ("504_late", True), ("reset_late", True)]
+    ("kind", "applied"),
+    [("500", False), ("reset", False), ("500_late", True), ("504_late", True), ("reset_late", True)],
 )
 def test_each_fault_fails_the_request_and_is_applied_or_not(proxy, server, seeded, kind, applied):  # noqa: F811
     s = session(proxy, server)
@@ -43,7 +44,7 @@ def test_each_fault_fails_the_request_and_is_applied_or_not(proxy, server, seede
     proxy.set_faults([Fault(kind, 1.0, methods=("POST",))])
     with pytest.raises(CytomineRequestError) as failure:
         s.post_json(f"annotation/{target.id}/term/{other}.json", {"annotation": target.id, "term": other})
-    assert failure.value.status == {"500": 500, "504_late": 504}.get(kind)  # None: no answer at all
+    assert failure.value.status == {"500": 500, "500_late": 500, "504_late": 504}.get(kind)  # None: no answer
     assert term_count(server, target.id) == (2 if applied else 1)
     assert proxy.stats.faults[kind] == 1
 
