@@ -81,6 +81,7 @@ class Fault:
         methods: HTTP methods it applies to.
         path: regular expression searched in the request path (without the query); "" matches all.
         delay: seconds, for ``delay`` and ``504_early``.
+        times: inject it at most this many times (None: no limit), e.g. "the first bulk create".
     """
 
     kind: str
@@ -88,6 +89,7 @@ class Fault:
     methods: tuple[str, ...] = ("GET", "POST", "PUT", "DELETE")
     path: str = ""
     delay: float = 0.2
+    times: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -145,6 +147,7 @@ class FaultProxy:
         self._faults: tuple[Fault, ...] = tuple(faults)
         self._seed = seed
         self._occurrences: Counter = Counter()
+        self._injected: Counter = Counter()
         self._triggers: list[_Trigger] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -200,6 +203,7 @@ class FaultProxy:
             if seed is not None:
                 self._seed = seed
             self._occurrences.clear()
+            self._injected.clear()
 
     def on_request(
         self,
@@ -227,13 +231,15 @@ class FaultProxy:
         with self._lock:
             n = self._occurrences[key]
             self._occurrences[key] += 1
-            faults, seed = self._faults, self._seed
-        for index, fault in enumerate(faults):
-            if not fault.matches(method, path):
-                continue
-            digest = hashlib.sha256(f"{seed}|{index}|{n}|{key}".encode()).digest()
-            if int.from_bytes(digest[:8], "big") / 2**64 < fault.rate:
-                return fault
+            for index, fault in enumerate(self._faults):
+                if not fault.matches(method, path):
+                    continue
+                if fault.times is not None and self._injected[index] >= fault.times:
+                    continue
+                digest = hashlib.sha256(f"{self._seed}|{index}|{n}|{key}".encode()).digest()
+                if int.from_bytes(digest[:8], "big") / 2**64 < fault.rate:
+                    self._injected[index] += 1
+                    return fault
         return None
 
     def _record(self, method: str, target: str, fault: Fault | None, status: int | None) -> list[_Trigger]:

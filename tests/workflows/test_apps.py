@@ -128,10 +128,11 @@ def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     monkeypatch.setattr(CytomineSession, "post_json", flaky)
     monkeypatch.setattr("mtdp_core.cytomine.push.DEFAULT_CHUNK_SIZE", 5)
     monkeypatch.setattr("mtdp_core.cytomine.client.DEFAULT_BACKOFF", 0.0)
+    monkeypatch.setattr("mtdp_core.cytomine.push.DEFAULT_SETTLE", 0.0)
     failed = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="annotation", n_workers=0)
     assert failed["status"] == FAILED
     assert failed["status_comment"].startswith(
-        "Re-run the job to push the remaining predictions (nothing is duplicated): 5 of 18 pushed"
+        "Re-run the job to push the remaining 13 predictions (nothing is duplicated): 5 of 18 pushed"
     )
     assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 5
     monkeypatch.setattr(CytomineSession, "post_json", original)

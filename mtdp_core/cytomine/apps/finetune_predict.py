@@ -29,7 +29,7 @@ from mtdp_core.cytomine.apps.common import (
 )
 from mtdp_core.cytomine.errors import NoAnnotationsError, TooFewClassesError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.push import Prediction, PredictionPusher, software_job_users
+from mtdp_core.cytomine.push import Prediction, PredictionPusher
 from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png, write_json
 
 logger = logging.getLogger(__name__)
@@ -205,9 +205,14 @@ def run(job: Job, args: argparse.Namespace) -> str:
         if job.flags.do_upload_annotations and predictions:
             stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 85, 97)
             assert job.session is not None
-            users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
             report = PredictionPusher(
-                job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads
+                job.session,
+                job.project_id,
+                mode=args.push_mode,
+                software=job.software_name,
+                job=job.id,
+                own_user=job.job_user_id,
+                threads=args.n_download_threads,
             ).push(predictions, lambda d, t: stage.update(d, t))
             pushed = report.pushed
             job.set_property("push", report.summary())

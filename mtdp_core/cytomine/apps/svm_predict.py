@@ -39,7 +39,7 @@ from mtdp_core.cytomine.crops import CropSpec
 from mtdp_core.cytomine.errors import BackboneMismatchError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
 from mtdp_core.cytomine.models import download_job_model
-from mtdp_core.cytomine.push import Prediction, PredictionPusher, software_job_users
+from mtdp_core.cytomine.push import Prediction, PredictionPusher
 from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png, write_json
 
 logger = logging.getLogger(__name__)
@@ -164,9 +164,14 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     if job.flags.do_upload_annotations:
         stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 75, 97)
         assert job.session is not None
-        users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
         pusher = PredictionPusher(
-            job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads
+            job.session,
+            job.project_id,
+            mode=args.push_mode,
+            software=job.software_name,
+            job=job.id,
+            own_user=job.job_user_id,
+            threads=args.n_download_threads,
         )
         report = pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
         pushed = report.pushed
