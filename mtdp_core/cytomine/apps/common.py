@@ -23,8 +23,9 @@ from mtdp_core.cytomine.annotations import (
 )
 from mtdp_core.cytomine.biaflows import LocalImage, read_image_folder
 from mtdp_core.cytomine.crops import DEFAULT_MAX_FAILED_FRACTION, CropReport, CropSpec, CropStore, download_crops
-from mtdp_core.cytomine.errors import CropDownloadError, ParameterError
+from mtdp_core.cytomine.errors import CropDownloadError, ModelJobError, ParameterError, PushError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
+from mtdp_core.cytomine.push import Prediction, PredictionPusher, PushReport
 from mtdp_core.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -173,3 +174,44 @@ def write_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def check_model_terms(model: Any, term_names: dict[int, str], project: int, origin: str) -> None:
+    """Refuse a model whose classes are terms of another ontology: every push would be refused
+    (``origin``: where the model comes from, e.g. "job 41")."""
+    foreign = [c for c in model.classes if c.id is not None and int(c.id) not in term_names]
+    if foreign:
+        names = ", ".join(str(c.name) for c in foreign)
+        ids = ", ".join(str(c.id) for c in foreign)
+        ontology = ", ".join(term_names.values()) or "no terms"
+        raise ModelJobError(
+            f"Use a model trained on this project's terms: the model of {origin} predicts {names} (terms {ids}), "
+            f"which are not in the ontology of project {project} ({ontology})."
+        )
+
+
+def push_predictions(
+    job: CytomineJobRun, predictions: Sequence[Prediction], args: argparse.Namespace, stage: Stage
+) -> PushReport:
+    """Push (``args.push_mode``; idempotent, one job of the software at a time), record the
+    ``push`` and ``push_failed`` properties; a push that wrote nothing fails the job."""
+    assert job.session is not None
+    report = PredictionPusher(
+        job.session,
+        job.project_id,
+        mode=args.push_mode,
+        software=job.software_name,
+        job=job.id,
+        own_user=job.job_user_id,
+        threads=args.n_download_threads,
+    ).push(predictions, progress=lambda d, t: stage.update(d, t))
+    job.set_property("push", report.summary())
+    job.set_property("push_failed", len(report.failed))
+    pushable = report.n_predictions - report.not_pushable
+    if pushable and report.written == 0:
+        annotation, reason = report.failed[0] if report.failed else (None, "none is on the server")
+        raise PushError(
+            f"Check the annotations and the model: the server refused all {pushable} predictions; e.g. annotation "
+            f"{annotation}: {reason}"
+        )
+    return report

@@ -25,11 +25,12 @@ from mtdp_core.cytomine.apps.common import (
     filters_from_args,
     list_project_annotations,
     local_images,
+    push_predictions,
     write_rows,
 )
 from mtdp_core.cytomine.errors import NoAnnotationsError, TooFewClassesError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.push import Prediction, PredictionPusher
+from mtdp_core.cytomine.push import Prediction
 from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png, write_json
 
 logger = logging.getLogger(__name__)
@@ -204,18 +205,8 @@ def run(job: Job, args: argparse.Namespace) -> str:
         pushed: dict[int, int] = {}
         if job.flags.do_upload_annotations and predictions:
             stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 85, 97)
-            assert job.session is not None
-            report = PredictionPusher(
-                job.session,
-                job.project_id,
-                mode=args.push_mode,
-                software=job.software_name,
-                job=job.id,
-                own_user=job.job_user_id,
-                threads=args.n_download_threads,
-            ).push(predictions, lambda d, t: stage.update(d, t))
+            report = push_predictions(job, predictions, args, stage)
             pushed = report.pushed
-            job.set_property("push", report.summary())
             summary += f"; {len(predictions)} predicted: {report.summary()}"
         rows = [
             [

@@ -27,19 +27,21 @@ from mtdp_core.cytomine.apps.common import (
     MODEL_FILENAME,
     cache_root,
     check_device,
+    check_model_terms,
     crop_spec_from_args,
     fetch_crops,
     filters_from_args,
     list_project_annotations,
     local_images,
+    push_predictions,
     write_rows,
 )
 from mtdp_core.cytomine.biaflows import ground_truth
 from mtdp_core.cytomine.crops import CropSpec
 from mtdp_core.cytomine.errors import BackboneMismatchError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.models import download_job_model
-from mtdp_core.cytomine.push import Prediction, PredictionPusher
+from mtdp_core.cytomine.models import load_job_model
+from mtdp_core.cytomine.push import Prediction
 from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png, write_json
 
 logger = logging.getLogger(__name__)
@@ -54,12 +56,11 @@ def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
         if not args.cytomine_id_job:
             raise ParameterError("Set cytomine_id_job to the id of the training job whose model to use.")
         assert job.session is not None and job.workdir is not None
-        path, _ = download_job_model(job.session, args.cytomine_id_job, MODEL_FILENAME, job.workdir / MODEL_FILENAME)
+        model = load_job_model(job.session, args.cytomine_id_job, MODEL_FILENAME, job.workdir)
     else:
         if not args.model:
             raise ParameterError("Give --model PATH (the mtdp-model.npz of a training run) in local mode.")
-        path = Path(args.model)
-    model = load_model(path)
+        model = load_model(Path(args.model))
     check_backbone(model, args)
     return model
 
@@ -149,6 +150,7 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     job.stage("Listing annotations", 5, 10)
     filters = filters_from_args(args, job.project_id)
     records, term_names = list_project_annotations(job, filters)
+    check_model_terms(model, term_names, job.project_id, f"job {args.cytomine_id_job}")
     spec = crop_spec_from_args(args, model_crop_spec(model))
     records, paths, crops = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 10, 40))
     probabilities = predict_scores(model, paths, args, job, device, job.stage("Predicting", 40, 75))
@@ -163,21 +165,9 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     comment_push = "not pushed (--no_annotations_upload)"
     if job.flags.do_upload_annotations:
         stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 75, 97)
-        assert job.session is not None
-        pusher = PredictionPusher(
-            job.session,
-            job.project_id,
-            mode=args.push_mode,
-            software=job.software_name,
-            job=job.id,
-            own_user=job.job_user_id,
-            threads=args.n_download_threads,
-        )
-        report = pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
+        report = push_predictions(job, predictions, args, stage)
         pushed = report.pushed
         comment_push = report.summary()
-        job.set_property("push", comment_push)
-        job.set_property("push_failed", len(report.failed))
     job.progress(97, "Saving the predictions")
     rows = [
         [

@@ -60,10 +60,12 @@ def cytomine_training_set(
     filters = filters_from_args(args, job.project_id)
     records, term_names = list_project_annotations(job, filters, what="annotation with a term")
     # Labels are checked before any download: a missing term fails the job at once.
-    training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    # (Cross-validation needs 2 annotations per class: checked now, and again without the failed crops.)
+    label_options = {"selected_terms": filters.terms, "positive_terms": positive_terms, "min_per_class": 2}
+    training_labels(records, term_names, **label_options)
     spec = crop_spec_from_args(args)
     records, paths, report = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 35))
-    labels = training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    labels = training_labels(records, term_names, **label_options)
     source = {
         "project": job.project_id,
         "job": job.id,
@@ -125,7 +127,8 @@ def run(job: Job, args: argparse.Namespace) -> str:
     ).fit(X, y, groups)
     # Out-of-fold decisions of the chosen C, on the same folds: per-class metrics and calibration.
     # The path up to the chosen C, warm-started from the smallest C, is ~3x faster than C alone from zero.
-    folds = make_cv(y, groups, args.cv_folds, seed=args.seed).folds(y)
+    plan = make_cv(y, groups, args.cv_folds, seed=args.seed)
+    folds = plan.folds(y)
     best_c = float(probe.best_params_["C"])
     path = sorted(float(p["C"]) for p in probe.cv_results_["params"] if float(p["C"]) <= best_c)
     coef, classes = linear_svm_path(X, y, [train for train, _ in folds], path, class_weight=probe.class_weight)
@@ -197,11 +200,18 @@ def run(job: Job, args: argparse.Namespace) -> str:
     job.set_property("best_C", f"{probe.best_params_['C']:g}")
     job.set_property("n_annotations" if not job.local else "n_images", int(len(y)))
     job.set_property("backbone", f"{args.backbone} ({args.weights})")
+    job.set_property("cv_grouped", str(plan.grouped).lower())
     failed = data.source.get("crops_failed", 0)
     note = f" ({failed} crops failed: see crop_failures.csv)" if failed else ""
+    folds_note = ""
+    if not plan.grouped:
+        n = len(set(groups.tolist()))
+        where = f"all annotations on {n} image" if isinstance(job, CytomineJobRun) else f"all images in {n} group"
+        folds_note = f"; folds not grouped by image ({where}{'s' if n != 1 else ''}: the score is optimistic)"
+        logger.warning("cross-validation%s", folds_note[1:])
     return (
         f"CV {probe.scoring_} {probe.best_score_:.3f} (C={probe.best_params_['C']:g}, {probe.n_splits_} folds) "
-        f"on {len(y)} crops{note}, {len(classes)} classes; model: {MODEL_FILENAME}"
+        f"on {len(y)} crops{note}, {len(classes)} classes{folds_note}; model: {MODEL_FILENAME}"
     )
 
 
