@@ -150,7 +150,7 @@ class FaultProxy:
         self._injected: Counter = Counter()
         self._triggers: list[_Trigger] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _QuietServer | None = None
         self._thread: threading.Thread | None = None
         self._late: list[threading.Thread] = []
 
@@ -161,7 +161,7 @@ class FaultProxy:
         class Handler(_ProxyHandler):
             owner = proxy
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-proxy", daemon=True
@@ -276,7 +276,7 @@ class FaultProxy:
             response = connection.getresponse()
             data = response.read()
             return response.status, response.reason, response.getheaders(), data
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, or cut mid-answer (a killed server)
             with self._lock:
                 self.stats.upstream_errors += 1
             logger.debug("upstream %s unreachable: %s", self.upstream, exc)
@@ -288,6 +288,12 @@ class FaultProxy:
 def _gateway_page(status: int) -> bytes:
     title = _GATEWAY_PAGES.get(status, f"{status} Error")
     return f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center></body></html>".encode()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away (a killed app resetting its keep-alive connections) is expected here.
+        logger.debug("fault proxy: connection from %s ended badly: %r", client_address, sys.exc_info()[1])
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):

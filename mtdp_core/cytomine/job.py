@@ -4,17 +4,18 @@ Every app's ``main(argv)`` is ``run_app(parser, argv, pipeline)``:
 
 1. the app's own parser types and checks the parameters (``parse_known_args``: Cytomine
    leaves placeholders of empty values in the command, containers prefix it with theirs);
-2. the job is opened: with the official client's ``CytomineJob`` when connected (a person's
-   keys create a job and switch to its job user; a job user's keys, as the server launches
-   apps, use that job), or a :class:`LocalJob` with ``--local`` (no server: progress is
-   logged, outputs go to ``--outfolder``);
+2. the job is opened (:class:`JobOpening`: the requests of the client's ``CytomineJob.start``,
+   retried and reconciled; a person's keys create a job and switch to its job user, a job
+   user's keys, as the server launches apps, use that job), or a :class:`LocalJob` with
+   ``--local`` (no server: progress is logged, outputs go to ``--outfolder``);
 3. ``pipeline(job, args)`` runs, reporting progress and status comments at each stage
    (throttled: one update per stage and a few per second at most in loops), attaching files
    and setting job properties;
-4. the job ends SUCCESS at 100%, or FAILED with a message of at most 255 characters that
-   leads with the fix: an invalid parameter (even one the client's own parser would have
-   crashed on), an :class:`~mtdp_core.errors.MtdpError` (its message), or an unexpected
-   error (its type and message, "see the job log").
+4. the job ends SUCCESS at 100%, FAILED with a message of at most 255 characters that leads
+   with the fix (an invalid parameter, even one the client's own parser would have crashed
+   on; an :class:`~mtdp_core.errors.MtdpError`, its message; anything else, its type and
+   message, "see the job log"), or KILLED with how to resume when the process is stopped
+   (SIGTERM: how Cytomine stops a job; Ctrl-C).
 
 The client's ``CytomineJob.from_cli`` is not used to parse: it exits the process on a bad
 value (argparse) before the job exists, so the job would not say what was wrong.
