@@ -65,12 +65,14 @@ class Stage:
 
     def update(self, done: int, total: int, detail: str = "") -> None:
         now = time.monotonic()
-        if done < total and self._last is not None and now - self._last < self.min_interval:
-            return
-        self._last = now
         fraction = done / total if total else 1.0
         progress = int(self.start + (self.end - self.start) * fraction)
-        self.job.progress(progress, f"{self.name} ({done}/{total}){'. ' + detail if detail else ''}")
+        comment = f"{self.name} ({done}/{total}){'. ' + detail if detail else ''}"
+        if done < total and self._last is not None and now - self._last < self.min_interval:
+            self.job.latest = (max(progress, self.job.latest[0]), fit_comment(comment))  # for a stop message
+            return
+        self._last = now
+        self.job.progress(progress, comment)
 
 
 class Job(ABC):
@@ -97,7 +99,8 @@ class Job(ABC):
         self.properties: dict[str, str] = {}
         self.attachments: list[Path] = []
         self._progress = 0
-        self.last_comment = ""
+        #: The latest progress and comment, sent or not (throttled): where a stopped job was.
+        self.latest: tuple[int, str] = (0, "")
 
     def _prepare_folders(self) -> None:
         if self.outfolder is None:
@@ -113,8 +116,8 @@ class Job(ABC):
     def progress(self, percent: int, comment: str) -> None:
         percent = max(self._progress, min(99, int(percent)))  # 100 is the end, set by succeed()
         self._progress = percent
-        self.last_comment = fit_comment(comment)
-        self._send_progress(percent, self.last_comment)
+        self.latest = (percent, fit_comment(comment))
+        self._send_progress(percent, self.latest[1])
 
     def output_path(self, filename: str) -> Path:
         assert self.outfolder is not None
@@ -541,11 +544,10 @@ def stop_on_signals() -> Iterator[None]:
 
 def stopped_comment(job: Job, how: str) -> str:
     """The status of a stopped job: how to resume first, then where it was."""
-    where = f" during '{job.last_comment}'" if job.last_comment else ""
-    return (
-        f"Re-run the job to finish it (what was saved is kept and not done twice): stopped by {how} "
-        f"at {job._progress}%{where}."
-    )
+    percent, doing = job.latest
+    where = f" during '{doing}'" if doing else ""
+    fix = "Re-run the job to finish it (what was saved is kept and not done twice)"
+    return f"{fix}: stopped by {how} at {percent}%{where}."
 
 
 def run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pipeline, *, app: str) -> int:

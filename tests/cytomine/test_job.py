@@ -330,3 +330,16 @@ def _wait_for(condition, timeout=120.0):
             return found
         time.sleep(0.1)
     raise AssertionError("timed out")
+
+
+def test_a_stop_message_says_where_the_job_was_even_between_updates(tmp_path):
+    from mtdp_core.cytomine.biaflows import BiaflowsFlags
+    from mtdp_core.cytomine.job import stopped_comment
+
+    job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
+    job._send_progress = lambda percent, comment: None
+    stage = job.stage("Pushing", 50, 100)
+    stage.min_interval = 3600
+    for i in range(10):
+        stage.update(i + 1, 40)  # one update sent, the others throttled
+    assert stopped_comment(job, "SIGTERM").endswith("stopped by SIGTERM at 62% during 'Pushing (10/40)'.")
