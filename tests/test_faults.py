@@ -1,4 +1,4 @@
-"""The fault-injection harness itself (tests/faults.py): each fault does what it says, draws are
+"""The fault-injection harness itself (tests/helpers/faults.py): each fault does what it says, draws are
 deterministic, triggers fire after the write is applied, and predictions are counted right."""
 
 from __future__ import annotations
@@ -8,25 +8,25 @@ import requests
 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError
-from tests.faults import Fault, FaultProxy, count_predictions, server_address, store_query
-from tests.server.conftest import seeded, server  # noqa: F401  (pytest fixtures)
+from tests.helpers.faults import Fault, FaultProxy, count_predictions, server_address, store_query
+from tests.helpers.paths import REPO_ROOT
 
 
 @pytest.fixture
-def proxy(server):  # noqa: F811
+def proxy(server):
     with FaultProxy(server_address(server)) as p:
         yield p
 
 
-def session(proxy, server, retries=0):  # noqa: F811
+def session(proxy, server, retries=0):
     return CytomineSession.connect(proxy.url, server.public_key, server.private_key, retries=retries, backoff=0.01)
 
 
-def term_count(server, annotation_id):  # noqa: F811
-    return len(server.store._all("SELECT * FROM annotation_term WHERE annotation_id = ?", (annotation_id,)))
+def term_count(server, annotation_id):
+    return len(server.store.annotation_terms.list(annotation_id)[1])
 
 
-def test_requests_pass_through_with_urls_pointing_at_the_proxy(proxy, server, seeded):  # noqa: F811
+def test_requests_pass_through_with_urls_pointing_at_the_proxy(proxy, server, seeded):
     rows = session(proxy, server).get_collection("annotation.json", {"project": seeded.project_id})
     assert len(rows) == len(seeded.annotations)
     assert all(r["cropURL"].startswith(proxy.url) for r in rows)
@@ -37,7 +37,7 @@ def test_requests_pass_through_with_urls_pointing_at_the_proxy(proxy, server, se
     ("kind", "applied"),
     [("500", False), ("reset", False), ("500_late", True), ("504_late", True), ("reset_late", True)],
 )
-def test_each_fault_fails_the_request_and_is_applied_or_not(proxy, server, seeded, kind, applied):  # noqa: F811
+def test_each_fault_fails_the_request_and_is_applied_or_not(proxy, server, seeded, kind, applied):
     s = session(proxy, server)
     target = seeded.annotations[0]
     other = seeded.terms["stroma" if target.term == "tumour" else "tumour"]
@@ -49,7 +49,7 @@ def test_each_fault_fails_the_request_and_is_applied_or_not(proxy, server, seede
     assert proxy.stats.faults[kind] == 1
 
 
-def test_early_504_reaches_the_server_after_the_answer(proxy, server, seeded):  # noqa: F811
+def test_early_504_reaches_the_server_after_the_answer(proxy, server, seeded):
     s = session(proxy, server)
     target = seeded.annotations[0]
     other = seeded.terms["stroma" if target.term == "tumour" else "tumour"]
@@ -60,7 +60,7 @@ def test_early_504_reaches_the_server_after_the_answer(proxy, server, seeded):  
     assert term_count(server, target.id) == 2
 
 
-def test_draws_are_deterministic_and_follow_the_rate(proxy, server, seeded):  # noqa: F811
+def test_draws_are_deterministic_and_follow_the_rate(proxy, server, seeded):
     s = session(proxy, server)
 
     def outcomes(seed):
@@ -80,7 +80,7 @@ def test_draws_are_deterministic_and_follow_the_rate(proxy, server, seeded):  # 
     assert 0.1 < first.count(False) / len(first) < 0.5
 
 
-def test_trigger_fires_after_the_nth_applied_write(proxy, server, seeded):  # noqa: F811
+def test_trigger_fires_after_the_nth_applied_write(proxy, server, seeded):
     s = session(proxy, server)
     fired = []
     proxy.on_request(2, lambda: fired.append(term_count(server, seeded.annotations[1].id)), path=r"/term/")
@@ -90,23 +90,23 @@ def test_trigger_fires_after_the_nth_applied_write(proxy, server, seeded):  # no
     assert fired == [2]  # once, when the second write was already in the database
 
 
-def test_unreachable_upstream_is_a_502(server):  # noqa: F811
+def test_unreachable_upstream_is_a_502(server):
     with FaultProxy("http://127.0.0.1:9") as p:
         response = requests.get(p.url + "/server/ping", timeout=10)
     assert response.status_code == 502
 
 
-def test_count_predictions(server, seeded):  # noqa: F811
+def test_count_predictions(server, seeded):
     from mtdp_core.server.geometry import box_in_cytomine
 
-    job, user = server.store.create_job(seeded.project_id, _software(server), server.admin)
+    job, user = server.store.jobs.create(seeded.project_id, _software(server), server.admin)
     a, b = seeded.annotations[:2]
     term = seeded.terms["tumour"]
-    server.store.add_algo_annotation_term(a.id, term, user)
+    server.store.annotation_terms.add_algo(a.id, term, user)
     height = seeded.images[0]["height"]
     for _ in range(2):  # two algo annotations on a's box
         location = box_in_cytomine(*a.box, height).wkt
-        server.store.create_annotation({"image": a.image_id, "location": location, "term": [term]}, user)
+        server.store.annotations.create({"image": a.image_id, "location": location, "term": [term]}, user)
     query = store_query(server)
     terms = count_predictions(query, [a.id, b.id], "term")
     assert (terms.expected, terms.present, terms.duplicated, terms.missing) == (2, 1, 0, 1)
@@ -114,14 +114,5 @@ def test_count_predictions(server, seeded):  # noqa: F811
     assert (annotations.present, annotations.duplicated) == (1, 1) and not annotations.exactly_once
 
 
-def _software(server):  # noqa: F811
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from tests.cytomine.conftest import PROBE_DESCRIPTOR
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "probe.json"
-        path.write_text(json.dumps(PROBE_DESCRIPTOR))
-        return server.register_app(path)["id"]
+def _software(server):
+    return server.register_app(REPO_ROOT / "descriptors" / "svm_predict.json")["id"]

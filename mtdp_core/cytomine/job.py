@@ -30,12 +30,13 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +135,16 @@ class Job(ABC):
         self._attach(target, filename or path.name)
 
     def set_property(self, key: str, value: Any) -> None:
+        """A job property (text as is, anything else as JSON); setting it again replaces it."""
         text = value if isinstance(value, str) else json.dumps(value)
         self.properties[key] = text
         self._set_property(key, text)
+
+    def set_properties(self, values: Mapping[str, Any]) -> None:
+        """Several job properties, in order; None values are left out."""
+        for key, value in values.items():
+            if value is not None:
+                self.set_property(key, value)
 
     @abstractmethod
     def _send_progress(self, percent: int, comment: str) -> None: ...
@@ -499,9 +507,8 @@ class JobOpening:
                     reconcile=recorded,
                 )
             except CytomineRequestError as exc:
-                if (
-                    exc.status != 409
-                ):  # 409: recorded already. The parameters are a record: a failure does not stop the job
+                # 409: recorded already. Parameters are a record of the run: a failure does not stop the job.
+                if exc.status != 409:
                     logger.warning("could not record the job parameter %s=%r: %s", name, value, exc)
 
 
@@ -569,6 +576,8 @@ def run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pip
 
 def _run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pipeline, app: str) -> int:
     from mtdp_core.cytomine.biaflows import biaflows_flags
+
+    argv = sys.argv[1:] if argv is None else list(argv)
 
     parameter_error: ParameterError | None = None
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from mtdp_core.cytomine.errors import NoAnnotationsError
 from mtdp_core.cytomine.inputs import add_connection_inputs
 from mtdp_core.cytomine.job import LocalJob, Stage, run_app
 from mtdp_core.cytomine.params import add_input, build_descriptor, integer, new_parser
-from tests.faults import Fault, FaultProxy, server_address, subprocess_env
+from tests.helpers.faults import Fault, FaultProxy, server_address, subprocess_env
 
 NOT_LAUNCH, RUNNING, SUCCESS, FAILED, KILLED = 0, 2, 3, 4, 8
 
@@ -73,7 +75,7 @@ def app(server, seeded, tmp_path, monkeypatch):
 
     def run(pipeline, *extra):
         code = run_app(parser(), argv + list(extra), pipeline, app="test_app")
-        job = max(server.store.list_jobs(project=seeded.project_id), key=lambda j: j["id"])
+        job = max(server.store.jobs.list(project=seeded.project_id), key=lambda j: j["id"])
         return code, job
 
     return run
@@ -97,11 +99,11 @@ def test_success_reports_progress_outputs_and_properties(app, server, tmp_path):
     code, job = app(pipeline, "--threshold", "4")
     assert code == 0 and job["status"] == SUCCESS and job["progress"] == 100 and job["status_comment"] == "All good"
     assert seen["user"] is True  # the app works as the job user
-    files = server.store.list_attached_files("be.cytomine.processing.Job", job["id"])
+    files = server.store.meta.list_attached_files("be.cytomine.processing.Job", job["id"])
     assert [f["filename"] for f in files] == ["result.txt"]
-    props = {p["key"]: p["value"] for p in server.store.list_properties("be.cytomine.processing.Job", job["id"])}
+    props = {p["key"]: p["value"] for p in server.store.meta.list_properties("be.cytomine.processing.Job", job["id"])}
     assert props == {"threshold": "7"}
-    params = {p["name"]: p["value"] for p in server.store.list_job_parameters(job["id"])}
+    params = {p["name"]: p["value"] for p in server.store.jobs.list_parameters(job["id"])}
     assert params["threshold"] == "4"  # recorded as a person's launch records them
 
 
@@ -168,19 +170,24 @@ def test_local_mode_writes_outputs_and_properties(tmp_path):
     assert (out / "a.txt").read_text() == "x"
 
 
-def test_stage_throttles_updates(tmp_path):
+def progress_updates(caplog) -> list[tuple[int, str]]:
+    """The progress updates a local job sent (it logs them: ``progress  NN%: comment``)."""
+    found = [re.fullmatch(r"progress +(\d+)%: (.*)", r.getMessage()) for r in caplog.records]
+    return [(int(m.group(1)), m.group(2)) for m in found if m]
+
+
+def test_stage_throttles_updates(tmp_path, caplog):
     from mtdp_core.cytomine.biaflows import BiaflowsFlags
 
     job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
-    sent = []
-    job._send_progress = lambda percent, comment: sent.append((percent, comment))
-    stage = Stage(job, "Loop", 0, 100, min_interval=3600)
-    for i in range(1000):
-        stage.update(i + 1, 1000)
-    assert sent == [(0, "Loop (1/1000)"), (99, "Loop (1000/1000)")]  # first, last; 100 only at the end
+    with caplog.at_level(logging.INFO, logger="mtdp_core.cytomine.job"):
+        stage = Stage(job, "Loop", 0, 100, min_interval=3600)
+        for i in range(1000):
+            stage.update(i + 1, 1000)
+    assert progress_updates(caplog) == [(0, "Loop (1/1000)"), (99, "Loop (1000/1000)")]  # 100 only at the end
 
 
-def test_stage_first_update_sent_on_a_freshly_booted_machine(tmp_path, monkeypatch):
+def test_stage_first_update_sent_on_a_freshly_booted_machine(tmp_path, monkeypatch, caplog):
     # time.monotonic() counts from boot: seconds after a start-up it is smaller than min_interval,
     # and the first update must still be sent (it was dropped when the last time started at 0.0).
     from mtdp_core.cytomine import job as job_module
@@ -188,10 +195,19 @@ def test_stage_first_update_sent_on_a_freshly_booted_machine(tmp_path, monkeypat
 
     monkeypatch.setattr(job_module.time, "monotonic", lambda: 5.0)
     job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
-    sent = []
-    job._send_progress = lambda percent, comment: sent.append((percent, comment))
-    Stage(job, "Loop", 0, 100, min_interval=3600).update(1, 10)
-    assert sent == [(10, "Loop (1/10)")]
+    with caplog.at_level(logging.INFO, logger="mtdp_core.cytomine.job"):
+        Stage(job, "Loop", 0, 100, min_interval=3600).update(1, 10)
+    assert progress_updates(caplog) == [(10, "Loop (1/10)")]
+
+
+def test_properties_are_set_in_order_and_none_is_left_out(tmp_path):
+    from mtdp_core.cytomine.biaflows import BiaflowsFlags
+
+    job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
+    job.set_properties({"classes": "a,b", "positive_terms": None, "n_images": 4})
+    job.set_property("classes", "a,b,c")
+    assert json.loads((tmp_path / "properties.json").read_text()) == {"classes": "a,b,c", "n_images": "4"}
+    assert list(job.properties) == ["classes", "n_images"]
 
 
 # --------------------------------------------------------------------------- faults and stops
@@ -207,12 +223,12 @@ def faulty(server, seeded, software_id, tmp_path, monkeypatch):
     with FaultProxy(server_address(server)) as proxy:
 
         def run(pipeline, faults, seed=0):
-            before = {j["id"] for j in server.store.list_jobs(project=seeded.project_id)}
+            before = {j["id"] for j in server.store.jobs.list(project=seeded.project_id)}
             proxy.set_faults(faults, seed=seed)
             argv = connection_argv(proxy.url, server, seeded, software_id)
             code = run_app(parser(), argv, pipeline, app="test_app")
             proxy.set_faults([])
-            jobs = [j for j in server.store.list_jobs(project=seeded.project_id) if j["id"] not in before]
+            jobs = [j for j in server.store.jobs.list(project=seeded.project_id) if j["id"] not in before]
             return code, jobs
 
         run.proxy = proxy
@@ -239,9 +255,9 @@ def test_start_up_and_writes_survive_transient_failures(faulty, server):
         assert code == 0 and len(jobs) == 1, (seed, code, [(j["status"], j["status_comment"]) for j in jobs])
         job = jobs[0]
         assert job["status"] == SUCCESS and job["status_comment"] == "All good"
-        files = server.store.list_attached_files("be.cytomine.processing.Job", job["id"])
+        files = server.store.meta.list_attached_files("be.cytomine.processing.Job", job["id"])
         assert [f["filename"] for f in files] == ["result.txt"]
-        assert {p["key"] for p in server.store.list_properties("be.cytomine.processing.Job", job["id"])} == {
+        assert {p["key"] for p in server.store.meta.list_properties("be.cytomine.processing.Job", job["id"])} == {
             "threshold"
         }
     assert sum(faulty.proxy.stats.faults.values()) > 10
@@ -277,7 +293,7 @@ def test_attachment_saved_despite_a_500_is_attached_once(faulty, server):
     faults = [Fault("500_late", 1.0, methods=("POST",), path="^/api/attachedfile.json$")]
     code, jobs = faulty(_working, faults)
     assert code == 0 and jobs[0]["status"] == SUCCESS
-    files = server.store.list_attached_files("be.cytomine.processing.Job", jobs[0]["id"])
+    files = server.store.meta.list_attached_files("be.cytomine.processing.Job", jobs[0]["id"])
     assert [f["filename"] for f in files] == ["result.txt"]
 
 
@@ -306,7 +322,7 @@ def test_a_stopped_job_ends_killed_with_how_to_resume(server, seeded, software_i
         assert process.wait(60) == exit_code
     finally:
         process.kill()
-    job = server.store.get_job(job["id"])
+    job = server.store.jobs.get(job["id"])
     assert job["status"] == KILLED, job["status_comment"]
     assert job["status_comment"].startswith("Re-run the job to finish it (what was saved is kept and not done twice)")
     assert f"stopped by {how} at " in job["status_comment"] and "during 'Working (" in job["status_comment"]
@@ -317,7 +333,7 @@ def _quiet():
 
 
 def _newest_running(server, seeded, min_progress):
-    jobs = server.store.list_jobs(project=seeded.project_id)
+    jobs = server.store.jobs.list(project=seeded.project_id)
     job = max(jobs, key=lambda j: j["id"]) if jobs else None
     return job if job and job["status"] == RUNNING and job["progress"] >= min_progress else None
 
@@ -337,7 +353,6 @@ def test_a_stop_message_says_where_the_job_was_even_between_updates(tmp_path):
     from mtdp_core.cytomine.job import stopped_comment
 
     job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
-    job._send_progress = lambda percent, comment: None
     stage = job.stage("Pushing", 50, 100)
     stage.min_interval = 3600
     for i in range(10):

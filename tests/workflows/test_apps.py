@@ -16,19 +16,20 @@ import pytest
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError
 from mtdp_core.server.testing import seed_synthetic_project
-from tests.workflows.conftest import FAILED, FAST, JOB_CLASS, SUCCESS, load_workflow
+from tests.helpers.apps import FAILED, FAST, JOB_CLASS, SUCCESS, as_argv, load_workflow
 
 KILLED = 8
 
 
 def algo_terms(apps, job) -> list[dict]:
-    user = apps.server.store.job_user(job["id"])["id"]
-    return apps.server.store._all("SELECT * FROM algo_annotation_term WHERE user_id = ?", (user,))
+    user = apps.server.store.users.job_user(job["id"])["id"]
+    return apps.server.store.annotation_terms.list_algo(user)
 
 
 # --------------------------------------------------------------------------- launched as by Cytomine
 
 
+@pytest.mark.slow
 def test_svm_train_and_predict_launched_from_their_descriptors(apps):
     train = apps.launch("svm_train", **FAST, cv_folds=3)
     assert train["status"] == SUCCESS, train["status_comment"]
@@ -58,6 +59,7 @@ def test_svm_train_and_predict_launched_from_their_descriptors(apps):
     assert len(rows) == 18 and {r["predicted_class"] for r in rows} <= {"tumour", "stroma"}
 
 
+@pytest.mark.slow
 def test_extract_features_launched(apps):
     job = apps.launch("extract_features", **FAST, cytomine_id_terms=[apps.project.terms["tumour"]])
     assert job["status"] == SUCCESS, job["status_comment"]
@@ -72,6 +74,7 @@ def test_extract_features_launched(apps):
     assert meta["backbone"]["arch"] == "resnet18" and meta["crop"]["max_size"] == 32
 
 
+@pytest.mark.slow
 def test_finetune_predict_launched(apps):
     images = [i["id"] for i in apps.project.images]
     job = apps.launch(
@@ -112,11 +115,12 @@ def test_svm_predict_rerun_creates_no_duplicates(apps, trained):
         assert first["status"] == again["status"] == SUCCESS
         assert "0 already up to date" in first["status_comment"]
         assert "18 already up to date" in again["status_comment"], again["status_comment"]
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 18
+    assert apps.algo_annotation_count() == 18
     # 18 algo terms on the created annotations + 18 suggestions on the people's annotations.
-    assert apps.count("SELECT count(*) FROM algo_annotation_term") == 36
+    assert apps.algo_term_count() == 36
 
 
+@pytest.mark.slow
 def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     original = CytomineSession.post_json
     calls = {"n": 0}
@@ -137,11 +141,11 @@ def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     assert failed["status_comment"].startswith(
         "Re-run the job to push the remaining 13 predictions (nothing is duplicated): 5 of 18 pushed"
     )
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 5
+    assert apps.algo_annotation_count() == 5
     monkeypatch.setattr(CytomineSession, "post_json", original)
     done = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="annotation", n_workers=0)
     assert done["status"] == SUCCESS and "13 annotations created, 5 already up to date" in done["status_comment"]
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 18
+    assert apps.algo_annotation_count() == 18
 
 
 def test_failed_crops_are_counted_and_reported(apps, monkeypatch):
@@ -183,7 +187,7 @@ def test_too_many_failed_crops_fail_the_job(apps, monkeypatch):
 
 def test_no_annotation_matches(apps):
     store = apps.server.store
-    empty = store.create_term("necrosis", apps.project.ontology_id)
+    empty = store.ontologies.create_term("necrosis", apps.project.ontology_id)
     job = apps.run("svm_train", **FAST, cytomine_id_terms=[empty["id"]])
     assert job["status"] == FAILED
     assert job["status_comment"].startswith("Widen the filters or annotate first: no annotation with a term matches")
@@ -201,8 +205,8 @@ def test_fewer_than_two_classes(apps):
 def test_annotation_without_term_in_training(apps):
     store = apps.server.store
     image = apps.project.images[0]
-    untermed = store.create_annotation(
-        {"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"}, store.find_user_by_username("admin")
+    untermed = store.annotations.create(
+        {"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"}, store.users.find_by_username("admin")
     )
     job = apps.run("svm_train", **FAST)
     assert job["status"] == FAILED
@@ -222,6 +226,7 @@ def test_model_job_without_model(apps):
     assert missing["status"] == FAILED and "job 999999 does not exist" in missing["status_comment"]
 
 
+@pytest.mark.slow
 def test_model_from_another_backbone_is_refused(apps, trained):
     job = apps.run("svm_predict", cytomine_id_job=trained["id"], backbone="resnet34")
     assert job["status"] == FAILED
@@ -255,8 +260,6 @@ def test_binary_mode(apps):
 
 
 def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     out = tmp_path / "out"
     fast = as_argv({k: v for k, v in FAST.items() if k != "crop_max_size"})
     code = load_workflow("svm_train").main(
@@ -320,9 +323,8 @@ def test_biaflows_no_download_uses_crops_in_infolder(apps, tmp_path):
     assert refused["status"] == FAILED and refused["status_comment"].startswith("Give --infolder with --no_download")
 
 
+@pytest.mark.slow
 def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     for path in sorted(tiny_image_folder.rglob("*_3.png")):  # one image per class leaves its class folder
         path.rename(tiny_image_folder / path.name)
     out = tmp_path / "out"
@@ -350,8 +352,6 @@ def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, t
 
 
 def test_local_mode_without_folder_says_what_to_give(tmp_path):
-    from tests.workflows.conftest import load_workflow
-
     assert load_workflow("svm_train").main(["--local", "--outfolder", str(tmp_path)]) == 1
     assert load_workflow("svm_train").main([]) == 2  # neither a server nor --local
 
@@ -362,9 +362,9 @@ def test_local_mode_without_folder_says_what_to_give(tmp_path):
 def test_corrupt_model_names_the_training_jobs_attachment(apps):
     # Issue 11 item 11: the message named the temporary file it was downloaded to.
     store = apps.server.store
-    job, _ = store.create_job(apps.project.project_id, apps.software["svm_train"], apps.server.admin)
-    store.set_job_status(job["id"], SUCCESS, "done", 100)
-    attached = store.add_attached_file(JOB_CLASS, job["id"], "mtdp-model.npz", b"not a model at all")
+    job, _ = store.jobs.create(apps.project.project_id, apps.software["svm_train"], apps.server.admin)
+    store.jobs.set_status(job["id"], SUCCESS, "done", 100)
+    attached = store.meta.add_attached_file(JOB_CLASS, job["id"], "mtdp-model.npz", b"not a model at all")
     failed = apps.run("svm_predict", cytomine_id_job=job["id"])
     assert failed["status"] == FAILED
     assert failed["status_comment"].startswith(
@@ -379,7 +379,7 @@ def test_model_of_another_ontology_fails_at_once(apps, trained, tmp_path):
     other = seed_synthetic_project(apps.server, tmp_path / "other", name="other", terms=("necrosis", "fat"))
     argv = apps.argv("svm_predict", cytomine_id_job=trained["id"], cytomine_id_project=other.project_id)
     assert load_workflow("svm_predict").main(argv) == 1
-    job = max(apps.server.store.list_jobs(project=other.project_id), key=lambda j: j["id"])
+    job = max(apps.server.store.jobs.list(project=other.project_id), key=lambda j: j["id"])
     assert job["status"] == FAILED and job["progress"] <= 10
     assert job["status_comment"].startswith(
         f"Use a model trained on this project's terms: the model of job {trained['id']} predicts tumour, stroma "
@@ -408,9 +408,9 @@ def test_predict_that_wrote_nothing_is_not_a_success(apps, trained, monkeypatch)
 def test_a_class_with_one_annotation_is_named_before_any_crop(apps):
     # Issue 11 item 11: "Class np.int64(7) has a single training sample", after crops and features.
     store = apps.server.store
-    rare = store.create_term("necrosis", apps.project.ontology_id)
+    rare = store.ontologies.create_term("necrosis", apps.project.ontology_id)
     target = apps.project.annotations[0]
-    store.add_annotation_term(target.id, rare["id"], apps.server.admin, clear_before=True)
+    store.annotation_terms.add(target.id, rare["id"], apps.server.admin, clear="user")
     job = apps.run("svm_train", **FAST)
     assert job["status"] == FAILED and job["progress"] <= 5, (job["progress"], job["status_comment"])
     assert job["status_comment"] == (
@@ -443,7 +443,7 @@ def test_a_job_stopped_by_the_local_launcher_reports_how_to_resume(apps):
 
     job = apps.server.launch("svm_train", apps.project.project_id, {**FAST, "cv_folds": 3}, wait=False)
     deadline = time.monotonic() + 300
-    while apps.server.store.get_job(job["id"])["progress"] < 5 and time.monotonic() < deadline:
+    while apps.server.store.jobs.get(job["id"])["progress"] < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
     os.kill(apps.server.launcher._running[job["id"]].process.pid, signal.SIGTERM)
     ended = apps.server.launcher.wait(job["id"], 120)

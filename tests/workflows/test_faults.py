@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from tests.faults import Fault
-from tests.workflows.fault_lab import Lab
+from tests.helpers.fault_lab import Lab
+from tests.helpers.faults import Fault
 
 pytestmark = pytest.mark.slow
 

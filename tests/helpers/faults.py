@@ -2,9 +2,9 @@
 in its own process that can be killed, an app in its own process that can be stopped, and
 counts of the predictions a project holds.
 
-Used by the tests (``tests/workflows/test_faults.py``, ``tests/cytomine/test_*``) and by the
-fault-matrix benchmark (``benchmarks/bench_faults.py``); it knows nothing of mtdp's apps
-beyond their command lines, so any test of the local server can use it too::
+Used by the tests (``tests/test_faults.py``, ``tests/cytomine/test_*``, ``tests/workflows/test_faults.py``)
+and by the fault-matrix benchmark (``benchmarks/bench_faults.py``); it knows nothing of mtdp's
+apps beyond their command lines, so any test of the local server can use it too::
 
     with running_server() as server, FaultProxy(server_address(server)) as proxy:
         proxy.set_faults([Fault("504_late", 0.3, methods=("POST",))], seed=1)
@@ -55,9 +55,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
+from tests.helpers.paths import REPO_ROOT as REPO
+
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 FAULT_KINDS = ("500", "502", "503", "500_late", "504_late", "504_early", "reset", "reset_late", "delay")
 WRITE_METHODS = ("POST", "PUT", "DELETE")
 #: Requests that push predictions: bulk annotation creation and suggested terms.
@@ -544,8 +545,8 @@ def sqlite_query(database: str | os.PathLike) -> Query:
 
 
 def store_query(server: Any) -> Query:
-    """Queries on an in-process ``LocalCytomine``'s store."""
-    return lambda sql, params=(): server.store._all(sql, tuple(params))
+    """Read-only queries on an in-process ``LocalCytomine``'s database."""
+    return lambda sql, params=(): server.store.db.all(sql, tuple(params))
 
 
 def count_predictions(query: Query, targets: Iterable[int], mode: str) -> PredictionCounts:

@@ -2,7 +2,7 @@
 
 :class:`Lab` is a local server (in this process, or in its own process so that it can be
 killed) with a synthetic project, the apps registered and an svm-train model; a
-:class:`~tests.faults.FaultProxy` in front of it; and :meth:`Lab.predict`, which runs
+:class:`~tests.helpers.faults.FaultProxy` in front of it; and :meth:`Lab.predict`, which runs
 svm-predict in its own process through the proxy (as a person runs it with their keys: a job
 is created), with faults, a stop after N pushed writes, or a server crash, and reports what
 the job said and what the project holds.
@@ -23,7 +23,9 @@ from pathlib import Path
 from mtdp_core.server.app import LocalCytomine
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.testing import SeededProject, seed_synthetic_project
-from tests.faults import (
+from tests.helpers.apps import FAST as APP_FAST
+from tests.helpers.apps import as_argv, load_workflow
+from tests.helpers.faults import (
     PUSH_WRITES,
     AppProcess,
     Fault,
@@ -33,29 +35,11 @@ from tests.faults import (
     count_predictions,
     sqlite_query,
 )
+from tests.helpers.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 JOB_STATUS = {0: "NOT_LAUNCH", 1: "INQUEUE", 2: "RUNNING", 3: "SUCCESS", 4: "FAILED", 8: "KILLED"}
-#: Tiny and fast: a random ResNet18 on 32-pixel crops (the push is measured, not the model).
-FAST = {
-    "backbone": "resnet18",
-    "weights": "random",
-    "image_size": 32,
-    "crop_max_size": 32,
-    "batch_size": 16,
-    "n_workers": 0,
-}
-
-
-def _argv(params: dict) -> list[str]:
-    out = []
-    for key, value in params.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        out += [f"--{key}", str(value)]
-    return out
+#: Tiny and fast (the push is measured, not the model).
+FAST = {**APP_FAST, "batch_size": 16}
 
 
 @dataclass
@@ -101,7 +85,7 @@ class Lab:
                 server, root / "images", n_images=n_images, boxes_per_image=boxes_per_image, size=(160, 160)
             )
             software = {
-                app: server.register_app(REPO / "descriptors" / f"{app}.json")["id"]
+                app: server.register_app(REPO_ROOT / "descriptors" / f"{app}.json")["id"]
                 for app in ("svm_train", "svm_predict")
             }
             keys = (server.public_key, server.private_key)
@@ -134,7 +118,7 @@ class Lab:
             "cytomine_id_project": self.project.project_id,
             "cytomine_id_software": self.software[app],
         }
-        return _argv({**base, **params})
+        return as_argv({**base, **params})
 
     def train(self) -> int:
         """An svm-train job (no faults); its id is the model of the predict runs."""
@@ -199,7 +183,7 @@ class Lab:
         start = time.perf_counter()
         output = ""
         if in_process:
-            code: int | None = _load_workflow("svm_predict").main(self.predict_argv(mode))
+            code: int | None = load_workflow("svm_predict").main(self.predict_argv(mode))
         else:
             process = self.start_predict(mode)
             holder.append(process)
@@ -276,22 +260,14 @@ class Lab:
                 store.close()
 
 
-def _load_workflow(app: str):
-    if str(REPO / "scripts") not in sys.path:
-        sys.path.insert(0, str(REPO / "scripts"))
-    from write_descriptors import load_workflow
-
-    return load_workflow(app)
-
-
 def _reset(store) -> None:
-    with store.transaction() as db:
+    with store.db.transaction() as db:
         db.execute("DELETE FROM algo_annotation_term")
         db.execute("DELETE FROM annotation WHERE kind = 'algo'")
         db.execute("DELETE FROM property WHERE key LIKE 'mtdp-push-lock:%'")
 
 
-if __name__ == "__main__":  # a quick manual check: python -m tests.workflows.fault_lab
+if __name__ == "__main__":  # a quick manual check: python -m tests.helpers.fault_lab
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp, Lab.open(tmp) as lab:
