@@ -4,7 +4,7 @@ A local Cytomine server (in its own process, so that it can be killed) holds a s
 project; svm-train makes a model (no faults); then, for each scenario and push mode, from an
 empty project (no prediction):
 
-1. svm-predict runs once through a fault-injecting proxy (``tests/faults.py``): the job's final
+1. svm-predict runs once through a fault-injecting proxy (``tests/helpers/faults.py``): the job's final
    status, and the predictions the project holds (counted in the server's database: expected,
    present, duplicated);
 2. it runs again without faults (a re-run, as the failure message advises): status and counts.
@@ -14,8 +14,8 @@ compare each scenario with it. Scenarios with faults run the app in this process
 code, without starting Python and torch again); stops, kills and concurrent jobs run it in its
 own process, as a processing server does.
 
-Usage:
-    python benchmarks/bench_faults.py [--images 4 --boxes 30] [--modes term,annotation]
+Usage (from the repository root; the harness is in tests/helpers):
+    PYTHONPATH=. python benchmarks/bench_faults.py [--images 4 --boxes 30] [--modes term,annotation]
         [--scenarios none,500,...] [--seed 0] [--output results.json] [--markdown table.md]
 """
 
@@ -32,12 +32,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from mtdp_core.logs import configure_logging
-from tests.faults import Fault
-from tests.workflows.fault_lab import Lab, Outcome
+
+try:  # the harness is the tests' (tests/helpers): run from the repository root with PYTHONPATH=.
+    from tests.helpers.fault_lab import Lab, Outcome
+    from tests.helpers.faults import Fault
+except ModuleNotFoundError as exc:
+    raise SystemExit(
+        f"Run from the repository root with PYTHONPATH=. (the harness is in tests/helpers): {exc}"
+    ) from exc
 
 WRITES = ("POST", "PUT", "DELETE")
 RATE = 0.2
