@@ -247,7 +247,7 @@ class Lab:
     def reset_predictions(self) -> None:
         """Remove every prediction (algo annotations and suggested terms) and the push leases: a
         fresh start for the next scenario (through a store on the database, as an operator would)."""
-        from mtdp_core.server.models import CytomineStore
+        from mtdp_core.server.backends import CytomineStore
 
         if self.in_process is not None:
             store = self.in_process.store
