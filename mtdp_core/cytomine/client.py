@@ -194,6 +194,11 @@ class CytomineSession:
         self.client._current_user = CurrentUser().populate(user)  # what the client's own helpers see
         return user
 
+    @property
+    def keys(self) -> tuple[str, str]:
+        """The (public, private) keys requests are signed with now."""
+        return self.client._public_key, self.client._private_key
+
     def use_keys(self, public_key: str, private_key: str) -> dict:
         """Sign the next requests with other keys (a job switches to its job user's); returns their user."""
         self.client._public_key, self.client._private_key = public_key, private_key

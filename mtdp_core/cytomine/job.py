@@ -383,7 +383,8 @@ class JobOpening:
         self.project = project
         self.software = software
         self.parameters = parameters
-        self._extra_jobs: list[dict] = []
+        self._before: set[int] = set()
+        self._in_doubt = False
 
     def open(self) -> tuple[dict, dict, dict]:
         """(job, project, software) JSON, the job RUNNING."""
@@ -406,11 +407,19 @@ class JobOpening:
                 job_id = int(job["id"])
                 created = True
                 job_user = self.session.get_json(f"user/{int(job['userJob'])}.json")
+                person = self.session.keys
                 self.session.use_keys(job_user["publicKey"], job_user["privateKey"])
             job = {**job, "status": RUNNING}
             self.session.put_json(f"job/{job_id}.json", job)
             if created:
                 self._record_parameters(job, software)
+                if self._in_doubt:  # as the person who launched them (a job user may change its own job only)
+                    job_keys = self.session.keys
+                    self.session.use_keys(*person)
+                    try:
+                        self._end_twins(user, job_id)
+                    finally:
+                        self.session.use_keys(*job_keys)
             return job, project, software
         except BaseException as exc:
             if job_id is not None:
@@ -436,21 +445,27 @@ class JobOpening:
         rows = self.session.get_collection("job.json", {"project": self.project, "software": self.software})
         return [j for j in rows if int(j.get("software") or 0) == self.software]
 
-    def _create(self, user: dict) -> dict:
-        before = {int(j["id"]) for j in self._jobs()}
+    def _created_by(self, user: dict) -> list[dict]:
+        """Jobs of this software that ``user`` created since :meth:`_create` began and that were
+        not started (NOT_LAUNCH), oldest first."""
+        return sorted(
+            (
+                j
+                for j in self._jobs()
+                if int(j["id"]) not in self._before
+                and j.get("username") == user.get("username")
+                and not j.get("status")
+            ),
+            key=lambda j: int(j["id"]),
+        )
 
-        def created_by_me() -> list[dict]:
-            return sorted(
-                (
-                    j
-                    for j in self._jobs()
-                    if int(j["id"]) not in before and j.get("username") == user.get("username") and not j.get("status")
-                ),
-                key=lambda j: int(j["id"]),
-            )
+    def _create(self, user: dict) -> dict:
+        self._before = {int(j["id"]) for j in self._jobs()}
 
         def reconcile() -> dict | None:
-            mine = created_by_me()
+            # The POST failed without a clear answer: a job it created is adopted, not created again.
+            self._in_doubt = True
+            mine = self._created_by(user)
             return {"job": mine[0]} if mine else None
 
         try:
@@ -470,19 +485,17 @@ class JobOpening:
             raise CytomineConnectionError(f"Re-run when the server works again: {exc}.") from None
         job = answer.get("job", answer) if isinstance(answer, dict) else None
         if not isinstance(job, dict) or job.get("id") is None or not job.get("userJob"):
-            raise CytomineConnectionError(
-                "Check cytomine_host: the server did not answer with a job when asked for one."
-            )
-        # Attempts that failed without an answer may still have created jobs: end them, never leave them NOT_LAUNCH.
-        for extra in created_by_me():
-            if int(extra["id"]) != int(job["id"]):
-                _end_job(
-                    self.session,
-                    int(extra["id"]),
-                    FAILED,
-                    f"Not run: created twice by a retried request; job {job['id']} ran instead.",
-                )
+            raise CytomineConnectionError("Check cytomine_host: the server did not answer a job creation with a job.")
         return job
+
+    def _end_twins(self, user: dict, job_id: int) -> None:
+        """After a creation whose fate was in doubt: jobs the failed attempts created anyway are
+        ended FAILED, never left NOT_LAUNCH. Checked once this job runs, so that a job this user
+        launched at the same moment elsewhere (started within a second) is not taken for a twin."""
+        for twin in self._created_by(user):
+            if int(twin["id"]) != job_id:
+                comment = f"Not run: created twice by a retried request; job {job_id} ran instead."
+                _end_job(self.session, int(twin["id"]), FAILED, comment)
 
     def _record_parameters(self, job: dict, software: dict) -> None:
         """The job's parameters (what ``CytomineJob.start`` posts), each once."""

@@ -282,6 +282,27 @@ def test_job_created_despite_a_gateway_timeout_is_used_not_created_again(faulty)
     assert code == 0 and [j["status"] for j in jobs] == [SUCCESS]
 
 
+def test_a_twin_created_by_a_late_request_is_ended_not_left_not_launched(faulty, monkeypatch):
+    # The gateway answers 504 and passes the POST on a second later: the retry created the job
+    # that runs, the late one must not stay NOT_LAUNCH.
+    from mtdp_core.cytomine.job import JobOpening
+
+    end_twins = JobOpening._end_twins
+
+    def once_the_late_request_landed(self, user, job_id):
+        faulty.proxy.settle()
+        return end_twins(self, user, job_id)
+
+    monkeypatch.setattr(JobOpening, "_end_twins", once_the_late_request_landed)
+    late = Fault("504_early", 1.0, methods=("POST",), path="^/api/job.json$", delay=1.0, times=1)
+    code, jobs = faulty(_working, [late])
+    ran = [j for j in jobs if j["status"] == SUCCESS]
+    assert code == 0 and len(ran) == 1
+    assert [(j["status"], j["status_comment"]) for j in jobs if j is not ran[0]] == [
+        (FAILED, f"Not run: created twice by a retried request; job {ran[0]['id']} ran instead.")
+    ]
+
+
 def test_a_job_that_cannot_start_is_not_left_behind(faulty):
     # The job exists but its job user cannot be read: it must end FAILED with the reason, not stay NOT_LAUNCH.
     code, jobs = faulty(_working, [Fault("reset", 1.0, methods=("GET",), path=r"^/api/user/\d+\.json$")])

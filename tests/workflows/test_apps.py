@@ -376,13 +376,21 @@ def test_corrupt_model_names_the_training_jobs_attachment(apps):
 
 def test_model_of_another_ontology_fails_at_once(apps, trained, tmp_path):
     # Issue 11 item 10: every push was refused (terms of another ontology) and the job said SUCCESS.
+    # The model of a project with other terms, attached to a job of this other project (a job's keys
+    # reach its own project only: the model comes as a file, as one copied between servers would).
+    store = apps.server.store
     other = seed_synthetic_project(apps.server, tmp_path / "other", name="other", terms=("necrosis", "fat"))
-    argv = apps.argv("svm_predict", cytomine_id_job=trained["id"], cytomine_id_project=other.project_id)
+    holder, _ = store.jobs.create(other.project_id, apps.software["svm_train"], apps.server.admin)
+    store.jobs.set_status(holder["id"], SUCCESS, "copied", 100)
+    store.meta.add_attached_file(
+        JOB_CLASS, holder["id"], "mtdp-model.npz", apps.files(trained)["mtdp-model.npz"].read_bytes()
+    )
+    argv = apps.argv("svm_predict", cytomine_id_job=holder["id"], cytomine_id_project=other.project_id)
     assert load_workflow("svm_predict").main(argv) == 1
-    job = max(apps.server.store.jobs.list(project=other.project_id), key=lambda j: j["id"])
+    job = max(store.jobs.list(project=other.project_id), key=lambda j: j["id"])
     assert job["status"] == FAILED and job["progress"] <= 10
     assert job["status_comment"].startswith(
-        f"Use a model trained on this project's terms: the model of job {trained['id']} predicts tumour, stroma "
+        f"Use a model trained on this project's terms: the model of job {holder['id']} predicts tumour, stroma "
         f"(terms {apps.project.terms['tumour']}, {apps.project.terms['stroma']}), which are not in the ontology of "
         f"project {other.project_id} (necrosis, fat)."
     ), job["status_comment"]
