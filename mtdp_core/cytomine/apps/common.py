@@ -31,9 +31,9 @@ from mtdp_core.cytomine.annotations import (
 )
 from mtdp_core.cytomine.biaflows import read_image_folder
 from mtdp_core.cytomine.crops import DEFAULT_MAX_FAILED_FRACTION, CropReport, CropSpec, CropStore, download_crops
-from mtdp_core.cytomine.errors import CropDownloadError, ParameterError, TooFewClassesError
+from mtdp_core.cytomine.errors import CropDownloadError, ModelJobError, ParameterError, PushError, TooFewClassesError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.push import Prediction, PredictionPusher, PushReport, software_job_users
+from mtdp_core.cytomine.push import Prediction, PredictionPusher, PushReport
 from mtdp_core.cytomine.report import confusion_matrix_png, write_json
 from mtdp_core.data.folders import FolderImage
 from mtdp_core.errors import ConfigurationError
@@ -191,11 +191,13 @@ def training_set(job: Job, args: argparse.Namespace) -> TrainingSet:
     job.stage("Listing annotations", 0, 5)
     filters = filters_from_args(args, job.project_id)
     records, term_names = list_project_annotations(job, filters, what="annotation with a term")
-    # Labels are checked before any download: a missing term fails the job at once.
-    training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    # Labels are checked before any download: a missing term fails the job at once. Cross-validation
+    # needs 2 annotations per class: checked now, and again without the crops that failed.
+    options = {"selected_terms": filters.terms, "positive_terms": positive_terms, "min_per_class": 2}
+    training_labels(records, term_names, **options)
     spec = crop_spec_from_args(args)
     records, paths, report = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 35))
-    labels = training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    labels = training_labels(records, term_names, **options)
     source = {
         "project": job.project_id,
         "job": job.id,
@@ -324,12 +326,44 @@ def make_predictions(
 def push_predictions(
     job: CytomineJobRun, args: argparse.Namespace, predictions: Sequence[Prediction], start: int, end: int
 ) -> PushReport:
-    """Push to Cytomine (``push_mode``), idempotently: earlier jobs of this software count as done."""
+    """Push to Cytomine (``push_mode``): exactly one prediction per annotation (earlier jobs of
+    this software count as done; one job of it pushes at a time). Sets the ``push`` and
+    ``push_failed`` properties; a push that wrote nothing fails the job (:class:`PushError`)."""
     stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", start, end)
     assert job.session is not None
-    users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
-    pusher = PredictionPusher(job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads)
-    return pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
+    pusher = PredictionPusher(
+        job.session,
+        job.project_id,
+        mode=args.push_mode,
+        software=job.software_name,
+        job=job.id,
+        own_user=job.job_user_id,
+        threads=args.n_download_threads,
+    )
+    report = pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
+    job.set_properties({"push": report.summary(), "push_failed": len(report.failed)})
+    pushable = report.n_predictions - report.not_pushable
+    if pushable and report.written == 0:
+        annotation, reason = report.failed[0] if report.failed else (None, "none is on the server")
+        raise PushError(
+            f"Check the annotations and the model: the server refused all {pushable} predictions; e.g. annotation "
+            f"{annotation}: {reason}"
+        )
+    return report
+
+
+def check_model_terms(model: Any, term_names: Mapping[int, str], project: int, origin: str) -> None:
+    """Refuse a model whose classes are terms of another ontology: every push would be refused
+    (``origin``: where the model comes from, e.g. "job 41")."""
+    foreign = [c for c in model.classes if c.id is not None and int(c.id) not in term_names]
+    if foreign:
+        names = ", ".join(str(c.name) for c in foreign)
+        ids = ", ".join(str(c.id) for c in foreign)
+        ontology = ", ".join(term_names.values()) or "no terms"
+        raise ModelJobError(
+            f"Use a model trained on this project's terms: the model of {origin} predicts {names} (terms {ids}), "
+            f"which are not in the ontology of project {project} ({ontology})."
+        )
 
 
 def write_predictions(

@@ -153,7 +153,6 @@ def deliver(
     if job.flags.do_upload_annotations and predictions:
         report = common.push_predictions(job, args, predictions, 85, 97)
         pushed = report.pushed
-        job.set_property("push", report.summary())
         note = f"; {len(predictions)} predicted: {report.summary()}"
     common.write_predictions(job, predictions, class_names, index, pushed)
     return note

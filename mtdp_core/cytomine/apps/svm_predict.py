@@ -27,7 +27,7 @@ from mtdp_core.cytomine.biaflows import ground_truth
 from mtdp_core.cytomine.crops import CropSpec
 from mtdp_core.cytomine.errors import BackboneMismatchError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.models import download_job_model
+from mtdp_core.cytomine.models import load_job_model
 from mtdp_core.cytomine.report import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,11 @@ def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
         if not args.cytomine_id_job:
             raise ParameterError("Set cytomine_id_job to the id of the training job whose model to use.")
         assert job.session is not None and job.workdir is not None
-        name = common.MODEL_FILENAME
-        path, _ = download_job_model(job.session, args.cytomine_id_job, name, job.workdir / name)
+        model = load_job_model(job.session, args.cytomine_id_job, common.MODEL_FILENAME, job.workdir)
     else:
         if not args.model:
             raise ParameterError("Give --model PATH (the mtdp-model.npz of a training run) in local mode.")
-        path = Path(args.model)
-    model = load_model(path)
+        model = load_model(Path(args.model))
     check_backbone(model, args)
     return model
 
@@ -130,6 +128,7 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     job.stage("Listing annotations", 5, 10)
     filters = common.filters_from_args(args, job.project_id)
     records, term_names = common.list_project_annotations(job, filters)
+    common.check_model_terms(model, term_names, job.project_id, f"job {args.cytomine_id_job}")
     spec = common.crop_spec_from_args(args, model_crop_spec(model))
     records, paths, crops = common.fetch_crops(job, records, spec, args, job.stage("Downloading crops", 10, 40))
     probabilities = predict_scores(model, paths, args, job, device, job.stage("Predicting", 40, 75))
@@ -139,7 +138,6 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     if job.flags.do_upload_annotations:
         report = common.push_predictions(job, args, predictions, 75, 97)
         pushed, comment_push = report.pushed, report.summary()
-        job.set_properties({"push": comment_push, "push_failed": len(report.failed)})
     job.progress(97, "Saving the predictions")
     common.write_predictions(job, predictions, [c.name for c in model.classes], index, pushed, term_names)
     agreement = _agreement(job, model, records, index, probabilities) if job.flags.do_compute_metrics else ""
