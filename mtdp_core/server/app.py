@@ -33,8 +33,8 @@ from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.domain import Row
 from mtdp_core.server.errors import NotFound
-from mtdp_core.server.imaging import ImageCache
 from mtdp_core.server.launcher import JobLauncher, typed_parameters
+from mtdp_core.server.sources import ImageCache
 
 logger = logging.getLogger(__name__)
 
