@@ -6,7 +6,7 @@
 #   docker run --rm -v "$PWD/data:/data" mtdp/s_mtdp-svm-train:1.0.0 --local --infolder /data/in --outfolder /data/out
 #   singularity pull mtdp-svm-train.sif docker://mtdp/s_mtdp-svm-train:1.0.0    (Cytomine's processing servers)
 #
-# Targets: extract_features, svm_train, svm_predict, finetune_predict (and base).
+# Targets: extract_features, svm_train, svm_predict, finetune_predict, slide_classify (and base).
 # Build arguments:
 #   TORCH_INDEX_URL     where torch/torchvision come from. Default: PyPI (CUDA build, ~5 GB with its
 #                       nvidia-* wheels). For a CPU-only image (~1.5 GB):
@@ -95,6 +95,13 @@ RUN cp /app/descriptors/finetune_predict.json /app/descriptor.json \
     && ln -s /app/workflows/finetune_predict/run.py /app/run.py
 USER 1000:1000
 ENTRYPOINT ["python", "/app/workflows/finetune_predict/run.py"]
+
+FROM base AS slide_classify
+USER 0
+RUN cp /app/descriptors/slide_classify.json /app/descriptor.json \
+    && ln -s /app/workflows/slide_classify/run.py /app/run.py
+USER 1000:1000
+ENTRYPOINT ["python", "/app/workflows/slide_classify/run.py"]
 
 # Last: the default target of a plain `docker build .`.
 FROM base AS svm_train

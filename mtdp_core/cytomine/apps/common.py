@@ -1,4 +1,5 @@
-"""Steps the four apps share: selecting annotations, getting their crops, extracting features."""
+"""Steps the apps share: selecting annotations, getting their crops, extracting features, the
+training job's model, the resolution of training crops."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from mtdp_core.cytomine.annotations import (
 )
 from mtdp_core.cytomine.biaflows import LocalImage, read_image_folder
 from mtdp_core.cytomine.crops import DEFAULT_MAX_FAILED_FRACTION, CropReport, CropSpec, CropStore, download_crops
-from mtdp_core.cytomine.errors import CropDownloadError, ParameterError
+from mtdp_core.cytomine.errors import BackboneMismatchError, CropDownloadError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
+from mtdp_core.cytomine.models import download_job_model
 from mtdp_core.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -173,3 +175,85 @@ def write_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
+    """The model (``SavedModel``) of ``--cytomine_id_job`` (or ``--model`` in local mode), checked
+    against the asked backbone and weights."""
+    from mtdp_core.transfer.persistence import load_model
+
+    if isinstance(job, CytomineJobRun):
+        if not args.cytomine_id_job:
+            raise ParameterError("Set cytomine_id_job to the id of the training job whose model to use.")
+        assert job.session is not None and job.workdir is not None
+        path, _ = download_job_model(job.session, args.cytomine_id_job, MODEL_FILENAME, job.workdir / MODEL_FILENAME)
+    else:
+        if not args.model:
+            raise ParameterError("Give --model PATH (the mtdp-model.npz of a training run) in local mode.")
+        path = Path(args.model)
+    model = load_model(path)
+    check_backbone(model, args)
+    return model
+
+
+#: Weight sources named by the catalogue (anything else given as weights is a file path).
+WEIGHT_SOURCES = ("imagenet", "imagenet_v2", "mtdp", "random")
+
+
+def check_backbone(model: Any, args: argparse.Namespace) -> None:
+    """Refuse a backbone or weights other than the model's (its classifier only fits those features)."""
+    from mtdp_core.errors import IncompatibleModelError
+
+    trained = model.describe_backbone()
+    source = model.backbone.get("weights", {}).get("source")
+    fix = f"Leave backbone and weights empty (or set {model.arch} and {source})"
+    origin = f"the model of job {args.cytomine_id_job or args.model}"
+    if args.backbone and args.backbone != model.arch:
+        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.backbone}.")
+    if not args.weights or model.kind == "finetune":
+        return
+    if args.weights in WEIGHT_SOURCES and args.weights != source:
+        # Known before loading anything (the other weights may not even be on this machine).
+        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.weights} weights.")
+    try:
+        model.check_backbone(model.feature_extractor(weights=args.weights).identity())
+    except IncompatibleModelError as exc:
+        raise BackboneMismatchError(f"{fix}: {exc}") from None
+
+
+#: Crops whose resolutions differ by at most this factor count as one resolution.
+RESOLUTION_SPREAD = 1.25
+
+
+def crop_resolution(
+    job: CytomineJobRun, records: Sequence[AnnotationRecord], spec: CropSpec, image_size: int
+) -> tuple[float | None, dict[str, Any]]:
+    """The µm per pixel the network saw in the training crops, when it is one resolution.
+
+    A crop covers the annotation's box (times ``increase_area``; a point: 100 pixels) of level-0
+    pixels, and the network sees its shorter side resized to ``image_size``: its input resolution
+    is the image's µm/px x that side / ``image_size``, whatever ``crop_zoom`` and
+    ``crop_max_size`` did in between. It is one resolution, recorded in the model (the slide app
+    reads tiles at it), when every image has a resolution and the crops agree within 25% (e.g.
+    square annotations of one size); otherwise None, and ``info`` says why.
+    """
+    import shapely
+
+    assert job.session is not None
+    images = job.session.get_collection(f"project/{job.project_id}/imageinstance.json")
+    mpp = {int(i["id"]): i.get("physicalSizeX") or i.get("resolution") for i in images}
+    without = sorted({r.image for r in records if not mpp.get(r.image)})
+    if without:
+        return None, {"mpp": None, "why": f"images without a resolution (physicalSizeX): {without[:5]}"}
+    values = []
+    for record in records:
+        minx, miny, maxx, maxy = shapely.from_wkt(record.location).bounds
+        side = min(maxx - minx, maxy - miny) * float(spec.increase_area or 1.0)
+        side = side if side > 0 else 100.0  # a point (or a line) is cropped with a 100-pixel box
+        values.append(float(mpp[record.image]) * side / image_size)
+    low, high, median = min(values), max(values), float(np.median(values))
+    info = {"median": round(median, 4), "min": round(low, 4), "max": round(high, 4), "n": len(values)}
+    if high > low * RESOLUTION_SPREAD:
+        why = "the crops are seen at different resolutions (annotations of different sizes)"
+        return None, {"mpp": None, "why": why, **info}
+    return median, {"mpp": round(median, 4), **info}

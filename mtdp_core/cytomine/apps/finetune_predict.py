@@ -20,6 +20,7 @@ from mtdp_core.cytomine.annotations import AnnotationFilters, TrainingLabels, li
 from mtdp_core.cytomine.apps.common import (
     MODEL_FILENAME,
     check_device,
+    crop_resolution,
     crop_spec_from_args,
     fetch_crops,
     filters_from_args,
@@ -78,7 +79,7 @@ def validation_split(labels: list, groups: list, val_fraction: float, seed: int)
 def run(job: Job, args: argparse.Namespace) -> str:
     device = check_device(args)
     if isinstance(job, CytomineJobRun):
-        train_paths, labels, groups, target_paths, targets, term_names, spec = _cytomine_data(job, args)
+        train_paths, labels, groups, target_paths, targets, term_names, spec, resolution = _cytomine_data(job, args)
     else:
         job.stage("Reading images", 0, 5)
         images = local_images(job)
@@ -94,7 +95,7 @@ def run(job: Job, args: argparse.Namespace) -> str:
         groups = [i.group if i.group is not None else i.key for i in labelled]
         targets = [i for i in images if i.label is None]
         target_paths = [i.path for i in targets]
-        _term_names, spec = {}, None
+        _term_names, spec, resolution = {}, None, {"mpp": None, "why": "local images"}
 
     train_idx, val_idx = validation_split(labels.labels, groups, args.val_fraction, args.seed)
     y = np.asarray(labels.labels)
@@ -127,7 +128,7 @@ def run(job: Job, args: argparse.Namespace) -> str:
         "app": "finetune_predict",
         "crop": spec.to_dict() if spec else None,
         "binary": False,
-        "source": {"project": getattr(job, "project_id", None), "job": job.id},
+        "source": {"project": getattr(job, "project_id", None), "job": job.id, "resolution": resolution},
     }
     model_path = save_model(
         job.output_path(MODEL_FILENAME),
@@ -135,6 +136,7 @@ def run(job: Job, args: argparse.Namespace) -> str:
         class_names=names,
         class_ids={int(c): labels.class_ids[int(c)] for c in classes},
         extra=extra,
+        mpp=resolution.get("mpp"),
     )
     job.attach(model_path)
     history = tuner.history_
@@ -267,6 +269,7 @@ def _cytomine_data(job: CytomineJobRun, args: argparse.Namespace):
     training = [r for r in training if r.id in path_of]
     targets = [r for r in targets if r.id in path_of]
     labels = training_labels(training, term_names, selected_terms=filters.terms)
+    _, resolution = crop_resolution(job, training, spec, args.image_size)
     if not targets:
         logger.warning("no annotation to predict: the model is trained and attached, nothing is pushed")
     return (
@@ -277,4 +280,5 @@ def _cytomine_data(job: CytomineJobRun, args: argparse.Namespace):
         targets,
         term_names,
         spec,
+        resolution,
     )

@@ -24,69 +24,23 @@ import numpy as np
 
 from mtdp_core.cytomine.annotations import AnnotationRecord
 from mtdp_core.cytomine.apps.common import (
-    MODEL_FILENAME,
     cache_root,
     check_device,
     crop_spec_from_args,
     fetch_crops,
     filters_from_args,
     list_project_annotations,
+    load_trained_model,
     local_images,
     write_rows,
 )
 from mtdp_core.cytomine.biaflows import ground_truth
 from mtdp_core.cytomine.crops import CropSpec
-from mtdp_core.cytomine.errors import BackboneMismatchError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.models import download_job_model
 from mtdp_core.cytomine.push import Prediction, PredictionPusher, software_job_users
 from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png, write_json
 
 logger = logging.getLogger(__name__)
-
-
-def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
-    """The model (``SavedModel``) of ``--cytomine_id_job`` (or ``--model`` in local mode), checked
-    against the asked backbone and weights."""
-    from mtdp_core.transfer.persistence import load_model
-
-    if isinstance(job, CytomineJobRun):
-        if not args.cytomine_id_job:
-            raise ParameterError("Set cytomine_id_job to the id of the training job whose model to use.")
-        assert job.session is not None and job.workdir is not None
-        path, _ = download_job_model(job.session, args.cytomine_id_job, MODEL_FILENAME, job.workdir / MODEL_FILENAME)
-    else:
-        if not args.model:
-            raise ParameterError("Give --model PATH (the mtdp-model.npz of a training run) in local mode.")
-        path = Path(args.model)
-    model = load_model(path)
-    check_backbone(model, args)
-    return model
-
-
-#: Weight sources named by the catalogue (anything else given as weights is a file path).
-WEIGHT_SOURCES = ("imagenet", "imagenet_v2", "mtdp", "random")
-
-
-def check_backbone(model: Any, args: argparse.Namespace) -> None:
-    """Refuse a backbone or weights other than the model's (its classifier only fits those features)."""
-    from mtdp_core.errors import IncompatibleModelError
-
-    trained = model.describe_backbone()
-    source = model.backbone.get("weights", {}).get("source")
-    fix = f"Leave backbone and weights empty (or set {model.arch} and {source})"
-    origin = f"the model of job {args.cytomine_id_job or args.model}"
-    if args.backbone and args.backbone != model.arch:
-        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.backbone}.")
-    if not args.weights or model.kind == "finetune":
-        return
-    if args.weights in WEIGHT_SOURCES and args.weights != source:
-        # Known before loading anything (the other weights may not even be on this machine).
-        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.weights} weights.")
-    try:
-        model.check_backbone(model.feature_extractor(weights=args.weights).identity())
-    except IncompatibleModelError as exc:
-        raise BackboneMismatchError(f"{fix}: {exc}") from None
 
 
 def predict_scores(

@@ -22,6 +22,7 @@ from mtdp_core.cytomine.annotations import TrainingLabels, training_labels
 from mtdp_core.cytomine.apps.common import (
     MODEL_FILENAME,
     check_device,
+    crop_resolution,
     crop_spec_from_args,
     extract_features,
     fetch_crops,
@@ -64,6 +65,7 @@ def cytomine_training_set(
     spec = crop_spec_from_args(args)
     records, paths, report = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 35))
     labels = training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    _, resolution = crop_resolution(job, records, spec, args.image_size)
     source = {
         "project": job.project_id,
         "job": job.id,
@@ -74,6 +76,7 @@ def cytomine_training_set(
         "n_images": len({r.image for r in records}),
         "crops_failed": report.n_failed,
         "annotation_ids": [r.id for r in records],
+        "resolution": resolution,
     }
     return TrainingSet(paths, labels, [r.image for r in records], source)
 
@@ -155,6 +158,7 @@ def run(job: Job, args: argparse.Namespace) -> str:
         class_names=names,
         class_ids={int(c): data.labels.class_ids[int(c)] for c in classes},
         extra=extra,
+        mpp=(data.source.get("resolution") or {}).get("mpp"),
     )
     job.attach(model_path)
     cv_rows = [
