@@ -18,8 +18,9 @@ from mtdp_core.server.backends import AnnotationQuery
 from mtdp_core.server.importers import import_folder
 from mtdp_core.slides.testing import write_slide
 from mtdp_core.transfer.persistence import load_model
-from tests.slides.conftest import two_tissue_pixels
-from tests.workflows.conftest import FAILED, FAST, ROOT, SUCCESS, Apps
+from tests.helpers.apps import FAILED, FAST, SUCCESS, Apps
+from tests.helpers.paths import REPO_ROOT as ROOT
+from tests.helpers.slides import make_probe, two_tissue_pixels
 
 WIDTH, HEIGHT = 720, 560  # 1 µm/px; tissue on [40, 680) x [40, 520), pink left of x = 360, purple right
 TRAIN = {**FAST, "cv_folds": 3, "crop_max_size": 64}
@@ -132,8 +133,6 @@ def _model_job(apps: Apps, model: Path) -> dict:
 
 
 def test_a_model_without_resolution_needs_tile_mpp(slide_apps, tmp_path):
-    from tests.slides.conftest import make_probe
-
     job = _model_job(slide_apps, make_probe(tmp_path / "probe.npz", mpp=None))
     failed = slide_apps.run("slide_classify", cytomine_id_job=job["id"], **MAP)
     assert failed["status"] == FAILED and failed["status_comment"].startswith("Set tile_mpp to the µm per pixel")
@@ -209,8 +208,6 @@ def test_the_real_cmu_slide_is_mapped(server, shared_data, tmp_path, monkeypatch
     report = import_folder(server.store, "cmu", path)
     software = {"slide_classify": server.register_app(ROOT / "descriptors" / "slide_classify.json")["id"]}
     apps = Apps(server, SimpleNamespace(project_id=report.project["id"]), software)
-    from tests.slides.conftest import make_probe
-
     software["svm_train"] = software["slide_classify"]  # any software: the job only holds the model
     training = _model_job(apps, make_probe(tmp_path / "probe.npz", mpp=4.0))  # 32 px tiles of 128 scan pixels
     job = apps.run("slide_classify", cytomine_id_job=training["id"], tile_mpp=4, **MAP)

@@ -10,23 +10,16 @@ the predicted term; each image's GeoJSON (QuPath) and overlay picture are attach
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-try:
-    import mtdp_core  # noqa: F401
-except ImportError:  # run from a source checkout without installing: the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mtdp_core.cytomine.apps import slide_classify
-from mtdp_core.cytomine.biaflows import add_biaflows_arguments
 from mtdp_core.cytomine.inputs import (
-    add_backbone_inputs,
     add_connection_inputs,
     add_local_model_option,
-    add_runtime_inputs,
+    add_model_job_input,
+    add_processing_inputs,
 )
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, id_list, integer, new_parser, number
+from mtdp_core.cytomine.params import AppArgumentParser, add_input, id_list, new_parser, number
 
 DESCRIPTOR = {
     "name": "MTDP-Slide-Classify",
@@ -44,15 +37,7 @@ DESCRIPTOR = {
 def get_args_parser() -> AppArgumentParser:
     parser = new_parser("slide_classify", DESCRIPTOR["description"])
     add_connection_inputs(parser)
-    add_input(
-        parser,
-        "cytomine_id_job",
-        type="Number",
-        name="Training job",
-        optional=False,
-        converter=integer(1),
-        description="Id of the training job (MTDP-SVM-Train or MTDP-Finetune-Predict) whose model to use.",
-    )
+    add_model_job_input(parser)
     add_input(
         parser,
         "cytomine_id_images",
@@ -139,14 +124,12 @@ def get_args_parser() -> AppArgumentParser:
         "file (needs the right to download); auto: windows when the model reads at a quarter of the scan's "
         "resolution or less, else the file when it can be downloaded.",
     )
-    add_backbone_inputs(parser, from_model=True)
-    add_runtime_inputs(parser)
-    add_local_model_option(add_biaflows_arguments(parser))
+    add_local_model_option(add_processing_inputs(parser, from_model=True, image_size=False, crops=False))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_app(get_args_parser(), sys.argv[1:] if argv is None else argv, slide_classify.run, app="slide_classify")
+    return run_app(get_args_parser(), argv, slide_classify.run, app="slide_classify")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from shapely import affinity
 from shapely.geometry.base import BaseGeometry
 
 from mtdp_core.cytomine.annotations import AnnotationFilters, AnnotationRecord, list_annotations
-from mtdp_core.cytomine.apps.common import cache_root, check_device, load_trained_model, write_rows
+from mtdp_core.cytomine.apps import common
 from mtdp_core.cytomine.errors import CytomineRequestError, NoAnnotationsError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job
-from mtdp_core.cytomine.push import Prediction, PredictionPusher, software_job_users
+from mtdp_core.cytomine.push import Prediction
 from mtdp_core.cytomine.slides import CytomineSlide, RemoteImage, open_remote_slide
 from mtdp_core.errors import MissingResolutionError, NoTissueError, RegionOutsideSlideError, SlideReadError
 
@@ -173,7 +173,7 @@ def open_target(job: Job, args: argparse.Namespace, target: Target, mpp: float) 
     if mode == "auto":
         zoom = int(math.floor(math.log2(mpp / scan * 1.01))) if scan else 0
         mode = "windows" if zoom >= WINDOWS_FROM_ZOOM else "download"
-    folder = cache_root(job) / "slides"
+    folder = common.cache_root(job) / "slides"
     if mode == "download":
         try:
             return download_slide(job, image, folder, scan)
@@ -323,9 +323,9 @@ def write_outputs(job: Job, target: Target, result: Any, slide: Any, min_area: f
 
 
 def run(job: Job, args: argparse.Namespace) -> str:
-    device = check_device(args)
+    device = common.check_device(args)
     job.stage("Loading the model", 0, 3)
-    model = load_trained_model(job, args)
+    model = common.load_trained_model(job, args)
     mpp = tile_resolution(model, args)
     job.stage("Listing the images and regions", 3, 5)
     targets = cytomine_targets(job, args) if isinstance(job, CytomineJobRun) else local_targets(job)
@@ -353,16 +353,22 @@ def run(job: Job, args: argparse.Namespace) -> str:
         for path in m.files:
             job.attach(path)
     job.attach(
-        write_rows(job.output_path("maps.csv"), ["image", "class", "tiles", "pieces", "area_mm2", "pushed"], rows)
+        common.write_rows(
+            job.output_path("maps.csv"), ["image", "class", "tiles", "pieces", "area_mm2", "pushed"], rows
+        )
     )
     n_tiles = sum(len(m.result.grid) for m in maps)
     totals = {n: sum(m.result.counts()[n] for m in maps) for n in names}
-    job.set_property("n_images", len(maps))
-    job.set_property("n_tiles", n_tiles)
-    job.set_property("tile_mpp", mpp)
-    job.set_property("class_tiles", ",".join(f"{n}:{c}" for n, c in totals.items()))
-    if args.cytomine_id_job:
-        job.set_property("model_job", args.cytomine_id_job)
+    classes = ",".join(f"{n}:{c}" for n, c in totals.items())
+    job.set_properties(
+        {
+            "n_images": len(maps),
+            "n_tiles": n_tiles,
+            "tile_mpp": mpp,
+            "class_tiles": classes,
+            "model_job": args.cytomine_id_job,
+        }
+    )
     shares = ", ".join(f"{n} {100 * c / max(1, n_tiles):.0f}%" for n, c in totals.items())
     return f"{len(maps)} images mapped, {n_tiles} tiles at {mpp:g} µm/px ({shares}): {comment_push}"
 
@@ -379,15 +385,11 @@ def push_maps(job: CytomineJobRun, args: argparse.Namespace, model: Any, maps: l
             record = AnnotationRecord(-(len(predictions) + 1), m.target.image.id, job.project_id, 0, (), location, "")
             owner[record.id] = (m.target.key, k)
             predictions.append(Prediction(record, term, rate))
-    stage = job.stage("Pushing the maps", 85, 97)
-    users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
-    pusher = PredictionPusher(job.session, job.project_id, users, mode="annotation", threads=args.n_download_threads)
-    report = pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
+    report = common.push_predictions(job, args, predictions, 85, 97, mode="annotation")
     pushed: dict[tuple[str, int], int] = {}
     for source in report.pushed:
         pushed[owner[source]] = pushed.get(owner[source], 0) + 1
-    job.set_property("push", report.summary())
-    job.set_property("push_failed", len(report.failed))
+    job.set_properties({"push": report.summary(), "push_failed": len(report.failed)})
     return pushed, report.summary()
 
 
