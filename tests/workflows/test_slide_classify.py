@@ -80,6 +80,7 @@ def _term_names(apps: Apps) -> dict[int, str]:
     return {t["id"]: t["name"] for t in apps.server.store.projects.terms(apps.project.project_id)}
 
 
+@pytest.mark.slow
 def test_the_map_is_pushed_once_with_the_model_resolution(slide_apps, trained):
     model = load_model(slide_apps.files(trained)["mtdp-model.npz"])
     assert model.mpp == pytest.approx(2.0)  # 64 px squares of a 1 µm/px slide, seen at 32 px
@@ -109,6 +110,7 @@ def test_the_map_is_pushed_once_with_the_model_resolution(slide_apps, trained):
     assert "0 annotations created" in again["status_comment"] and len(_pushed(slide_apps)) == len(pushed)
 
 
+@pytest.mark.slow
 def test_regions_of_interest_limit_the_map(slide_apps, trained):
     store = slide_apps.server.store
     roi = next(
@@ -132,6 +134,7 @@ def _model_job(apps: Apps, model: Path) -> dict:
     return job
 
 
+@pytest.mark.slow
 def test_a_model_without_resolution_needs_tile_mpp(slide_apps, tmp_path):
     job = _model_job(slide_apps, make_probe(tmp_path / "probe.npz", mpp=None))
     failed = slide_apps.run("slide_classify", cytomine_id_job=job["id"], **MAP)
@@ -141,6 +144,7 @@ def test_a_model_without_resolution_needs_tile_mpp(slide_apps, tmp_path):
     assert "without a term to push" in done["status_comment"]  # a local model's classes have no Cytomine term
 
 
+@pytest.mark.slow
 def test_annotations_of_different_sizes_record_no_resolution(slide_apps):
     store = slide_apps.server.store
     terms = {t["name"]: t["id"] for t in store.projects.terms(slide_apps.project.project_id)}
@@ -154,6 +158,7 @@ def test_annotations_of_different_sizes_record_no_resolution(slide_apps):
     assert model.mpp is None and "different resolutions" in model.extra["source"]["resolution"]["why"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -171,6 +176,7 @@ def _add_image(apps: Apps, path: Path) -> dict:
     return apps.server.store.images.add(path, apps.project.project_id)
 
 
+@pytest.mark.slow
 def test_bad_slides_fail_with_nothing_pushed(slide_apps, trained, tmp_path):
     blank = np.full((HEIGHT, WIDTH, 3), 243, dtype=np.uint8)
     _add_image(slide_apps, write_slide(tmp_path / "blank.tif", blank, levels=2, tile=128, mpp=1.0))
@@ -180,6 +186,7 @@ def test_bad_slides_fail_with_nothing_pushed(slide_apps, trained, tmp_path):
     assert job["status"] == FAILED and not _pushed(slide_apps)
 
 
+@pytest.mark.slow
 def test_a_slide_without_resolution_needs_slide_mpp(slide_apps, trained, tmp_path):
     image = _add_image(slide_apps, write_slide(tmp_path / "nompp.tif", two_tissue_pixels(), levels=2, mpp=None))
     params = {**MAP, "cytomine_id_job": trained["id"], "cytomine_id_images": [image["id"]]}
@@ -189,6 +196,7 @@ def test_a_slide_without_resolution_needs_slide_mpp(slide_apps, trained, tmp_pat
     assert job["status"] == SUCCESS, job["status_comment"]
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_fails_clearly(slide_apps, trained, tmp_path):
     path = write_slide(tmp_path / "damaged.tif", two_tissue_pixels(), levels=2, mpp=1.0)
     image = _add_image(slide_apps, path)
@@ -198,6 +206,7 @@ def test_an_unreadable_file_fails_clearly(slide_apps, trained, tmp_path):
     assert not _pushed(slide_apps)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_the_real_cmu_slide_is_mapped(server, shared_data, tmp_path, monkeypatch):
     path = shared_data / "wsi" / "CMU-1-Small-Region.svs"
@@ -213,3 +222,15 @@ def test_the_real_cmu_slide_is_mapped(server, shared_data, tmp_path, monkeypatch
     job = apps.run("slide_classify", cytomine_id_job=training["id"], tile_mpp=4, **MAP)
     assert job["status"] == SUCCESS, job["status_comment"]
     assert int(apps.properties(job)["n_tiles"]) > 20
+
+
+def test_local_mode_maps_a_folder_of_slides(slides, tmp_path):
+    from tests.helpers.apps import load_workflow
+
+    model = make_probe(tmp_path / "probe.npz")  # records 2 µm/px
+    out = tmp_path / "maps"
+    argv = ["--local", "--model", str(model), "--infolder", str(slides), "--outfolder", str(out), "--n_workers", "0"]
+    assert load_workflow("slide_classify").main(argv) == 0
+    rows = list(csv.DictReader(open(out / "maps.csv")))
+    assert {r["image"] for r in rows} == {"case"} and sum(int(r["tiles"]) for r in rows) > 40
+    assert (out / "case.geojson").is_file() and (out / "case-overlay.png").is_file()
