@@ -415,6 +415,17 @@ def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
     return model
 
 
+def model_weights(model: Any, args: argparse.Namespace) -> str | None:
+    """The backbone weights to extract a probe's features with: the ``weights`` asked, else the
+    weights file the model was trained with when it is here (None: the model's own source)."""
+    if args.weights:
+        return args.weights
+    w = model.backbone.get("weights", {}) if model.kind != "finetune" else {}
+    if w.get("source") == "file" and w.get("file") and Path(w["file"]).is_file():
+        return w["file"]
+    return None
+
+
 #: Weight sources named by the catalogue (anything else given as weights is a file path).
 WEIGHT_SOURCES = ("imagenet", "imagenet_v2", "mtdp", "random")
 

@@ -160,28 +160,106 @@ def local_targets(job: Job) -> list[Target]:
 # --------------------------------------------------------------------------- one image
 
 
-def open_target(job: Job, args: argparse.Namespace, target: Target, mpp: float) -> Any:
-    """The slide of ``target``: a local file, the downloaded file, or blocks (``pixels``)."""
-    from mtdp_core.slides.reader import open_slide
+@dataclass
+class SlideMapper:
+    """What every image of a run is mapped with: the job, its parameters, the model and the
+    resolution of its tiles (µm per pixel), the device."""
 
-    if target.path is not None:
-        return open_slide(target.path, mpp=args.slide_mpp)
-    assert isinstance(job, CytomineJobRun) and job.session is not None and target.image is not None
-    image = target.image
-    scan = args.slide_mpp or image.mpp
-    mode = args.pixels
-    if mode == "auto":
-        zoom = int(math.floor(math.log2(mpp / scan * 1.01))) if scan else 0
-        mode = "windows" if zoom >= WINDOWS_FROM_ZOOM else "download"
-    folder = common.cache_root(job) / "slides"
-    if mode == "download":
+    job: Job
+    args: argparse.Namespace
+    model: Any
+    mpp: float
+    device: str
+
+    def open(self, target: Target) -> Any:
+        """The slide of ``target``: a local file, the downloaded file, or blocks (``pixels``)."""
+        from mtdp_core.slides.reader import open_slide
+
+        job, args = self.job, self.args
+        if target.path is not None:
+            return open_slide(target.path, mpp=args.slide_mpp)
+        assert isinstance(job, CytomineJobRun) and job.session is not None and target.image is not None
+        image = target.image
+        scan = args.slide_mpp or image.mpp
+        mode = args.pixels
+        if mode == "auto":
+            zoom = int(math.floor(math.log2(self.mpp / scan * 1.01))) if scan else 0
+            mode = "windows" if zoom >= WINDOWS_FROM_ZOOM else "download"
+        folder = common.cache_root(job) / "slides"
+        if mode == "download":
+            try:
+                return download_slide(job, image, folder, scan)
+            except (CytomineRequestError, SlideReadError) as exc:
+                if args.pixels == "download":
+                    raise ParameterError(
+                        f"Set pixels to windows (or auto): image {image.id} cannot be downloaded: {exc}"
+                    ) from None
+                logger.info("image %d: reading blocks, the file cannot be used (%s)", image.id, exc)
+        return open_remote_slide(job.session, image, folder, mpp=args.slide_mpp)
+
+    def map(self, target: Target, span: tuple[int, int], note: str = "") -> ImageMap:
+        """Tissue, tiles, pixels, classes and merged pieces of one image (see the module
+        docstring); ``note`` (how far the job got) goes into error messages, after its name."""
+        from mtdp_core.slides.classify import classify_tiles
+        from mtdp_core.slides.reader import Resolution
+
+        start, end = span
+        self.job.progress(start, f"{target.key}: finding the tissue")
+        slide = self.open(target)
         try:
-            return download_slide(job, image, folder, scan)
-        except (CytomineRequestError, SlideReadError) as exc:
-            if args.pixels == "download":
-                raise ParameterError(f"Set pixels to windows (or auto): image {image.id} cannot be downloaded: {exc}")
-            logger.info("image %d: reading blocks, the file cannot be used (%s)", image.id, exc)
-    return open_remote_slide(job.session, image, folder, mpp=args.slide_mpp)
+            grid = self.tiles(target, slide, span, note)
+            self.job.progress((start + end) // 2, f"{target.key}: classifying {len(grid)} tiles")
+            result = classify_tiles(
+                self.model,
+                grid,
+                slide.info(),
+                Resolution(mpp=self.mpp),
+                weights=common.model_weights(self.model, self.args),
+                batch_size=self.args.batch_size,
+                num_workers=self.args.n_workers,
+                device=self.device,
+                progress=False,
+            )
+            min_area = self.args.min_area / (slide.mpp or self.mpp) ** 2  # µm² -> level-0 pixels²
+            files = write_outputs(self.job, target, result, slide, min_area)
+            return ImageMap(target, result, class_pieces(result, min_area), files)
+        finally:
+            slide.close()
+
+    def tiles(self, target: Target, slide: Any, span: tuple[int, int], note: str) -> Any:
+        """The grid of the model's tiles over the tissue (inside the regions), its pixels fetched
+        when the slide is remote; the library's errors with the fix an app user can make."""
+        from mtdp_core.slides.reader import Resolution
+        from mtdp_core.slides.tiles import tile_grid
+        from mtdp_core.slides.tissue import TissueDetector
+
+        try:
+            grid = tile_grid(
+                slide,
+                tile_size=self.model.preprocessing.size,
+                resolution=Resolution(mpp=self.mpp),
+                tissue=TissueDetector(),
+                min_tissue=self.args.min_tissue,
+                regions=target.regions,
+            )
+            if isinstance(slide, CytomineSlide):
+                stage = self.job.stage(f"{target.key}: downloading the tiles' pixels", span[0], sum(span) // 2)
+                level = slide.best_level(grid.downsample)
+                slide.prefetch(level, grid.boxes, threads=self.args.n_download_threads, progress=stage.update)
+            return grid
+        except MissingResolutionError:
+            raise MissingResolutionError(
+                f"Set slide_mpp (the scan's µm per pixel, e.g. 0.25 at 40x), or give image {target.key} a resolution "
+                f"in Cytomine{note}: it records none, and tiles are read in µm per pixel."
+            ) from None
+        except NoTissueError as exc:
+            raise NoTissueError(f"Select images with tissue, or lower min_tissue: {target.key}{note}: {exc}") from None
+        except RegionOutsideSlideError as exc:
+            raise RegionOutsideSlideError(f"Draw the regions inside the image {target.key}{note}: {exc}") from None
+        except CytomineRequestError as exc:
+            raise SlideReadError(
+                f"Check image {target.key} on the server{note}: its pixels cannot be read ({exc})"
+            ) from None
 
 
 def download_slide(job: CytomineJobRun, image: RemoteImage, folder: Path, mpp: float | None) -> Any:
@@ -196,99 +274,6 @@ def download_slide(job: CytomineJobRun, image: RemoteImage, folder: Path, mpp: f
         job.session.download(f"imageinstance/{image.id}/download", tmp)
         tmp.replace(path)
     return open_slide(path, mpp=mpp)
-
-
-def map_image(
-    job: Job,
-    args: argparse.Namespace,
-    model: Any,
-    mpp: float,
-    target: Target,
-    device: str,
-    span: tuple[int, int],
-    note: str = "",
-) -> ImageMap:
-    """Tissue, tiles, pixels, classes and merged pieces of one image (see the module docstring);
-    ``note`` (how far the job got) goes into error messages, after the image's name."""
-    from mtdp_core.slides.classify import classify_tiles
-    from mtdp_core.slides.reader import Resolution
-
-    start, end = span
-    job.progress(start, f"{target.key}: finding the tissue")
-    slide = open_target(job, args, target, mpp)
-    try:
-        grid = tiles_of(job, args, model, mpp, target, slide, span, note)
-        job.progress((start + end) // 2, f"{target.key}: classifying {len(grid)} tiles")
-        result = classify_tiles(
-            model,
-            grid,
-            slide.info(),
-            Resolution(mpp=mpp),
-            weights=_weights(model, args),
-            batch_size=args.batch_size,
-            num_workers=args.n_workers,
-            device=device,
-            progress=False,
-        )
-        min_area = args.min_area / (slide.mpp or mpp) ** 2  # µm² -> level-0 pixels²
-        files = write_outputs(job, target, result, slide, min_area)
-        return ImageMap(target, result, class_pieces(result, min_area), files)
-    finally:
-        slide.close()
-
-
-def tiles_of(
-    job: Job,
-    args: argparse.Namespace,
-    model: Any,
-    mpp: float,
-    target: Target,
-    slide: Any,
-    span: tuple[int, int],
-    note: str = "",
-) -> Any:
-    """The grid of the model's tiles over the tissue (inside the regions), its pixels fetched when
-    the slide is remote; the library's errors with the fix an app user can make."""
-    from mtdp_core.slides.reader import Resolution
-    from mtdp_core.slides.tiles import tile_grid
-    from mtdp_core.slides.tissue import TissueDetector
-
-    try:
-        grid = tile_grid(
-            slide,
-            tile_size=model.preprocessing.size,
-            resolution=Resolution(mpp=mpp),
-            tissue=TissueDetector(),
-            min_tissue=args.min_tissue,
-            regions=target.regions,
-        )
-        if isinstance(slide, CytomineSlide):
-            stage = job.stage(f"{target.key}: downloading the tiles' pixels", span[0], sum(span) // 2)
-            level = slide.best_level(grid.downsample)
-            slide.prefetch(level, grid.boxes, threads=args.n_download_threads, progress=stage.update)
-        return grid
-    except MissingResolutionError:
-        raise MissingResolutionError(
-            f"Set slide_mpp (the scan's µm per pixel, e.g. 0.25 at 40x), or give image {target.key} a resolution in "
-            f"Cytomine{note}: it records none, and tiles are read in µm per pixel."
-        ) from None
-    except NoTissueError as exc:
-        raise NoTissueError(f"Select images with tissue, or lower min_tissue: {target.key}{note}: {exc}") from None
-    except RegionOutsideSlideError as exc:
-        raise RegionOutsideSlideError(f"Draw the regions inside the image {target.key}{note}: {exc}") from None
-    except CytomineRequestError as exc:
-        raise SlideReadError(
-            f"Check image {target.key} on the server{note}: its pixels cannot be read ({exc})"
-        ) from None
-
-
-def _weights(model: Any, args: argparse.Namespace) -> str | None:
-    if args.weights:
-        return args.weights
-    w = model.backbone.get("weights", {}) if model.kind != "finetune" else {}
-    if w.get("source") == "file" and w.get("file") and Path(w["file"]).is_file():
-        return w["file"]  # the weights file the model was trained with, present here
-    return None
 
 
 def class_pieces(result: Any, min_area: float) -> list[tuple[int, BaseGeometry, float, int]]:
@@ -329,11 +314,12 @@ def run(job: Job, args: argparse.Namespace) -> str:
     mpp = tile_resolution(model, args)
     job.stage("Listing the images and regions", 3, 5)
     targets = cytomine_targets(job, args) if isinstance(job, CytomineJobRun) else local_targets(job)
+    mapper = SlideMapper(job, args, model, mpp, device)
     maps = []
     for i, target in enumerate(targets):
         span = (5 + 80 * i // len(targets), 5 + 80 * (i + 1) // len(targets))
         note = f" ({i} of {len(targets)} images mapped, nothing pushed)"
-        maps.append(map_image(job, args, model, mpp, target, device, span, note))
+        maps.append(mapper.map(target, span, note))
     names = [c.name for c in model.classes]
     pushed, comment_push = {}, "not pushed"
     if isinstance(job, CytomineJobRun) and job.flags.do_upload_annotations:

@@ -40,10 +40,7 @@ def predict_scores(
     runtime = {"batch_size": args.batch_size, "num_workers": args.n_workers, "device": device}
     extractor = None
     if model.kind != "finetune":
-        weights = args.weights or None
-        w = model.backbone.get("weights", {})
-        if weights is None and w.get("source") == "file" and w.get("file") and Path(w["file"]).is_file():
-            weights = w["file"]  # the weights file the model was trained with, present here
+        weights = common.model_weights(model, args)
         extractor = model.feature_extractor(weights=weights, cache_dir=common.cache_root(job) / "features", **runtime)
     calibration = model.extra.get("calibration") or {}
     if model.kind == "svm" and not calibration:
