@@ -11,19 +11,21 @@ Spring core, IMS for the Grails one). The semantics reproduced, with their sourc
   pixel box around it (core ``getGeometryBoundaries``).
 - **output size**: ``maxSize`` gives the longest side of the output, up- or down-scaling
   (PIMS ``length``); the Spring core defaults it to 256 when absent. Without ``maxSize``,
-  ``zoom`` k divides the size by 2**k (PIMS ``level``); 0 is full resolution. An output longer
-  than :data:`OUTPUT_SIZE_LIMIT` (10,000 px) on a side is refused with a 400, as PIMS does
-  (``SAFE_REJECT``), unless a crop asks ``safe=true`` (the core's ``X-Image-Size-Safety:
-  SAFE_RESIZE``): then it is shrunk to fit.
+  ``zoom`` k divides the size by 2**k (PIMS ``level``); 0 is full resolution. A crop asked with
+  ``safe=true`` (the core's ``X-Image-Size-Safety: SAFE_RESIZE``) is shrunk to fit the limits.
 - **mask**: white annotation on black, single channel; **alphamask**: the crop with an alpha
   channel that is transparent outside the annotation (PNG).
 - **window**: the rectangle ``x, y, w, h`` in image coordinates (top-left origin, as the
-  client's ``ImageInstance.window`` documents), cut to the image unless ``withExterior``.
+  client's ``ImageInstance.window`` documents), cut to the image unless ``withExterior`` (then
+  black outside it); a window starting left of or above the image needs ``withExterior``.
 - **thumb**: the whole image with its longest side at most ``maxSize`` (default 512).
 - **tile** (PIMS ``normalized-tile``): tile ``tx, ty`` (256 pixels, smaller on the right and
   bottom edges) of zoom ``z`` of the normalized pyramid, each tier half the previous one
   (rounded up), zoom 0 the smallest (fits one tile), the largest zoom the full resolution.
 
+Every renderer computes its output size first and checks it against the server's
+:class:`~mtdp_core.server.config.PixelLimits` (a side over 10,000 pixels, as PIMS, or more than
+``max_pixels``) before building anything: no request makes the server hold more than one output.
 Pixels come from a :class:`~mtdp_core.server.sources.PixelSource`: a decoded plain image or a
 whole-slide file, read from the one pyramid level each output needs (so a crop of a 100,000
 pixel slide reads a few tiles, never the slide).
@@ -36,10 +38,11 @@ import logging
 import math
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageColor, ImageDraw
 from shapely import affinity
 from shapely.geometry.base import BaseGeometry
 
+from mtdp_core.server.config import PixelLimits
 from mtdp_core.server.errors import BadRequest
 from mtdp_core.server.geometry import POINT_ENVELOPE, cytomine_to_image
 from mtdp_core.server.sources import PixelSource
@@ -56,30 +59,14 @@ FORMATS = {
 }
 #: Tile side of the normalized pyramid, which also defines the valid zoom levels of an image.
 TILE_SIZE = 256
-#: Longest side of any output (PIMS ``OUTPUT_SIZE_LIMIT``).
-OUTPUT_SIZE_LIMIT = 10_000
+#: Widest outline ``draw`` crops accept.
+MAX_THICKNESS = 100
 
 
 def max_zoom_level(width: int, height: int) -> int:
     """Deepest zoom level of an image: halve until the longest side fits one 256-pixel tile."""
     longest = max(width, height, 1)
     return max(0, math.ceil(math.log2(longest / TILE_SIZE))) if longest > TILE_SIZE else 0
-
-
-def check_output_size(size: tuple[int, int], what: str, *, safe: bool = False) -> tuple[int, int]:
-    """``size``, or 400 when a side is over :data:`OUTPUT_SIZE_LIMIT` (``safe``: shrunk to fit)."""
-    width, height = size
-    if max(width, height) <= OUTPUT_SIZE_LIMIT:
-        return size
-    if safe:
-        ratio = OUTPUT_SIZE_LIMIT / max(width, height)
-        return max(1, min(OUTPUT_SIZE_LIMIT, round(width * ratio))), max(
-            1, min(OUTPUT_SIZE_LIMIT, round(height * ratio))
-        )
-    raise BadRequest(
-        f"The {what} asked is {width} x {height} pixels, over the image server's limit of {OUTPUT_SIZE_LIMIT} "
-        "pixels a side (PIMS's output size limit): ask a smaller maxSize or a higher zoom level, or a smaller region"
-    )
 
 
 @dataclass(frozen=True)
@@ -114,8 +101,8 @@ def annotation_region(
         minx, miny, maxx, maxy = minx - half, miny - half, maxx + half, maxy + half
     left, top = minx, image_height - maxy
     width, height = maxx - minx, maxy - miny
-    if increase_area and increase_area != 1.0:
-        if increase_area <= 0:
+    if increase_area is not None and increase_area != 1.0:
+        if not (math.isfinite(increase_area) and increase_area > 0):
             raise BadRequest(
                 f"Invalid increaseArea {increase_area}: use a positive factor (e.g. 1.5 for 50% more context)"
             )
@@ -201,16 +188,31 @@ class CropOptions:
     thickness: int = 1
     safe: bool = False
 
+    def __post_init__(self) -> None:
+        """400 for a value no crop can be made with (the region and output size are checked once known)."""
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise BadRequest(f"Invalid jpegQuality {self.jpeg_quality}: use 1 to 100")
+        if not 1 <= self.thickness <= MAX_THICKNESS:
+            raise BadRequest(f"Invalid thickness {self.thickness}: use 1 to {MAX_THICKNESS} pixels")
+        try:
+            ImageColor.getrgb(self.color)
+        except ValueError:
+            raise BadRequest(f"Invalid color {self.color[:40]!r}: use #RRGGBB (or 0xRRGGBB) or a colour name") from None
 
-def render_crop(source: PixelSource, geometry: BaseGeometry, options: CropOptions) -> tuple[bytes, str]:
+
+def render_crop(
+    source: PixelSource, geometry: BaseGeometry, options: CropOptions, limits: PixelLimits | None = None
+) -> tuple[bytes, str]:
     """Crop (or mask) of ``geometry`` (Cytomine coordinates) from ``source``."""
+    limits = limits or PixelLimits()
     image_width, image_height = source.width, source.height
     region = annotation_region(geometry, image_width, image_height, options.increase_area, options.square)
     left, top, right, bottom = region.discretize(image_width, image_height)
     out_size = output_size(
         right - left, bottom - top, options.max_size, options.zoom, max_zoom_level(image_width, image_height)
     )
-    out_size = check_output_size(out_size, options.kind, safe=options.safe)
+    out_size = limits.fit(out_size) if options.safe else out_size
+    limits.check(out_size, (right - left, bottom - top), what=options.kind)
     fmt = options.fmt
     if options.kind == "alphamask":
         fmt = "png"  # alpha needs PNG, as the core's checkFormat(['png'])
@@ -254,18 +256,25 @@ def render_window(
     with_exterior: bool = False,
     max_size: int | None = None,
     zoom: int | None = None,
+    limits: PixelLimits | None = None,
 ) -> tuple[bytes, str]:
     """The rectangle ``x, y, w, h`` (top-left origin) of the image, its longest side ``max_size``,
-    else reduced ``2**zoom`` times; with ``with_exterior`` the part outside the image is black."""
+    else reduced ``2**zoom`` times. With ``with_exterior`` the part outside the image is black; the
+    output is built at its final size (never the rectangle asked, which may be far larger)."""
     if w <= 0 or h <= 0:
         raise BadRequest(f"Invalid window {w} x {h}: width and height must be positive")
+    if not with_exterior and (x < 0 or y < 0):
+        raise BadRequest(
+            f"Window {x},{y},{w},{h} starts outside the image: use x, y >= 0, or withExterior=true to get "
+            "black pixels outside the image"
+        )
     inside = (max(0, x), max(0, y), min(source.width, x + w), min(source.height, y + h))
     if not with_exterior:
         if inside[2] <= inside[0] or inside[3] <= inside[1]:
             raise BadRequest(f"Window {x},{y},{w},{h} lies outside the {source.width} x {source.height} image")
         x, y, w, h = inside[0], inside[1], inside[2] - inside[0], inside[3] - inside[1]
     size = output_size(w, h, max_size, zoom, max_zoom_level(source.width, source.height))
-    size = check_output_size(size, "window")
+    (limits or PixelLimits()).check(size, (w, h), what="window")
     if not with_exterior:
         return encode(source.region(inside, size), fmt)
     window = Image.new(source.mode, size, 0)
@@ -277,11 +286,11 @@ def render_window(
     return encode(window, fmt)
 
 
-def render_thumb(source: PixelSource, max_size: int, fmt: str) -> tuple[bytes, str]:
+def render_thumb(source: PixelSource, max_size: int, fmt: str, limits: PixelLimits | None = None) -> tuple[bytes, str]:
     """The whole image, its longest side at most ``max_size`` (never enlarged)."""
     width, height = source.width, source.height
     size = output_size(width, height, max_size, None, 0) if max(width, height) > max_size else (width, height)
-    size = check_output_size(size, "thumbnail")
+    (limits or PixelLimits()).check(size, what="thumbnail")
     return encode(source.region((0, 0, width, height), size), fmt)
 
 
@@ -293,7 +302,9 @@ def tier_size(width: int, height: int, zoom: int) -> tuple[int, int]:
     return width, height
 
 
-def render_tile(source: PixelSource, zoom: int, tx: int, ty: int, fmt: str) -> tuple[bytes, str]:
+def render_tile(
+    source: PixelSource, zoom: int, tx: int, ty: int, fmt: str, limits: PixelLimits | None = None
+) -> tuple[bytes, str]:
     """Tile ``tx, ty`` of zoom ``zoom`` of the normalized pyramid (see the module docstring)."""
     max_zoom = max_zoom_level(source.width, source.height)
     if not 0 <= zoom <= max_zoom:
@@ -306,5 +317,6 @@ def render_tile(source: PixelSource, zoom: int, tx: int, ty: int, fmt: str) -> t
         )
     left, top = tx * TILE_SIZE, ty * TILE_SIZE
     right, bottom = min(tier_w, left + TILE_SIZE), min(tier_h, top + TILE_SIZE)
+    (limits or PixelLimits()).check((right - left, bottom - top), what="tile")
     fx, fy = source.width / tier_w, source.height / tier_h
     return encode(source.region((left * fx, top * fy, right * fx, bottom * fy), (right - left, bottom - top)), fmt)

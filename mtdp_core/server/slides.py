@@ -22,6 +22,7 @@ regions, which only means something when two implementations agree (see docs/loc
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from pathlib import Path
 from PIL import Image
 
 from mtdp_core.server.errors import BadRequest, NotFound
+
+logger = logging.getLogger(__name__)
 
 #: File types of whole-slide images found by ``mtdp server import`` in a folder (any other file
 #: OpenSlide reads can be imported by naming it). Hamamatsu VMS is left out of folder scans: its
@@ -107,7 +110,8 @@ class SlideFile:
         try:
             self._osr = openslide.OpenSlide(str(path))
         except (openslide.OpenSlideError, OSError) as exc:
-            raise NotFound(f"Slide file {path} cannot be read: {exc}") from None
+            logger.error("slide file %s cannot be read: %s", path, exc)
+            raise NotFound(f"Slide file {Path(path).name!r} cannot be read: see the server's log") from None
         self.path = Path(path)
         props = self._osr.properties
         self.vendor = vendor or props.get("openslide.vendor") or "generic-tiff"
@@ -184,7 +188,8 @@ class SlideFile:
         try:
             rgba = self._osr.read_region((round(x * scale), round(y * scale)), level, (width, height))
         except openslide.OpenSlideError as exc:
-            raise NotFound(f"Slide file {self.path} cannot be decoded at level {level} ({exc})") from None
+            logger.error("slide file %s cannot be decoded at level %d: %s", self.path, level, exc)
+            raise NotFound(f"Slide file {self.path.name!r} cannot be decoded: see the server's log") from None
         alpha = rgba.getchannel("A")
         if alpha.getextrema()[0] == 255:
             return rgba.convert("RGB")

@@ -131,7 +131,8 @@ def decode(path: str | os.PathLike) -> np.ndarray:
                 image = image.convert("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
             array = np.asarray(image)
     except (OSError, Image.DecompressionBombError) as exc:
-        raise NotFound(f"Image file {path} cannot be decoded: {exc}") from None
+        logger.error("image file %s cannot be decoded: %s", path, exc)
+        raise NotFound(f"Image file {os.path.basename(path)!r} cannot be decoded: see the server's log") from None
     array.setflags(write=False)
     return array
 
@@ -165,7 +166,9 @@ class ImageCache:
         try:
             key = (path, os.stat(path).st_mtime)
         except OSError:
-            raise NotFound(f"Image file {path} is missing from disk") from None
+            # The name only: a server path is no business of the caller's (the operator's log has it).
+            logger.error("image file %s is missing", path)
+            raise NotFound(f"Image file {os.path.basename(path)!r} is missing from the server's disk") from None
         with self._lock:
             source = self._items.get(key)
             if source is not None:

@@ -17,7 +17,8 @@ from mtdp_core.errors import ConfigurationError
 from mtdp_core.server import slides as server_slides
 from mtdp_core.server.errors import BadRequest
 from mtdp_core.server.geometry import box_in_cytomine
-from mtdp_core.server.imaging import OUTPUT_SIZE_LIMIT, check_output_size, tier_size
+from mtdp_core.server.config import PixelLimits
+from mtdp_core.server.imaging import tier_size
 from mtdp_core.server.importers import import_folder
 from mtdp_core.server.sources import ImageCache, image_info
 from mtdp_core.slides import open_slide
@@ -144,10 +145,12 @@ def test_blocks_join_without_seams(slide_folder, monkeypatch):
 def test_outputs_over_10000_pixels_are_refused(imported, server, tmp_path):
     _, images = imported
     image = ImageInstance().fetch(images["case.svs"]["id"])
-    assert not image.window(0, 0, 700, 500, dest_pattern=str(tmp_path / "big.png"), max_size=OUTPUT_SIZE_LIMIT + 1)
-    with pytest.raises(BadRequest, match="over the image server's limit of 10000 pixels a side"):
-        check_output_size((12_000, 300), "window")
-    assert check_output_size((20_000, 5_000), "crop", safe=True) == (10_000, 2_500)  # safe=true: shrunk to fit
+    assert not image.window(0, 0, 700, 500, dest_pattern=str(tmp_path / "big.png"), max_size=10_001)
+    limits = PixelLimits(max_pixels=10**9)
+    with pytest.raises(BadRequest, match="over the image server's limit of 10,000 pixels a side"):
+        limits.check((12_000, 300), what="window")
+    assert limits.fit((20_000, 5_000)) == (10_000, 2_500)  # safe=true: shrunk to fit, as PIMS's SAFE_RESIZE
+    assert PixelLimits().fit((20_000, 5_000)) == (8192, 2048)  # and within the pixel limit (4096 x 4096)
 
 
 @pytest.fixture(scope="module")
