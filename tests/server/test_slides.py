@@ -15,9 +15,9 @@ from PIL import Image
 
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.server import slides as server_slides
+from mtdp_core.server.config import PixelLimits
 from mtdp_core.server.errors import BadRequest
 from mtdp_core.server.geometry import box_in_cytomine
-from mtdp_core.server.config import PixelLimits
 from mtdp_core.server.imaging import tier_size
 from mtdp_core.server.importers import import_folder
 from mtdp_core.server.sources import ImageCache, image_info
