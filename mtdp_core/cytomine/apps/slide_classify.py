@@ -218,6 +218,7 @@ class SlideMapper:
                 batch_size=self.args.batch_size,
                 num_workers=self.args.n_workers,
                 device=self.device,
+                engine=self.args.engine,
                 progress=False,
             )
             min_area = self.args.min_area / (slide.mpp or self.mpp) ** 2  # µm² -> level-0 pixels²

@@ -41,7 +41,9 @@ def predict_scores(
     extractor = None
     if model.kind != "finetune":
         weights = common.model_weights(model, args)
-        extractor = model.feature_extractor(weights=weights, cache_dir=common.cache_root(job) / "features", **runtime)
+        extractor = model.feature_extractor(
+            weights=weights, cache_dir=common.cache_root(job) / "features", engine=args.engine, **runtime
+        )
     calibration = model.extra.get("calibration") or {}
     if model.kind == "svm" and not calibration:
         logger.warning("the model has no calibration: probabilities are softmax(decision values)")
