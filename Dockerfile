@@ -7,7 +7,7 @@
 #       --local --infolder /data/in --outfolder /data/out
 #   singularity pull mtdp-svm-train.sif docker://mtdp/s_mtdp-svm-train:1.0.0    (Cytomine's processing servers)
 #
-# Targets: extract_features, svm_train (the default), svm_predict, finetune_predict.
+# Targets: extract_features, svm_train (the default), svm_predict, finetune_predict, slide_classify.
 # Stages, in the order of how often they change (each rebuilds only what follows it):
 #   python   the base image, the non-root user, the environment          (almost never)
 #   torch    the torch pair of requirements/torch.txt, checked          (a torch upgrade)
@@ -110,6 +110,11 @@ FROM app AS finetune_predict
 COPY descriptors/finetune_predict.json /app/descriptor.json
 COPY workflows/finetune_predict/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/finetune_predict/run.py"]
+
+FROM app AS slide_classify
+COPY descriptors/slide_classify.json /app/descriptor.json
+COPY workflows/slide_classify/run.py /app/run.py
+ENTRYPOINT ["python", "/app/workflows/slide_classify/run.py"]
 
 # Last: the default target of a plain `docker build .`.
 FROM app AS svm_train

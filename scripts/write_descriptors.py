@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
-APPS = ("extract_features", "svm_train", "svm_predict", "finetune_predict")
+APPS = ("extract_features", "svm_train", "svm_predict", "finetune_predict", "slide_classify")
 
 
 def load_workflow(app: str) -> ModuleType:

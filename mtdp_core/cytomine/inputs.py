@@ -339,17 +339,36 @@ def app_parser(app: str, description: str, *, purpose: str) -> AppArgumentParser
     return parser
 
 
+def add_model_job_input(parser: argparse.ArgumentParser) -> None:
+    """The training job whose model a predict app uses."""
+    add_input(
+        parser,
+        "cytomine_id_job",
+        type="Number",
+        name="Training job",
+        optional=False,
+        converter=integer(1),
+        description="Id of the training job (MTDP-SVM-Train or MTDP-Finetune-Predict) whose model to use.",
+    )
+
+
 def add_processing_inputs(
-    parser: argparse.ArgumentParser, *, from_model: bool = False, image_size: bool = True, engine: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    from_model: bool = False,
+    image_size: bool = True,
+    engine: bool = True,
+    crops: bool = True,
 ) -> argparse._ArgumentGroup:
-    """The inputs every app ends with: crops, backbone (and image size), runtime (and the
-    inference engine of a frozen backbone), then the BIAFLOWS and local-run options (not
-    descriptor inputs), whose group is returned.
+    """The inputs every app ends with: crops (unless ``crops`` is false: apps that read slides),
+    backbone (and image size), runtime (and the inference engine of a frozen backbone), then the
+    BIAFLOWS and local-run options (not descriptor inputs), whose group is returned.
 
     ``from_model``: crops and backbone default to the training job's (predict apps).
     ``engine``: False for an app that trains its network (fine-tuning runs with torch).
     """
-    add_crop_inputs(parser, from_model=from_model)
+    if crops:
+        add_crop_inputs(parser, from_model=from_model)
     add_backbone_inputs(parser, from_model=from_model)
     if image_size:
         add_image_size_input(parser)
@@ -369,6 +388,7 @@ __all__ = [
     "add_filter_inputs",
     "add_image_size_input",
     "add_local_model_option",
+    "add_model_job_input",
     "add_processing_inputs",
     "add_push_inputs",
     "add_runtime_inputs",

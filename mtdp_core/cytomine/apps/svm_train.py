@@ -48,7 +48,8 @@ def run(job: Job, args: argparse.Namespace) -> str:
     job.progress(90, "Saving the model and report")
     names = data.names(probe.classes_)
     extra = model_metadata(data, probe, names)
-    common.save_classifier(job, probe, names, data.term_ids(probe.classes_), extra, features=extractor)
+    mpp = (data.source.get("resolution") or {}).get("mpp")
+    common.save_classifier(job, probe, names, data.term_ids(probe.classes_), extra, features=extractor, mpp=mpp)
     if job.flags.do_compute_metrics:
         write_cv_metrics(job, args, probe, names, data)
     grouped = make_cv(data.y, [str(g) for g in data.groups], args.cv_folds, seed=args.seed).grouped
