@@ -27,9 +27,10 @@ from mtdp_core.cytomine.inputs import (
     add_filter_inputs,
     add_image_size_input,
     add_runtime_inputs,
+    add_svm_inputs,
 )
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer, new_parser
+from mtdp_core.cytomine.params import AppArgumentParser, add_input, new_parser
 
 DESCRIPTOR = {
     "name": "MTDP-SVM-Train",
@@ -59,28 +60,7 @@ def get_args_parser() -> AppArgumentParser:
         description="Binary mode: annotations with these terms form the positive class, all others the "
         "negative class. Empty: one class per term.",
     )
-    add_input(
-        parser,
-        "cv_folds",
-        type="Number",
-        name="Cross-validation folds",
-        default=5,
-        converter=integer(2, 20),
-        description="Folds of the cross-validation that chooses the SVM's C; annotations of one image stay "
-        "in one fold (fewer folds when there are fewer images).",
-        minimum=2,
-        maximum=20,
-    )
-    add_input(
-        parser,
-        "balanced_classes",
-        type="Boolean",
-        name="Balance classes",
-        default=False,
-        converter=boolean,
-        description="Weight classes inversely to their number of annotations (helps when one term "
-        "dominates, e.g. red blood cells).",
-    )
+    add_svm_inputs(parser)
     add_crop_inputs(parser)
     add_backbone_inputs(parser)
     add_image_size_input(parser)
