@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mtdp_core.transfer.cli", "apply a saved model (probe or fine-tuned) to images"),
     "finetune": ("mtdp_core.transfer.cli", "fine-tune a backbone + new linear layer on a folder of class folders"),
     "server": ("mtdp_core.server.cli", "the local Cytomine-compatible server (serve, import, launch apps)"),
+    "appengine": (
+        "mtdp_core.appengine.cli",
+        "the apps as Cytomine App Engine tasks: descriptors, local runs, bundles",
+    ),
     "pool": ("mtdp_core.data.cli", "build, describe or index a pool of tasks for multi-task pre-training"),
     "compare": (
         "mtdp_core.evaluation.cli",
