@@ -500,7 +500,7 @@ def _run_record(result: RunResult) -> dict[str, Any]:
 
 def format_result(result: RunResult, descriptor: Mapping[str, Any]) -> str:
     """A readable report of a run (what the web UI's run table shows, and more)."""
-    lines = [f"{result.task}: {result.state} in {result.seconds:.0f} s ({result.folder})"]
+    lines = [f"{result.task}: {result.state} in {result.seconds:.0f} s ({_shown(result.folder)})"]
     if not result.ok:
         lines.append(f"  reason: {result.reason}")
         return "\n".join(lines)
@@ -521,13 +521,21 @@ def format_result(result: RunResult, descriptor: Mapping[str, Any]) -> str:
                 cells = [_short(result.outputs[g][i]) for g in group]
                 lines.append(f"    {i:>3}  " + "  ".join(cells))
             if len(value) > 10:
-                lines.append(f"    ... ({len(value) - 10} more in {result.folder / 'run.json'})")
+                lines.append(f"    ... ({len(value) - 10} more in {_shown(result.folder / 'run.json')})")
         else:
             shown.add(name)
             lines.append(f"  {name}: {_short(value)}")
     if result.geojson:
-        lines.append(f"  geometries in image coordinates (top-left origin): {result.geojson}")
+        lines.append(f"  geometries in image coordinates (top-left origin): {_shown(result.geojson)}")
     return "\n".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (shorter to read)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _short(value: Any) -> str:
@@ -537,5 +545,5 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, Path):
-        return str(value)
+        return _shown(value)
     return str(value)
