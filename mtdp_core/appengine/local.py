@@ -230,37 +230,44 @@ def _parse_geometries(text: str, label: str) -> list[BaseGeometry]:
     return [parse_geojson(data, what=label)]
 
 
+def _open_slide(path: Path):
+    """The file as a slide (``mtdp_core.slides``: whole slides and plain images), or None when
+    that package is not installed."""
+    try:
+        from mtdp_core.slides import open_slide
+    except ImportError:
+        return None
+    return open_slide(path)
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """Level-0 width and height of an image or a whole slide."""
     from PIL import Image, UnidentifiedImageError
 
+    slide = _open_slide(path)
+    if slide is not None:
+        with slide:
+            return tuple(slide.dimensions)  # type: ignore[return-value]
     try:
         with Image.open(path) as image:
             return image.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        pass
-    try:
-        from mtdp_core.slides import open_slide
-    except ImportError:
-        raise TaskInputError(f"Give an image Pillow reads: {path} is not one (whole slides need mtdp_core.slides).")
-    with open_slide(path) as slide:
-        return tuple(slide.dimensions)  # type: ignore[return-value]
+        raise TaskInputError(
+            f"Give an image Pillow reads: {path} is not one (whole slides need mtdp_core.slides)."
+        ) from None
 
 
 def _read_box(path: Path, box: tuple[int, int, int, int]) -> Any:
     """Level-0 pixels of ``box`` (left, top, right, bottom) of an image or a whole slide."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB").crop(box)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        pass
-    from mtdp_core.slides import open_slide
+    from PIL import Image
 
     left, top, right, bottom = box
-    with open_slide(path) as slide:
-        return slide.read_region((left, top, right - left, bottom - top), (right - left, bottom - top))
+    slide = _open_slide(path)
+    if slide is not None:
+        with slide:
+            return slide.read_region((left, top, right - left, bottom - top), (right - left, bottom - top))
+    with Image.open(path) as image:
+        return image.convert("RGB").crop(box)
 
 
 def cut_annotation(path: Path, geometry: BaseGeometry, target: Path) -> ImageSource:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
@@ -44,6 +45,18 @@ def _crop_size(value: str) -> int:
 
 #: 0 (the size of the zoom level) or 8 to 4096 pixels.
 crop_size = _Converter("0 (no rescaling) or a size from 8 to 4096 pixels", _crop_size, "integer", 0, 4096)
+
+
+def _resolution(value: str) -> str:
+    text = value.strip().lower().replace("µ", "u")
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(x|mpp|um|um/px|)", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError
+    return value.strip()
+
+
+#: A resolution as mtdp_core.slides reads it: µm per pixel (0.5, 0.5mpp) or a magnification (20x).
+resolution = _Converter("micrometres per pixel (e.g. 0.5) or a magnification (e.g. 20x)", _resolution)
 
 
 @contextlib.contextmanager
@@ -400,6 +413,55 @@ def add_finetune_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_slide_inputs(parser: argparse.ArgumentParser) -> None:
+    """How a whole image is mapped: the resolution tiles are read at, the image's own resolution when
+    its file lacks it, how much tissue a tile needs, and whether tiles or merged regions come back."""
+    add_input(
+        parser,
+        "resolution",
+        type="String",
+        name="Resolution of the tiles",
+        default="",
+        converter=resolution,
+        description="Where the tiles of a whole image are read: micrometres per pixel (e.g. 0.5) or a "
+        "magnification (e.g. 20x). Empty: the resolution the model was trained at (models record it when "
+        "it is known); give it for models that do not.",
+    )
+    add_input(
+        parser,
+        "slide_mpp",
+        type="Number",
+        name="Resolution of the image (µm/px)",
+        default=None,
+        converter=number(0.01, 100.0),
+        description="Micrometres per pixel of the whole image, when its file does not record it (plain "
+        "images, some TIFFs). Empty: the file's.",
+        minimum=0.01,
+        maximum=100,
+    )
+    add_input(
+        parser,
+        "min_tissue",
+        type="Number",
+        name="Tissue share of a tile",
+        default=0.5,
+        converter=number(0.0, 1.0),
+        description="Share of a tile that must be tissue (found on a thumbnail) for the tile to be classified.",
+        minimum=0,
+        maximum=1,
+    )
+    add_input(
+        parser,
+        "map_as",
+        type="String",
+        name="Map as",
+        default="regions",
+        choices=("regions", "tiles"),
+        description="regions: the tiles of each class merged into regions (one annotation per connected "
+        "region); tiles: one annotation per tile (many on a large image).",
+    )
+
+
 def add_push_inputs(parser: argparse.ArgumentParser) -> None:
     add_input(
         parser,
@@ -432,6 +494,7 @@ __all__ = [
     "add_local_model_option",
     "add_push_inputs",
     "add_runtime_inputs",
+    "add_slide_inputs",
     "add_svm_inputs",
     "text",
 ]

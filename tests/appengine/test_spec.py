@@ -84,8 +84,15 @@ LEGACY = {
 def test_parameters_are_the_legacy_apps_definitions(name):
     """One source of truth: every parameter of a task is declared by the legacy app it comes from,
     with the same name, description, bounds and default (where the app's default is not 'from the model')."""
+    from mtdp_core.cytomine.inputs import add_slide_inputs
+    from mtdp_core.cytomine.params import new_parser
+
     task = get_task(name)
     legacy = {s.id: s for s in descriptor_inputs(load_workflow(LEGACY[name]).get_args_parser())}
+    # How a whole image is tiled: the shared declarations of the slide inputs (add_slide_inputs).
+    slides = new_parser("slides", "")
+    add_slide_inputs(slides)
+    legacy.update({s.id: s for s in descriptor_inputs(slides)})
     for spec in descriptor_inputs(task.parser):
         assert spec.id in legacy, f"{name}.{spec.id} is not an input of {LEGACY[name]}"
         assert spec == legacy[spec.id], spec.id
