@@ -98,6 +98,12 @@ def build_image(
     return tar_path
 
 
+def default_context() -> Path:
+    """The build context: the checkout this package is in, else the working directory."""
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout if (checkout / "Dockerfile").is_file() else Path.cwd()
+
+
 def write_bundle(task: TaskDefinition, image_tar: Path, zip_path: Path) -> Path:
     """The zip: ``descriptor.yml`` and the image tar under the name the App Engine parses."""
     zip_path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +227,7 @@ def bundle(
     zip_path = output_dir / f"{task.namespace}-{task.version}.zip"
     if image_tar is None:
         engine = find_engine(engine)
-        root = Path(context) if context else Path(__file__).resolve().parents[2]
+        root = Path(context) if context else default_context()
         tar_path = build_image(task, engine, root, output_dir / task.tar_name, build_args=build_args)
     else:
         tar_path = Path(image_tar)

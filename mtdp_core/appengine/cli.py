@@ -112,6 +112,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bundle this `docker save` archive instead of building (e.g. built on another machine)",
     )
     q.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to the build")
+    q.add_argument(
+        "--context",
+        type=Path,
+        default=None,
+        help="the build context with the Dockerfile (default: this mtdp checkout, else the current directory)",
+    )
     q.set_defaults(func=_cmd_bundle)
 
 
@@ -192,6 +198,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         engine=args.engine,
         image_tar=args.image_tar,
+        context=args.context,
         build_args=args.build_arg,
     )
     print(describe_bundle(zip_path, report))

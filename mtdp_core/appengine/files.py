@@ -184,7 +184,8 @@ class TaskInputs:
         for input_id in self.task.parameter_ids():
             path = self.folder / input_id
             if path.exists():
-                argv += [f"--{input_id}", read_scalar_text(path, what=f"the input {input_id}")]
+                # --id=value: a value that starts with '-' stays a value
+                argv.append(f"--{input_id}={read_scalar_text(path, what=f'the input {input_id}')}")
         return argv
 
 

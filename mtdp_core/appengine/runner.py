@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import sys
@@ -101,6 +102,40 @@ def run_task(
     return summary
 
 
+def cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """The CPUs this container may use (cgroup v2 ``cpu.max``, or v1's CFS quota), rounded up;
+    None when unlimited. The App Engine sets it from the descriptor's ``cpus``."""
+    root = Path(root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    for folder in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 else None
+    return None
+
+
+def limit_threads(root: str | os.PathLike = "/sys/fs/cgroup") -> None:
+    """As many torch threads as the container has CPUs: torch counts the node's cores, and a task
+    limited to 2 CPUs on a 64-core node would run 64 threads fighting for 2 (slower than 2)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    quota = cpu_quota(root)
+    if quota is None:
+        return
+    import torch
+
+    if quota < torch.get_num_threads():
+        logger.info("CPU limit %d: torch threads %d -> %d", quota, torch.get_num_threads(), quota)
+        torch.set_num_threads(quota)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     from mtdp_core.appengine.tasks import list_tasks
 
@@ -126,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     args = get_args_parser().parse_args(argv)
     try:
+        limit_threads()
         run_task(get_task(args.task), args.inputs, args.outputs, workdir=args.workdir)
         return 0
     except MtdpError as exc:

@@ -25,9 +25,15 @@ def test_scalars_become_the_parsers_command_line(tmp_path, classify):
     folder = write_inputs(tmp_path, batch_size="16\n", device="cpu", model="x", image="y")
     inputs = TaskInputs(classify, folder)
     argv = inputs.parameter_argv()
-    assert argv == ["--batch_size", "16", "--device", "cpu"]  # one trailing newline dropped
+    assert argv == ["--batch_size=16", "--device=cpu"]  # one trailing newline dropped
     args, _ = classify.parser.parse_app_args(argv)
     assert args.batch_size == 16 and args.device == "cpu" and args.crop_max_size is None  # absent: default
+
+
+def test_a_text_value_that_looks_like_an_option_stays_a_value(tmp_path, classify):
+    folder = write_inputs(tmp_path, weights="-weird-file.pth", model="x", image="y")
+    args, _ = classify.parser.parse_app_args(TaskInputs(classify, folder).parameter_argv())
+    assert args.weights == "-weird-file.pth"
 
 
 def test_a_required_file_input_missing_is_named(tmp_path, classify):

@@ -10,16 +10,18 @@ import pytest
 from PIL import Image
 from shapely.geometry import box, shape
 
-pytest.importorskip("mtdp_core.slides")
-
 from mtdp_core.appengine.errors import TaskInputError
 from mtdp_core.appengine.local import run_local
 from mtdp_core.appengine.runner import run_task
 from mtdp_core.appengine.tasks import get_task
-from mtdp_core.slides import open_slide
-from mtdp_core.slides.testing import write_slide
 from tests.appengine.conftest import write_inputs
-from tests.slides.conftest import MPP, SIZE, make_probe, two_tissue_pixels
+
+# Whole images need mtdp_core.slides (and its test helpers): skipped without them.
+slides = pytest.importorskip("mtdp_core.slides")
+write_slide = pytest.importorskip("mtdp_core.slides.testing").write_slide
+helpers = pytest.importorskip("tests.slides.conftest")
+open_slide = slides.open_slide
+MPP, SIZE, make_probe, two_tissue_pixels = helpers.MPP, helpers.SIZE, helpers.make_probe, helpers.two_tissue_pixels
 
 RUNTIME = {"n_workers": 0, "batch_size": 16}
 
@@ -131,12 +133,11 @@ def test_classify_the_real_aperio_slide(tmp_path, shared_data):
 
     from mtdp_core.transfer.features import FeatureExtractor
     from mtdp_core.transfer.persistence import save_model
-    from tests.slides.conftest import training_tiles
 
     slide = shared_data / "wsi" / "CMU-1-Small-Region.svs"
     if not slide.is_file():
         pytest.skip(f"{slide} is absent")
-    images, labels = training_tiles(4)
+    images, labels = helpers.training_tiles(4)
     fx = FeatureExtractor("resnet18", "random", image_size=224, num_workers=0, device="cpu")
     model = save_model(tmp_path / "m.npz", LogisticRegression().fit(fx.transform(images), labels), features=fx, mpp=0.5)
     entries = [("input", "model", f"@{model}"), ("input", "image", f"@{slide}")]

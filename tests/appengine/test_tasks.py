@@ -207,3 +207,20 @@ def test_finetune_from_a_zip(tmp_path):
     assert values["best_learning_rate"] == pytest.approx(0.001)
     assert load_model(values["model"]).kind == "finetune"
     assert values["history"].read_text().startswith("lr,epoch")
+
+
+def test_cpu_quota_from_cgroups(tmp_path):
+    from mtdp_core.appengine.runner import cpu_quota
+
+    assert cpu_quota(tmp_path) is None  # no cgroup files: unlimited
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(tmp_path) == 2  # 1.5 CPUs: two threads
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) == 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(tmp_path) is None
