@@ -22,9 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -507,7 +506,3 @@ def _read_value(path: Path, spec: Any) -> Any:
     if kind == "geometry":
         return parse_geojson(text, what=path.name)
     return text
-
-
-def natural_sorted(names: Iterable[str]) -> list[str]:
-    return sorted(names, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])

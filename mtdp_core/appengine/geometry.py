@@ -25,7 +25,7 @@ from typing import Any
 
 import shapely
 from shapely import affinity
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from mtdp_core.appengine.errors import TaskInputError
@@ -58,11 +58,6 @@ def crop_offset(geometry: BaseGeometry) -> tuple[int, int]:
     bounding box's ``(int) minX, (int) minY`` (Java's cast: toward zero)."""
     minx, miny, _, _ = geometry.bounds
     return int(minx), int(miny)
-
-
-def image_box(width: float, height: float) -> BaseGeometry:
-    """The whole image as a polygon (the same in both coordinate systems)."""
-    return box(0.0, 0.0, float(width), float(height))
 
 
 def geometry_json(geometry: BaseGeometry) -> str:

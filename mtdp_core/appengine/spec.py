@@ -458,16 +458,6 @@ def check_descriptor(data: Mapping[str, Any], *, what: str = "descriptor") -> No
         raise DescriptorError(f"Fix {what}: " + "; ".join(problems))
 
 
-def input_kind(data: Mapping[str, Any], name: str) -> str:
-    return type_id(data["inputs"][name]["type"])
-
-
-def array_subtype(spec: str | Mapping[str, Any]) -> str | Mapping[str, Any]:
-    if not isinstance(spec, Mapping) or type_id(spec) != "array":
-        raise ValueError("not an array type")
-    return spec["subtype"]
-
-
 __all__: Sequence[str] = (
     "AUTHORS",
     "NAMESPACE_PREFIX",

@@ -56,7 +56,6 @@ def run(context: TaskContext) -> str:
     summary = finetune_predict.run(job, context.args)
     model_path = job.output_path(MODEL_FILENAME)
     model = load_model(model_path)
-    training = model.training
     out = context.outputs
     out.file("model", model_path)
     out.scalar("validation_score", float(job.properties["validation_score"]))
@@ -66,7 +65,6 @@ def run(context: TaskContext) -> str:
     out.array("classes", [c.name for c in model.classes])
     out.file("confusion_matrix", job.output_path("confusion_matrix.png"))
     out.file("history", job.output_path("history.csv"))
-    logger.debug("training summary: %s", training)
     return summary
 
 
