@@ -45,8 +45,8 @@ from mtdp_core.cytomine.annotations import AnnotationFilters, list_annotations, 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.crops import CropSpec, CropStore, download_crops
 from mtdp_core.cytomine.push import Prediction, PredictionPusher
+from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.importers import import_folder
-from mtdp_core.server.models import CytomineStore
 
 logger = logging.getLogger("bench_apps")
 
@@ -76,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def make_project(data: Path, bccd: Path, target: int) -> tuple[int, str]:
     """Import images until about ``target`` annotations; returns (project id, source)."""
     store = CytomineStore(data / "cytomine.sqlite3", data / "files")
-    store.ensure_admin()
+    store.users.ensure_admin()
     if (bccd / "boxes.csv").is_file():
         import csv
 

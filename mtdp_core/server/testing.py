@@ -26,10 +26,11 @@ import numpy as np
 from PIL import Image
 
 from mtdp_core.server.app import LocalCytomine
+from mtdp_core.server.backends import AnnotationQuery
 from mtdp_core.server.config import ServerConfig
+from mtdp_core.server.domain import Row
 from mtdp_core.server.geometry import box_in_cytomine
 from mtdp_core.server.importers import import_folder
-from mtdp_core.server.models import AnnotationQuery, Row
 
 #: Tints added to the texture of each term's boxes (RGB), so that crops of different terms differ.
 TINTS = ((90, -40, -40), (-40, -40, 90), (-40, 90, -40), (60, 60, -60))
@@ -97,12 +98,12 @@ def seed_synthetic_project(
     tinted by its term. Annotations are created through the store as ``user``."""
     store = server.store
     assert store is not None, "start the server first"
-    owner = store.find_user_by_username(user)
+    owner = store.users.find_by_username(user)
     if owner is None:
         raise ValueError(f"user {user!r} does not exist")
-    ontology = store.create_ontology(f"{name} ontology", owner["id"])
-    term_ids = {t: store.create_term(t, ontology["id"])["id"] for t in terms}
-    project = store.create_project(name, ontology["id"], owner["id"])
+    ontology = store.ontologies.create(f"{name} ontology", owner["id"])
+    term_ids = {t: store.ontologies.create_term(t, ontology["id"])["id"] for t in terms}
+    project = store.projects.create(name, ontology["id"], owner["id"])
     rng = np.random.default_rng(seed)
     width, height = size
     seeded = SeededProject(project["id"], ontology["id"], term_ids, [])
@@ -120,12 +121,12 @@ def seed_synthetic_project(
             pixels[y0 : y0 + bh, x0 : x0 + bw] += tint
             boxes.append((label, (x0, y0, x0 + bw, y0 + bh)))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
-        image = store.add_image(path, project["id"], owner["id"])
+        image = store.images.add(path, project["id"], owner["id"])
         seeded.images.append(image)
         seeded.image_paths[image["id"]] = path
         for label, (x0, y0, x1, y1) in boxes:
             location = box_in_cytomine(x0, y0, x1, y1, image["height"]).wkt
-            row = store.create_annotation(
+            row = store.annotations.create(
                 {"image": image["id"], "location": location, "term": [term_ids[label]]}, owner
             )
             seeded.annotations.append(
@@ -143,13 +144,13 @@ def seed_bccd_project(
     bccd = Path(bccd_dir)
     report = import_folder(store, name, bccd / "JPEGImages", bccd / "boxes.csv", limit=n_images)
     project = report.project
-    terms = {t["name"]: t["id"] for t in store.list_terms(project=project["id"])}
-    images = store.list_images(project["id"])
+    terms = {t["name"]: t["id"] for t in store.projects.terms(project["id"])}
+    images = store.images.list(project["id"])
     seeded = SeededProject(
         project["id"], project["ontology_id"], terms, images, image_paths={i["id"]: Path(i["path"]) for i in images}
     )
     names = {v: k for k, v in terms.items()}
-    rows, _ = store.list_annotations(AnnotationQuery(project=project["id"]))
+    rows, _ = store.annotations.list(AnnotationQuery(project=project["id"]))
     for row in rows:
         image = next(i for i in images if i["id"] == row["image_id"])
         box = (

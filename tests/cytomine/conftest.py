@@ -49,7 +49,7 @@ def make_job_user(server, seeded, software):  # noqa: F811
     """Creates a job of the test software and returns a session with its job user's keys."""
 
     def make() -> JobUser:
-        job, user = server.store.create_job(seeded.project_id, software["id"], server.admin)
+        job, user = server.store.jobs.create(seeded.project_id, software["id"], server.admin)
         session = CytomineSession.connect(server.url, user["public_key"], user["private_key"], backoff=0.01)
         return JobUser(session, job, user, software)
 

@@ -46,7 +46,7 @@ def app(server, seeded, tmp_path, monkeypatch):
 
     def run(pipeline, *extra):
         code = run_app(parser(), argv + list(extra), pipeline, app="test_app")
-        job = max(server.store.list_jobs(project=seeded.project_id), key=lambda j: j["id"])
+        job = max(server.store.jobs.list(project=seeded.project_id), key=lambda j: j["id"])
         return code, job
 
     return run
@@ -70,11 +70,11 @@ def test_success_reports_progress_outputs_and_properties(app, server, tmp_path):
     code, job = app(pipeline, "--threshold", "4")
     assert code == 0 and job["status"] == SUCCESS and job["progress"] == 100 and job["status_comment"] == "All good"
     assert seen["user"] is True  # the app works as the job user
-    files = server.store.list_attached_files("be.cytomine.processing.Job", job["id"])
+    files = server.store.meta.list_attached_files("be.cytomine.processing.Job", job["id"])
     assert [f["filename"] for f in files] == ["result.txt"]
-    props = {p["key"]: p["value"] for p in server.store.list_properties("be.cytomine.processing.Job", job["id"])}
+    props = {p["key"]: p["value"] for p in server.store.meta.list_properties("be.cytomine.processing.Job", job["id"])}
     assert props == {"threshold": "7"}
-    params = {p["name"]: p["value"] for p in server.store.list_job_parameters(job["id"])}
+    params = {p["name"]: p["value"] for p in server.store.jobs.list_parameters(job["id"])}
     assert params["threshold"] == "4"  # recorded as a person's launch records them
 
 

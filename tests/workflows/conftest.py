@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mtdp_core.server.backends import AnnotationQuery
 from mtdp_core.server.testing import SeededProject, seed_synthetic_project
 from tests.server.conftest import client, server  # noqa: F401  (pytest fixtures)
 
@@ -71,21 +72,24 @@ class Apps:
         return self.server.launch(app, self.project.project_id, params, timeout=300)
 
     def last_job(self) -> dict:
-        return max(self.server.store.list_jobs(project=self.project.project_id), key=lambda j: j["id"])
+        return max(self.server.store.jobs.list(project=self.project.project_id), key=lambda j: j["id"])
 
     def files(self, job: dict) -> dict[str, Path]:
         """Attached files of ``job``: name -> the file on the server's disk."""
-        rows = self.server.store.list_attached_files(JOB_CLASS, job["id"])
+        rows = self.server.store.meta.list_attached_files(JOB_CLASS, job["id"])
         return {r["filename"]: Path(r["storage"]) for r in rows}
 
     def file_names(self, job: dict) -> list[str]:
-        return sorted(r["filename"] for r in self.server.store.list_attached_files(JOB_CLASS, job["id"]))
+        return sorted(r["filename"] for r in self.server.store.meta.list_attached_files(JOB_CLASS, job["id"]))
 
     def properties(self, job: dict) -> dict[str, str]:
-        return {p["key"]: p["value"] for p in self.server.store.list_properties(JOB_CLASS, job["id"])}
+        return {p["key"]: p["value"] for p in self.server.store.meta.list_properties(JOB_CLASS, job["id"])}
 
-    def count(self, sql: str) -> int:
-        return int(self.server.store._scalar(sql))
+    def algo_annotation_count(self) -> int:
+        return self.server.store.annotations.count(AnnotationQuery(kind="algo"))
+
+    def algo_term_count(self) -> int:
+        return len(self.server.store.annotation_terms.list_algo())
 
 
 @pytest.fixture

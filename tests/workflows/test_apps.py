@@ -19,8 +19,8 @@ from tests.workflows.conftest import FAILED, FAST, SUCCESS
 
 
 def algo_terms(apps, job) -> list[dict]:
-    user = apps.server.store.job_user(job["id"])["id"]
-    return apps.server.store._all("SELECT * FROM algo_annotation_term WHERE user_id = ?", (user,))
+    user = apps.server.store.users.job_user(job["id"])["id"]
+    return apps.server.store.annotation_terms.list_algo(user)
 
 
 # --------------------------------------------------------------------------- launched as by Cytomine
@@ -109,9 +109,9 @@ def test_svm_predict_rerun_creates_no_duplicates(apps, trained):
         assert first["status"] == again["status"] == SUCCESS
         assert "0 already up to date" in first["status_comment"]
         assert "18 already up to date" in again["status_comment"], again["status_comment"]
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 18
+    assert apps.algo_annotation_count() == 18
     # 18 algo terms on the created annotations + 18 suggestions on the people's annotations.
-    assert apps.count("SELECT count(*) FROM algo_annotation_term") == 36
+    assert apps.algo_term_count() == 36
 
 
 def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
@@ -133,11 +133,11 @@ def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     assert failed["status_comment"].startswith(
         "Re-run the job to push the remaining predictions (nothing is duplicated): 5 of 18 pushed"
     )
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 5
+    assert apps.algo_annotation_count() == 5
     monkeypatch.setattr(CytomineSession, "post_json", original)
     done = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="annotation", n_workers=0)
     assert done["status"] == SUCCESS and "13 annotations created, 5 already up to date" in done["status_comment"]
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 18
+    assert apps.algo_annotation_count() == 18
 
 
 def test_failed_crops_are_counted_and_reported(apps, monkeypatch):
@@ -179,7 +179,7 @@ def test_too_many_failed_crops_fail_the_job(apps, monkeypatch):
 
 def test_no_annotation_matches(apps):
     store = apps.server.store
-    empty = store.create_term("necrosis", apps.project.ontology_id)
+    empty = store.ontologies.create_term("necrosis", apps.project.ontology_id)
     job = apps.run("svm_train", **FAST, cytomine_id_terms=[empty["id"]])
     assert job["status"] == FAILED
     assert job["status_comment"].startswith("Widen the filters or annotate first: no annotation with a term matches")
@@ -197,8 +197,8 @@ def test_fewer_than_two_classes(apps):
 def test_annotation_without_term_in_training(apps):
     store = apps.server.store
     image = apps.project.images[0]
-    untermed = store.create_annotation(
-        {"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"}, store.find_user_by_username("admin")
+    untermed = store.annotations.create(
+        {"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"}, store.users.find_by_username("admin")
     )
     job = apps.run("svm_train", **FAST)
     assert job["status"] == FAILED
