@@ -71,3 +71,42 @@ def test_train_on_annotated_cells_then_classify_held_out_cells(tmp_path):
             right += result.outputs["classes"][0] == kind
             total += 1
     assert total >= 4 and right / total >= 0.75, (right, total)
+
+
+def _annotated_images(names: list[str], tmp_path: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """--input/--annotation entries for the cells of ``names`` (one GeoJSON per image), and their labels."""
+    by_image = cells()
+    entries, labels = [], []
+    for name in names:
+        features = [{"type": "Feature", "geometry": mapping(box(*xyxy))} for _, xyxy in by_image[name]]
+        geojson = tmp_path / f"{name}.geojson"
+        geojson.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        entries += [("input", "images", f"@{SAMPLE / 'images' / name}"), ("annotation", "images", f"@{geojson}")]
+        labels += [kind for kind, _ in by_image[name]]
+    return entries, labels
+
+
+@pytest.mark.slow
+def test_extract_features_of_annotated_cells(tmp_path):
+    import numpy as np
+
+    entries, labels = _annotated_images(list(cells())[:2], tmp_path)
+    entries += [("input", "labels", label) for label in labels] + [("input", "n_workers", "0")]
+    result = run_local(get_task("extract_features"), entries, folder=tmp_path / "run", engine="inline")
+    assert result.ok, result.reason
+    assert result.outputs["n_images"] == len(labels) and result.outputs["n_features"] == 1280
+    with np.load(result.outputs["features"], allow_pickle=False) as data:
+        assert data["features"].shape == (len(labels), 1280)
+        assert sorted(data["labels"].tolist()) == sorted(labels)
+
+
+@pytest.mark.slow
+def test_finetune_on_annotated_cells(tmp_path):
+    entries, labels = _annotated_images(list(cells())[:4], tmp_path)
+    entries += [("input", "labels", label) for label in labels]
+    # one short epoch at 64 px: the task's flow on real cells, not the network's accuracy
+    entries += [("input", k, v) for k, v in {"epochs": "1", "image_size": "64", "n_workers": "0"}.items()]
+    result = run_local(get_task("finetune"), entries, folder=tmp_path / "run", engine="inline")
+    assert result.ok, result.reason
+    assert result.outputs["classes"] == ["Platelets", "RBC", "WBC"] and result.outputs["best_epoch"] == 1
+    assert 0 <= result.outputs["validation_score"] <= 1
