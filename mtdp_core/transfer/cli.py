@@ -60,6 +60,16 @@ def _grid_entry(text: str) -> tuple[str, list]:
     return name, parsed
 
 
+def _add_mpp_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="resolution of the training images in µm per pixel (e.g. 0.5 for 20x), recorded in the model: "
+        "`mtdp slides classify` reads slide tiles at it",
+    )
+
+
 def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet121") -> None:
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=default, help=f"one of: {', '.join(list_backbones())} (default: {default})")
@@ -292,6 +302,7 @@ def _register_probe(subparsers: argparse._SubParsersAction) -> None:
         "--test: writes OUTPUT-curve.csv and .png",
     )
     p.add_argument("--curve-seeds", type=_ints, default=[0, 1, 2], help="seeds of the learning curve (default: 0,1,2)")
+    _add_mpp_option(p)
     add_backbone_options(p)
     add_runtime_options(p)
     p.set_defaults(func=_cmd_probe)
@@ -363,7 +374,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         score = probe.score(test["X"], test["y"])
         extra["test"] = {"path": str(args.test), "metric": probe.scoring_, "score": score, "n": len(test["y"])}
         print(f"test {probe.scoring_}: {score:.4f} ({len(test['y'])} samples)")
-    save_model(args.output, probe, features=train["identity"], extra=extra)
+    save_model(args.output, probe, features=train["identity"], extra=extra, mpp=args.mpp)
     print(f"model saved to {args.output}")
     if args.learning_curve:
         if test is None:
@@ -501,6 +512,7 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="also save the fine-tuned backbone alone (.pth) for `mtdp features --weights`",
     )
+    _add_mpp_option(p)
     add_backbone_options(p)
     add_runtime_options(p, cache=False, batch_size=32)
     p.set_defaults(func=_cmd_finetune)
@@ -545,7 +557,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         score = tuner.score(test_paths, test_labels)
         extra["test"] = {"path": str(args.test), "metric": tuner.scoring_, "score": score, "n": len(test_paths)}
         print(f"test {tuner.scoring_}: {score:.4f} ({len(test_paths)} images)")
-    save_model(args.output, tuner, extra=extra)
+    save_model(args.output, tuner, extra=extra, mpp=args.mpp)
     write_csv(tuner.history_, f"{args.output.with_suffix('')}-history.csv")
     print(f"model saved to {args.output}, history to {args.output.with_suffix('')}-history.csv")
     if args.export_backbone:

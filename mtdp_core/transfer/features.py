@@ -32,14 +32,14 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from mtdp_core.backbones import Backbone, create_backbone, get_backbone_entry
-from mtdp_core.data.images import RESIZE_MODES, Preprocessing, open_rgb
+from mtdp_core.data.images import RESIZE_MODES, LazyImage, Preprocessing, open_rgb
 from mtdp_core.errors import ConfigurationError, ImageReadError
 from mtdp_core.runtime import describe_device, resolve_device
 from mtdp_core.transfer.cache import DEFAULT_CHUNK_SIZE, FINGERPRINT_MODES, FeatureCache, fingerprint_inputs
 
 logger = logging.getLogger(__name__)
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | LazyImage
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -102,7 +102,7 @@ class ImageInputDataset(torch.utils.data.Dataset):
 
 
 def _describe(item: Any) -> str:
-    return str(item) if isinstance(item, (str, os.PathLike)) else f"in-memory image {type(item).__name__}"
+    return str(item) if isinstance(item, (str, os.PathLike, LazyImage)) else f"in-memory image {type(item).__name__}"
 
 
 def _autocast(device: torch.device, amp: bool) -> tuple[contextlib.AbstractContextManager, str]:
@@ -316,7 +316,8 @@ def as_input_list(X: Any) -> Sequence[ImageInput]:
     """Accept what a user (or scikit-learn's indexing) passes as images.
 
     A list/tuple of paths, PIL images or arrays; a 1-D array of paths (object or str dtype);
-    a pathlib.Path of one image; a 4-D uint8 array (n, H, W, 3) of images.
+    a pathlib.Path of one image; a 4-D uint8 array (n, H, W, 3) of images; a sequence of lazy
+    images (``LazyImage``, e.g. a slide's ``TileGrid``).
     """
     if isinstance(X, (str, os.PathLike, Image.Image)):
         return [X]
@@ -334,10 +335,10 @@ def as_input_list(X: Any) -> Sequence[ImageInput]:
     if not isinstance(X, Sequence):
         X = list(X)
     for item in X[:1]:
-        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray)):
+        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray, LazyImage)):
             raise ConfigurationError(
-                f"FeatureExtractor got inputs of type {type(item).__name__}: give image paths, PIL images "
-                "or uint8 (H, W, 3) arrays."
+                f"FeatureExtractor got inputs of type {type(item).__name__}: give image paths, PIL images, "
+                "uint8 (H, W, 3) arrays or slide tiles."
             )
     return X
 

@@ -4,9 +4,10 @@ A model file (``.npz``, a zip of ``.npy`` arrays) holds:
 
 - ``__meta__``: UTF-8 JSON (as a uint8 array): format name and version, mtdp version,
   probe kind, classes (label, name, Cytomine term id), backbone (architecture, feature size,
-  weights source / file / sha256 / seed), preprocessing, estimator parameters, training
-  summary (CV scheme, metric, grid scores, chosen parameters), user metadata, the list of
-  arrays with their dtypes and shapes, and a sha256 over all of it;
+  weights source / file / sha256 / seed), preprocessing, the resolution of the training
+  images (µm per pixel, when known: slide classification reads tiles at it), estimator
+  parameters, training summary (CV scheme, metric, grid scores, chosen parameters), user
+  metadata, the list of arrays with their dtypes and shapes, and a sha256 over all of it;
 - numeric arrays only: ``coef``/``intercept`` for linear probes, the trees' node arrays
   for random forests, ``net.<name>`` tensors for a fine-tuned network.
 
@@ -100,6 +101,8 @@ class SavedModel:
         preprocessing: how images become inputs.
         training: CV scheme, metric, scores, chosen parameters (informative).
         extra: the caller's metadata (e.g. Cytomine project and job ids).
+        mpp: resolution of the training images, µm per pixel (None: not recorded, as in
+            files saved before it was).
     """
 
     kind: str
@@ -109,6 +112,7 @@ class SavedModel:
     preprocessing: Preprocessing
     training: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    mpp: float | None = None
     mtdp_version: str = __version__
     format_version: int = MODEL_FORMAT_VERSION
     path: Path | None = None
@@ -461,6 +465,7 @@ def save_model(
     class_names: Mapping | None = None,
     class_ids: Mapping | None = None,
     extra: dict | None = None,
+    mpp: float | None = None,
 ) -> Path:
     """Write a classifier to ``path`` (.npz) with everything needed to use and check it.
 
@@ -471,6 +476,8 @@ def save_model(
             "preprocessing": {...}}``) that made the training features. Not needed for a FineTuner.
         class_names: {label: display name}; class_ids: {label: Cytomine term id}.
         extra: JSON-able metadata kept in the file (project, job, dataset...).
+        mpp: resolution of the training images, µm per pixel (slide classification reads
+            tiles at it); None when unknown.
 
     The file is written to a temporary name then renamed: never half-written.
     """
@@ -478,6 +485,7 @@ def save_model(
     from mtdp_core.transfer.probes import Probe
 
     training: dict = {}
+    mpp = _check_mpp(mpp, "save_model", ConfigurationError)
     if isinstance(model, FineTuner):
         kind, estimator = "finetune", model.network_
         identity = {**model.backbone_identity_, "preprocessing": model.preprocessing_.to_dict()}
@@ -533,6 +541,7 @@ def save_model(
         "classes": [c.to_dict() for c in classes],
         "backbone": {k: v for k, v in identity.items() if k != "preprocessing"},
         "preprocessing": identity.get("preprocessing"),
+        "resolution": None if mpp is None else {"mpp": mpp},
         "estimator": estimator_info,
         "training": _norm(training),
         "extra": _norm(extra or {}),
@@ -639,7 +648,8 @@ def load_model(
         n_features = int(backbone["n_features"])
         preprocessing = Preprocessing(**meta["preprocessing"])
         estimator_info = dict(meta["estimator"])
-    except (KeyError, TypeError, ValueError) as exc:
+        mpp = _check_mpp((meta.get("resolution") or {}).get("mpp"), f"Model file {path.name}")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"Model file {path.name} lacks or garbles a field ({exc}): the file is damaged.") from None
     if kind not in KINDS:
         raise ModelFileError(
@@ -659,6 +669,7 @@ def load_model(
         preprocessing=preprocessing,
         training=meta.get("training", {}),
         extra=meta.get("extra", {}),
+        mpp=mpp,
         mtdp_version=str(meta.get("mtdp_version")),
         format_version=version,
         path=path,
@@ -667,6 +678,14 @@ def load_model(
         model.check_backbone(expect_backbone)
     logger.info("loaded %s model %s: %d classes, %s", kind, path.name, len(classes), model.describe_backbone())
     return model
+
+
+def _check_mpp(value: Any, where: str, error: type[Exception] = ModelFileError) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1e4):
+        raise error(f"{where}: invalid training resolution {value!r} µm/px: use a positive number (e.g. 0.5).")
+    return float(value)
 
 
 def read_metadata(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
