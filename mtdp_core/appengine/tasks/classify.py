@@ -295,7 +295,7 @@ def classify_whole_image(context: TaskContext, model: Any, image: InputImage, de
         )
     counts = result.counts()
     total = max(1, len(result.grid))
-    shares = ", ".join(f"{n} {counts[n] / total:.0%}" for n in sorted(names, key=lambda n: -counts[n]))
+    shares = ", ".join(f"{n} {counts[n] / total:.0%}" for n in sorted(names, key=lambda n: -counts[n]) if counts[n])
     read_at = result.model.get("resolution") or {}
     resolution = f"{read_at['mpp']:g} µm/px" if read_at.get("mpp") else f"{read_at.get('magnification', 0):g}x"
     summary = (
