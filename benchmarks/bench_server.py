@@ -37,7 +37,6 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from mtdp_core.server.app import LocalCytomine, read_admin_keys, read_server_file
 from mtdp_core.server.auth import authorization_header, legacy_token

@@ -32,8 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SAMPLE = ROOT / "demo" / "data" / "bccd_sample"
 logger = logging.getLogger("mtdp.demo")

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 APPS = ("svm_train", "svm_predict")
 BASE_TAG = "docker.io/library/python:3.11-slim"

@@ -21,20 +21,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from mtdp_core.data.folders import IMAGE_EXTENSIONS, list_images
 from mtdp_core.errors import ConfigurationError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "Preprocessing", "TrainAugmentation", "list_images", "open_rgb"]
+
 ResizeMode = Literal["center_crop", "stretch"]
 RESIZE_MODES: tuple[str, ...] = ("center_crop", "stretch")
-
-
-def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (by extension, case-insensitive), sorted."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigurationError(f"Image folder {root} does not exist or is not a folder: give a folder of images.")
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 @runtime_checkable

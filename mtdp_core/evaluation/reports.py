@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ import numpy as np
 
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.evaluation.ranking import ScoreTable, compare, rank_matrix
+from mtdp_core.reporting import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -78,24 +78,6 @@ def comparison_rows(table: ScoreTable, reference: str, baselines: Sequence[str],
                 row[f"delta vs {b}"], row[f"2sigma vs {b}"], row[f"verdict vs {b}"] = float("nan"), float("nan"), "n/a"
         rows.append(row)
     return rows
-
-
-def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _fmt_csv(v) for k, v in r.items()})
-    return path
-
-
-def _fmt_csv(v: object) -> object:
-    if isinstance(v, float):
-        return "" if np.isnan(v) else f"{v:.6g}"
-    return "" if v is None else v
 
 
 def _pct(v: float) -> str:
@@ -166,36 +148,6 @@ def plot_differences(
     ax.set_xticks(x, tasks, rotation=30, ha="right")
     ax.set_ylabel(f"{reference} − {baseline} (points)")
     ax.set_title(title or f"{reference} vs {baseline}: per-task difference, error bars 2·max(σ)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_learning_curve(rows: Sequence[dict], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """PNG: test score against the number of training samples (mean ± std over seeds), one line per
-    ``method`` (rows from ``probes.LearningCurve.run``, optionally with a ``method`` key)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for method in dict.fromkeys(r.get("method", "probe") for r in rows):
-        mine = [r for r in rows if r.get("method", "probe") == method]
-        fractions = sorted({r["fraction"] for r in mine})
-        n = [np.mean([r["n_train"] for r in mine if r["fraction"] == f]) for f in fractions]
-        scores = [[r["test_score"] for r in mine if r["fraction"] == f] for f in fractions]
-        ax.errorbar(
-            n, [np.mean(s) for s in scores], yerr=[np.std(s) for s in scores], marker="o", capsize=3, label=method
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("training samples")
-    ax.set_ylabel(f"test {rows[0].get('metric', 'score')}" if rows else "test score")
-    ax.set_title(title or "learning curve")
-    ax.legend()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from mtdp_core.backbones import list_backbones
-from mtdp_core.data.images import IMAGE_EXTENSIONS, RESIZE_MODES, list_images
+from mtdp_core.data.folders import IMAGE_EXTENSIONS, groups_from_names, labelled_images, list_images, read_image_folder
+from mtdp_core.data.images import RESIZE_MODES
 from mtdp_core.errors import ConfigurationError
+from mtdp_core.reporting import plot_learning_curve, write_csv
 from mtdp_core.runtime import resolve_device
 from mtdp_core.transfer.cache import FINGERPRINT_MODES
 
@@ -151,11 +153,6 @@ def _extractor(args: argparse.Namespace):
     )
 
 
-def _class_folder_labels(root: Path, paths: list[Path]) -> np.ndarray:
-    """The class of each image: its first folder under ``root`` ('' for images directly in root)."""
-    return np.array([p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in paths])
-
-
 def _inputs_from(items: list[Path]) -> list[Path]:
     """Image files given directly, and the images under folders given."""
     out: list[Path] = []
@@ -211,11 +208,10 @@ def _register_features(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from mtdp_core.evaluation.protocol import groups_from_names
-
-    paths = list_images(args.folder)
-    if not paths:
+    images = read_image_folder(args.folder, labels_file=None)
+    if not images:
         raise ConfigurationError(f"No images found under {args.folder}: give a folder with .jpg/.png/.tif files.")
+    paths = [i.path for i in images]
     groups = groups_from_names(paths, args.groups)
     fx = _extractor(args)
     feats, stats = fx.extract(paths)
@@ -224,7 +220,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     arrays = dict(
         features=np.asarray(feats),
         paths=np.array([str(p.relative_to(args.folder)) for p in paths]),
-        labels=_class_folder_labels(args.folder, paths),
+        labels=np.array([i.label or "" for i in images]),
         identity=np.array(json.dumps(identity)),
     )
     if groups is not None:
@@ -310,8 +306,6 @@ def _register_probe(subparsers: argparse._SubParsersAction) -> None:
 
 def _load_set(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Features, labels, groups and feature identity of a .npz or a class-folder tree."""
-    from mtdp_core.evaluation.protocol import groups_from_names, labelled_images
-
     if path.is_file() and path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -379,8 +373,6 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if args.learning_curve:
         if test is None:
             raise ConfigurationError("--learning-curve scores each subset on a test set: give --test.")
-        from mtdp_core.evaluation.reports import plot_learning_curve, write_csv
-
         rows = LearningCurve(probe, args.learning_curve, args.curve_seeds).run(
             train["X"], train["y"], test["X"], test["y"], groups=train["groups"]
         )
@@ -519,8 +511,6 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from mtdp_core.evaluation.protocol import groups_from_names, labelled_images
-    from mtdp_core.evaluation.reports import write_csv
     from mtdp_core.transfer.finetune import FineTuner
     from mtdp_core.transfer.persistence import save_model
 

@@ -1,12 +1,11 @@
 import csv
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.evaluation.ranking import ScoreTable
-from mtdp_core.evaluation.reports import comparison_rows, markdown_comparison, plot_learning_curve, write_report
+from mtdp_core.evaluation.reports import comparison_rows, markdown_comparison, write_report
 
 
 @pytest.fixture
@@ -56,22 +55,3 @@ def test_write_report_produces_tables_and_plots(table, tmp_path):
 def test_reports_refuse_unknown_methods(table, tmp_path):
     with pytest.raises(ConfigurationError, match="Unknown method 'nope'"):
         write_report(table, tmp_path, reference="nope")
-
-
-def test_learning_curve_plot(tmp_path):
-    rows = [
-        {
-            "method": m,
-            "fraction": f,
-            "seed": s,
-            "n_train": int(1000 * f),
-            "test_score": 0.5 + 0.4 * f - 0.1 * (m == "b"),
-            "metric": "accuracy",
-        }
-        for m in "ab"
-        for f in (0.01, 0.1, 1.0)
-        for s in range(2)
-    ]
-    path = plot_learning_curve(rows, tmp_path / "curve.png")
-    assert Image.open(path).format == "PNG"
-    assert np.isclose(rows[0]["test_score"], 0.504)

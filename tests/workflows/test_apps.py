@@ -15,7 +15,7 @@ import pytest
 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError
-from tests.workflows.conftest import FAILED, FAST, SUCCESS
+from tests.helpers.apps import FAILED, FAST, SUCCESS, as_argv, load_workflow
 
 
 def algo_terms(apps, job) -> list[dict]:
@@ -26,6 +26,7 @@ def algo_terms(apps, job) -> list[dict]:
 # --------------------------------------------------------------------------- launched as by Cytomine
 
 
+@pytest.mark.slow
 def test_svm_train_and_predict_launched_from_their_descriptors(apps):
     train = apps.launch("svm_train", **FAST, cv_folds=3)
     assert train["status"] == SUCCESS, train["status_comment"]
@@ -55,6 +56,7 @@ def test_svm_train_and_predict_launched_from_their_descriptors(apps):
     assert len(rows) == 18 and {r["predicted_class"] for r in rows} <= {"tumour", "stroma"}
 
 
+@pytest.mark.slow
 def test_extract_features_launched(apps):
     job = apps.launch("extract_features", **FAST, cytomine_id_terms=[apps.project.terms["tumour"]])
     assert job["status"] == SUCCESS, job["status_comment"]
@@ -69,6 +71,7 @@ def test_extract_features_launched(apps):
     assert meta["backbone"]["arch"] == "resnet18" and meta["crop"]["max_size"] == 32
 
 
+@pytest.mark.slow
 def test_finetune_predict_launched(apps):
     images = [i["id"] for i in apps.project.images]
     job = apps.launch(
@@ -114,6 +117,7 @@ def test_svm_predict_rerun_creates_no_duplicates(apps, trained):
     assert apps.algo_term_count() == 36
 
 
+@pytest.mark.slow
 def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     original = CytomineSession.post_json
     calls = {"n": 0}
@@ -218,6 +222,7 @@ def test_model_job_without_model(apps):
     assert missing["status"] == FAILED and "job 999999 does not exist" in missing["status_comment"]
 
 
+@pytest.mark.slow
 def test_model_from_another_backbone_is_refused(apps, trained):
     job = apps.run("svm_predict", cytomine_id_job=trained["id"], backbone="resnet34")
     assert job["status"] == FAILED
@@ -251,8 +256,6 @@ def test_binary_mode(apps):
 
 
 def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     out = tmp_path / "out"
     fast = as_argv({k: v for k, v in FAST.items() if k != "crop_max_size"})
     code = load_workflow("svm_train").main(
@@ -316,9 +319,8 @@ def test_biaflows_no_download_uses_crops_in_infolder(apps, tmp_path):
     assert refused["status"] == FAILED and refused["status_comment"].startswith("Give --infolder with --no_download")
 
 
+@pytest.mark.slow
 def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     for path in sorted(tiny_image_folder.rglob("*_3.png")):  # one image per class leaves its class folder
         path.rename(tiny_image_folder / path.name)
     out = tmp_path / "out"
@@ -346,7 +348,5 @@ def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, t
 
 
 def test_local_mode_without_folder_says_what_to_give(tmp_path):
-    from tests.workflows.conftest import load_workflow
-
     assert load_workflow("svm_train").main(["--local", "--outfolder", str(tmp_path)]) == 1
     assert load_workflow("svm_train").main([]) == 2  # neither a server nor --local
