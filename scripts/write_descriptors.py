@@ -53,8 +53,6 @@ TASK_DOCS = ROOT / "docs" / "appengine.md"
 
 def task_descriptor_texts() -> dict[Path, str]:
     """descriptors/appengine/<task>/descriptor.yml of every App Engine task (checked first)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from mtdp_core.appengine.spec import check_descriptor, descriptor_yaml, load_descriptor_text
     from mtdp_core.appengine.tasks import all_tasks
 

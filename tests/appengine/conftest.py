@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 #: Tiny and fast: a random ResNet18 on 32-pixel inputs (the tasks' logic, not the model, is tested).
 FAST = {"backbone": "resnet18", "weights": "random", "image_size": 32, "batch_size": 8, "n_workers": 0}

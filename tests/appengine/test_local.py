@@ -24,7 +24,7 @@ from mtdp_core.appengine.local import (
 )
 from mtdp_core.appengine.spec import task_descriptor
 from mtdp_core.appengine.tasks import get_task
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.appengine.conftest import write_inputs
 # Whole images need mtdp_core.slides (and its test helpers): skipped without them.
 slides = pytest.importorskip("mtdp_core.slides")
 write_slide = pytest.importorskip("mtdp_core.slides.testing").write_slide
-helpers = pytest.importorskip("tests.slides.conftest")
+helpers = pytest.importorskip("tests.helpers.slides")
 open_slide = slides.open_slide
 MPP, SIZE, make_probe, two_tissue_pixels = helpers.MPP, helpers.SIZE, helpers.make_probe, helpers.two_tissue_pixels
 

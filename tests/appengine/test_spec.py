@@ -4,8 +4,6 @@ App Engine's schema (draft 2019-09) and against the rules its uploader applies o
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,15 +20,13 @@ from mtdp_core.appengine.spec import (
 from mtdp_core.appengine.tasks import all_tasks, get_task, list_tasks
 from mtdp_core.cytomine.params import descriptor_inputs
 from mtdp_core.errors import UnknownNameError
+from tests.helpers.scripts import descriptors as write_descriptors
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from write_descriptors import (
-    TASK_DIR,
-    TASK_DOCS,
-    load_workflow,
-    task_descriptor_texts,
-    task_docs_text,
+TASK_DIR, TASK_DOCS = write_descriptors.TASK_DIR, write_descriptors.TASK_DOCS
+load_workflow, task_descriptor_texts, task_docs_text = (
+    write_descriptors.load_workflow,
+    write_descriptors.task_descriptor_texts,
+    write_descriptors.task_docs_text,
 )
 
 TASKS = list_tasks()
@@ -66,8 +62,6 @@ def test_no_stale_descriptor_folders_and_docs_tables_are_current():
 
 
 def test_write_descriptors_check_mode_passes():
-    import write_descriptors
-
     assert write_descriptors.main(["--check"]) == 0
 
 
