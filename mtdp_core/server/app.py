@@ -11,7 +11,8 @@ background thread, so that tests, the demo and apps can start one in a line::
 
 With a data folder, the database (``cytomine.sqlite3``), attached files, job data and job
 logs live in it, so everything survives a restart; the admin keys are written to
-``admin-keys.json`` (mode 0600) and, while a server runs, its URL to ``server.json``.
+``admin-keys.json`` and, while a server runs, its URL to ``server.json``. The folder is made
+readable by its owner only (0700, files 0600), also when it existed before.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from mtdp_core.errors import ConfigurationError
 from mtdp_core.server import descriptors
 from mtdp_core.server.api import Services, create_app
 from mtdp_core.server.backends import CytomineStore
+from mtdp_core.server.backends.database import private_folder, write_private
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.domain import Row
-from mtdp_core.server.errors import NotFound
+from mtdp_core.server.errors import Forbidden, NotFound
 from mtdp_core.server.imaging import ImageCache
 from mtdp_core.server.launcher import JobLauncher, typed_parameters
 
@@ -53,10 +55,7 @@ class _RequestHandler(WSGIRequestHandler):
 def write_private_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON readable by its owner only (it holds keys)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
 def read_admin_keys(data_dir: str | Path) -> dict[str, str] | None:
@@ -125,10 +124,14 @@ class LocalCytomine:
             logger.warning(
                 "binding %s: the server is reachable from other machines (keys are the only protection)", self.host
             )
+        if self.data_dir is not None:
+            private_folder(self.data_dir)  # it holds the database, keys and files: its owner's only
         files_dir = self.data_dir / "files" if self.data_dir is not None else None
         self.store = CytomineStore(self.database, files_dir)
         self.admin = self.store.users.ensure_admin(*self._admin_keys)
-        jobs_dir = self.data_dir / "jobs" if self.data_dir is not None else self.store.files.folder("jobs")
+        jobs_dir = (
+            private_folder(self.data_dir / "jobs") if self.data_dir is not None else self.store.files.folder("jobs")
+        )
         self.launcher = JobLauncher(self.store, jobs_dir)
         services = Services(self.store, self.config, ImageCache(self.config.image_cache_bytes), self.launcher)
         app = create_app(services)
@@ -268,7 +271,8 @@ class LocalCytomine:
         """Launch a job as the Cytomine web UI does: a Job with its own user and its parameters,
         the command line built by the core's rules, run by the local processing server.
 
-        Returns the job (its final state when ``wait``).
+        ``user`` launches it (an administrator, or a member of the project); the job user acts in
+        the project until the job ends. Returns the job (its final state when ``wait``).
         """
         store = self._store()
         software_row = self.find_software(software)
@@ -276,6 +280,11 @@ class LocalCytomine:
         launcher_user = store.users.find_by_username(user)
         if launcher_user is None:
             raise NotFound(f"User {user!r} does not exist")
+        if not launcher_user["is_admin"] and store.projects.role(project_row["id"], launcher_user["id"]) is None:
+            raise Forbidden(
+                f"User {user!r} is not a member of project {project_row['name']!r}: add it with "
+                f"'mtdp server user add {user} --project {project_row['name']}'"
+            )
         store.software.ensure_in_project(software_row["id"], project_row["id"])
         checked = typed_parameters(store.software.list_parameters(software_row["id"]), parameters or {})
         job, _ = store.jobs.create(project_row["id"], software_row["id"], launcher_user, checked)

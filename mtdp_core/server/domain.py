@@ -2,11 +2,13 @@
 job statuses, and how request values (ids, integers, booleans) are read.
 
 Nothing here touches the database or HTTP; backends, handlers, serialisers, the launcher and
-the CLI all speak these words.
+the CLI all speak these words. Every value a request gives is checked here before it
+reaches SQLite, the file system or Pillow: a bad one is a 400 that says what to send.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -93,7 +95,7 @@ def parse_id_list(value: object) -> list[int] | None:
     if isinstance(value, bool):
         raise BadRequest(f"Invalid identifier list {value!r}")
     if isinstance(value, int):
-        return [value]
+        return [check_range(value, "identifier")]
     if isinstance(value, (list, tuple)):
         items = [str(v) for v in value]
     else:
@@ -104,8 +106,40 @@ def parse_id_list(value: object) -> list[int] | None:
     try:
         ids = [int(item) for item in items if str(item).strip()]
     except ValueError:
-        raise BadRequest(f"Invalid identifier list {value!r}: use comma-separated integers") from None
-    return ids or None
+        raise BadRequest(f"Invalid identifier list {str(value)[:60]!r}: use comma-separated integers") from None
+    return [check_range(i, "identifier") for i in ids] or None
+
+
+#: Integers the database stores: SQLite's signed 64 bits.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: The longest file name most file systems accept, in bytes (UTF-8).
+MAX_NAME_BYTES = 255
+
+
+def check_range(value: int, name: str) -> int:
+    """``value`` when SQLite can store it; 400 otherwise (ids and numbers are below 2^63)."""
+    if not INT_MIN <= value <= INT_MAX:
+        raise BadRequest(f"Invalid {name} {str(value)[:30]}: identifiers and integers must be below 2^63")
+    return value
+
+
+def file_name(value: object, fallback: str) -> str:
+    """The name a file is stored and served under: the base name of an uploaded path (as Cytomine
+    keeps it), or ``fallback`` when none is given; 400 for a name no file can have (``.``, ``..``,
+    control characters such as NUL or CR/LF, more than 255 bytes)."""
+    if value is None or value == "":
+        return fallback
+    name = os.path.basename(str(value).replace("\\", "/"))
+    if (
+        name in ("", ".", "..")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    ):
+        raise BadRequest(
+            f"Invalid file name {str(value)[:60]!r}: give a plain file name (not '.' or '..', no control "
+            f"characters), at most {MAX_NAME_BYTES} bytes"
+        )
+    return name
 
 
 def id_union(params: dict[str, Any], *names: str) -> list[int]:
@@ -122,15 +156,15 @@ def as_int(value: object, name: str, *, default: int | None = None) -> int | Non
     if isinstance(value, bool):
         raise BadRequest(f"Invalid {name} {value!r}: an integer is expected")
     try:
-        return int(value)  # type: ignore[arg-type]
+        return check_range(int(value), name)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         try:
             as_float = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise BadRequest(f"Invalid {name} {value!r}: an integer is expected") from None
+            raise BadRequest(f"Invalid {name} {str(value)[:60]!r}: an integer is expected") from None
         if not as_float.is_integer():
-            raise BadRequest(f"Invalid {name} {value!r}: an integer is expected") from None
-        return int(as_float)
+            raise BadRequest(f"Invalid {name} {str(value)[:60]!r}: an integer is expected") from None
+        return check_range(int(as_float), name)
 
 
 def required_ids(data: dict[str, Any], *names: str, missing: str) -> list[int]:
@@ -176,3 +210,28 @@ def parameter_text(value: object) -> str | None:
     if isinstance(value, (list, tuple)):
         return ",".join(parameter_text(v) or "" for v in value)
     return str(value)
+
+
+def check_parameter_value(parameter: Row, text: str | None) -> None:
+    """Refuse a job parameter value its software parameter's type does not allow, as the web UI does,
+    and any value with a space: the core splits the command line on spaces, so such a value would
+    reach the app as extra arguments (e.g. another ``--cytomine_host``)."""
+    if not text:
+        return
+    name, ptype = parameter["name"], parameter["type"]
+    try:
+        if ptype == "Number":
+            float(text)
+        elif ptype == "Domain":
+            int(text)
+        elif ptype == "ListDomain":
+            [int(v) for v in text.split(",")]
+        elif ptype == "Boolean" and text.lower() not in ("true", "false"):
+            raise ValueError
+    except ValueError:
+        raise BadRequest(f"Invalid value {text[:60]!r} for {ptype} parameter {name!r}: give a {ptype} value") from None
+    if any(c.isspace() for c in text):
+        raise BadRequest(
+            f"Value {text[:60]!r} of parameter {name!r} contains a space: Cytomine splits the command "
+            "line on spaces, use commas or no spaces"
+        )

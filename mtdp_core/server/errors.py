@@ -45,6 +45,12 @@ class NotFound(ServerError):
     status = 404
 
 
+class PayloadTooLarge(ServerError):
+    """The request body is larger than the server accepts."""
+
+    status = 413
+
+
 class Conflict(ServerError):
     """The object already exists (Cytomine's AlreadyExistException)."""
 

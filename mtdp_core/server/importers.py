@@ -316,7 +316,8 @@ def import_folder(
     only_annotated: bool = False,
     limit: int | None = None,
 ) -> ImportReport:
-    """Import ``images`` (a folder) and their ``annotations`` into ``project`` (created when new).
+    """Import ``images`` (a folder) and their ``annotations`` into ``project`` (created when new,
+    managed by ``user``; an existing project gets ``user`` as a member).
 
     Images are referenced where they are, or copied under ``copy_to`` (source files are never
     modified). Images already in the project are skipped, so an import can be re-run.
@@ -338,6 +339,10 @@ def import_folder(
         raise ConfigurationError(f"User {user!r} does not exist: create it with 'mtdp server user add {user}'")
     with store.transaction():
         project_row = _project_with_ontology(store, project, owner)
+        if store.projects.role(project_row["id"], owner["id"]) is None and not owner["is_admin"]:
+            # The annotations will be the user's: it must see them (the creator already manages a new project).
+            store.projects.add_member(project_row["id"], owner["id"])
+            logger.info("import: user %s added to project %s as a member", owner["username"], project_row["name"])
         items = [ImportedImage(_copied(path, images, copy_to), matched.get(path, [])) for path in selected]
         summary = store.imports.import_images(project_row["id"], items, owner)
     report = ImportReport(project=store.projects.get(project_row["id"]), missing_images=missing, **summary)

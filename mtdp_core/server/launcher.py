@@ -42,7 +42,18 @@ from pathlib import Path
 from typing import Any
 
 from mtdp_core.server.backends import CytomineStore
-from mtdp_core.server.domain import CLASS_NAMES, FAILED, INQUEUE, KILLED, NOT_LAUNCH, RUNNING, WAIT, Row
+from mtdp_core.server.backends.database import private_folder, write_private
+from mtdp_core.server.domain import (
+    CLASS_NAMES,
+    FAILED,
+    INQUEUE,
+    KILLED,
+    NOT_LAUNCH,
+    RUNNING,
+    WAIT,
+    Row,
+    check_parameter_value,
+)
 from mtdp_core.server.errors import BadRequest, NotFound
 
 logger = logging.getLogger(__name__)
@@ -147,24 +158,7 @@ def typed_parameters(parameters: Sequence[Row], values: Mapping[str, object]) ->
         if parameter["set_by_server"]:
             raise BadRequest(f"Parameter {name!r} is set by the server: do not give it")
         text = value_text(value)
-        ptype = parameter["type"]
-        try:
-            if ptype == "Number" and text != "":
-                float(text)
-            elif ptype == "Domain" and text != "":
-                int(text)
-            elif ptype == "ListDomain" and text != "":
-                [int(v) for v in text.split(",")]
-            elif ptype == "Boolean" and text.lower() not in ("true", "false", ""):
-                raise ValueError
-        except ValueError:
-            raise BadRequest(f"Invalid value {text!r} for {ptype} parameter {name!r}") from None
-        if " " in text:
-            # The core splits the command line on spaces: such a value would reach the app in pieces.
-            raise BadRequest(
-                f"Value {text!r} of parameter {name!r} contains a space: Cytomine splits the command "
-                "line on spaces, use commas or no spaces"
-            )
+        check_parameter_value(parameter, text)
         checked.append((parameter["id"], text))
     return checked
 
@@ -282,9 +276,8 @@ class JobLauncher:
         secrets = [user_job["private_key"]] if user_job else []
         logger.info("job %d: Cytomine command: %s", job_id, mask_secrets(real_command, secrets))
         logger.info("job %d: running: %s", job_id, mask_secrets(argv, secrets))
-        folder = self.jobs_dir / str(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        log_path = folder / "log.out"
+        folder = private_folder(self.jobs_dir / str(job_id))
+        log_path = write_private(folder / "log.out", b"")  # the job's output may hold what it read: 0600
         self.store.jobs.set_status(job_id, INQUEUE, "Job launched by the local server", 0)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "wb") as log:
@@ -396,7 +389,8 @@ class JobLauncher:
         elif job["status"] == RUNNING:
             logger.warning("job %d: process exited with code 0 but left the job RUNNING", job_id)
         if running.log_path.exists():
-            self.store.meta.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", running.log_path.read_bytes())
+            with open(running.log_path, "rb") as log:
+                self.store.meta.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", log)
         final = self.store.jobs.get(job_id)
         level = logging.INFO if final["status"] not in (FAILED, KILLED) else logging.WARNING
         logger.log(

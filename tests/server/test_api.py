@@ -41,7 +41,11 @@ def test_a_bad_signature_makes_no_caller(server):
 
 
 def _context(server, user=None):
-    return RequestContext(Services(server.store, server.config, None), None, Caller(user) if user else None)  # type: ignore[arg-type]
+    caller = None
+    if user is not None:
+        project = server.store.jobs.get(user["job_id"])["project_id"] if user["algo"] else None
+        caller = Caller(user, job_project_id=project)
+    return RequestContext(Services(server.store, server.config, None), None, caller)  # type: ignore[arg-type]
 
 
 def test_access_rules(server, seeded):
@@ -53,7 +57,15 @@ def test_access_rules(server, seeded):
     annotation = store.annotations.get(seeded.annotations[0].id)
     with pytest.raises(Unauthorized):
         access.require_project_access(_context(server), seeded.project_id)
-    access.require_project_access(_context(server, alice), seeded.project_id, write=True)  # CLASSIC: all members
+    with pytest.raises(Forbidden, match="not a member of project"):
+        access.require_project_access(_context(server, alice), seeded.project_id)
+    store.projects.add_member(seeded.project_id, alice["id"])
+    access.require_project_access(_context(server, alice), seeded.project_id, write=True)  # CLASSIC: members write
+    with pytest.raises(Forbidden, match="not a manager"):
+        access.require_project_manager(_context(server, alice), seeded.project_id)
+    access.require_project_manager(_context(server, server.admin), seeded.project_id)
+    assert access.visible_projects(_context(server, alice)) == [seeded.project_id]
+    assert access.visible_projects(_context(server, server.admin)) is None
     with pytest.raises(Forbidden, match="not an administrator"):
         access.require_admin(_context(server, alice))
     access.require_self_or_admin(_context(server, alice), alice["id"])

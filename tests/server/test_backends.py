@@ -8,6 +8,7 @@ import threading
 import pytest
 from cytomine.models import AnnotationCollection, Project, ProjectCollection
 
+from mtdp_core.errors import ConfigurationError
 from mtdp_core.server.app import LocalCytomine, read_admin_keys
 from mtdp_core.server.backends import AnnotationQuery, CytomineStore
 from mtdp_core.server.config import ServerConfig
@@ -142,3 +143,27 @@ def test_public_queries_of_algo_annotations_and_terms(server, seeded):
     assert (terms[0]["annotation_id"], terms[0]["rate"]) == (target.id, 0.25) and len(terms) == 2
     assert store.annotation_terms.list_algo(server.admin["id"]) == []
     assert store.users.job_user(job["id"])["id"] == job_user["id"]
+
+
+def test_databases_of_the_previous_schema_are_migrated(tmp_path):
+    """Schema 1 had no project members: opening it makes each project's creator its manager."""
+    path = tmp_path / "cytomine.sqlite3"
+    store = CytomineStore(path)
+    admin = store.users.ensure_admin()
+    alice = store.users.create("alice")
+    project = store.projects.create("old", None, alice["id"])
+    with store.transaction() as db:
+        db.execute("DELETE FROM project_member")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    store.close()
+    store = CytomineStore(path)
+    try:
+        assert store.projects.role(project["id"], alice["id"]) == "manager"
+        assert store.projects.role(project["id"], admin["id"]) is None
+        assert store.db.scalar("SELECT value FROM meta WHERE key = 'schema'") == "2"
+        with store.transaction() as db:
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    finally:
+        store.close()
+    with pytest.raises(ConfigurationError, match="schema version 99"):
+        CytomineStore(path)

@@ -97,9 +97,12 @@ def test_cytomine_job_lifecycle(server, seeded, probe, tmp_path):
         created = Annotation(location=first.location, id_image=first.image).save()
         assert created.class_.endswith("AlgoAnnotation") and created.user == cj.current_user.id
 
+    # The job ended: its keys (which the client still holds) no longer work.
+    assert Job().fetch(cj.job.id) is False  # a 401, which the client reports as False
+    server.connect()
     job = Job().fetch(cj.job.id)
     assert job.status == SUCCESS and job.statusComment == "Job successfully terminated"
-    # Another app (e.g. a predict app) reads the training job's outputs.
+    # Another app (e.g. a predict app, with its own keys) reads the training job's outputs.
     files = AttachedFileCollection(job).fetch()
     assert [f.filename for f in files] == ["model.json"]
     assert files[0].download(str(tmp_path / "model-copy.json"), override=True)

@@ -8,9 +8,10 @@ globals, so a handler is a plain function of ``(ctx, **path parameters)``.
 from __future__ import annotations
 
 import json
+import math
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from flask import Request
 
@@ -18,7 +19,7 @@ from mtdp_core.server.api.serialisers.envelopes import collection
 from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.domain import Row, as_bool, as_int
-from mtdp_core.server.errors import BadRequest
+from mtdp_core.server.errors import BadRequest, PayloadTooLarge
 from mtdp_core.server.imaging import ImageCache
 
 
@@ -79,6 +80,7 @@ class RequestContext:
     services: Services
     request: Request
     caller: Caller | None = None
+    body_limit: tuple[int, str] = (0, "")  # the most bytes the body may have, and the flag that sets it
     _body: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -100,11 +102,18 @@ class RequestContext:
     def body(self) -> Any:
         """The JSON body; a form-encoded body (some client helpers post dicts that way) as a dict."""
         if self._body is None:
-            self._body = _parse_body(self.request.get_data(cache=True))
+            self._body = _parse_body(self._raw_body())
         return self._body
 
     def has_body(self) -> bool:
-        return bool(self.request.get_data(cache=True))
+        return bool(self._raw_body())
+
+    def _raw_body(self) -> bytes:
+        raw = self.request.get_data(cache=True)
+        # A body without Content-Length is read up to the limit only: reaching it means it was longer.
+        if self.request.content_length is None and self.body_limit[0] and len(raw) >= self.body_limit[0]:
+            raise too_large(self.body_limit)
+        return raw
 
     def json_object(self) -> dict[str, Any]:
         data = self.body()
@@ -126,9 +135,12 @@ class RequestContext:
         if value in (None, "", "null"):
             return None
         try:
-            return float(value)  # type: ignore[arg-type]
+            number = float(value)  # type: ignore[arg-type]
         except ValueError:
-            raise BadRequest(f"Invalid {name} {value!r}: a number is expected") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise BadRequest(f"Invalid {name} {value[:40]!r}: a finite number is expected") from None
+        return number
 
     def listing_params(self) -> dict[str, Any]:
         """Query parameters, and those of a POSTed search body."""
@@ -150,23 +162,40 @@ class RequestContext:
         offset, max_ = self.paging()
         return collection(items, offset=offset, max_=max_)
 
-    def uploaded_file(self) -> tuple[str | None, bytes]:
-        """(file name, content) of the multipart field ``files[]`` (or the only file sent)."""
+    def uploaded_file(self) -> tuple[str | None, BinaryIO]:
+        """(file name, content as a binary stream) of the multipart field ``files[]`` (or the only
+        file sent); the content is spooled to a temporary file by Werkzeug, never held whole in memory."""
         upload = self.request.files.get("files[]") or next(iter(self.request.files.values()), None)
         if upload is None:
             raise BadRequest("No file in the request: send it as multipart/form-data field 'files[]'")
-        return upload.filename, upload.read()
+        return upload.filename, upload.stream
 
     def form_or_arg(self, name: str) -> str | None:
         """A value given in the query string or in the multipart form."""
         return self.request.args.get(name) or self.request.form.get(name)
 
 
+def too_large(limit: tuple[int, str], size: int | None = None) -> PayloadTooLarge:
+    """413 for a body over ``limit`` (bytes, and the flag that sets it)."""
+    what = f"of {size:,} bytes " if size is not None else ""
+    return PayloadTooLarge(
+        f"Request body {what}over the server's limit of {limit[0]:,} bytes: send less (e.g. smaller chunks of "
+        f"annotations), or start the server with a larger {limit[1]}"
+    )
+
+
+#: How deeply a JSON body may nest (Cytomine's bodies nest 3 levels; Python's parser recurses).
+MAX_JSON_DEPTH = 32
+
+
 def _parse_body(raw: bytes) -> Any:
     if not raw:
         return {}
+    too_deep = BadRequest(f"The request body is JSON nested too deeply: at most {MAX_JSON_DEPTH} levels are accepted")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
     except ValueError:
         # Annotation.review() posts a dict through requests' data=, i.e. form-encoded, under a JSON
         # content type: read it as a form.
@@ -175,3 +204,19 @@ def _parse_body(raw: bytes) -> Any:
         except (UnicodeDecodeError, ValueError):
             raise BadRequest("The request body is not valid JSON") from None
         return {key: (values if len(values) > 1 else values[0]) for key, values in form.items()}
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise too_deep
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and objects nest in ``data`` (iteratively: no recursion to exhaust)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

@@ -36,11 +36,14 @@ from mtdp_core.server.domain import CLASS_NAMES
 
 @dataclass(frozen=True)
 class Route:
-    """``methods`` (space-separated) on ``pattern`` are answered by ``handler(ctx, **path parameters)``."""
+    """``methods`` (space-separated) on ``pattern`` are answered by ``handler(ctx, **path parameters)``;
+    an ``upload`` route takes a file (up to ``max_upload_bytes``, streamed to disk), any other a body
+    of at most ``max_body_bytes``."""
 
     methods: str
     pattern: str
     handler: Callable[..., Any]
+    upload: bool = False
 
 
 PUBLIC_PATHS = frozenset({"/server/ping", "/server/ping.json", "/api/server/ping.json"})
@@ -70,8 +73,8 @@ ROUTES: list[Route] = [
     Route("GET", "/api/project/<int:project_id>/user.json", users.project_users),
     Route("GET", "/api/project/<int:project_id>/admin.json", users.project_admins),
     Route("GET", "/api/project/<int:project_id>/userjob.json", users.project_job_users),
-    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>.json", users.project_membership),
-    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>/admin.json", users.project_membership),
+    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>.json", users.project_member),
+    Route("POST DELETE", "/api/project/<int:project_id>/user/<int:user_id>/admin.json", users.project_manager),
     # ontologies and terms
     Route("GET", "/api/ontology.json", ontologies.list_ontologies),
     Route("POST", "/api/ontology.json", ontologies.add_ontology),
@@ -142,7 +145,7 @@ ROUTES: list[Route] = [
     Route("DELETE", f"/api/{OWNER}/property/<int:property_id>.json", meta.delete_property),
     Route("GET", f"/api/{OWNER}/key/<key>/property.json", meta.property_by_key),
     Route("GET", "/api/property/<int:property_id>.json", meta.get_property_by_id),
-    Route("POST", "/api/attachedfile.json", meta.add_attached_file),
+    Route("POST", "/api/attachedfile.json", meta.add_attached_file, upload=True),
     Route("GET", "/api/attachedfile.json", meta.list_all_attached_files),
     Route("GET", f"/api/{DOMAIN}/attachedfile.json", meta.list_attached_files),
     Route("GET", "/api/attachedfile/<int:file_id>.json", meta.get_attached_file),
@@ -191,7 +194,7 @@ ROUTES: list[Route] = [
     Route("GET", "/api/job/<int:job_id>/jobdata.json", jobs.list_data),
     Route("GET", "/api/jobdata/<int:data_id>.json", jobs.get_data),
     Route("DELETE", "/api/jobdata/<int:data_id>.json", jobs.delete_data),
-    Route("POST", "/api/jobdata/<int:data_id>/upload", jobs.upload_data),
+    Route("POST", "/api/jobdata/<int:data_id>/upload", jobs.upload_data, upload=True),
     Route("GET", "/api/jobdata/<int:data_id>/download", jobs.download_data),
 ]
 

@@ -47,6 +47,7 @@ class AnnotationQuery:
 
     kind: str = "user"
     project: int | None = None
+    projects: list[int] | None = None  # only these projects (the caller's); None: no restriction
     images: list[int] | None = None
     slices: list[int] | None = None
     users: list[int] | None = None
@@ -79,15 +80,18 @@ def show_groups(params: dict[str, Any]) -> set[str]:
     return {g for g in groups if g not in hidden} | {"basic"}
 
 
-def build_queries(params: dict[str, Any], backend: AnnotationsBackend) -> list[AnnotationQuery]:
-    """The listings a request asks for, as the core's AnnotationListingBuilder decides."""
+def build_queries(
+    params: dict[str, Any], backend: AnnotationsBackend, projects: list[int] | None = None
+) -> list[AnnotationQuery]:
+    """The listings a request asks for, as the core's AnnotationListingBuilder decides; only in
+    ``projects`` when given (the projects the caller may read)."""
     users = list(dict.fromkeys(id_union(params, "user", "users")))
     job = as_int(params.get("job"), "job")
     if job is not None:
         users = [_job_user_id(backend, job)]
     terms = id_union(params, "term", "terms")
     suggested = id_union(params, "suggestedTerm", "suggestedTerms")
-    common = _common_filters(params, backend, users)
+    common = {**_common_filters(params, backend, users), "projects": projects}
     if as_bool(params.get("reviewed")):
         return [AnnotationQuery(kind="reviewed", terms=terms or None, suggested_terms=suggested or None, **common)]
     single_user = parse_id_list(params.get("user"))
@@ -156,6 +160,8 @@ def where_clause(q: AnnotationQuery) -> tuple[str, list[Any]]:
 
     if q.project is not None:
         add("a.project_id = ?", q.project)
+    if q.projects is not None:
+        add(f"a.project_id IN ({marks(len(q.projects))})" if q.projects else "0", *q.projects)
     for column, ids in (
         ("a.image_id", q.images),
         ("a.slice_id", q.slices),

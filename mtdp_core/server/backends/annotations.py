@@ -249,9 +249,12 @@ class AnnotationsBackend:
         where, params = where_clause(query)
         return int(self.db.scalar(f"SELECT count(*) FROM annotation a WHERE {where}", params))
 
-    def search(self, params: dict[str, Any], offset: int = 0, max_: int = 0) -> tuple[list[Row], int]:
-        """A listing request's parameters (``GET /api/annotation.json``) -> (page, total)."""
-        queries = build_queries(params, self)
+    def search(
+        self, params: dict[str, Any], offset: int = 0, max_: int = 0, *, projects: list[int] | None = None
+    ) -> tuple[list[Row], int]:
+        """A listing request's parameters (``GET /api/annotation.json``) -> (page, total); only
+        annotations of ``projects`` when given."""
+        queries = build_queries(params, self, projects)
         if len(queries) == 1:
             return self.list(queries[0], offset, max_)
         combined = [row for q in queries for row in self.list(q)[0]]

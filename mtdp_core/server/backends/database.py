@@ -4,6 +4,10 @@ One database (a file, so data survive a restart, or ``:memory:`` for tests) hold
 Cytomine domain. Identifiers come from one sequence shared by every domain (as Cytomine's
 ``hibernate_sequence``).
 
+Secrets: the database holds every private key, so it is readable by its owner only (mode
+0600, with its WAL and shared-memory files), as are stored files (0600, in 0700 folders);
+:func:`private_folder` makes the data folder 0700. Existing files are tightened when opened.
+
 Thread safety: one connection guarded by a re-entrant lock (SQLite's Python binding must not
 be used by two threads at once); writes run in ``BEGIN IMMEDIATE`` transactions so another
 process (e.g. ``mtdp server import`` while a server runs) can share a database file. Nested
@@ -22,14 +26,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from mtdp_core.errors import ConfigurationError
 from mtdp_core.server.domain import Row
 from mtdp_core.server.errors import NotFound
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 #: Ids per ``IN (...)`` clause (SQLite allows 999 bound parameters on old builds).
 CHUNK = 500
+#: Bytes copied at a time when a file is stored (uploads are streamed, never held whole in memory).
+CHUNK_BYTES = 1024 * 1024
+#: Modes of what holds secrets: the database and stored files, and the folders around them.
+PRIVATE_FILE, PRIVATE_FOLDER = 0o600, 0o700
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,6 +55,10 @@ CREATE TABLE IF NOT EXISTS term (
 CREATE TABLE IF NOT EXISTS project (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, ontology_id INTEGER, user_id INTEGER,
     created INTEGER NOT NULL, updated INTEGER);
+CREATE TABLE IF NOT EXISTS project_member (
+    project_id INTEGER NOT NULL, user_id INTEGER NOT NULL, manager INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL, PRIMARY KEY (project_id, user_id));
+CREATE INDEX IF NOT EXISTS project_member_user ON project_member (user_id);
 CREATE TABLE IF NOT EXISTS abstract_image (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, original_filename TEXT NOT NULL, width INTEGER NOT NULL,
     height INTEGER NOT NULL, samples INTEGER NOT NULL, mime TEXT, user_id INTEGER, created INTEGER NOT NULL,
@@ -106,6 +119,15 @@ CREATE TABLE IF NOT EXISTS job_data (
     created INTEGER NOT NULL, updated INTEGER);
 """
 
+#: What turns a database of each older schema version into the next one (run once, in order).
+MIGRATIONS: dict[str, tuple[str, ...]] = {
+    # 1 -> 2: projects have members; the creator of each existing project becomes its manager.
+    "1": (
+        "INSERT OR IGNORE INTO project_member (project_id, user_id, manager, created)"
+        " SELECT id, user_id, 1, created FROM project WHERE user_id IS NOT NULL",
+    ),
+}
+
 
 def marks(count: int) -> str:
     """``?,?,?`` for an ``IN (...)`` clause of ``count`` values."""
@@ -129,17 +151,37 @@ class Database:
         self._depth = 0
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))  # never readable by others
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA foreign_keys = OFF")
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
+            # SQLite gives the WAL and shared-memory files the database file's mode: make that 0600 first.
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(self.path + suffix, PRIVATE_FILE)
         with self._lock:
             self._conn.executescript(SCHEMA)  # idempotent (IF NOT EXISTS); commits by itself
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_id', '1')")
+            self._migrate(db)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a database made by an older version of the server to :data:`SCHEMA_VERSION`."""
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+        while version != SCHEMA_VERSION:
+            if version not in MIGRATIONS:
+                raise ConfigurationError(
+                    f"Database {self.path} has schema version {version}, unknown to this server (version "
+                    f"{SCHEMA_VERSION}): use the mtdp version that wrote it, or a newer one"
+                )
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            version = str(int(version) + 1)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -209,9 +251,26 @@ class Database:
             self._conn.close()
 
 
-def base_name(filename: str, fallback: str) -> str:
-    """The file name of an uploaded path (``../a/b.txt`` -> ``b.txt``), or ``fallback``."""
-    return os.path.basename(filename.replace("\\", "/")) or fallback
+def private_folder(path: str | os.PathLike) -> Path:
+    """A folder (created when missing, with its parents) readable by its owner only."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
+    os.chmod(path, PRIVATE_FOLDER)
+    return path
+
+
+def write_private(path: str | os.PathLike, data: bytes | BinaryIO) -> Path:
+    """Write ``data`` (bytes, or a binary file read to its end in chunks) to a file readable by
+    its owner only (an existing file is replaced and tightened)."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as out:
+        if isinstance(data, (bytes, bytearray)):
+            out.write(data)
+        else:
+            shutil.copyfileobj(data, out, CHUNK_BYTES)
+    return path
 
 
 @dataclass
@@ -225,19 +284,18 @@ class Files:
     @classmethod
     def at(cls, folder: str | os.PathLike | None) -> Files:
         if folder is None:
-            return cls(Path(tempfile.mkdtemp(prefix="mtdp-server-files-")), owned=True)
-        return cls(Path(folder))
+            return cls(Path(tempfile.mkdtemp(prefix="mtdp-server-files-")), owned=True)  # 0700
+        return cls(private_folder(folder))
 
     def folder(self, *parts: str | int) -> Path:
         path = self.root.joinpath(*(str(p) for p in parts))
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
         return path
 
-    def save(self, kind: str, ident: int, name: str, data: bytes) -> Path:
-        """Write ``data`` as ``kind/ident/name`` (``name``: a :func:`base_name`); returns the path."""
-        path = self.folder(kind, ident) / name
-        path.write_bytes(data)
-        return path
+    def save(self, kind: str, ident: int, name: str, data: bytes | BinaryIO) -> Path:
+        """Write ``data`` (bytes, or a binary file read to its end in chunks) as ``kind/ident/name``
+        (``name``: a :func:`~mtdp_core.server.domain.file_name`), readable by its owner only."""
+        return write_private(self.folder(kind, ident) / name, data)
 
     @staticmethod
     def remove(path: str | os.PathLike) -> None:

@@ -65,8 +65,22 @@ class ImagesBackend:
     def get_abstract(self, abstract_id: int) -> Row:
         return self.db.get("abstract_image", abstract_id, "AbstractImage")
 
-    def list_abstract(self) -> list[Row]:
-        return self.db.all("SELECT * FROM abstract_image ORDER BY id")
+    def list_abstract(self, *, projects: Sequence[int] | None = None, user_id: int | None = None) -> list[Row]:
+        """Every abstract image, or (with ``projects``) those held by one of these projects or
+        (with ``user_id`` too) imported by that user."""
+        if projects is None:
+            return self.db.all("SELECT * FROM abstract_image ORDER BY id")
+        ids: list[int | None] = list(projects)
+        where = f"id IN (SELECT base_image_id FROM image_instance WHERE project_id IN ({marks(len(ids))}))"
+        if user_id is not None:
+            where += " OR user_id = ?"
+            ids.append(user_id)
+        return self.db.all(f"SELECT * FROM abstract_image WHERE {where} ORDER BY id", ids)
+
+    def abstract_projects(self, abstract_id: int) -> list[int]:
+        """The projects holding an instance of an abstract image."""
+        rows = self.db.all("SELECT project_id FROM image_instance WHERE base_image_id = ?", (abstract_id,))
+        return [r["project_id"] for r in rows]
 
     # ------------------------------------------------------------------ image instances
     def add_instance(
@@ -120,6 +134,17 @@ class ImagesBackend:
         """The images of a project, newest first."""
         self.projects.get(project_id)
         return self.db.all(_SELECT + " WHERE ii.project_id = ? ORDER BY ii.created DESC, ii.id DESC", (project_id,))
+
+    def list_in(self, project_ids: Sequence[int]) -> list[Row]:
+        """The images of several projects, by project, newest first."""
+        rows: list[Row] = []
+        for chunk in chunks(list(project_ids)):
+            rows += self.db.all(
+                _SELECT + f" WHERE ii.project_id IN ({marks(len(chunk))})"
+                " ORDER BY ii.project_id, ii.created DESC, ii.id DESC",
+                chunk,
+            )
+        return rows
 
     def counts(self, image_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """Annotations of each image by kind (``user``, ``algo``, ``reviewed``)."""

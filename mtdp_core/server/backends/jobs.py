@@ -8,13 +8,21 @@ progress 0-100; a parameter belongs to the job's software and is given once.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from mtdp_core.server.backends.database import Database, Files, base_name
-from mtdp_core.server.domain import Row, as_bool, as_int, now_ms, parameter_text, required_ids
+from mtdp_core.server.backends.database import Database, Files, marks
+from mtdp_core.server.domain import (
+    Row,
+    as_bool,
+    as_int,
+    check_parameter_value,
+    file_name,
+    now_ms,
+    parameter_text,
+    required_ids,
+)
 from mtdp_core.server.errors import BadRequest, Conflict, Forbidden
 
 if TYPE_CHECKING:
@@ -75,13 +83,19 @@ class JobsBackend:
     def get(self, job_id: int) -> Row:
         return self.db.get("job", job_id, "Job")
 
-    def list(self, *, project: int | None = None, software: int | None = None) -> list[Row]:
-        """Jobs, newest first, of a project and/or a software."""
+    def list(
+        self, *, project: int | None = None, software: int | None = None, among: Sequence[int] | None = None
+    ) -> list[Row]:
+        """Jobs, newest first, of a project and/or a software; only those of the projects ``among``
+        when given (None: no restriction)."""
         sql = "SELECT * FROM job WHERE 1 = 1"
         params: list[Any] = []
         if project is not None:
             sql += " AND project_id = ?"
             params.append(project)
+        if among is not None:
+            sql += f" AND project_id IN ({marks(len(among))})" if among else " AND 0"
+            params.extend(among)
         if software is not None:
             sql += " AND software_id = ?"
             params.append(software)
@@ -131,6 +145,7 @@ class JobsBackend:
         param = self.software.get_parameter(spid)
         if param["software_id"] != job["software_id"]:
             raise BadRequest(f"Software parameter {spid} does not belong to the software of job {jid}")
+        check_parameter_value(param, parameter_text(value))
         with self.db.transaction() as db:
             if self._parameter_id(jid, spid) is not None:
                 raise Conflict(f"Job {jid} already has a value for parameter {param['name']!r}")
@@ -176,7 +191,7 @@ class JobsBackend:
                     did,
                     jid,
                     None if key is None else str(key),
-                    None if filename is None else os.path.basename(str(filename)),
+                    None if filename is None else file_name(filename, "data"),
                     now_ms(),
                 ),
             )
@@ -189,13 +204,14 @@ class JobsBackend:
         self.get(job_id)
         return self.db.all("SELECT * FROM job_data WHERE job_id = ? ORDER BY id", (job_id,))
 
-    def upload_data(self, data_id: int, filename: str, data: bytes) -> Row:
+    def upload_data(self, data_id: int, filename: str, data: bytes | BinaryIO) -> Row:
+        """The file of a job data entry (its bytes, or a binary stream)."""
         row = self.get_data(data_id)
-        path = self.files.save("jobdata", data_id, row["filename"] or base_name(filename, "data"), data)
+        path = self.files.save("jobdata", data_id, row["filename"] or file_name(filename, "data"), data)
         with self.db.transaction() as db:
             db.execute(
                 "UPDATE job_data SET storage = ?, size = ?, filename = ?, updated = ? WHERE id = ?",
-                (str(path), len(data), path.name, now_ms(), data_id),
+                (str(path), path.stat().st_size, path.name, now_ms(), data_id),
             )
         return self.get_data(data_id)
 

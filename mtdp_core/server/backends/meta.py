@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from mtdp_core.server.backends.database import Database, Files, base_name
-from mtdp_core.server.domain import ANNOTATION_KINDS, CLASS_NAMES, Row, domain_key, now_ms, short_class
+from mtdp_core.server.backends.database import Database, Files
+from mtdp_core.server.domain import ANNOTATION_KINDS, CLASS_NAMES, Row, domain_key, file_name, now_ms, short_class
 from mtdp_core.server.errors import BadRequest, Conflict, NotFound
 
 #: Domain classes that can carry properties and files, by :func:`domain_key`, and their table.
@@ -26,6 +26,35 @@ DOMAIN_TABLES = {
 }
 ANNOTATION_KEYS = ("annotation", "annotationdomain", "userannotation", "algoannotation", "reviewedannotation")
 USER_KEYS = ("user", "secuser", "userjob")
+#: How to find what a domain object belongs to, by the key of its canonical class: (scope, SQL
+#: selecting the scope's id from the object's id).
+OWNER_QUERIES = {
+    "project": ("project", "SELECT id FROM project WHERE id = ?"),
+    "imageinstance": ("project", "SELECT project_id FROM image_instance WHERE id = ?"),
+    "userannotation": ("project", "SELECT project_id FROM annotation WHERE id = ?"),
+    "algoannotation": ("project", "SELECT project_id FROM annotation WHERE id = ?"),
+    "reviewedannotation": ("project", "SELECT project_id FROM annotation WHERE id = ?"),
+    "job": ("project", "SELECT project_id FROM job WHERE id = ?"),
+    "jobdata": ("project", "SELECT j.project_id FROM job_data d JOIN job j ON j.id = d.job_id WHERE d.id = ?"),
+    "ontology": ("ontology", "SELECT id FROM ontology WHERE id = ?"),
+    "term": ("ontology", "SELECT ontology_id FROM term WHERE id = ?"),
+    "abstractimage": ("abstractimage", "SELECT id FROM abstract_image WHERE id = ?"),
+    "software": ("software", "SELECT id FROM software WHERE id = ?"),
+    "softwareparameter": ("software", "SELECT software_id FROM software_parameter WHERE id = ?"),
+    "user": ("user", "SELECT id FROM sec_user WHERE id = ?"),
+    "userjob": ("user", "SELECT id FROM sec_user WHERE id = ?"),
+}
+
+
+@dataclass(frozen=True)
+class DomainOwner:
+    """What a domain object belongs to, for the access rules: ``scope`` is ``project``,
+    ``ontology``, ``abstractimage``, ``software`` or ``user``, and ``ident`` that object's id
+    (e.g. the project of an annotation, the ontology of a term)."""
+
+    class_name: str
+    scope: str
+    ident: int
 
 
 @dataclass(eq=False)
@@ -52,6 +81,12 @@ class MetaBackend:
         if not self.db.exists(f"SELECT 1 FROM {DOMAIN_TABLES[key]} WHERE id = ?", (ident,)):
             raise NotFound(f"{short_class(class_name)} {ident} not found")
         return CLASS_NAMES[key]
+
+    def owner(self, class_name: str, ident: int) -> DomainOwner:
+        """What an existing domain object belongs to (404 when it does not exist)."""
+        canonical = self.resolve_domain(class_name, ident)
+        scope, sql = OWNER_QUERIES[domain_key(canonical)]
+        return DomainOwner(canonical, scope, int(self.db.scalar(sql, (ident,))))
 
     # ------------------------------------------------------------------ properties
     def add_property(self, class_name: str, ident: int, key: object, value: object) -> Row:
@@ -122,15 +157,18 @@ class MetaBackend:
         )
 
     # ------------------------------------------------------------------ attached files
-    def add_attached_file(self, class_name: str, ident: int, filename: str, data: bytes, key: str | None = None) -> Row:
+    def add_attached_file(
+        self, class_name: str, ident: int, filename: str, data: bytes | BinaryIO, key: str | None = None
+    ) -> Row:
+        """Attach a file (its bytes, or a binary stream) to a domain object."""
         canonical = self.resolve_domain(class_name, ident)
         fid = self.db.allocate_ids()
-        path = self.files.save("attachedfiles", fid, base_name(filename, "file"), data)
+        path = self.files.save("attachedfiles", fid, file_name(filename, "file"), data)
         with self.db.transaction() as db:
             db.execute(
                 "INSERT INTO attached_file (id, domain_class, domain_ident, filename, storage, size, key, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (fid, canonical, ident, path.name, str(path), len(data), key, now_ms()),
+                (fid, canonical, ident, path.name, str(path), path.stat().st_size, key, now_ms()),
             )
         return self.get_attached_file(fid)
 

@@ -1,8 +1,11 @@
-"""Projects: a name, an ontology, and everything attached to them (images, annotations, jobs).
+"""Projects: a name, an ontology, members, and everything attached to them (images,
+annotations, jobs).
 
 Rules of the core kept here: project names are unique; the terms an annotation of a project
 may carry are those of the project's ontology; deleting a project deletes its images (and so
-their annotations), its software links and its properties.
+their annotations), its software links, its properties and its memberships. Members are people
+(not job users); some are managers, the creator first; a project keeps at least one manager
+once it has one. Who may do what with that is ``api/access.py``'s business.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class ProjectsBackend:
                 "INSERT INTO project (id, name, ontology_id, user_id, created) VALUES (?, ?, ?, ?, ?)",
                 (pid, name, oid, user_id, now_ms()),
             )
+            if user_id is not None:
+                self.add_member(pid, user_id, manager=True)  # the creator manages the project
         return self.get(pid)
 
     def get(self, project_id: int) -> Row:
@@ -41,17 +46,31 @@ class ProjectsBackend:
     def find_by_name(self, name: str) -> Row | None:
         return self.db.one("SELECT * FROM project WHERE name = ?", (name,))
 
-    def list(self, *, ontology: int | None = None, software: int | None = None) -> list[Row]:
-        """Every project, or those of an ontology, or those a software is added to."""
+    def list(
+        self,
+        *,
+        ontology: int | None = None,
+        software: int | None = None,
+        member: int | None = None,
+        among: Sequence[int] | None = None,
+    ) -> list[Row]:
+        """Every project, or those of an ontology, those a software is added to, those a user is a
+        member of; only those ``among`` the given ids when given (None: no restriction)."""
+        sql, params = "SELECT p.* FROM project p WHERE 1 = 1", []
         if ontology is not None:
-            return self.db.all("SELECT * FROM project WHERE ontology_id = ? ORDER BY id", (ontology,))
+            sql += " AND p.ontology_id = ?"
+            params.append(ontology)
         if software is not None:
-            return self.db.all(
-                "SELECT p.* FROM project p JOIN software_project sp ON sp.project_id = p.id"
-                " WHERE sp.software_id = ? ORDER BY p.id",
-                (software,),
-            )
-        return self.db.all("SELECT * FROM project ORDER BY id")
+            sql += " AND p.id IN (SELECT project_id FROM software_project WHERE software_id = ?)"
+            params.append(software)
+        if member is not None:
+            sql += " AND p.id IN (SELECT project_id FROM project_member WHERE user_id = ?)"
+            params.append(member)
+        rows = self.db.all(sql + " ORDER BY p.id", params)
+        if among is not None:
+            allowed = set(among)
+            rows = [r for r in rows if r["id"] in allowed]
+        return rows
 
     def counts(self, project_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """Images and annotations (``user``, ``algo``, ``reviewed``) of each project."""
@@ -90,8 +109,95 @@ class ProjectsBackend:
             db.execute(
                 "DELETE FROM property WHERE domain_class = ? AND domain_ident = ?", (CLASS_NAMES["project"], project_id)
             )
-            self.db.delete("project", project_id, ("software_project", "project_id"))
+            self.db.delete("project", project_id, ("software_project", "project_id"), ("project_member", "project_id"))
         return project
+
+    # ------------------------------------------------------------------ members and managers
+    def add_member(self, project_id: int, user_id: int, *, manager: bool = False) -> Row:
+        """Make a person a member (a manager with ``manager``; an existing manager stays one)."""
+        project = self.get(project_id)
+        user = self.db.get("sec_user", user_id, "User")
+        if user["algo"]:
+            raise BadRequest(
+                f"User {user['username']!r} is a job user: it acts in its job's project only and cannot be a member"
+            )
+        with self.db.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO project_member (project_id, user_id, manager, created) VALUES (?, ?, 0, ?)",
+                (project["id"], user_id, now_ms()),
+            )
+            if manager:
+                db.execute(
+                    "UPDATE project_member SET manager = 1 WHERE project_id = ? AND user_id = ?", (project_id, user_id)
+                )
+        return self._member(project_id, user_id)
+
+    def remove_manager(self, project_id: int, user_id: int) -> Row:
+        """A manager becomes a plain member (refused for the last manager)."""
+        member = self._member(project_id, user_id)
+        if member["manager"]:
+            with self.db.transaction() as db:
+                self._check_not_last_manager(project_id, member)
+                db.execute(
+                    "UPDATE project_member SET manager = 0 WHERE project_id = ? AND user_id = ?", (project_id, user_id)
+                )
+        return self._member(project_id, user_id)
+
+    def remove_member(self, project_id: int, user_id: int) -> Row:
+        """The user leaves the project (refused for its last manager)."""
+        member = self._member(project_id, user_id)
+        with self.db.transaction() as db:
+            if member["manager"]:
+                self._check_not_last_manager(project_id, member)
+            db.execute("DELETE FROM project_member WHERE project_id = ? AND user_id = ?", (project_id, user_id))
+        return member
+
+    def role(self, project_id: int, user_id: int) -> str | None:
+        """``"manager"``, ``"member"``, or None for a user who is not a member."""
+        manager = self.db.scalar(
+            "SELECT manager FROM project_member WHERE project_id = ? AND user_id = ?", (project_id, user_id)
+        )
+        return None if manager is None else "manager" if manager else "member"
+
+    def members(self, project_id: int, *, managers_only: bool = False) -> list[Row]:
+        """The members (user rows with ``manager``: bool), by user id."""
+        self.get(project_id)
+        rows = self.db.all(
+            "SELECT u.*, m.manager FROM project_member m JOIN sec_user u ON u.id = m.user_id"
+            " WHERE m.project_id = ?" + (" AND m.manager = 1" if managers_only else "") + " ORDER BY u.id",
+            (project_id,),
+        )
+        for row in rows:
+            row["manager"] = bool(row["manager"])
+        return rows
+
+    def member_projects(self, user_id: int) -> list[int]:
+        """The ids of the projects a user is a member of."""
+        return [
+            r["project_id"] for r in self.db.all("SELECT project_id FROM project_member WHERE user_id = ?", (user_id,))
+        ]
+
+    def _member(self, project_id: int, user_id: int) -> Row:
+        self.get(project_id)
+        member = self.db.one(
+            "SELECT u.username, m.* FROM project_member m JOIN sec_user u ON u.id = m.user_id"
+            " WHERE m.project_id = ? AND m.user_id = ?",
+            (project_id, user_id),
+        )
+        if member is None:
+            raise NotFound(f"User {user_id} is not a member of project {project_id}")
+        member["manager"] = bool(member["manager"])
+        return member
+
+    def _check_not_last_manager(self, project_id: int, member: Row) -> None:
+        managers = self.db.scalar(
+            "SELECT count(*) FROM project_member WHERE project_id = ? AND manager = 1", (project_id,)
+        )
+        if managers <= 1:
+            raise BadRequest(
+                f"User {member['username']!r} is the last manager of project {project_id}: make another member "
+                "a manager first"
+            )
 
     # ------------------------------------------------------------------ the project's ontology
     def terms(self, project_id: int) -> list[Row]:

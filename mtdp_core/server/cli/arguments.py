@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from mtdp_core.server.config import PixelLimits
 from mtdp_core.server.importers import FORMATS
 
 SERVE = (
@@ -28,6 +30,34 @@ LAUNCH = (
     "as Cytomine does and run it: locally (the app's script) or in a container. Waits for the end and "
     "exits 0 when the job succeeded. Uses the server running on --data, or starts one meanwhile."
 )
+
+
+def seconds_or_none(text: str) -> float | None:
+    """A positive number of seconds, or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds, or 'none'")
+    return value
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a positive ``kind`` (int or float)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a positive {'integer' if kind is int else 'number'}")
+        return value
+
+    return parse
 
 
 def data_folder(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +93,40 @@ def serve(parser: argparse.ArgumentParser) -> None:
         default="256",
         help="longest side of a crop asked without maxSize: a number (256, the Spring core's default) "
         "or 'none' for full resolution (the Grails core's behaviour)",
+    )
+    parser.add_argument(
+        "--max-clock-skew",
+        type=seconds_or_none,
+        default=900.0,
+        metavar="SECONDS",
+        help="refuse requests whose signed date is further than this from the server's clock (default: 900, "
+        "15 minutes: a captured signature cannot be replayed later); 'none' disables the check",
+    )
+    limits = parser.add_argument_group("limits (what one request may cost; over them: a 400 or 413 naming the flag)")
+    limits.add_argument(
+        "--max-body-mb",
+        type=positive(float),
+        default=16,
+        help="largest request body (JSON, forms), in MiB (default: 16)",
+    )
+    limits.add_argument(
+        "--max-upload-mb",
+        type=positive(float),
+        default=1024,
+        help="largest uploaded file (attached files, job data; streamed to disk), in MiB (default: 1024)",
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=positive(int),
+        default=PixelLimits.max_pixels,
+        help=f"largest image rendered for a request (crop, mask, window, thumbnail), in pixels "
+        f"(default: {PixelLimits.max_pixels}, 4096 x 4096)",
+    )
+    limits.add_argument(
+        "--max-upscale",
+        type=positive(float),
+        default=PixelLimits.max_upscale,
+        help=f"how many times a crop or window may enlarge its region, per side (default: {PixelLimits.max_upscale:g})",
     )
 
 
@@ -125,6 +189,11 @@ def launch(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=None, help="kill the job after this many seconds")
     parser.add_argument(
+        "--user",
+        default="admin",
+        help="who launches the job: an administrator or a member of the project (default: admin)",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="return once the job started (needs a running server: 'mtdp server serve')",
@@ -134,7 +203,17 @@ def launch(parser: argparse.ArgumentParser) -> None:
 def user_add(parser: argparse.ArgumentParser) -> None:
     data_folder(parser)
     parser.add_argument("username")
-    parser.add_argument("--admin", action="store_true", help="make it an administrator")
+    parser.add_argument("--admin", action="store_true", help="make it an administrator (it sees every project)")
+    parser.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        metavar="P",
+        help="make it a member of project P (name or id; repeat for several); an existing user is added to it",
+    )
+    parser.add_argument(
+        "--manager", action="store_true", help="with --project: a manager (renames, deletes it, chooses its members)"
+    )
     parser.add_argument("--email", default=None)
     parser.add_argument("--firstname", default=None)
     parser.add_argument("--lastname", default=None)

@@ -14,8 +14,9 @@ from mtdp_core.errors import ConfigurationError
 from mtdp_core.server import descriptors
 from mtdp_core.server.app import DATABASE_NAME, LocalCytomine, read_server_file
 from mtdp_core.server.backends import CytomineStore
-from mtdp_core.server.config import ServerConfig
-from mtdp_core.server.domain import STATUS_NAMES
+from mtdp_core.server.backends.database import private_folder
+from mtdp_core.server.config import MIB, PixelLimits, ServerConfig
+from mtdp_core.server.domain import STATUS_NAMES, Row
 from mtdp_core.server.errors import ServerError
 from mtdp_core.server.importers import ColumnNames, import_folder
 
@@ -29,7 +30,7 @@ def data_folder(args: argparse.Namespace) -> Path:
 @contextlib.contextmanager
 def open_store(args: argparse.Namespace) -> Iterator[CytomineStore]:
     """The store of the data folder (with its admin), closed at the end."""
-    data = data_folder(args)
+    data = private_folder(data_folder(args))
     store = CytomineStore(data / DATABASE_NAME, data / "files")
     try:
         store.users.ensure_admin()
@@ -40,9 +41,21 @@ def open_store(args: argparse.Namespace) -> Iterator[CytomineStore]:
         store.close()
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve_config(args: argparse.Namespace) -> ServerConfig:
+    """The server's settings from the options of ``mtdp server serve``."""
     max_size = None if str(args.crop_max_size).lower() in ("none", "0", "full") else int(args.crop_max_size)
-    config = ServerConfig(public_url=args.public_url, crop_default_max_size=max_size)
+    return ServerConfig(
+        public_url=args.public_url,
+        crop_default_max_size=max_size,
+        max_clock_skew=args.max_clock_skew,
+        max_body_bytes=int(args.max_body_mb * MIB),
+        max_upload_bytes=int(args.max_upload_mb * MIB),
+        pixel_limits=PixelLimits(max_pixels=args.max_pixels, max_upscale=args.max_upscale),
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     data = data_folder(args)
     running = read_server_file(data)
     if running:
@@ -130,21 +143,50 @@ def register_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def find_project(store: CytomineStore, project: str) -> Row:
+    """A project of the data folder by name or id."""
+    row = store.projects.find_by_name(project)
+    if row is None and project.isdigit():
+        row = store.db.one("SELECT * FROM project WHERE id = ?", (int(project),))
+    if row is None:
+        names = ", ".join(p["name"] for p in store.projects.list()) or "none"
+        raise ConfigurationError(f"Project {project!r} does not exist (projects: {names})")
+    return row
+
+
 def user_add(args: argparse.Namespace) -> int:
-    with open_store(args) as store:
-        user = store.users.create(
-            args.username, firstname=args.firstname, lastname=args.lastname, email=args.email, admin=args.admin
-        )
-    print(f"User {user['username']!r} (id {user['id']}{', admin' if user['is_admin'] else ''})")
-    print(f"  public key:  {user['public_key']}")
-    print(f"  private key: {user['private_key']}")
+    """Create a user (and print its keys), or, with --project, add an existing one to projects."""
+    if args.manager and not args.project:
+        raise ConfigurationError("--manager needs --project P: the project the user manages")
+    with open_store(args) as store, store.transaction():
+        projects = [find_project(store, p) for p in args.project]
+        user = store.users.find_by_username(args.username) if args.project else None
+        created = user is None
+        if created:
+            user = store.users.create(
+                args.username, firstname=args.firstname, lastname=args.lastname, email=args.email, admin=args.admin
+            )
+        for project in projects:
+            store.projects.add_member(project["id"], user["id"], manager=args.manager)
+    if created:
+        print(f"User {user['username']!r} (id {user['id']}{', admin' if user['is_admin'] else ''})")
+        print(f"  public key:  {user['public_key']}")
+        print(f"  private key: {user['private_key']}")
+    for project in projects:
+        role = "manager" if args.manager else "member"
+        print(f"User {user['username']!r} is a {role} of project {project['name']!r} (id {project['id']})")
     return 0
 
 
 def user_list(args: argparse.Namespace) -> int:
     with open_store(args) as store:
+        names = {p["id"]: p["name"] for p in store.projects.list()}
         for user in store.users.list():
-            print(f"{user['id']:>6}  {user['username']:<24} {'admin' if user['is_admin'] else 'user'}")
+            kind = "admin" if user["is_admin"] else "user"
+            roles = []
+            for pid in store.projects.member_projects(user["id"]):
+                roles.append(names[pid] + (" (manager)" if store.projects.role(pid, user["id"]) == "manager" else ""))
+            print(f"{user['id']:>6}  {user['username']:<24} {kind:<6} {', '.join(roles) or '-'}")
     return 0
 
 

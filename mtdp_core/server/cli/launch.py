@@ -14,7 +14,7 @@ from typing import Any
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.server.app import LocalCytomine, read_admin_keys, read_server_file
 from mtdp_core.server.auth import authorization_header, legacy_token
-from mtdp_core.server.cli.commands import data_folder
+from mtdp_core.server.cli.commands import data_folder, open_store
 from mtdp_core.server.domain import STATUS_NAMES, SUCCESS, TERMINAL_STATUSES
 from mtdp_core.server.errors import ServerError
 
@@ -41,7 +41,7 @@ def launch(args: argparse.Namespace) -> int:
     with LocalCytomine(data) as server:
         options = {"runner": args.runner, "image": args.image, "engine": args.engine, "timeout": args.timeout}
         try:
-            job = server.launch(args.software, args.project, params, wait=True, **options)
+            job = server.launch(args.software, args.project, params, wait=True, user=args.user, **options)
         except ServerError as exc:
             raise ConfigurationError(exc.message) from None
         return report_job(job["id"], job["status"], job["status_comment"], job["progress"], data)
@@ -55,11 +55,9 @@ def report_job(job_id: int, status: int, comment: str | None, progress: int, dat
 
 
 def launch_remote(url: str, data: Path, args: argparse.Namespace, params: dict[str, str]) -> int:
-    """Launch ``args.software`` on ``args.project`` through the server at ``url``; wait unless
-    ``--background``."""
-    keys = read_admin_keys(data)
-    if not keys:
-        raise ConfigurationError(f"No admin keys in {data / 'admin-keys.json'}")
+    """Launch ``args.software`` on ``args.project`` through the server at ``url`` with the keys of
+    ``--user`` (read from the data folder, which the operator owns); wait unless ``--background``."""
+    keys = _user_keys(args, data)
     if args.runner or args.image or args.engine or args.timeout:
         raise ConfigurationError(
             "--runner/--image/--engine/--timeout apply when launch starts its own server: stop the "
@@ -71,7 +69,10 @@ def launch_remote(url: str, data: Path, args: argparse.Namespace, params: dict[s
         (p for p in api.get("project.json")["collection"] if args.project in (str(p["id"]), p["name"])), None
     )
     if project is None:
-        raise ConfigurationError(f"Project {args.project!r} does not exist on {url}")
+        raise ConfigurationError(
+            f"Project {args.project!r} does not exist on {url}, or user {args.user!r} is not a member of it "
+            f"('mtdp server user add {args.user} --project {args.project}')"
+        )
     body = {"project": project["id"], "software": software["id"], "params": _job_parameters(api, software, params)}
     job = api.post("job.json", body)["job"]
     job = api.post(f"job/{job['id']}/execute.json", {})["job"]
@@ -84,6 +85,20 @@ def launch_remote(url: str, data: Path, args: argparse.Namespace, params: dict[s
         if job.get("process") == "exited" and job["status"] not in TERMINAL_STATUSES:
             break
     return report_job(job["id"], job["status"], job["statusComment"], job["progress"], data)
+
+
+def _user_keys(args: argparse.Namespace, data: Path) -> dict[str, str]:
+    """The keys of the user who launches (``--user``): the admin's file, or the database."""
+    if args.user == "admin":
+        keys = read_admin_keys(data)
+        if not keys:
+            raise ConfigurationError(f"No admin keys in {data / 'admin-keys.json'}")
+        return keys
+    with open_store(args) as store:
+        user = store.users.find_by_username(args.user)
+        if user is None or user["algo"]:
+            raise ConfigurationError(f"User {args.user!r} does not exist: create it with 'mtdp server user add'")
+        return {"public_key": user["public_key"], "private_key": user["private_key"]}
 
 
 def _software(api: Api, name: str, url: str) -> dict[str, Any]:

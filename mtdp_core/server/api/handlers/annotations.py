@@ -7,7 +7,7 @@ from mtdp_core.server.api.context import RequestContext
 from mtdp_core.server.api.serialisers import annotations as S
 from mtdp_core.server.api.serialisers.envelopes import JSON, collection, command
 from mtdp_core.server.backends.annotation_query import show_groups
-from mtdp_core.server.domain import ANNOTATION_DOMAINS, ANNOTATION_KINDS, Row
+from mtdp_core.server.domain import ANNOTATION_DOMAINS, ANNOTATION_KINDS, Row, as_int, id_union
 from mtdp_core.server.errors import BadRequest
 
 
@@ -29,19 +29,34 @@ def listing(ctx: RequestContext, rows: list[Row], groups: set[str]) -> list[JSON
 
 
 def search(ctx: RequestContext) -> JSON:
-    """``GET /api/annotation.json`` and ``/api/annotation/search.json`` (filters in the query or body)."""
+    """``GET /api/annotation.json`` and ``/api/annotation/search.json`` (filters in the query or body):
+    a project or image filter the caller may not read is a 403; otherwise only the annotations
+    of the caller's projects are listed."""
     params = ctx.listing_params()
     groups = show_groups(params)
     offset, max_ = ctx.paging()
-    access.require_project_access(ctx, None)
-    rows, total = ctx.store.annotations.search(params, offset, max_)
+    project = as_int(params.get("project"), "project")
+    if project is not None:
+        access.require_project_access(ctx, project)
+    for image_id in id_union(params, "image", "images"):
+        access.require_project_access(ctx, ctx.store.images.get(image_id)["project_id"])
+    _require_annotation_read(ctx, params.get("bboxAnnotation"), "bboxAnnotation")
+    rows, total = ctx.store.annotations.search(params, offset, max_, projects=access.visible_projects(ctx))
     return collection(listing(ctx, rows, groups), total=total, offset=offset, max_=max_, paginated=True)
+
+
+def _require_annotation_read(ctx: RequestContext, value: object, name: str) -> None:
+    """An annotation named by a filter (its geometry is used) must be one the caller may read."""
+    annotation_id = as_int(value, name)
+    if annotation_id is not None:
+        access.require_project_access(ctx, ctx.store.annotations.get(annotation_id)["project_id"])
 
 
 def included(ctx: RequestContext, image_id: int) -> JSON:
     """The annotations of an image inside a geometry or another annotation."""
     params = ctx.listing_params()
     access.require_project_access(ctx, ctx.store.images.get(image_id)["project_id"])
+    _require_annotation_read(ctx, params.get("annotation"), "annotation")
     rows = ctx.store.annotations.included(image_id, params)
     return ctx.page(listing(ctx, rows, show_groups(params)))
 

@@ -27,9 +27,10 @@ def project_images(ctx: RequestContext, project_id: int) -> JSON:
 
 
 def user_images(ctx: RequestContext, user_id: int) -> JSON:
+    """The images of the projects a person is a member of, among those the caller sees."""
     ctx.store.users.get(user_id)
-    rows = [img for p in ctx.store.projects.list() for img in ctx.store.images.list(p["id"])]
-    return ctx.page(images_json(ctx, rows))
+    projects = ctx.store.projects.list(member=user_id, among=access.visible_projects(ctx))
+    return ctx.page(images_json(ctx, ctx.store.images.list_in([p["id"] for p in projects])))
 
 
 def get_image(ctx: RequestContext, image_id: int) -> JSON:
@@ -41,6 +42,7 @@ def add_image(ctx: RequestContext) -> JSON:
     missing = "An image instance needs 'baseImage' (an abstract image id) and 'project'"
     base_image, project = required_ids(data, "baseImage", "project", missing=missing)
     access.require_project_access(ctx, project, write=True)
+    access.require_abstract_image_access(ctx, base_image)  # no reading another project's image through one's own
     row = ctx.store.images.add_instance(base_image, project, ctx.user["id"], data.get("instanceFilename"))
     body = images_json(ctx, [row])[0]
     return command("imageinstance", body, f"Image {row['instance_filename']} added", "AddImageInstanceCommand")
@@ -54,11 +56,14 @@ def delete_image(ctx: RequestContext, image_id: int) -> JSON:
 
 
 def list_abstract_images(ctx: RequestContext) -> JSON:
-    rows = ctx.store.images.list_abstract()
+    """The image files of the caller's projects (and those it imported); all for an administrator."""
+    who = access.caller(ctx)
+    rows = ctx.store.images.list_abstract(projects=access.visible_projects(ctx), user_id=None if who.is_job else who.id)
     return ctx.page([abstract_image(r, ctx.base_url, ctx.store.images.zoom(r)) for r in rows])
 
 
 def get_abstract_image(ctx: RequestContext, abstract_id: int) -> JSON:
+    access.require_abstract_image_access(ctx, abstract_id)
     row = ctx.store.images.get_abstract(abstract_id)
     return abstract_image(row, ctx.base_url, ctx.store.images.zoom(row))
 

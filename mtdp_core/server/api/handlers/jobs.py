@@ -33,11 +33,12 @@ def job_of(ctx: RequestContext, job_id: int) -> Row:
 
 
 def list_jobs(ctx: RequestContext, project_id: int | None = None) -> JSON:
-    """Jobs of a project (in the path or ``?project=``) and/or a software (``?software=``)."""
+    """Jobs of a project (in the path or ``?project=``) and/or a software (``?software=``), of the
+    caller's projects."""
     project_id = project_id if project_id is not None else ctx.arg_int("project")
     if project_id is not None:
         access.require_project_access(ctx, project_id)
-    rows = ctx.store.jobs.list(project=project_id, software=ctx.arg_int("software"))
+    rows = ctx.store.jobs.list(project=project_id, software=ctx.arg_int("software"), among=access.visible_projects(ctx))
     return ctx.page([job_json(ctx, r) for r in rows])
 
 
@@ -49,6 +50,8 @@ def add_job(ctx: RequestContext) -> JSON:
         if isinstance(item, dict) and item.get("softwareParameter") is not None:
             params.append((as_int(item["softwareParameter"], "softwareParameter"), item.get("value")))
     project = as_int(data.get("project"), "project")
+    if project is None:
+        raise BadRequest("A job needs 'project' and 'software' (their ids)")
     access.require_project_access(ctx, project, write=True)
     row, _ = ctx.store.jobs.create(project, data.get("software"), ctx.user, params)
     return command("job", job_json(ctx, row), f"Job {row['id']} added", "AddJobCommand")
@@ -122,7 +125,7 @@ def add_data(ctx: RequestContext) -> JSON:
     data = ctx.json_object()
     job_id = as_int(data.get("job"), "job")
     if job_id is not None:
-        job_of(ctx, job_id)
+        access.require_job_write(ctx, ctx.store.jobs.get(job_id), "add data to job")
     row = ctx.store.jobs.create_data(data.get("job"), data.get("key"), data.get("filename"))
     return command("jobdata", job_data(row, ctx.base_url), f"Job data {row['id']} added", "AddJobDataCommand")
 
@@ -132,9 +135,12 @@ def list_data(ctx: RequestContext, job_id: int) -> JSON:
     return ctx.page([job_data(r, ctx.base_url) for r in ctx.store.jobs.list_data(job_id)])
 
 
-def data_of(ctx: RequestContext, data_id: int) -> Row:
+def data_of(ctx: RequestContext, data_id: int, *, write: bool = False) -> Row:
     row = ctx.store.jobs.get_data(data_id)
-    job_of(ctx, row["job_id"])
+    if write:
+        access.require_job_write(ctx, ctx.store.jobs.get(row["job_id"]), "change the data of job")
+    else:
+        job_of(ctx, row["job_id"])
     return row
 
 
@@ -143,13 +149,13 @@ def get_data(ctx: RequestContext, data_id: int) -> JSON:
 
 
 def delete_data(ctx: RequestContext, data_id: int) -> JSON:
-    data_of(ctx, data_id)
+    data_of(ctx, data_id, write=True)
     row = ctx.store.jobs.delete_data(data_id)
     return command("jobdata", job_data(row, ctx.base_url), f"Job data {data_id} deleted", "DeleteJobDataCommand")
 
 
 def upload_data(ctx: RequestContext, data_id: int) -> JSON:
-    data_of(ctx, data_id)
+    data_of(ctx, data_id, write=True)
     filename, content = ctx.uploaded_file()
     return job_data(ctx.store.jobs.upload_data(data_id, filename or "data", content), ctx.base_url)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import shapely
 from flask import Response, send_file
 
+from mtdp_core.server.api import access
 from mtdp_core.server.api.context import RequestContext
 from mtdp_core.server.api.handlers.images import image_of
 from mtdp_core.server.domain import ANNOTATION_DOMAINS
-from mtdp_core.server.errors import BadRequest
+from mtdp_core.server.errors import BadRequest, NotFound
 from mtdp_core.server.geometry import parse_wkt
 from mtdp_core.server.imaging import CropOptions, render_crop, render_thumb, render_window
 
@@ -20,13 +23,17 @@ def image_response(data: bytes, mime: str) -> Response:
 
 
 def file_response(path: str, download_name: str) -> Response:
-    """A stored file as an attachment (no validators: the client's cache must not keep it)."""
-    return send_file(path, as_attachment=True, download_name=download_name, conditional=False, etag=False)
+    """A stored file as an attachment (no validators: the client's cache must not keep it). The
+    name goes into a header: control characters (CR/LF) are replaced, whatever was stored."""
+    if not os.path.isfile(path):
+        raise NotFound(f"The file {download_name[:60]!r} is missing from the server's disk")
+    safe = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in download_name) or "file"
+    return send_file(path, as_attachment=True, download_name=safe, conditional=False, etag=False)
 
 
 def _thumb(ctx: RequestContext, path: str, default_size: int, fmt: str) -> Response:
     max_size = ctx.arg_int("maxSize", default_size) or default_size
-    return image_response(*render_thumb(ctx.services.cache.get(path), max_size, fmt))
+    return image_response(*render_thumb(ctx.services.cache.get(path), max_size, fmt, ctx.services.config.pixel_limits))
 
 
 def image_thumb(ctx: RequestContext, image_id: int, fmt: str) -> Response:
@@ -38,12 +45,17 @@ def image_preview(ctx: RequestContext, image_id: int, fmt: str) -> Response:
 
 
 def abstract_thumb(ctx: RequestContext, abstract_id: int, fmt: str) -> Response:
+    access.require_abstract_image_access(ctx, abstract_id)
     return _thumb(ctx, ctx.store.images.get_abstract(abstract_id)["path"], THUMB_SIZE, fmt)
 
 
 def image_window(ctx: RequestContext, image_id: int, x: int, y: int, w: int, h: int, fmt: str) -> Response:
     pixels = ctx.services.cache.get(image_of(ctx, image_id)["path"])
-    options = {"with_exterior": ctx.arg_bool("withExterior"), "max_size": ctx.arg_int("maxSize")}
+    options = {
+        "with_exterior": ctx.arg_bool("withExterior"),
+        "max_size": ctx.arg_int("maxSize"),
+        "limits": ctx.services.config.pixel_limits,
+    }
     return image_response(*render_window(pixels, x, y, w, h, fmt, **options))
 
 
@@ -53,7 +65,8 @@ def image_crop(ctx: RequestContext, image_id: int, fmt: str) -> Response:
     if not wkt:
         raise BadRequest("An image crop needs 'location' (a WKT geometry in Cytomine coordinates)")
     options = crop_options(ctx, "crop", fmt)
-    return image_response(*render_crop(ctx.services.cache.get(image["path"]), parse_wkt(wkt), options))
+    pixels = ctx.services.cache.get(image["path"])
+    return image_response(*render_crop(pixels, parse_wkt(wkt), options, ctx.services.config.pixel_limits))
 
 
 def annotation_crop(ctx: RequestContext, domain: str, annotation_id: int, crop: str, fmt: str) -> Response:
@@ -62,7 +75,9 @@ def annotation_crop(ctx: RequestContext, domain: str, annotation_id: int, crop: 
     image = image_of(ctx, row["image_id"])
     options = crop_options(ctx, crop, fmt)
     pixels = ctx.services.cache.get(image["path"])  # decoding happens outside the database lock
-    return image_response(*render_crop(pixels, shapely.from_wkt(row["location"]), options))
+    return image_response(
+        *render_crop(pixels, shapely.from_wkt(row["location"]), options, ctx.services.config.pixel_limits)
+    )
 
 
 def download_image(ctx: RequestContext, image_id: int) -> Response:
@@ -71,6 +86,7 @@ def download_image(ctx: RequestContext, image_id: int) -> Response:
 
 
 def download_abstract_image(ctx: RequestContext, abstract_id: int) -> Response:
+    access.require_abstract_image_access(ctx, abstract_id)
     row = ctx.store.images.get_abstract(abstract_id)
     return file_response(row["path"], row["original_filename"])
 

@@ -1,4 +1,10 @@
-"""Software, their parameters, and the projects they are added to."""
+"""Software, their parameters, and the projects they are added to.
+
+Creating, changing or deleting software and their parameters over HTTP needs an administrator,
+and no HTTP request sets what the local processing server runs: the local command, the
+descriptor's command line and the container image come from the operator only (``mtdp server
+register-app``, :func:`mtdp_core.server.descriptors.register_software`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,10 @@ from mtdp_core.server.errors import BadRequest
 
 #: Callback keys of a software parameter (both spellings clients use).
 PARAMETER_KEYS = ["software_parameter", "softwareparameter"]
+#: Body keys that say what runs: only the operator sets them (``mtdp server register-app``).
+OPERATOR_FIELDS = ("localCommand", "commandLine", "containerImage", "imageType", "descriptor")
+#: Body keys a client echoes back (``Software.update()`` sends what it fetched) and that are not changed over HTTP.
+READ_ONLY_FIELDS = ("app",)
 
 
 def software_json(ctx: RequestContext, row: Row) -> JSON:
@@ -26,8 +36,21 @@ def list_software(ctx: RequestContext, project_id: int | None = None) -> JSON:
     return ctx.page([software_json(ctx, r) for r in ctx.store.software.list(project_id)])
 
 
+def _software_body(ctx: RequestContext) -> dict:
+    """The body of a software POST/PUT, without what only the operator sets (400 when it is there)."""
+    data = ctx.json_object()
+    operator = [key for key in OPERATOR_FIELDS if data.get(key) is not None]
+    if operator:
+        raise BadRequest(
+            f"{', '.join(operator)} cannot be set over HTTP: what a job runs is the operator's choice "
+            "(mtdp server register-app descriptors/APP.json --local-command CMD)"
+        )
+    return {key: value for key, value in data.items() if key not in READ_ONLY_FIELDS}
+
+
 def add_software(ctx: RequestContext) -> JSON:
-    row = ctx.store.software.create(ctx.json_object())
+    access.require_admin(ctx)
+    row = ctx.store.software.create(_software_body(ctx))
     return command("software", software_json(ctx, row), f"Software {row['name']} added", "AddSoftwareCommand")
 
 
@@ -36,11 +59,13 @@ def get_software(ctx: RequestContext, software_id: int) -> JSON:
 
 
 def update_software(ctx: RequestContext, software_id: int) -> JSON:
-    row = ctx.store.software.update(software_id, ctx.json_object())
+    access.require_admin(ctx)
+    row = ctx.store.software.update(software_id, _software_body(ctx))
     return command("software", software_json(ctx, row), f"Software {row['name']} updated", "EditSoftwareCommand")
 
 
 def delete_software(ctx: RequestContext, software_id: int) -> JSON:
+    access.require_admin(ctx)
     row = ctx.store.software.delete(software_id)
     return command("software", software(row, [], {}), f"Software {row['name']} deleted", "DeleteSoftwareCommand")
 
@@ -52,6 +77,7 @@ def list_parameters(ctx: RequestContext, software_id: int) -> JSON:
 
 
 def add_parameter(ctx: RequestContext) -> JSON:
+    access.require_admin(ctx)
     row = ctx.store.software.add_parameter(ctx.json_object())
     message = f"Parameter {row['name']} added"
     return command(PARAMETER_KEYS, software_parameter(row), message, "AddSoftwareParameterCommand")
@@ -62,12 +88,14 @@ def get_parameter(ctx: RequestContext, parameter_id: int) -> JSON:
 
 
 def update_parameter(ctx: RequestContext, parameter_id: int) -> JSON:
+    access.require_admin(ctx)
     row = ctx.store.software.update_parameter(parameter_id, ctx.json_object())
     message = f"Parameter {row['name']} updated"
     return command(PARAMETER_KEYS, software_parameter(row), message, "EditSoftwareParameterCommand")
 
 
 def delete_parameter(ctx: RequestContext, parameter_id: int) -> JSON:
+    access.require_admin(ctx)
     row = ctx.store.software.delete_parameter(parameter_id)
     message = f"Parameter {row['name']} deleted"
     return command(PARAMETER_KEYS, software_parameter(row), message, "DeleteSoftwareParameterCommand")

@@ -1,4 +1,4 @@
-"""Users, their keys, and the users of a project."""
+"""Users, their keys, and the members and managers of a project."""
 
 from __future__ import annotations
 
@@ -66,13 +66,15 @@ def user_keys_by_public_key(ctx: RequestContext, public_key: str) -> JSON:
 
 
 def project_users(ctx: RequestContext, project_id: int) -> JSON:
+    """The members of a project."""
     access.require_project_access(ctx, project_id)
-    return ctx.page([user_json(ctx, r) for r in ctx.store.users.list(project=project_id)])
+    return ctx.page([user_json(ctx, r) for r in ctx.store.projects.members(project_id)])
 
 
 def project_admins(ctx: RequestContext, project_id: int) -> JSON:
+    """The managers of a project (Cytomine calls them the project's admins)."""
     access.require_project_access(ctx, project_id)
-    return ctx.page([user_json(ctx, r) for r in ctx.store.users.list(project=project_id) if r["is_admin"]])
+    return ctx.page([user_json(ctx, r) for r in ctx.store.projects.members(project_id, managers_only=True)])
 
 
 def project_job_users(ctx: RequestContext, project_id: int) -> JSON:
@@ -80,10 +82,28 @@ def project_job_users(ctx: RequestContext, project_id: int) -> JSON:
     return ctx.page([user_json(ctx, r) for r in ctx.store.users.list_job_users(project_id)])
 
 
-def project_membership(ctx: RequestContext, project_id: int, user_id: int) -> JSON:
-    """Every user of the local server can open every project: membership is accepted and kept implicit."""
-    access.require_project_access(ctx, project_id, write=True)
-    ctx.store.projects.get(project_id)
-    ctx.store.users.get(user_id)
-    message = f"User {user_id} and project {project_id}: every user can access every project of the local server"
-    return {"message": message, "status": 200}
+def _membership_answer(member: Row, project_id: int, message: str) -> JSON:
+    body = {"project": project_id, "user": member["user_id"], "manager": member["manager"]}
+    return {"data": body, "message": message, "printMessage": True, "status": 200}
+
+
+def project_member(ctx: RequestContext, project_id: int, user_id: int) -> JSON:
+    """``POST``: add a member; ``DELETE``: remove one (managers and administrators only)."""
+    access.require_project_manager(ctx, project_id)
+    if ctx.request.method == "DELETE":
+        member = ctx.store.projects.remove_member(project_id, user_id)
+        return _membership_answer(
+            {**member, "manager": False}, project_id, f"User {user_id} removed from project {project_id}"
+        )
+    member = ctx.store.projects.add_member(project_id, user_id)
+    return _membership_answer(member, project_id, f"User {user_id} added to project {project_id}")
+
+
+def project_manager(ctx: RequestContext, project_id: int, user_id: int) -> JSON:
+    """``POST``: make a user a manager (and a member); ``DELETE``: a manager becomes a plain member."""
+    access.require_project_manager(ctx, project_id)
+    if ctx.request.method == "DELETE":
+        member = ctx.store.projects.remove_manager(project_id, user_id)
+        return _membership_answer(member, project_id, f"User {user_id} is no longer a manager of project {project_id}")
+    member = ctx.store.projects.add_member(project_id, user_id, manager=True)
+    return _membership_answer(member, project_id, f"User {user_id} manages project {project_id}")
