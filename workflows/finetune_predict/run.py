@@ -42,7 +42,7 @@ def get_args_parser() -> AppArgumentParser:
     )
     add_push_inputs(parser)
     add_finetune_inputs(parser)
-    add_processing_inputs(parser)
+    add_processing_inputs(parser, engine=False)  # a fine-tuned network trains and runs with torch
     return parser
 
 

@@ -33,7 +33,13 @@ from mtdp_core.appengine.files import InputImage
 from mtdp_core.appengine.geometry import to_cytomine, to_image, valid
 from mtdp_core.appengine.runner import TaskContext
 from mtdp_core.appengine.spec import FileInput, Output, TaskDefinition
-from mtdp_core.cytomine.inputs import add_backbone_inputs, add_crop_inputs, add_runtime_inputs, add_slide_inputs
+from mtdp_core.cytomine.inputs import (
+    add_backbone_inputs,
+    add_crop_inputs,
+    add_engine_input,
+    add_runtime_inputs,
+    add_slide_inputs,
+)
 from mtdp_core.cytomine.params import new_parser
 
 logger = logging.getLogger(__name__)
@@ -75,6 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_slide_inputs(parser)
     add_backbone_inputs(parser, from_model=True, only=("weights",))
     add_runtime_inputs(parser, only=("batch_size", "n_workers", "device"))
+    add_engine_input(parser)
     return parser
 
 
@@ -278,6 +285,7 @@ def classify_whole_image(context: TaskContext, model: Any, image: InputImage, de
                 batch_size=args.batch_size,
                 num_workers=args.n_workers,
                 device=device,
+                engine=args.engine,
                 progress=False,
             )
         except MissingResolutionError as exc:
