@@ -1,5 +1,6 @@
-"""Generated slides and tiny slide models shared by test folders: two tissues (pink on the left,
-purple on the right) on glass, crops of them, and a probe that tells them apart."""
+"""Slides and models shared by the slide, slide-app and App Engine tests: a two-tissue H&E-like
+picture (pink on the left, purple on the right), tiles cut from it, and a tiny probe trained on them
+that records its resolution."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from PIL import Image
 
 from mtdp_core.slides.testing import tissue_like
 
-#: Level-0 size of the generated slides (width, height), 1 µm/px.
+#: Level-0 size of the generated slides (width, height): three levels, 128 px tiles, so
+#: regions cross tile borders and edge tiles are partial.
 SIZE = (720, 560)
+MPP = 1.0  # a 720 x 560 µm piece: tissue larger than the detector's smallest piece (0.02 mm²)
+
 #: The tiny models read 32 px tiles at 2 µm/px (64 level-0 pixels of the 1 µm/px slides).
 MODEL_MPP = 2.0
 MODEL_SIZE = 32

@@ -10,11 +10,15 @@ import pytest
 from PIL import Image
 
 from mtdp_core.slides.testing import tissue_like, write_slide
-from tests.helpers.slides import MODEL_MPP, MODEL_SIZE, SIZE, make_probe, training_tiles, two_tissue_pixels  # noqa: F401
-
-#: The generated slides (``SIZE`` level-0 pixels) have three levels and 128 px tiles, so regions
-#: cross tile borders and edge tiles are partial.
-MPP = 1.0  # a 720 x 560 µm piece: tissue larger than the detector's smallest piece (0.02 mm²)
+from tests.helpers.slides import (  # noqa: F401 - re-exported to this folder's tests
+    MODEL_MPP,
+    MODEL_SIZE,
+    MPP,
+    SIZE,
+    make_probe,
+    training_tiles,
+    two_tissue_pixels,
+)
 
 
 @pytest.fixture(autouse=True)
