@@ -57,6 +57,7 @@ from mtdp_core.evaluation.protocol import (
     evaluate_fine_tuning,
     evaluate_learning_curve,
     hyperparams_label,
+    learning_curve_with_final,
     method_name,
     run_loto,
 )
@@ -221,7 +222,11 @@ class ExperimentConfig:
     def _validate_curve(self) -> None:
         curve = self.learning_curve
         known = {"fractions", "seeds", "min_per_class"}
-        if not isinstance(curve, dict) or set(curve) - known or "fractions" not in curve:
+        if (
+            not isinstance(curve, dict)
+            or {k for k in curve if not k.startswith("_")} - known
+            or "fractions" not in curve
+        ):
             raise ConfigurationError(
                 f'learning_curve = {curve!r}: give {{"fractions": [0.05, 0.25, 1.0]}} and optionally "seeds", '
                 '"min_per_class".'
@@ -500,16 +505,16 @@ class EvaluationJournal:
 
         return evaluate
 
-    def learning_curve(self, probe: Any, common: Mapping[str, Any], fractions: Sequence[float], min_per_class: int):
-        """``evaluate_learning_curve`` through the journal: one entry per (task, backbone, seed)."""
-        settings = {
-            "image_size": common["image_size"],
-            "probe": probe.get_params(),
-            "fractions": sorted(float(f) for f in fractions),
-            "min_per_class": min_per_class,
-        }
+    def learning_curve(self, probe: Any, common: Mapping[str, Any], min_per_class: int):
+        """``evaluate_learning_curve`` through the journal: one entry per (task, backbone, seed, fractions)."""
 
-        def evaluate(task: TaskData, spec: BackboneSpec) -> list[dict]:
+        def evaluate(task: TaskData, spec: BackboneSpec, *, fractions: Sequence[float]) -> list[dict]:
+            settings = {
+                "image_size": common["image_size"],
+                "probe": probe.get_params(),
+                "fractions": sorted(float(f) for f in fractions),
+                "min_per_class": min_per_class,
+            }
             entry = self.run(
                 self.key(task, spec, "curve", settings),
                 spec.label,
@@ -625,7 +630,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
                 records.append(dict(rec, method=method_name(b["label"], "fe")))
     if config.finetune_tasks:
         records += _fine_tune(config, tasks, loto, chosen, arch, size, journal)
-    curves = _learning_curves(config, tasks, loto, chosen, arch, probe, common, journal)
+    curves = _learning_curves(config, tasks, loto, chosen, arch, records, common, journal)
     fe, ft = _write_comparisons(out, config, order, records, paths)
     if curves:
         paths.update(_write_curves(out, config, curves))
@@ -784,16 +789,22 @@ def _learning_curves(
     loto: LotoResult,
     chosen: Mapping[tuple[str, int], str],
     arch: str,
-    probe: Any,
+    comparison: Sequence[dict],
     common: Mapping[str, Any],
     journal: EvaluationJournal,
 ) -> list[dict]:
     """Feature-extraction learning curves of the selected multi-task models and the fe baselines:
-    for seed s, the models of seed s on the subsets of seed s (the same for every method)."""
+    for seed s, the models of seed s on the subsets of seed s (the same for every method). The
+    point at fraction 1 is the final comparison's record (the same computation)."""
     if not config.learning_curve:
         return []
+    from mtdp_core.transfer.probes import Probe
+
     curve = config.learning_curve
-    evaluate = journal.learning_curve(probe, common, curve["fractions"], int(curve.get("min_per_class", 2)))
+    probe = Probe(**config.probe)
+    min_per_class = int(curve.get("min_per_class", 2))
+    evaluate = journal.learning_curve(probe, common, min_per_class)
+    final = {(r["method"], r["task"], r["seed"]): r for r in comparison if r["mode"] == "fe"}
     rows: list[dict] = []
     for task in [t for s in loto.left_out_sets for t in s]:
         for seed in curve.get("seeds") or config.seeds:
@@ -801,7 +812,13 @@ def _learning_curves(
             specs += [BackboneSpec(b["label"], arch, b["weights"], seed=seed) for b in config.baselines_for("fe")]
             for spec in specs:
                 logger.info("learning curve of %s on %s (seed %d)", spec.label, task, seed)
-                rows += [dict(r, method=method_name(spec.label, "fe")) for r in evaluate(tasks[task], spec)]
+                rows += learning_curve_with_final(
+                    tasks[task],
+                    spec,
+                    curve["fractions"],
+                    final[(method_name(spec.label, "fe"), task, seed)],
+                    evaluate=evaluate,
+                )
     return rows
 
 

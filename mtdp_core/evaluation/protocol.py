@@ -449,6 +449,41 @@ def evaluate_learning_curve(
     ]
 
 
+def learning_curve_with_final(
+    task: TaskData,
+    spec: BackboneSpec,
+    fractions: Sequence[float],
+    final: Mapping[str, Any] | None,
+    *,
+    evaluate: Callable[..., list[dict]] | None = None,
+    **kwargs: Any,
+) -> list[dict]:
+    """``evaluate_learning_curve`` (method ``"<label> fe"``), except the point at fraction 1, taken from
+    ``final`` when given: the spec's test-set feature-extraction record, which is the same computation
+    (every training image, in order, the probe seeded alike), so it is not run twice.
+    ``evaluate`` replaces ``evaluate_learning_curve`` (e.g. through a journal); ``kwargs`` go to it."""
+    wanted = sorted({float(f) for f in fractions})
+    partial = [f for f in wanted if f < 1] if final is not None else wanted
+    rows = (evaluate or evaluate_learning_curve)(task, spec, fractions=partial, **kwargs) if partial else []
+    if final is not None and 1.0 in wanted:
+        rows.append(
+            {
+                "method": spec.label,
+                "task": task.name,
+                "seed": spec.seed,
+                "mode": "curve",
+                "scored_on": "test",
+                "fraction": 1.0,
+                "n_train": final["n_train"],
+                "metric": final["metric"],
+                "score": final["score"],
+                "cv_score": final["cv_score"],
+                "best_params": final["best_params"],
+            }
+        )
+    return [dict(r, method=method_name(spec.label, "fe")) for r in rows]
+
+
 def method_name(label: str, mode: str) -> str:
     """How a (backbone label, mode) pair is named in score tables: ``"imagenet fe"``."""
     return f"{label} {mode}"
@@ -507,11 +542,12 @@ def run_transfer(
                 rec["method"] = method_name(spec.label, mode)
                 records.append(rec)
         if curve_fractions:
+            final = {(r["method"], r["seed"]): r for r in records if r["task"] == task.name and r["mode"] == "fe"}
             for spec in specs:
-                rows = evaluate_learning_curve(
-                    task, spec, fractions=curve_fractions, probe=probe, min_per_class=curve_min_per_class, **features
+                own = final.get((method_name(spec.label, "fe"), spec.seed))
+                curves += learning_curve_with_final(
+                    task, spec, curve_fractions, own, probe=probe, min_per_class=curve_min_per_class, **features
                 )
-                curves += [dict(r, method=method_name(spec.label, "fe")) for r in rows]
     methods = [method_name(s.label, m) for m in modes for s in specs]
     table = ScoreTable.from_records(records, methods=list(dict.fromkeys(methods)), tasks=[t.name for t in tasks])
     return TransferResult(records, table, curves)

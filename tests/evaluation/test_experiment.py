@@ -148,11 +148,14 @@ def test_selection_reads_no_test_split_and_each_final_model_is_scored_on_test_on
     assert [e[2] for e in selection if e[1] == "probe fit"] == [n_train[r["task"]] for r in loto]
     assert all(r["scored_on"] == "val" for r in loto)
     # Final comparison: SVMs refit on train + val, scored on the test set; one score per final model
-    # (multitask and baseline x tasks x seeds), then the learning curves (tasks x methods x fractions).
+    # (multitask and baseline x tasks x seeds), then the learning curves (tasks x methods x fractions below 1:
+    # at fraction 1 the curve is the final comparison's evaluation itself, not run twice).
     scores = [e[2] for e in final if e[1] == "probe score"]
     comparison = [r for r in result.records if r["stage"] == "comparison" and r["mode"] == "fe"]
     curves = [r for r in result.records if r["stage"] == "curve"]
-    assert len(scores) == len(comparison) + len(curves) == 12 + 3 * 2 * 2
+    assert len(scores) == len(comparison) + len([r for r in curves if r["fraction"] < 1]) == 12 + 3 * 2
+    by_run = {(r["method"], r["task"], r["seed"]): r["score"] for r in comparison}
+    assert all(r["score"] == by_run[(r["method"], r["task"], r["seed"])] for r in curves if r["fraction"] == 1.0)
     n_test = {t.name: t.n_samples("test") for t in pool}
     assert scores[: len(comparison)] == [n_test[r["task"]] for r in comparison]
     assert all(r["scored_on"] == "test" and r["n_train"] == n_train[r["task"]] + n_val[r["task"]] for r in comparison)
