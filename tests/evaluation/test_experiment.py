@@ -447,3 +447,11 @@ def test_an_empty_pool_folder_is_built_not_refused(pool, tmp_path, monkeypatch):
     )
     assert exp._open_pool(config).names == ["alpha", "beta", "gamma"]
     assert built == [("data", target)]
+
+
+@pytest.mark.parametrize("name", ["loto_shared_small.json", "loto_gpu_h200.json"])
+def test_shipped_experiment_configs_are_valid(name):
+    config = ExperimentConfig.from_file(Path(__file__).resolve().parents[2] / "training" / "configs" / name)
+    assert (config.train_splits, config.val_split, config.test_split) == (["train"], "val", "test")
+    assert [b["label"] for b in config.baselines_for("fe")] == ["imagenet"]
+    assert set(config.learning_curve["seeds"]) <= set(config.seeds) and 1.0 in config.learning_curve["fractions"]
