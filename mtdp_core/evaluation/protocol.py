@@ -153,9 +153,6 @@ class TaskData:
 
         return holdout_split(np.asarray(self.train_labels), self.train_groups, fraction, seed=seed)
 
-    def validation_description(self) -> str:
-        return "the task's val split" if self.has_validation else "a grouped hold-out of the training set"
-
 
 def groups_from_names(paths: Sequence[str | os.PathLike], pattern: str | None) -> np.ndarray | None:
     """Group ids from file names with a regular expression (its first group, or the whole match).
