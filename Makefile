@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED_DATA ?= ../shared/data
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo demo-slides clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: install
 
 demo: install
 	$(PY) demo/run_demo.py --output demo-output
+
+demo-slides: install
+	$(PY) demo/slide_demo.py --output demo-output --data $(SHARED_DATA)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_server import server_process
 
@@ -45,8 +43,8 @@ from mtdp_core.cytomine.annotations import AnnotationFilters, list_annotations, 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.crops import CropSpec, CropStore, download_crops
 from mtdp_core.cytomine.push import Prediction, PredictionPusher
+from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.importers import import_folder
-from mtdp_core.server.models import CytomineStore
 
 logger = logging.getLogger("bench_apps")
 
@@ -76,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def make_project(data: Path, bccd: Path, target: int) -> tuple[int, str]:
     """Import images until about ``target`` annotations; returns (project id, source)."""
     store = CytomineStore(data / "cytomine.sqlite3", data / "files")
-    store.ensure_admin()
+    store.users.ensure_admin()
     if (bccd / "boxes.csv").is_file():
         import csv
 

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from mtdp_core.backbones import create_backbone
 from mtdp_core.data.images import Preprocessing

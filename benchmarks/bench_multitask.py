@@ -32,8 +32,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,8 +40,7 @@ from torch import nn
 from mtdp_core.backbones import create_backbone
 from mtdp_core.data.sampler import TaskBalancedSampler
 from mtdp_core.multitask import MultiTaskModel, multitask_loss, rescale_head_grads
-from mtdp_core.runtime import describe_device, resolve_device
-from mtdp_core.training.precision import resolve_precision
+from mtdp_core.runtime import describe_device, resolve_device, resolve_precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:

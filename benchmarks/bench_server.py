@@ -37,13 +37,12 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from mtdp_core.server.app import LocalCytomine, read_admin_keys, read_server_file
 from mtdp_core.server.auth import authorization_header, legacy_token
+from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.importers import import_folder
-from mtdp_core.server.models import CytomineStore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -126,7 +125,7 @@ def bench_import(bccd: Path, work: Path) -> dict[str, float]:
     results = {}
     for name, source in (("csv", bccd / "boxes.csv"), ("voc", bccd / "Annotations")):
         store = CytomineStore(work / f"import-{name}.sqlite3", work / f"files-{name}")
-        store.ensure_admin()
+        store.users.ensure_admin()
         start = time.perf_counter()
         report = import_folder(store, "bccd", bccd / "JPEGImages", source)
         results[f"import_{name}_s"] = time.perf_counter() - start
@@ -260,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         results.update(bench_import(args.bccd, work))
         data = work / "data"
         store = CytomineStore(data / "cytomine.sqlite3", data / "files")
-        store.ensure_admin()
+        store.users.ensure_admin()
         project_id = import_folder(store, "bccd", args.bccd / "JPEGImages", args.bccd / "boxes.csv").project["id"]
         store.close()
         with server_process(data) as (url, public_key, private_key):

@@ -32,8 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SAMPLE = ROOT / "demo" / "data" / "bccd_sample"
 logger = logging.getLogger("mtdp.demo")
@@ -72,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     with LocalCytomine(output / "server", port=args.port, config=ServerConfig(log_requests=False)) as server:
         report = import_folder(server.store, "BCCD demo", SAMPLE / "images", SAMPLE / "boxes.csv")
         project = report.project["id"]
-        terms = {t["id"]: t["name"] for t in server.store.list_terms(project=project)}
-        images = sorted(server.store.list_images(project), key=lambda i: i["original_filename"])
+        terms = {t["id"]: t["name"] for t in server.store.projects.terms(project)}
+        images = sorted(server.store.images.list(project), key=lambda i: i["original_filename"])
         train, held_out = images[: -args.held_out], images[-args.held_out :]
         logger.info(
             "project %d: %d images (%d for training, %d held out), terms %s",
@@ -114,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = evaluate(server, project, predict_job, [i["id"] for i in held_out], terms, args.push_mode)
         outputs = collect_outputs(server, output, [train_job, predict_job])
         props = {
-            p["key"]: p["value"] for p in server.store.list_properties("be.cytomine.processing.Job", train_job["id"])
+            p["key"]: p["value"]
+            for p in server.store.meta.list_properties("be.cytomine.processing.Job", train_job["id"])
         }
         page = write_report(output, train_job, predict_job, props, evaluation, outputs)
         seconds = time.perf_counter() - start
@@ -157,7 +156,7 @@ def evaluate(server, project: int, predict_job: dict, image_ids: list[int], term
     from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png
 
     server.connect()
-    job_user = server.store.job_user(predict_job["id"])["id"]
+    job_user = server.store.users.job_user(predict_job["id"])["id"]
     truth = {
         a.id: a.term[0]
         for a in AnnotationCollection(project=project, images=image_ids, showTerm=True).fetch()

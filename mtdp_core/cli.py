@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "predict": ("mtdp_core.transfer.cli", "apply a saved model (probe or fine-tuned) to images"),
     "finetune": ("mtdp_core.transfer.cli", "fine-tune a backbone + new linear layer on a folder of class folders"),
+    "slides": (
+        "mtdp_core.slides.cli",
+        "whole-slide images: info, tissue and tile preview, classify tiles with a saved model",
+    ),
     "server": ("mtdp_core.server.cli", "the local Cytomine-compatible server (serve, import, launch apps)"),
     "pool": ("mtdp_core.data.cli", "build, describe or index a pool of tasks for multi-task pre-training"),
     "compare": (

@@ -61,3 +61,26 @@ class TamperedModelError(ModelFileError):
 
 class IncompatibleModelError(ModelFileError):
     """A saved classifier was made for another backbone, preprocessing or format version."""
+
+
+# --------------------------------------------------------------------------- slides
+
+
+class SlideError(DataError):
+    """A whole-slide image cannot be used as asked (base class of the slide errors)."""
+
+
+class SlideReadError(SlideError, ImageReadError):
+    """A slide file cannot be opened or one of its regions cannot be decoded."""
+
+
+class MissingResolutionError(SlideError, ConfigurationError):
+    """A resolution (µm per pixel or magnification) is needed and neither the file nor the user gives one."""
+
+
+class NoTissueError(SlideError):
+    """Tissue detection found nothing to tile on a slide (or inside the regions given)."""
+
+
+class RegionOutsideSlideError(SlideError, ConfigurationError):
+    """A region (ROI, window) lies outside the slide."""

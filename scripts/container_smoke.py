@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 APPS = ("svm_train", "svm_predict")
 BASE_TAG = "docker.io/library/python:3.11-slim"
@@ -162,7 +161,7 @@ def smoke(args: argparse.Namespace, data_dir: Path) -> dict:
     with LocalCytomine(data_dir) as server:
         report = import_folder(server.store, "smoke", sample / "images", sample / "boxes.csv", limit=args.images)
         project = report.project["id"]
-        images = sorted(server.store.list_images(project), key=lambda i: i["original_filename"])
+        images = sorted(server.store.images.list(project), key=lambda i: i["original_filename"])
         train, held_out = images[: len(images) * 3 // 4], images[len(images) * 3 // 4 :]
         for app in APPS:
             server.register_app(ROOT / "descriptors" / f"{app}.json")

@@ -34,8 +34,6 @@ def load_workflow(app: str) -> ModuleType:
 
 
 def descriptor_text(app: str) -> str:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from mtdp_core.cytomine.params import build_descriptor
 
     module = load_workflow(app)

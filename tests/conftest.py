@@ -1,17 +1,17 @@
-"""Shared fixtures: hermetic weights folders, tiny synthetic images, the real-data folder."""
+"""Shared fixtures: hermetic weights folders, tiny synthetic images, the real-data folder, and the
+local Cytomine server (with a seeded project and the official client) for the app tests.
+Helpers that are not fixtures live in ``tests/helpers``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MTDP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from tests.helpers.images import make_image
+from tests.helpers.paths import SHARED_DATA
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -34,23 +34,6 @@ def weights_dir() -> Path:
     return path
 
 
-def make_image(path: Path, size=(40, 32), color=None, seed=0, mode="RGB") -> Path:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    if color is None:
-        array = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-    else:
-        array = np.empty((h, w, 3), dtype=np.uint8)
-        array[:] = color
-        array = np.clip(array.astype(int) + rng.integers(-20, 21, size=array.shape), 0, 255).astype(np.uint8)
-    image = Image.fromarray(array)
-    if mode != "RGB":
-        image = image.convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
-
-
 @pytest.fixture
 def tiny_image_folder(tmp_path) -> Path:
     """Two class folders of small images of distinct colours (PNG and JPEG)."""
@@ -67,3 +50,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (set MTDP_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def server():
+    """A local Cytomine server with an in-memory database on a free port."""
+    from mtdp_core.server.testing import running_server
+
+    with running_server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def seeded(server, tmp_path):
+    """Two 96x64 PNG images with four boxes each, terms 'tumour' and 'stroma'."""
+    from mtdp_core.server.testing import seed_synthetic_project
+
+    return seed_synthetic_project(server, tmp_path / "images")
+
+
+@pytest.fixture
+def client(server):
+    """The official cytomine-python-client connected to ``server`` with the admin keys."""
+    return server.connect()

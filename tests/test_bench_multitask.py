@@ -1,16 +1,15 @@
 """The benchmark script runs (tiny settings; no timing is asserted)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_multitask.py"
+import pytest
+
+from tests.helpers.scripts import load_script
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs_and_reports_every_variant(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_multitask", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/bench_multitask.py")
     out = tmp_path / "bench.json"
     assert (
         module.main(

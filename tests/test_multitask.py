@@ -53,6 +53,7 @@ def test_inactive_heads_produce_nothing_and_get_no_gradient(model):
     torch.testing.assert_close(model.heads["alpha"].weight.grad, alpha_grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_an_inactive_head_does_not_move_under_sgd_momentum(model):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     before = model.heads["delta"].weight.detach().clone()

@@ -19,9 +19,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mtdp_core.cli import run_guarded
 from mtdp_core.logs import configure_logging
 from mtdp_core.training import train

@@ -30,13 +30,13 @@ input images into batches; that is not supported).
 Local folders (``--infolder``, ``--gtfolder``): images in **class folders**
 (``FOLDER/<class>/*.png``: the class is the folder name), and/or **directly in the folder**
 (unlabelled, or labelled by a ``labels.csv`` there with columns ``filename,label`` and an
-optional ``group``: the image, slide or patient id, used to group cross-validation folds).
+optional ``group``: the image, slide or patient id, used to group cross-validation folds),
+read by the data layer's one folder reader (``mtdp_core.data.folders``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 from dataclasses import dataclass, field
@@ -44,10 +44,11 @@ from pathlib import Path
 
 from mtdp_core.cytomine.errors import LocalDataError
 from mtdp_core.cytomine.params import LOCAL_GROUP_TITLE
+from mtdp_core.data import folders
+from mtdp_core.data.folders import FolderImage
+from mtdp_core.errors import DataError
 
 logger = logging.getLogger(__name__)
-
-LABELS_FILE = "labels.csv"
 
 
 def add_biaflows_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -189,47 +190,20 @@ def biaflows_flags(args: argparse.Namespace) -> BiaflowsFlags:
 # --------------------------------------------------------------------------- local folders
 
 
-@dataclass(frozen=True)
-class LocalImage:
-    """An image of a local folder: its path, its key (path relative to the folder), its label
-    (class folder name or labels.csv; None when unlabelled) and its group (labels.csv)."""
-
-    path: Path
-    key: str
-    label: str | None = None
-    group: str | None = None
-
-
-def _is_image(path: Path) -> bool:
-    from mtdp_core.data.images import IMAGE_EXTENSIONS  # imports torch: not at import time (fast --help)
-
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def read_image_folder(folder: str | os.PathLike | None, *, what: str = "--infolder") -> list[LocalImage]:
+def read_image_folder(folder: str | os.PathLike | None, *, what: str = "--infolder") -> list[FolderImage]:
     """Images of a BIAFLOWS-style local folder (see the module docstring), sorted by key."""
     if folder is None:
         raise LocalDataError(f"Give {what} FOLDER: local mode reads its images from a folder.")
     root = Path(folder)
     if not root.is_dir():
         raise LocalDataError(f"Give an existing folder as {what}: {root} does not exist or is not a folder.")
-    labels = _read_labels(root / LABELS_FILE)
-    images: list[LocalImage] = []
-    for entry in sorted(root.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            for path in sorted(p for p in entry.rglob("*") if _is_image(p)):
-                key = path.relative_to(root).as_posix()
-                group = labels.get(key, (None, None))[1]
-                images.append(LocalImage(path, key, entry.name, group))
-        elif _is_image(entry):
-            label, group = labels.get(entry.name, (None, None))
-            images.append(LocalImage(entry, entry.name, label, group))
-    missing = sorted(set(labels) - {i.key for i in images})
-    if missing:
-        logger.warning("%s lists %d files that are not in %s (e.g. %s)", LABELS_FILE, len(missing), root, missing[0])
+    try:
+        images = folders.read_image_folder(root)
+    except DataError as exc:
+        raise LocalDataError(str(exc)) from None
     if not images:
         raise LocalDataError(
-            f"Put images in {root} (in class sub-folders, or with a {LABELS_FILE}): it has no image file."
+            f"Put images in {root} (in class sub-folders, or with a {folders.LABELS_FILE}): it has no image file."
         )
     logger.info(
         "%s: %d images, %d labelled, %d classes",
@@ -241,51 +215,24 @@ def read_image_folder(folder: str | os.PathLike | None, *, what: str = "--infold
     return images
 
 
-def _read_labels(path: Path) -> dict[str, tuple[str | None, str | None]]:
-    """filename -> (label, group) from a labels.csv (columns filename, label[, group])."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        sample = handle.read(4096)
-        handle.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        reader = csv.DictReader(handle, dialect=dialect)
-        fields = {name.strip().lower(): name for name in reader.fieldnames or []}
-        file_col = next((fields[c] for c in ("filename", "file", "image", "path", "name") if c in fields), None)
-        label_col = next((fields[c] for c in ("label", "class", "term", "category") if c in fields), None)
-        group_col = next((fields[c] for c in ("group", "slide", "patient", "image_id") if c in fields), None)
-        if file_col is None or label_col is None:
-            raise LocalDataError(
-                f"Name the columns of {path} 'filename' and 'label' (optionally 'group'): found {reader.fieldnames}."
-            )
-        out = {}
-        for row in reader:
-            name = (row.get(file_col) or "").strip()
-            if not name:
-                continue
-            label = (row.get(label_col) or "").strip() or None
-            group = (row.get(group_col) or "").strip() or None if group_col else None
-            out[name] = (label, group)
-    return out
-
-
 def ground_truth(folder: str | os.PathLike) -> dict[str, str]:
     """Ground-truth labels of a ``--gtfolder`` by file name (and relative path): images in class
     folders, and/or a ``labels.csv`` (which may list files that are only in ``--infolder``)."""
     root = Path(folder)
     if not root.is_dir():
         raise LocalDataError(f"Give an existing folder as --gtfolder: {root} does not exist or is not a folder.")
-    truth = {name: label for name, (label, _) in _read_labels(root / LABELS_FILE).items() if label is not None}
-    for entry in sorted(root.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            for path in sorted(p for p in entry.rglob("*") if _is_image(p)):
-                truth[path.relative_to(root).as_posix()] = entry.name
-                truth.setdefault(path.name, entry.name)
+    try:
+        labels = folders.read_labels_file(root / folders.LABELS_FILE)
+        images = folders.read_image_folder(root, labels_file=None)
+    except DataError as exc:
+        raise LocalDataError(str(exc)) from None
+    truth = {name: label for name, (label, _) in labels.items() if label is not None}
+    for image in images:
+        if image.label is not None:  # in a class folder
+            truth[image.key] = image.label
+            truth.setdefault(image.path.name, image.label)
     if not truth:
         raise LocalDataError(
-            f"Put class folders or a {LABELS_FILE} (filename,label) in --gtfolder {root}: it has neither."
+            f"Put class folders or a {folders.LABELS_FILE} (filename,label) in --gtfolder {root}: it has neither."
         )
     return truth

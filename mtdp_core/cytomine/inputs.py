@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from mtdp_core.cytomine.biaflows import add_biaflows_arguments
 from mtdp_core.cytomine.crops import DEFAULT_THREADS
-from mtdp_core.cytomine.params import _Converter, add_input, integer, number, text
+from mtdp_core.cytomine.params import AppArgumentParser, _Converter, add_input, integer, new_parser, number, text
 from mtdp_core.cytomine.push import PUSH_MODES
 
 #: The default backbone: the only ImageNet-pretrained weights that ship with the package (in a
@@ -313,6 +314,31 @@ def add_local_model_option(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def app_parser(app: str, description: str, *, purpose: str) -> AppArgumentParser:
+    """A new app parser with the inputs most apps start with: the connection, then the
+    annotation filters (``purpose``: what the selected annotations are for)."""
+    parser = new_parser(app, description)
+    add_connection_inputs(parser)
+    add_filter_inputs(parser, purpose=purpose)
+    return parser
+
+
+def add_processing_inputs(
+    parser: argparse.ArgumentParser, *, from_model: bool = False, image_size: bool = True
+) -> argparse._ArgumentGroup:
+    """The inputs every app ends with: crops, backbone (and image size), runtime, then the
+    BIAFLOWS and local-run options (not descriptor inputs), whose group is returned.
+
+    ``from_model``: crops and backbone default to the training job's (predict apps).
+    """
+    add_crop_inputs(parser, from_model=from_model)
+    add_backbone_inputs(parser, from_model=from_model)
+    if image_size:
+        add_image_size_input(parser)
+    add_runtime_inputs(parser)
+    return add_biaflows_arguments(parser)
+
+
 __all__ = [
     "DEFAULT_BACKBONE",
     "DEFAULT_WEIGHTS",
@@ -322,7 +348,9 @@ __all__ = [
     "add_filter_inputs",
     "add_image_size_input",
     "add_local_model_option",
+    "add_processing_inputs",
     "add_push_inputs",
     "add_runtime_inputs",
+    "app_parser",
     "text",
 ]

@@ -27,11 +27,12 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +126,16 @@ class Job(ABC):
         self._attach(target, filename or path.name)
 
     def set_property(self, key: str, value: Any) -> None:
+        """A job property (text as is, anything else as JSON); setting it again replaces it."""
         text = value if isinstance(value, str) else json.dumps(value)
         self.properties[key] = text
         self._set_property(key, text)
+
+    def set_properties(self, values: Mapping[str, Any]) -> None:
+        """Several job properties, in order; None values are left out."""
+        for key, value in values.items():
+            if value is not None:
+                self.set_property(key, value)
 
     @abstractmethod
     def _send_progress(self, percent: int, comment: str) -> None: ...
@@ -349,6 +357,8 @@ def run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pip
     for an invalid parameter."""
     configure_logging()  # also keeps the client's per-request INFO logs out of the job log
     from mtdp_core.cytomine.biaflows import biaflows_flags
+
+    argv = sys.argv[1:] if argv is None else list(argv)
 
     parameter_error: ParameterError | None = None
     try:

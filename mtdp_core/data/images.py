@@ -15,29 +15,34 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from mtdp_core.data.folders import IMAGE_EXTENSIONS, list_images
 from mtdp_core.errors import ConfigurationError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+__all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "Preprocessing", "TrainAugmentation", "list_images", "open_rgb"]
+
 ResizeMode = Literal["center_crop", "stretch"]
 RESIZE_MODES: tuple[str, ...] = ("center_crop", "stretch")
 
 
-def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (by extension, case-insensitive), sorted."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigurationError(f"Image folder {root} does not exist or is not a folder: give a folder of images.")
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+@runtime_checkable
+class LazyImage(Protocol):
+    """An image that is decoded only when needed, e.g. a tile of a whole-slide image
+    (``mtdp_core.slides.TileImage``): the feature pipeline takes it where it takes a path, and
+    DataLoader workers call ``open_image()``. ``fingerprint()`` identifies its pixels (path,
+    modification time, region...) for the feature cache; ``str()`` names it in error messages."""
+
+    def open_image(self) -> Image.Image: ...
+
+    def fingerprint(self) -> str: ...
 
 
-def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None = None) -> Image.Image:
+def open_rgb(source: str | os.PathLike | Image.Image | LazyImage, *, draft_size: int | None = None) -> Image.Image:
     """Open an image as RGB, applying its EXIF orientation.
 
     ``draft_size`` lets the JPEG decoder skip detail: the result is at least that large on
@@ -45,6 +50,8 @@ def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None 
     """
     if isinstance(source, Image.Image):
         image = source
+    elif isinstance(source, LazyImage):
+        image = source.open_image()
     else:
         image = Image.open(source)
         if draft_size and image.format == "JPEG":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
-from mtdp_core.data.images import list_images
+from mtdp_core.data.folders import groups_from_names, labelled_images
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.evaluation.ranking import DDOF, ScoreTable, average_rank, select_method
 
@@ -152,39 +151,6 @@ class TaskData:
         from mtdp_core.transfer.probes import holdout_split
 
         return holdout_split(np.asarray(self.train_labels), self.train_groups, fraction, seed=seed)
-
-
-def groups_from_names(paths: Sequence[str | os.PathLike], pattern: str | None) -> np.ndarray | None:
-    """Group ids from file names with a regular expression (its first group, or the whole match).
-
-    ``"prefix"`` is a shorthand for the text before the first ``_`` (Cytomine crops are
-    named ``{image}_{annotation}.png``, so the group is the image). None: no groups.
-    """
-    if pattern is None:
-        return None
-    regex = re.compile(r"^([^_]+)_" if pattern == "prefix" else pattern)
-    out = []
-    for p in paths:
-        match = regex.search(Path(p).name)
-        if match is None:
-            raise ConfigurationError(
-                f"File name {Path(p).name!r} does not match the group pattern {pattern!r}: fix the pattern or the "
-                "names."
-            )
-        out.append(match.group(1) if match.groups() else match.group(0))
-    return np.array(out)
-
-
-def labelled_images(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
-    """Images under ``folder/<class>/...``: paths and class names (the class folder's name)."""
-    root = Path(folder)
-    paths = list_images(root)
-    labels = [p.relative_to(root).parts[0] for p in paths]
-    if any(len(p.relative_to(root).parts) < 2 for p in paths):
-        raise ConfigurationError(f"{root} has images outside class folders: put each image in {root}/<class>/.")
-    if not paths:
-        raise ConfigurationError(f"No images under {root}: expected {root}/<class>/<image files>.")
-    return paths, labels
 
 
 def load_task_folder(folder: str | os.PathLike, *, groups: str | None = None, name: str | None = None) -> TaskData:

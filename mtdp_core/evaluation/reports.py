@@ -24,7 +24,6 @@ differences, wins / ties / losses), ``learning_curves.md`` and ``learning_curves
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import numpy as np
 
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.evaluation.ranking import DDOF, ScoreTable, compare, rank_matrix
+from mtdp_core.reporting import curve_points, curve_score, plot_learning_curve, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -90,24 +90,6 @@ def comparison_rows(table: ScoreTable, reference: str, baselines: Sequence[str],
                 row[f"delta vs {b}"], row[f"2sigma vs {b}"], row[f"verdict vs {b}"] = float("nan"), float("nan"), "n/a"
         rows.append(row)
     return rows
-
-
-def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _fmt_csv(v) for k, v in r.items()})
-    return path
-
-
-def _fmt_csv(v: object) -> object:
-    if isinstance(v, float):
-        return "" if np.isnan(v) else f"{v:.6g}"
-    return "" if v is None else v
 
 
 def _pct(v: float) -> str:
@@ -199,80 +181,13 @@ def plot_differences(
     return path
 
 
-def plot_learning_curve(
-    rows: Sequence[dict], path: str | os.PathLike, *, title: str | None = None, ddof: int = DDOF
-) -> Path:
-    """PNG: test score against the number of training samples (mean ± std over seeds), one line per
-    ``method`` and one panel per ``task`` (rows from ``probes.LearningCurve.run`` or
-    ``protocol.evaluate_learning_curve``; ``method`` and ``task`` keys optional)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(r.get("task", "") for r in rows)) or [""]
-    cols = min(3, len(tasks))
-    n_rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.4 * n_rows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
-        mine = [r for r in rows if r.get("task", "") == task]
-        for method in dict.fromkeys(r.get("method", "probe") for r in mine):
-            points = _curve_points([r for r in mine if r.get("method", "probe") == method], ddof)
-            ax.errorbar(
-                [p["n_train"] for p in points],
-                [100 * p["mean"] for p in points],
-                yerr=[100 * p["std"] for p in points],
-                marker="o",
-                capsize=3,
-                label=method,
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("training samples")
-        metric = mine[0].get("metric", "score") if mine else "score"
-        ax.set_ylabel(f"test {metric} (%)")
-        ax.set_title(task or title or "learning curve")
-        ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(tasks) :]:
-        ax.set_visible(False)
-    if title and tasks != [""]:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _score(row: dict) -> float:
-    return float(row["score"] if "score" in row else row["test_score"])
-
-
-def _curve_points(rows: Sequence[dict], ddof: int) -> list[dict]:
-    """One method on one task: per fraction, mean n_train, mean and std of the scores over seeds."""
-    points = []
-    for f in sorted({float(r["fraction"]) for r in rows}):
-        scores = np.array([_score(r) for r in rows if float(r["fraction"]) == f])
-        n = [r["n_train"] for r in rows if float(r["fraction"]) == f]
-        points.append(
-            {
-                "fraction": f,
-                "n_train": float(np.mean(n)),
-                "mean": float(scores.mean()),
-                "std": float(scores.std(ddof=ddof)) if scores.size > ddof else 0.0,
-                "runs": int(scores.size),
-            }
-        )
-    return points
-
-
 def curve_summary_rows(rows: Sequence[dict], *, ddof: int = DDOF) -> list[dict]:
     """Per (task, method, fraction): training samples, mean and std of the test score over seeds."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         for method in dict.fromkeys(r["method"] for r in mine):
-            for p in _curve_points([r for r in mine if r["method"] == method], ddof):
+            for p in curve_points([r for r in mine if r["method"] == method], ddof):
                 out.append({"task": task, "metric": mine[0].get("metric", ""), "method": method, **p, "ddof": ddof})
     return out
 
@@ -284,7 +199,7 @@ def curve_differences(
     differences over seeds (mean, std), and how many seeds the reference wins, ties, loses;
     plus an ``"all tasks"`` row per fraction (the mean of the per-task mean differences, and
     the wins / ties / losses over every (task, seed) pair)."""
-    index = {(r["method"], r["task"], float(r["fraction"]), r["seed"]): _score(r) for r in rows}
+    index = {(r["method"], r["task"], float(r["fraction"]), r["seed"]): curve_score(r) for r in rows}
     methods = {r["method"] for r in rows}
     for m in [reference, *baselines]:
         if m not in methods:

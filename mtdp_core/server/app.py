@@ -11,7 +11,8 @@ background thread, so that tests, the demo and apps can start one in a line::
 
 With a data folder, the database (``cytomine.sqlite3``), attached files, job data and job
 logs live in it, so everything survives a restart; the admin keys are written to
-``admin-keys.json`` (mode 0600) and, while a server runs, its URL to ``server.json``.
+``admin-keys.json`` and, while a server runs, its URL to ``server.json``. The folder is made
+readable by its owner only (0700, files 0600), also when it existed before.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.server import descriptors
+from mtdp_core.server.api import Services, create_app
+from mtdp_core.server.backends import CytomineStore
+from mtdp_core.server.backends.database import private_folder, write_private
 from mtdp_core.server.config import ServerConfig
-from mtdp_core.server.errors import NotFound
+from mtdp_core.server.domain import Row
+from mtdp_core.server.errors import Forbidden, NotFound
 from mtdp_core.server.imaging import ImageCache
 from mtdp_core.server.launcher import JobLauncher, typed_parameters
-from mtdp_core.server.models import CytomineStore, Row
-from mtdp_core.server.routes import Backend, create_app
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,7 @@ class _RequestHandler(WSGIRequestHandler):
 def write_private_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON readable by its owner only (it holds keys)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
 def read_admin_keys(data_dir: str | Path) -> dict[str, str] | None:
@@ -124,13 +124,17 @@ class LocalCytomine:
             logger.warning(
                 "binding %s: the server is reachable from other machines (keys are the only protection)", self.host
             )
+        if self.data_dir is not None:
+            private_folder(self.data_dir)  # it holds the database, keys and files: its owner's only
         files_dir = self.data_dir / "files" if self.data_dir is not None else None
         self.store = CytomineStore(self.database, files_dir)
-        self.admin = self.store.ensure_admin(*self._admin_keys)
-        jobs_dir = self.data_dir / "jobs" if self.data_dir is not None else self.store.files.folder("jobs")
+        self.admin = self.store.users.ensure_admin(*self._admin_keys)
+        jobs_dir = (
+            private_folder(self.data_dir / "jobs") if self.data_dir is not None else self.store.files.folder("jobs")
+        )
         self.launcher = JobLauncher(self.store, jobs_dir)
-        backend = Backend(self.store, self.config, ImageCache(self.config.image_cache_bytes), self.launcher)
-        app = create_app(backend)
+        services = Services(self.store, self.config, ImageCache(self.config.image_cache_bytes), self.launcher)
+        app = create_app(services)
         try:
             self._server = make_server(self.host, self.port, app, threaded=True, request_handler=_RequestHandler)
         except OSError as exc:
@@ -231,26 +235,24 @@ class LocalCytomine:
         return descriptors.register_software(store, spec, version=version, local_command=command, descriptor=data)
 
     def find_software(self, software: int | str) -> Row:
-        store = self._store()
+        """A software by id, name or descriptor stem (``svm_train``)."""
+        backend = self._store().software
         if isinstance(software, int) or str(software).isdigit():
-            return store.get_software(int(software))
-        row = store.find_software(str(software))
+            return backend.get(int(software))
+        row = backend.find(str(software))
         if row is None:
-            names = sorted({s["name"] for s in store.list_software()})
-            raise NotFound(
-                f"Software {software!r} is not registered: register it with 'mtdp server register-app' "
-                f"(registered: {', '.join(names) or 'none'})"
-            )
+            names = ", ".join(sorted({s["name"] for s in backend.list()})) or "none"
+            hint = "register it with 'mtdp server register-app'"
+            raise NotFound(f"Software {software!r} is not registered: {hint} (registered: {names})")
         return row
 
     def find_project(self, project: int | str) -> Row:
-        store = self._store()
-        if isinstance(project, int) or str(project).isdigit():
-            return store.get_project(int(project))
-        row = store.find_project_by_name(str(project))
+        """A project by id or name."""
+        backend = self._store().projects
+        row = backend.get(int(project)) if str(project).isdigit() else backend.find_by_name(str(project))
         if row is None:
-            names = [p["name"] for p in store.list_projects()]
-            raise NotFound(f"Project {project!r} does not exist (projects: {', '.join(names) or 'none'})")
+            names = ", ".join(p["name"] for p in backend.list()) or "none"
+            raise NotFound(f"Project {project!r} does not exist (projects: {names})")
         return row
 
     def launch(
@@ -269,17 +271,23 @@ class LocalCytomine:
         """Launch a job as the Cytomine web UI does: a Job with its own user and its parameters,
         the command line built by the core's rules, run by the local processing server.
 
-        Returns the job (its final state when ``wait``).
+        ``user`` launches it (an administrator, or a member of the project); the job user acts in
+        the project until the job ends. Returns the job (its final state when ``wait``).
         """
         store = self._store()
         software_row = self.find_software(software)
         project_row = self.find_project(project)
-        launcher_user = store.find_user_by_username(user)
+        launcher_user = store.users.find_by_username(user)
         if launcher_user is None:
             raise NotFound(f"User {user!r} does not exist")
-        store.ensure_software_project(software_row["id"], project_row["id"])
-        checked = typed_parameters(store.list_software_parameters(software_row["id"]), parameters or {})
-        job, _ = store.create_job(project_row["id"], software_row["id"], launcher_user, checked)
+        if not launcher_user["is_admin"] and store.projects.role(project_row["id"], launcher_user["id"]) is None:
+            raise Forbidden(
+                f"User {user!r} is not a member of project {project_row['name']!r}: add it with "
+                f"'mtdp server user add {user} --project {project_row['name']}'"
+            )
+        store.software.ensure_in_project(software_row["id"], project_row["id"])
+        checked = typed_parameters(store.software.list_parameters(software_row["id"]), parameters or {})
+        job, _ = store.jobs.create(project_row["id"], software_row["id"], launcher_user, checked)
         assert self.launcher is not None
         return self.launcher.execute(
             job["id"], self.url, wait=wait, runner=runner, image=image, engine=engine, timeout=timeout

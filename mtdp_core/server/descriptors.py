@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mtdp_core.errors import ConfigurationError
-from mtdp_core.server.models import CLASS_NAMES, PARAMETER_TYPES, CytomineStore, Row
+from mtdp_core.server.backends import CytomineStore
+from mtdp_core.server.domain import CLASS_NAMES, PARAMETER_TYPES, Row, parameter_type
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +173,8 @@ def _parse_input(item: Any, position: int, source: str) -> ParameterSpec:
     def expand(value: Any) -> str:
         return _text(value).replace("@ID", ident.upper()).replace("@id", ident)
 
-    ptype = str(item["type"]).strip().lower().capitalize()
-    ptype = "ListDomain" if ptype == "Listdomain" else ptype
-    if ptype not in PARAMETER_TYPES:
+    ptype = parameter_type(str(item["type"]))
+    if ptype is None:
         raise ConfigurationError(
             f"{source}: input {ident!r} has type {item['type']!r}: use one of {', '.join(PARAMETER_TYPES)}"
         )
@@ -258,35 +258,15 @@ def register_software(
         "app": app or (Path(spec.source).stem if spec.source else None),
     }
     with store.transaction():
-        existing = (
-            store.find_software(spec.name, version)
-            if version is not None
-            else next(
-                (s for s in store.list_software() if s["name"] == spec.name and s["software_version"] is None), None
-            )
-        )
+        existing = _registered(store, spec.name, version)
         if existing is None:
-            software = store.create_software(fields)
-            for other in store.list_software():
+            software = store.software.create(fields)
+            for other in store.software.list():
                 if other["name"] == spec.name and other["id"] != software["id"] and not other["deprecated"]:
-                    store.update_software(other["id"], {"deprecated": True})
+                    store.software.update(other["id"], {"deprecated": True})
         else:
-            software = store.update_software(existing["id"], {**fields, "deprecated": False})
-        current = {p["name"]: p for p in store.list_software_parameters(software["id"])}
-        for parameter in spec.parameters:
-            data = parameter.as_store_data(software["id"])
-            if parameter.name in current:
-                store.update_software_parameter(current.pop(parameter.name)["id"], data)
-            else:
-                store.add_software_parameter(data)
-        for stale in current.values():
-            store.delete_software_parameter(stale["id"])
-        if spec.description:
-            store.set_description(CLASS_NAMES["software"], software["id"], spec.description)
-        for parameter in spec.parameters:
-            if parameter.description:
-                row = next(p for p in store.list_software_parameters(software["id"]) if p["name"] == parameter.name)
-                store.set_description(CLASS_NAMES["softwareparameter"], row["id"], parameter.description)
+            software = store.software.update(existing["id"], {**fields, "deprecated": False})
+        _sync_parameters(store, software["id"], spec)
     logger.info(
         "software %s (id %d, version %s) registered with %d parameters",
         spec.name,
@@ -294,4 +274,30 @@ def register_software(
         version or "-",
         len(spec.parameters),
     )
-    return store.get_software(software["id"])
+    return store.software.get(software["id"])
+
+
+def _registered(store: CytomineStore, name: str, version: str | None) -> Row | None:
+    """The software registered under this name and version (None: unversioned)."""
+    if version is not None:
+        return store.software.find(name, version)
+    return next((s for s in store.software.list() if s["name"] == name and s["software_version"] is None), None)
+
+
+def _sync_parameters(store: CytomineStore, software_id: int, spec: SoftwareSpec) -> None:
+    """Make the software's parameters and descriptions those of the descriptor."""
+    current = {p["name"]: p for p in store.software.list_parameters(software_id)}
+    for parameter in spec.parameters:
+        data = parameter.as_store_data(software_id)
+        if parameter.name in current:
+            store.software.update_parameter(current.pop(parameter.name)["id"], data)
+        else:
+            store.software.add_parameter(data)
+    for stale in current.values():
+        store.software.delete_parameter(stale["id"])
+    if spec.description:
+        store.meta.set_description(CLASS_NAMES["software"], software_id, spec.description)
+    ids = {p["name"]: p["id"] for p in store.software.list_parameters(software_id)}
+    for parameter in spec.parameters:
+        if parameter.description:
+            store.meta.set_description(CLASS_NAMES["softwareparameter"], ids[parameter.name], parameter.description)

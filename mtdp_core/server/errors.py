@@ -1,7 +1,7 @@
 """Errors of the local Cytomine-compatible server, each with the HTTP status a real core uses.
 
-The domain layer (``models``) raises them; the HTTP layer (``routes``) turns them into the
-JSON error body Cytomine sends: ``{"success": false, "errors": message, "message": message}``.
+The backends (and the API's access rules) raise them; the Flask application (``api.app``) turns
+them into the JSON error body Cytomine sends: ``{"success": false, "errors": message, "message": message}``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ class NotFound(ServerError):
     """The object does not exist (Cytomine's ObjectNotFoundException)."""
 
     status = 404
+
+
+class PayloadTooLarge(ServerError):
+    """The request body is larger than the server accepts."""
+
+    status = 413
 
 
 class Conflict(ServerError):

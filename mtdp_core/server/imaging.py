@@ -15,8 +15,13 @@ Spring core, IMS for the Grails one). The semantics reproduced, with their sourc
 - **mask**: white annotation on black, single channel; **alphamask**: the crop with an alpha
   channel that is transparent outside the annotation (PNG).
 - **window**: the rectangle ``x, y, w, h`` in image coordinates (top-left origin, as the
-  client's ``ImageInstance.window`` documents), cut to the image unless ``withExterior``.
+  client's ``ImageInstance.window`` documents), cut to the image unless ``withExterior`` (then
+  black outside it); a window starting left of or above the image needs ``withExterior``.
 - **thumb**: the whole image with its longest side at most ``maxSize`` (default 512).
+
+Every renderer computes its output size first and checks it against the server's
+:class:`~mtdp_core.server.config.PixelLimits` before building anything: no request makes the
+server hold more than the stored image plus one output of at most ``max_pixels``.
 
 Decoded images are kept in a small LRU cache (by bytes), because the crops of one image are
 requested by several threads at once (``dump_crops``); decoding happens once per image.
@@ -34,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageColor, ImageDraw, ImageOps
 from shapely import affinity
 from shapely.geometry.base import BaseGeometry
 
+from mtdp_core.server.config import PixelLimits
 from mtdp_core.server.errors import BadRequest, NotFound
 from mtdp_core.server.geometry import POINT_ENVELOPE, cytomine_to_image
 
@@ -55,6 +61,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 _ORIENTATION = 0x0112  # the EXIF orientation tag
 #: Tile side of the virtual pyramid that defines the valid zoom levels of a flat image.
 TILE_SIZE = 256
+#: Widest outline ``draw`` crops accept.
+MAX_THICKNESS = 100
 
 
 def image_info(path: Path) -> tuple[int, int, int, str]:
@@ -102,7 +110,9 @@ class ImageCache:
         try:
             key = (path, os.stat(path).st_mtime)
         except OSError:
-            raise NotFound(f"Image file {path} is missing from disk") from None
+            # The name only: a server path is no business of the caller's (the operator's log has it).
+            logger.error("image file %s is missing", path)
+            raise NotFound(f"Image file {os.path.basename(path)!r} is missing from the server's disk") from None
         with self._lock:
             array = self._items.get(key)
             if array is not None:
@@ -143,7 +153,8 @@ def decode(path: str | os.PathLike) -> np.ndarray:
                 image = image.convert("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
             array = np.asarray(image)
     except (OSError, Image.DecompressionBombError) as exc:
-        raise NotFound(f"Image file {path} cannot be decoded: {exc}") from None
+        logger.error("image file %s cannot be decoded: %s", path, exc)
+        raise NotFound(f"Image file {os.path.basename(path)!r} cannot be decoded: see the server's log") from None
     array.setflags(write=False)
     return array
 
@@ -180,8 +191,8 @@ def annotation_region(
         minx, miny, maxx, maxy = minx - half, miny - half, maxx + half, maxy + half
     left, top = minx, image_height - maxy
     width, height = maxx - minx, maxy - miny
-    if increase_area and increase_area != 1.0:
-        if increase_area <= 0:
+    if increase_area is not None and increase_area != 1.0:
+        if not (math.isfinite(increase_area) and increase_area > 0):
             raise BadRequest(
                 f"Invalid increaseArea {increase_area}: use a positive factor (e.g. 1.5 for 50% more context)"
             )
@@ -272,8 +283,21 @@ class CropOptions:
     color: str = "#ff0000"
     thickness: int = 1
 
+    def __post_init__(self) -> None:
+        """400 for a value no crop can be made with (the region and output size are checked once known)."""
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise BadRequest(f"Invalid jpegQuality {self.jpeg_quality}: use 1 to 100")
+        if not 1 <= self.thickness <= MAX_THICKNESS:
+            raise BadRequest(f"Invalid thickness {self.thickness}: use 1 to {MAX_THICKNESS} pixels")
+        try:
+            ImageColor.getrgb(self.color)
+        except ValueError:
+            raise BadRequest(f"Invalid color {self.color[:40]!r}: use #RRGGBB (or 0xRRGGBB) or a colour name") from None
 
-def render_crop(pixels: np.ndarray, geometry: BaseGeometry, options: CropOptions) -> tuple[bytes, str]:
+
+def render_crop(
+    pixels: np.ndarray, geometry: BaseGeometry, options: CropOptions, limits: PixelLimits | None = None
+) -> tuple[bytes, str]:
     """Crop (or mask) of ``geometry`` (Cytomine coordinates) from decoded ``pixels``."""
     image_height, image_width = pixels.shape[:2]
     region = annotation_region(geometry, image_width, image_height, options.increase_area, options.square)
@@ -281,6 +305,7 @@ def render_crop(pixels: np.ndarray, geometry: BaseGeometry, options: CropOptions
     out_size = output_size(
         right - left, bottom - top, options.max_size, options.zoom, max_zoom_level(image_width, image_height)
     )
+    (limits or PixelLimits()).check(out_size, (right - left, bottom - top), what=options.kind)
     fmt = options.fmt
     if options.kind == "alphamask":
         fmt = "png"  # alpha needs PNG, as the core's checkFormat(['png'])
@@ -314,6 +339,12 @@ def render_crop(pixels: np.ndarray, geometry: BaseGeometry, options: CropOptions
     return encode(crop, fmt, options.jpeg_quality)
 
 
+def _scaled(pixels: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    """The pixels ``box`` (left, top, right, bottom) of an image, resized to ``size``."""
+    left, top, right, bottom = box
+    return _resize(Image.fromarray(np.ascontiguousarray(pixels[top:bottom, left:right])), size)
+
+
 def render_window(
     pixels: np.ndarray,
     x: int,
@@ -324,35 +355,41 @@ def render_window(
     *,
     with_exterior: bool = False,
     max_size: int | None = None,
+    limits: PixelLimits | None = None,
 ) -> tuple[bytes, str]:
-    """The rectangle ``x, y, w, h`` (top-left origin) of the image."""
+    """The rectangle ``x, y, w, h`` (top-left origin) of the image, its longest side ``max_size``
+    when given. With ``with_exterior`` the part outside the image is black; the output is built
+    at its final size (never the rectangle asked, which may be far larger)."""
     if w <= 0 or h <= 0:
         raise BadRequest(f"Invalid window {w} x {h}: width and height must be positive")
+    if not with_exterior and (x < 0 or y < 0):
+        raise BadRequest(
+            f"Window {x},{y},{w},{h} starts outside the image: use x, y >= 0, or withExterior=true to get "
+            "black pixels outside the image"
+        )
     image_height, image_width = pixels.shape[:2]
-    if with_exterior:
-        canvas = Image.new("L" if pixels.ndim == 2 else "RGB", (w, h), 0)
-        src_left, src_top = max(0, x), max(0, y)
-        src_right, src_bottom = min(image_width, x + w), min(image_height, y + h)
-        if src_right > src_left and src_bottom > src_top:
-            canvas.paste(
-                Image.fromarray(np.ascontiguousarray(pixels[src_top:src_bottom, src_left:src_right])),
-                (src_left - x, src_top - y),
-            )
-        window = canvas
-    else:
-        left, top = max(0, x), max(0, y)
-        right, bottom = min(image_width, left + w), min(image_height, top + h)
-        if right <= left or bottom <= top:
+    inside = (max(0, x), max(0, y), min(image_width, x + w), min(image_height, y + h))
+    if not with_exterior:
+        if inside[2] <= inside[0] or inside[3] <= inside[1]:
             raise BadRequest(f"Window {x},{y},{w},{h} lies outside the {image_width} x {image_height} image")
-        window = Image.fromarray(np.ascontiguousarray(pixels[top:bottom, left:right]))
-    if max_size:
-        window = _resize(window, output_size(window.width, window.height, max_size, None, 0))
+        x, y, w, h = inside[0], inside[1], inside[2] - inside[0], inside[3] - inside[1]
+    size = output_size(w, h, max_size, None, 0) if max_size else (w, h)
+    (limits or PixelLimits()).check(size, (w, h), what="window")
+    if not with_exterior:
+        return encode(_scaled(pixels, inside, size), fmt)
+    window = Image.new("L" if pixels.ndim == 2 else "RGB", size, 0)
+    if inside[2] > inside[0] and inside[3] > inside[1]:
+        sx, sy = size[0] / w, size[1] / h
+        left, top = round((inside[0] - x) * sx), round((inside[1] - y) * sy)
+        right, bottom = round((inside[2] - x) * sx), round((inside[3] - y) * sy)
+        if right > left and bottom > top:
+            window.paste(_scaled(pixels, inside, (right - left, bottom - top)), (left, top))
     return encode(window, fmt)
 
 
-def render_thumb(pixels: np.ndarray, max_size: int, fmt: str) -> tuple[bytes, str]:
+def render_thumb(pixels: np.ndarray, max_size: int, fmt: str, limits: PixelLimits | None = None) -> tuple[bytes, str]:
     """The whole image, its longest side at most ``max_size`` (never enlarged)."""
-    image = Image.fromarray(pixels)
-    if max(image.size) > max_size:
-        image = _resize(image, output_size(image.width, image.height, max_size, None, 0))
-    return encode(image, fmt)
+    height, width = pixels.shape[:2]
+    size = output_size(width, height, max_size, None, 0) if max(width, height) > max_size else (width, height)
+    (limits or PixelLimits()).check(size, what="thumbnail")
+    return encode(_scaled(pixels, (0, 0, width, height), size), fmt)

@@ -38,8 +38,9 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from mtdp_core.errors import ConfigurationError
+from mtdp_core.server.backends import CytomineStore, ImportedImage
+from mtdp_core.server.domain import Row
 from mtdp_core.server.imaging import IMAGE_EXTENSIONS
-from mtdp_core.server.models import CytomineStore, ImportedImage, Row
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,8 @@ def import_folder(
     only_annotated: bool = False,
     limit: int | None = None,
 ) -> ImportReport:
-    """Import ``images`` (a folder) and their ``annotations`` into ``project`` (created when new).
+    """Import ``images`` (a folder) and their ``annotations`` into ``project`` (created when new,
+    managed by ``user``; an existing project gets ``user`` as a member).
 
     Images are referenced where they are, or copied under ``copy_to`` (source files are never
     modified). Images already in the project are skipped, so an import can be re-run.
@@ -324,6 +326,35 @@ def import_folder(
     images = Path(images)
     objects = read_annotations(annotations, fmt, columns) if annotations is not None else {}
     files = list_image_files(images)
+    matched, missing = match_images(objects, files)
+    if missing:
+        logger.warning("%d annotated image(s) not found under %s, e.g. %s", len(missing), images, missing[:3])
+    selected = [p for p in files if p in matched] if only_annotated else files
+    if limit is not None:
+        selected = selected[:limit]
+    if not selected:
+        raise ConfigurationError(f"No image to import from {images}")
+    owner = store.users.find_by_username(user)
+    if owner is None:
+        raise ConfigurationError(f"User {user!r} does not exist: create it with 'mtdp server user add {user}'")
+    with store.transaction():
+        project_row = _project_with_ontology(store, project, owner)
+        if store.projects.role(project_row["id"], owner["id"]) is None and not owner["is_admin"]:
+            # The annotations will be the user's: it must see them (the creator already manages a new project).
+            store.projects.add_member(project_row["id"], owner["id"])
+            logger.info("import: user %s added to project %s as a member", owner["username"], project_row["name"])
+        items = [ImportedImage(_copied(path, images, copy_to), matched.get(path, [])) for path in selected]
+        summary = store.imports.import_images(project_row["id"], items, owner)
+    report = ImportReport(project=store.projects.get(project_row["id"]), missing_images=missing, **summary)
+    logger.info("import: %s", report.summary())
+    return report
+
+
+def match_images(
+    objects: dict[str, list[tuple[str, BaseGeometry]]], files: list[Path]
+) -> tuple[dict[Path, list[tuple[str, BaseGeometry]]], list[str]]:
+    """The annotations of each image file (matched by file name or stem), and the image names
+    the annotations name but the folder lacks."""
     by_name = {p.name: p for p in files}
     by_stem = {p.stem: p for p in files}
     matched: dict[Path, list[tuple[str, BaseGeometry]]] = {}
@@ -334,36 +365,26 @@ def import_folder(
             missing.append(name)
             continue
         matched.setdefault(path, []).extend(items)
-    if missing:
-        logger.warning("%d annotated image(s) not found under %s, e.g. %s", len(missing), images, missing[:3])
-    selected = [p for p in files if p in matched] if only_annotated else files
-    if limit is not None:
-        selected = selected[:limit]
-    if not selected:
-        raise ConfigurationError(f"No image to import from {images}")
-    owner = store.find_user_by_username(user)
-    if owner is None:
-        raise ConfigurationError(f"User {user!r} does not exist: create it with 'mtdp server user add {user}'")
+    return matched, missing
 
-    with store.transaction():
-        project_row = store.find_project_by_name(project)
-        if project_row is None:
-            ontology = store.create_ontology(f"{project} ontology", owner["id"])
-            project_row = store.create_project(project, ontology["id"], owner["id"])
-        elif project_row["ontology_id"] is None:
-            ontology = store.create_ontology(f"{project} ontology", owner["id"])
-            project_row = store.update_project(project_row["id"], {"ontology": ontology["id"]})
-        items = []
-        for path in selected:
-            source = path
-            if copy_to is not None:
-                target = Path(copy_to) / path.relative_to(images)
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(path, target)
-                source = target
-            items.append(ImportedImage(source, matched.get(path, [])))
-        summary = store.bulk_import(project_row["id"], items, owner)
-    report = ImportReport(project=store.get_project(project_row["id"]), missing_images=missing, **summary)
-    logger.info("import: %s", report.summary())
-    return report
+
+def _project_with_ontology(store: CytomineStore, name: str, owner: Row) -> Row:
+    """The project called ``name`` with an ontology (both created when missing)."""
+    project = store.projects.find_by_name(name)
+    if project is not None and project["ontology_id"] is not None:
+        return project
+    ontology = store.ontologies.create(f"{name} ontology", owner["id"])
+    if project is None:
+        return store.projects.create(name, ontology["id"], owner["id"])
+    return store.projects.update(project["id"], {"ontology": ontology["id"]})
+
+
+def _copied(path: Path, images: Path, copy_to: str | Path | None) -> Path:
+    """``path``, or its copy under ``copy_to`` (made once, at the same relative place)."""
+    if copy_to is None:
+        return path
+    target = Path(copy_to) / path.relative_to(images)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return target

@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtdp_core.server.errors import BadRequest, NotFound
-from mtdp_core.server.models import (
+from mtdp_core.server.backends import CytomineStore
+from mtdp_core.server.backends.database import private_folder, write_private
+from mtdp_core.server.domain import (
     CLASS_NAMES,
     FAILED,
     INQUEUE,
@@ -50,9 +51,10 @@ from mtdp_core.server.models import (
     NOT_LAUNCH,
     RUNNING,
     WAIT,
-    CytomineStore,
     Row,
+    check_parameter_value,
 )
+from mtdp_core.server.errors import BadRequest, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +97,9 @@ def substitute(command: str, values: Sequence[tuple[Row, str]]) -> str:
 
 def parameter_values(store: CytomineStore, job: Row) -> list[tuple[Row, str]]:
     """The core's retrieveParameters: (parameter, value) of the non-server parameters with a value."""
-    given = {jp["software_parameter_id"]: jp["value"] for jp in store.list_job_parameters(job["id"])}
+    given = {jp["software_parameter_id"]: jp["value"] for jp in store.jobs.list_parameters(job["id"])}
     values = []
-    for parameter in store.list_software_parameters(job["software_id"], server_parameters=False):
+    for parameter in store.software.list_parameters(job["software_id"], server_parameters=False):
         value = given[parameter["id"]] if parameter["id"] in given else parameter["default_value"]
         if parameter["id"] not in given and parameter["required"] and (value is None or value == ""):
             raise BadRequest(
@@ -110,7 +112,7 @@ def parameter_values(store: CytomineStore, job: Row) -> list[tuple[Row, str]]:
 
 def cytomine_command(store: CytomineStore, job: Row) -> list[str]:
     """The command a real core sends to its processing server for ``job``."""
-    software = store.get_software(job["software_id"])
+    software = store.software.get(job["software_id"])
     if not software["execute_command"]:
         raise BadRequest(f"Software {software['name']!r} has no command: register it from a descriptor")
     return java_split(substitute(software["execute_command"], parameter_values(store, job)))
@@ -119,14 +121,14 @@ def cytomine_command(store: CytomineStore, job: Row) -> list[str]:
 def application_arguments(store: CytomineStore, job: Row) -> tuple[list[str], int]:
     """The descriptor's command line with values substituted, split as Cytomine does, and the
     number of leading tokens that form its executable prefix (before the first value key)."""
-    software = store.get_software(job["software_id"])
+    software = store.software.get(job["software_id"])
     template = software["command_line"]
     if not template:
         raise BadRequest(
             f"Software {software['name']!r} has no descriptor command line: register it with "
             "'mtdp server register-app descriptors/<app>.json'"
         )
-    parameters = store.list_software_parameters(job["software_id"], server_parameters=False)
+    parameters = store.software.list_parameters(job["software_id"], server_parameters=False)
     positions = [m.start() for p in parameters if (m := re.search(key_regex(p["value_key"]), template))]
     prefix = template[: min(positions)] if positions else template
     return java_split(substitute(template, parameter_values(store, job))), len(java_split(prefix))
@@ -156,24 +158,7 @@ def typed_parameters(parameters: Sequence[Row], values: Mapping[str, object]) ->
         if parameter["set_by_server"]:
             raise BadRequest(f"Parameter {name!r} is set by the server: do not give it")
         text = value_text(value)
-        ptype = parameter["type"]
-        try:
-            if ptype == "Number" and text != "":
-                float(text)
-            elif ptype == "Domain" and text != "":
-                int(text)
-            elif ptype == "ListDomain" and text != "":
-                [int(v) for v in text.split(",")]
-            elif ptype == "Boolean" and text.lower() not in ("true", "false", ""):
-                raise ValueError
-        except ValueError:
-            raise BadRequest(f"Invalid value {text!r} for {ptype} parameter {name!r}") from None
-        if " " in text:
-            # The core splits the command line on spaces: such a value would reach the app in pieces.
-            raise BadRequest(
-                f"Value {text!r} of parameter {name!r} contains a space: Cytomine splits the command "
-                "line on spaces, use commas or no spaces"
-            )
+        check_parameter_value(parameter, text)
         checked.append((parameter["id"], text))
     return checked
 
@@ -217,7 +202,7 @@ class JobLauncher:
     # ------------------------------------------------------------------ preparing
     def init_job(self, job: Row, base_url: str) -> None:
         """Fill the set-by-server parameters (the core's initJob)."""
-        user_job = self.store.job_user(job["id"])
+        user_job = self.store.users.job_user(job["id"])
         if user_job is None:
             raise NotFound(f"Job {job['id']} has no job user")
         values = {
@@ -227,17 +212,17 @@ class JobLauncher:
             "id_software": str(job["software_id"]),
             "id_project": str(job["project_id"]),
         }
-        parameters = self.store.list_software_parameters(job["software_id"])
+        parameters = self.store.software.list_parameters(job["software_id"])
         for key, names in SERVER_VALUES:
             match = next((p for p in parameters if p["set_by_server"] and _normalised(p["name"]) in names), None)
             if match is not None:
-                self.store.set_job_parameter(job["id"], match["id"], values[key])
+                self.store.jobs.set_parameter(job["id"], match["id"], values[key])
 
     def process_argv(
         self, job: Row, *, runner: str | None = None, image: str | None = None, engine: str | None = None
     ) -> list[str]:
         """The argv actually run for ``job`` with ``runner``."""
-        software = self.store.get_software(job["software_id"])
+        software = self.store.software.get(job["software_id"])
         runner = runner or ("local" if software.get("local_command") else "container")
         if runner not in RUNNERS:
             raise BadRequest(f"Unknown runner {runner!r}: use local or container")
@@ -278,7 +263,7 @@ class JobLauncher:
         timeout: float | None = None,
     ) -> Row:
         """Start ``job_id`` (status INQUEUE, then the app sets RUNNING); wait for it if asked."""
-        job = self.store.get_job(job_id)
+        job = self.store.jobs.get(job_id)
         with self._lock:
             if job_id in self._running:
                 raise BadRequest(f"Job {job_id} is already running")
@@ -287,14 +272,13 @@ class JobLauncher:
         self.init_job(job, base_url)
         real_command = cytomine_command(self.store, job)
         argv = self.process_argv(job, runner=runner, image=image, engine=engine)
-        user_job = self.store.job_user(job_id)
+        user_job = self.store.users.job_user(job_id)
         secrets = [user_job["private_key"]] if user_job else []
         logger.info("job %d: Cytomine command: %s", job_id, mask_secrets(real_command, secrets))
         logger.info("job %d: running: %s", job_id, mask_secrets(argv, secrets))
-        folder = self.jobs_dir / str(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        log_path = folder / "log.out"
-        self.store.set_job_status(job_id, INQUEUE, "Job launched by the local server", 0)
+        folder = private_folder(self.jobs_dir / str(job_id))
+        log_path = write_private(folder / "log.out", b"")  # the job's output may hold what it read: 0600
+        self.store.jobs.set_status(job_id, INQUEUE, "Job launched by the local server", 0)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "wb") as log:
             try:
@@ -308,7 +292,7 @@ class JobLauncher:
                     start_new_session=True,
                 )
             except OSError as exc:
-                self.store.set_job_status(job_id, FAILED, f"Cannot start the job process {argv[0]!r}: {exc}"[:255], 0)
+                self.store.jobs.set_status(job_id, FAILED, f"Cannot start the job process {argv[0]!r}: {exc}"[:255], 0)
                 raise BadRequest(f"Cannot start the job process {argv[0]!r}: {exc}") from None
         running = _Running(
             process, log_path, threading.Thread(target=self._follow, args=(job_id,), daemon=True, name=f"job-{job_id}")
@@ -318,7 +302,7 @@ class JobLauncher:
         running.thread.start()
         if wait:
             return self.wait(job_id, timeout)
-        return self.store.get_job(job_id)
+        return self.store.jobs.get(job_id)
 
     def wait(self, job_id: int, timeout: float | None = None) -> Row:
         """Block until the job's process ended (killing it after ``timeout`` seconds)."""
@@ -330,7 +314,7 @@ class JobLauncher:
                 running.timed_out = True
                 self._terminate(running)
                 running.thread.join()
-        return self.store.get_job(job_id)
+        return self.store.jobs.get(job_id)
 
     def kill(self, job_id: int) -> Row:
         with self._lock:
@@ -340,7 +324,7 @@ class JobLauncher:
         running.killed = True
         self._terminate(running)
         running.thread.join(30)
-        return self.store.get_job(job_id)
+        return self.store.jobs.get(job_id)
 
     def process_state(self, job_id: int) -> dict[str, Any] | None:
         """``{"process": "running"|"exited", "exitCode": rc}`` for jobs started by this launcher."""
@@ -392,21 +376,22 @@ class JobLauncher:
                 self._finished[job_id] = code
 
     def _finish(self, job_id: int, running: _Running, code: int) -> None:
-        job = self.store.get_job(job_id)
+        job = self.store.jobs.get(job_id)
         tail = _log_tail(running.log_path)
         if running.killed or running.timed_out:
             reason = "timed out" if running.timed_out else "killed"
-            self.store.set_job_status(job_id, KILLED, f"Job {reason} (process exit code {code})", job["progress"])
+            self.store.jobs.set_status(job_id, KILLED, f"Job {reason} (process exit code {code})", job["progress"])
         elif job["status"] in (NOT_LAUNCH, INQUEUE, WAIT):
             message = failure_message(code, tail) if code else "The job process ended without starting the job"
-            self.store.set_job_status(job_id, FAILED, message, 0)
+            self.store.jobs.set_status(job_id, FAILED, message, 0)
         elif job["status"] == RUNNING and code != 0:
-            self.store.set_job_status(job_id, FAILED, failure_message(code, tail), job["progress"])
+            self.store.jobs.set_status(job_id, FAILED, failure_message(code, tail), job["progress"])
         elif job["status"] == RUNNING:
             logger.warning("job %d: process exited with code 0 but left the job RUNNING", job_id)
         if running.log_path.exists():
-            self.store.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", running.log_path.read_bytes())
-        final = self.store.get_job(job_id)
+            with open(running.log_path, "rb") as log:
+                self.store.meta.add_attached_file(CLASS_NAMES["job"], job_id, "log.out", log)
+        final = self.store.jobs.get(job_id)
         level = logging.INFO if final["status"] not in (FAILED, KILLED) else logging.WARNING
         logger.log(
             level,

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from mtdp_core.data.datasets import MultiTaskDataset
 from mtdp_core.multitask import MultiTaskModel
+from mtdp_core.runtime import Precision
 from mtdp_core.training.distributed import DistContext
-from mtdp_core.training.precision import Precision
 
 logger = logging.getLogger(__name__)
 

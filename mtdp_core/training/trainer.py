@@ -50,14 +50,13 @@ from mtdp_core.data.pools import TaskPool, load_pool
 from mtdp_core.data.sampler import BN_ADAPT_STREAM, TaskBalancedSampler
 from mtdp_core.errors import CheckpointError, ConfigurationError, DataError
 from mtdp_core.multitask import MultiTaskModel, multitask_loss, rescale_head_grads
-from mtdp_core.runtime import describe_device
+from mtdp_core.runtime import Precision, describe_device, resolve_precision
 from mtdp_core.training.batchnorm import adapt_batch_norm
 from mtdp_core.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mtdp_core.training.config import RESUME_MUST_MATCH, TrainConfig
 from mtdp_core.training.distributed import DistContext, init_distributed, wrap_ddp
 from mtdp_core.training.metrics import evaluate, validation_indices
 from mtdp_core.training.optim import build_optimizer, enter_phase, learning_rates, phase_at, set_learning_rates
-from mtdp_core.training.precision import Precision, resolve_precision
 
 logger = logging.getLogger(__name__)
 

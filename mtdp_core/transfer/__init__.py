@@ -7,8 +7,9 @@
 
 Modules: ``features`` (FeatureExtractor, extract_features), ``cache`` (the on-disk feature
 cache), ``probes`` (Probe, make_cv, LearningCurve, PAPER_C_GRID), ``linear_svm`` (the
-batched solver of the C grid), ``finetune`` (FineTuner), ``persistence`` (save_model,
-load_model). See docs/transfer.md.
+batched solver of the C grid), ``calibration`` (probabilities from SVM decision values),
+``finetune`` (FineTuner), ``persistence`` (save_model, load_model) and ``codecs`` (one per
+model kind: arrays + JSON and back). See docs/transfer.md.
 """
 
 from mtdp_core.transfer.cache import FeatureCache

@@ -59,7 +59,8 @@ def fingerprint_inputs(inputs: Sequence[Any], mode: FingerprintMode = "stat") ->
     """A digest of a list of inputs, in order, that changes when any of them changes.
 
     Paths are fingerprinted by absolute path + size + mtime (``"stat"``) or by their bytes
-    (``"content"``); in-memory images (PIL images, arrays) always by their pixels.
+    (``"content"``); in-memory images (PIL images, arrays) always by their pixels; lazy images
+    (slide tiles) by their own ``fingerprint()`` (file identity + region).
 
     Returns:
         ``{"count": n, "mode": mode, "sha256": hex digest}``.
@@ -80,6 +81,8 @@ def fingerprint_inputs(inputs: Sequence[Any], mode: FingerprintMode = "stat") ->
                 digest.update(f"p\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             else:
                 digest.update(f"c\0{_file_sha256(path)}\n".encode())
+        elif callable(getattr(item, "fingerprint", None)):  # a LazyImage (mtdp_core.data.images)
+            digest.update(b"l\0" + item.fingerprint().encode() + b"\n")
         else:
             digest.update(b"a\0" + _pixels_digest(item).encode() + b"\n")
     return {"count": len(inputs), "mode": mode, "sha256": digest.hexdigest()}

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from mtdp_core.backbones import list_backbones
-from mtdp_core.data.images import IMAGE_EXTENSIONS, RESIZE_MODES, list_images
+from mtdp_core.data.folders import IMAGE_EXTENSIONS, groups_from_names, labelled_images, list_images, read_image_folder
+from mtdp_core.data.images import RESIZE_MODES
 from mtdp_core.errors import ConfigurationError
+from mtdp_core.reporting import plot_learning_curve, write_csv
 from mtdp_core.runtime import resolve_device
 from mtdp_core.transfer.cache import FINGERPRINT_MODES
 
@@ -58,6 +60,16 @@ def _grid_entry(text: str) -> tuple[str, list]:
         except ValueError:
             parsed.append(v)
     return name, parsed
+
+
+def _add_mpp_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="resolution of the training images in µm per pixel (e.g. 0.5 for 20x), recorded in the model: "
+        "`mtdp slides classify` reads slide tiles at it",
+    )
 
 
 def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet121") -> None:
@@ -141,11 +153,6 @@ def _extractor(args: argparse.Namespace):
     )
 
 
-def _class_folder_labels(root: Path, paths: list[Path]) -> np.ndarray:
-    """The class of each image: its first folder under ``root`` ('' for images directly in root)."""
-    return np.array([p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in paths])
-
-
 def _inputs_from(items: list[Path]) -> list[Path]:
     """Image files given directly, and the images under folders given."""
     out: list[Path] = []
@@ -201,11 +208,10 @@ def _register_features(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from mtdp_core.evaluation.protocol import groups_from_names
-
-    paths = list_images(args.folder)
-    if not paths:
+    images = read_image_folder(args.folder, labels_file=None)
+    if not images:
         raise ConfigurationError(f"No images found under {args.folder}: give a folder with .jpg/.png/.tif files.")
+    paths = [i.path for i in images]
     groups = groups_from_names(paths, args.groups)
     fx = _extractor(args)
     feats, stats = fx.extract(paths)
@@ -214,7 +220,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     arrays = dict(
         features=np.asarray(feats),
         paths=np.array([str(p.relative_to(args.folder)) for p in paths]),
-        labels=_class_folder_labels(args.folder, paths),
+        labels=np.array([i.label or "" for i in images]),
         identity=np.array(json.dumps(identity)),
     )
     if groups is not None:
@@ -292,6 +298,7 @@ def _register_probe(subparsers: argparse._SubParsersAction) -> None:
         "--test: writes OUTPUT-curve.csv and .png",
     )
     p.add_argument("--curve-seeds", type=_ints, default=[0, 1, 2], help="seeds of the learning curve (default: 0,1,2)")
+    _add_mpp_option(p)
     add_backbone_options(p)
     add_runtime_options(p)
     p.set_defaults(func=_cmd_probe)
@@ -299,8 +306,6 @@ def _register_probe(subparsers: argparse._SubParsersAction) -> None:
 
 def _load_set(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Features, labels, groups and feature identity of a .npz or a class-folder tree."""
-    from mtdp_core.evaluation.protocol import groups_from_names, labelled_images
-
     if path.is_file() and path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -363,13 +368,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         score = probe.score(test["X"], test["y"])
         extra["test"] = {"path": str(args.test), "metric": probe.scoring_, "score": score, "n": len(test["y"])}
         print(f"test {probe.scoring_}: {score:.4f} ({len(test['y'])} samples)")
-    save_model(args.output, probe, features=train["identity"], extra=extra)
+    save_model(args.output, probe, features=train["identity"], extra=extra, mpp=args.mpp)
     print(f"model saved to {args.output}")
     if args.learning_curve:
         if test is None:
             raise ConfigurationError("--learning-curve scores each subset on a test set: give --test.")
-        from mtdp_core.evaluation.reports import plot_learning_curve, write_csv
-
         rows = LearningCurve(probe, args.learning_curve, args.curve_seeds).run(
             train["X"], train["y"], test["X"], test["y"], groups=train["groups"]
         )
@@ -501,14 +504,13 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="also save the fine-tuned backbone alone (.pth) for `mtdp features --weights`",
     )
+    _add_mpp_option(p)
     add_backbone_options(p)
     add_runtime_options(p, cache=False, batch_size=32)
     p.set_defaults(func=_cmd_finetune)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from mtdp_core.evaluation.protocol import groups_from_names, labelled_images
-    from mtdp_core.evaluation.reports import write_csv
     from mtdp_core.transfer.finetune import FineTuner
     from mtdp_core.transfer.persistence import save_model
 
@@ -545,7 +547,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         score = tuner.score(test_paths, test_labels)
         extra["test"] = {"path": str(args.test), "metric": tuner.scoring_, "score": score, "n": len(test_paths)}
         print(f"test {tuner.scoring_}: {score:.4f} ({len(test_paths)} images)")
-    save_model(args.output, tuner, extra=extra)
+    save_model(args.output, tuner, extra=extra, mpp=args.mpp)
     write_csv(tuner.history_, f"{args.output.with_suffix('')}-history.csv")
     print(f"model saved to {args.output}, history to {args.output.with_suffix('')}-history.csv")
     if args.export_backbone:

@@ -7,8 +7,8 @@ The pipeline, in the order data flows:
    (3, size, size), while the main process runs the model on the previous batch.
 2. The main process moves the ``uint8`` batch to the device (pinned memory and
    ``non_blocking`` on CUDA: 4x fewer bytes than float), normalises it there, and runs the
-   backbone in ``torch.inference_mode`` with ``channels_last`` tensors (and float16
-   autocast on CUDA only: bf16/fp16 autocast is 5-20x *slower* on CPUs without bf16 units).
+   backbone in ``torch.inference_mode`` with ``channels_last`` tensors (and mixed precision
+   on CUDA only, as ``runtime.resolve_precision`` decides).
 3. Rows are written straight into the output: an in-memory array, or a chunk of the
    on-disk cache (``cache.py``) that is flushed and recorded as it completes, so an
    interrupted run resumes where it stopped and memory stays bounded for any input size.
@@ -18,7 +18,6 @@ The pipeline, in the order data flows:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -32,14 +31,14 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from mtdp_core.backbones import Backbone, create_backbone, get_backbone_entry
-from mtdp_core.data.images import RESIZE_MODES, Preprocessing, open_rgb
+from mtdp_core.data.images import RESIZE_MODES, LazyImage, Preprocessing, open_rgb
 from mtdp_core.errors import ConfigurationError, ImageReadError
-from mtdp_core.runtime import describe_device, resolve_device
+from mtdp_core.runtime import describe_device, resolve_device, resolve_precision
 from mtdp_core.transfer.cache import DEFAULT_CHUNK_SIZE, FINGERPRINT_MODES, FeatureCache, fingerprint_inputs
 
 logger = logging.getLogger(__name__)
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | LazyImage
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -102,19 +101,12 @@ class ImageInputDataset(torch.utils.data.Dataset):
 
 
 def _describe(item: Any) -> str:
-    return str(item) if isinstance(item, (str, os.PathLike)) else f"in-memory image {type(item).__name__}"
-
-
-def _autocast(device: torch.device, amp: bool) -> tuple[contextlib.AbstractContextManager, str]:
-    # AMP only on CUDA: on CPU, autocast would run bf16 kernels, 5-20x slower without bf16 units.
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16), "float16"
-    return contextlib.nullcontext(), "float32"
+    return str(item) if isinstance(item, (str, os.PathLike, LazyImage)) else f"in-memory image {type(item).__name__}"
 
 
 def precision_of(device: torch.device, amp: bool) -> str:
     """The numeric precision extraction runs at on ``device`` (part of a cache's identity)."""
-    return _autocast(device, amp)[1]
+    return resolve_precision(amp, device).dtype_name
 
 
 def make_loader(
@@ -170,9 +162,8 @@ def run_extraction(
         loader = make_loader(
             inputs, preprocessing, indices, device=device, batch_size=batch_size, num_workers=num_workers
         )
-    autocast, _ = _autocast(device, amp)
     bar = tqdm(total=len(indices), desc="features", unit="img", disable=not progress, smoothing=0.05)
-    with torch.inference_mode(), autocast, bar:
+    with torch.inference_mode(), resolve_precision(amp, device).autocast(), bar:
         for images, index, errors in loader:
             failed = [e for e in errors if e]
             if failed:
@@ -216,7 +207,7 @@ def extract_features(
         batch_size: images per forward pass; None picks ``default_batch_size(device, size)``.
         num_workers: decoding processes; None picks ``default_num_workers(device)``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        amp: float16 autocast on CUDA (ignored on CPU).
+        amp: mixed precision on CUDA (``runtime.resolve_precision``; ignored on CPU).
         cache_dir: if given, features are streamed into a resumable on-disk cache entry there
             and the result is a read-only memory map of it; a complete entry is reused
             without running the model.
@@ -316,7 +307,8 @@ def as_input_list(X: Any) -> Sequence[ImageInput]:
     """Accept what a user (or scikit-learn's indexing) passes as images.
 
     A list/tuple of paths, PIL images or arrays; a 1-D array of paths (object or str dtype);
-    a pathlib.Path of one image; a 4-D uint8 array (n, H, W, 3) of images.
+    a pathlib.Path of one image; a 4-D uint8 array (n, H, W, 3) of images; a sequence of lazy
+    images (``LazyImage``, e.g. a slide's ``TileGrid``).
     """
     if isinstance(X, (str, os.PathLike, Image.Image)):
         return [X]
@@ -334,10 +326,10 @@ def as_input_list(X: Any) -> Sequence[ImageInput]:
     if not isinstance(X, Sequence):
         X = list(X)
     for item in X[:1]:
-        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray)):
+        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray, LazyImage)):
             raise ConfigurationError(
-                f"FeatureExtractor got inputs of type {type(item).__name__}: give image paths, PIL images "
-                "or uint8 (H, W, 3) arrays."
+                f"FeatureExtractor got inputs of type {type(item).__name__}: give image paths, PIL images, "
+                "uint8 (H, W, 3) arrays or slide tiles."
             )
     return X
 

@@ -11,13 +11,12 @@ learning rate is chosen in {1e-3, 1e-4, 1e-5, 1e-6} on a validation set, and the
 learning rate restarts from the same initial weights and the same seed; the network of
 the best (learning rate, epoch) on the validation set is kept. Ties on the validation
 score (frequent with ROC AUC) go to the lower validation loss. CUDA runs use
-channels_last tensors and mixed precision (bf16 where supported, else fp16 with loss
-scaling); CPU runs stay in float32 and contiguous (channels_last slows CPU training).
+channels_last tensors and mixed precision (``runtime.resolve_precision``: bf16 where
+supported, else fp16 with loss scaling); CPU runs stay in float32 and contiguous (channels_last slows CPU training).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 from mtdp_core.backbones import Backbone, create_backbone, get_backbone_entry, save_backbone
 from mtdp_core.data.images import RESIZE_MODES, Preprocessing, TrainAugmentation
 from mtdp_core.errors import ConfigurationError, ModelFileError
-from mtdp_core.runtime import describe_device, resolve_device
+from mtdp_core.runtime import Precision, describe_device, resolve_device, resolve_precision
 from mtdp_core.transfer.features import (
     as_input_list,
     default_batch_size,
@@ -150,15 +149,6 @@ class _TrainSet(torch.utils.data.Dataset):
             item = Image.fromarray(item)
         x = self.augmentation.load(item) if self.augmentation else self.preprocessing.load(item)
         return x, int(self.targets[index])
-
-
-def _mixed_precision(device: torch.device, amp: bool) -> tuple[Any, torch.amp.GradScaler | None]:
-    # CUDA only: bf16 needs no loss scaling; fp16 does. On CPU, autocast would be 5-20x slower.
-    if not (amp and device.type == "cuda"):
-        return contextlib.nullcontext, None
-    if torch.cuda.is_bf16_supported():
-        return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
-    return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
 
 
 class FineTuner(ClassifierMixin, BaseEstimator):
@@ -353,7 +343,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                 )
             else:
                 optimizer = torch.optim.Adam(network.parameters(), lr=float(lr), weight_decay=self.weight_decay)
-            autocast, scaler = _mixed_precision(device, self.amp)
+            precision = resolve_precision(self.amp, device)
+            scaler = precision.grad_scaler()  # a pass-through unless fp16
             stale = 0
             lr_best = (-math.inf, -math.inf)
             for epoch in range(1, self.epochs + 1):
@@ -364,7 +355,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                     prep,
                     device,
                     optimizer,
-                    autocast,
+                    precision,
                     scaler,
                     desc=f"lr {lr:g} epoch {epoch}",
                     progress=self.progress,
@@ -496,8 +487,8 @@ def _train_epoch(
     prep: Preprocessing,
     device: torch.device,
     optimizer: torch.optim.Optimizer,
-    autocast: Any,
-    scaler: torch.amp.GradScaler | None,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
     *,
     desc: str,
     progress: bool,
@@ -511,16 +502,12 @@ def _train_epoch(
         # uint8 to the device, normalised there: 4x less to transfer than float images.
         x = prep.normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
         t = targets.to(device, non_blocking=True)
-        with autocast():
+        with precision.autocast():
             loss = nn.functional.cross_entropy(network(x), t)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         total += float(loss.detach()) * len(t)
         count += len(t)
     return total / max(count, 1)

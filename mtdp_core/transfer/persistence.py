@@ -4,16 +4,18 @@ A model file (``.npz``, a zip of ``.npy`` arrays) holds:
 
 - ``__meta__``: UTF-8 JSON (as a uint8 array): format name and version, mtdp version,
   probe kind, classes (label, name, Cytomine term id), backbone (architecture, feature size,
-  weights source / file / sha256 / seed), preprocessing, estimator parameters, training
-  summary (CV scheme, metric, grid scores, chosen parameters), user metadata, the list of
-  arrays with their dtypes and shapes, and a sha256 over all of it;
-- numeric arrays only: ``coef``/``intercept`` for linear probes, the trees' node arrays
+  weights source / file / sha256 / seed), preprocessing, the resolution of the training
+  images (µm per pixel, when known: slide classification reads tiles at it), estimator
+  parameters, training summary (CV scheme, metric, grid scores, chosen parameters), user
+  metadata, the list of arrays with their dtypes and shapes, and a sha256 over all of it;
+- numeric arrays only, written and read by the codec registered for the model's kind
+  (``transfer.codecs``): ``coef``/``intercept`` for linear probes, the trees' node arrays
   for random forests, ``net.<name>`` tensors for a fine-tuned network.
 
 Loading uses ``np.load(allow_pickle=False)`` (object arrays are refused, so loading cannot
 run code), checks sizes before reading (no zip bombs), recomputes the checksum (a file
 altered after saving is rejected), validates every field and shape, then rebuilds the
-estimator. The checksum detects corruption and edits, not a forger who rewrites it too:
+predictor. The checksum detects corruption and edits, not a forger who rewrites it too:
 safety comes from the format, which can only ever yield numbers and JSON.
 
 ``load_model(path, expect_backbone=...)`` also refuses a model made for other features
@@ -35,14 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.svm import LinearSVC
 
 from mtdp_core import __version__
 from mtdp_core.data.images import Preprocessing
 from mtdp_core.errors import ConfigurationError, IncompatibleModelError, ModelFileError, TamperedModelError
+from mtdp_core.transfer.codecs import codec_for, get_codec
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +53,6 @@ _META = "__meta__"
 # What a caller may choose when running a saved model: how, not what, it computes.
 _RUNTIME_OPTIONS = {"batch_size", "num_workers", "device", "amp", "cache_dir", "progress", "fingerprint", "chunk_size"}
 _ALLOWED_KINDS = "fiub"  # float, signed/unsigned int, bool arrays only
-
-# Estimator classes the format can hold, by kind. Linear kinds store coef/intercept.
-_LINEAR = {"svm": LinearSVC, "logreg": LogisticRegression}
-KINDS = ("svm", "logreg", "rf", "finetune")
 
 
 @dataclass(frozen=True)
@@ -92,14 +87,17 @@ class SavedModel:
 
     Attributes:
         kind: ``"svm"``, ``"logreg"``, ``"rf"`` (probes on features) or ``"finetune"``.
-        estimator: a fitted scikit-learn classifier, or for ``finetune`` the network
-            (``finetune.FineTunedNetwork``).
+        estimator: what its codec (``transfer.codecs``) rebuilds: a fitted LinearSVC or
+            LogisticRegression, a ``codecs.ForestPredictor`` for ``rf``, or for ``finetune``
+            the network (``finetune.FineTunedNetwork``).
         classes: one ClassInfo per output, in the estimator's order.
         backbone: identity of the features: ``arch``, ``n_features``, ``weights`` (source,
             file, sha256, seed, mean, std). For ``finetune``: the initial weights.
         preprocessing: how images become inputs.
         training: CV scheme, metric, scores, chosen parameters (informative).
         extra: the caller's metadata (e.g. Cytomine project and job ids).
+        mpp: resolution of the training images, µm per pixel (None: not recorded, as in
+            files saved before it was).
     """
 
     kind: str
@@ -109,6 +107,7 @@ class SavedModel:
     preprocessing: Preprocessing
     training: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    mpp: float | None = None
     mtdp_version: str = __version__
     format_version: int = MODEL_FORMAT_VERSION
     path: Path | None = None
@@ -266,179 +265,6 @@ def _norm(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
-# --------------------------------------------------------------------------- estimator <-> arrays
-
-
-def _json_params(estimator: BaseEstimator) -> dict:
-    params = {}
-    for key, value in estimator.get_params(deep=False).items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, dict):
-            value = {str(k): v for k, v in value.items()}
-        try:
-            json.dumps(value)
-        except TypeError:
-            continue  # not representable (e.g. a callable): the default is used on load
-        params[key] = value
-    return params
-
-
-def _estimator_to_arrays(kind: str, estimator: Any) -> tuple[dict[str, np.ndarray], dict]:
-    """Numeric arrays and JSON info that rebuild ``estimator``."""
-    if kind in _LINEAR:
-        # Dtypes kept as fitted (float32 features give float32 coefficients): identical predictions.
-        arrays = {"coef": np.asarray(estimator.coef_), "intercept": np.asarray(estimator.intercept_).reshape(-1)}
-        return arrays, {
-            "class": type(estimator).__name__,
-            "params": _json_params(estimator),
-            "n_features_in": int(estimator.n_features_in_),
-        }
-    if kind == "rf":
-        return _forest_to_arrays(estimator)
-    if kind == "finetune":
-        state = estimator.state_dict()
-        arrays = {f"net.{k}": v.detach().cpu().numpy() for k, v in state.items()}
-        return arrays, {
-            "class": "FineTunedNetwork",
-            "arch": estimator.arch,
-            "n_classes": int(estimator.n_classes),
-            "state_keys": list(state),
-        }
-    raise ModelFileError(f"Cannot save a model of kind {kind!r}: use one of {', '.join(KINDS)}.")
-
-
-_TREE_FIELDS = (
-    "left_child",
-    "right_child",
-    "feature",
-    "threshold",
-    "impurity",
-    "n_node_samples",
-    "weighted_n_node_samples",
-    "missing_go_to_left",
-)
-
-
-def _forest_to_arrays(forest: RandomForestClassifier) -> tuple[dict[str, np.ndarray], dict]:
-    if getattr(forest, "n_outputs_", 1) != 1:
-        raise ModelFileError("Cannot save a multi-output random forest: train one forest per output.")
-    states = [tree.tree_.__getstate__() for tree in forest.estimators_]
-    counts = np.array([s["node_count"] for s in states], dtype=np.int64)
-    nodes = np.concatenate([s["nodes"] for s in states])
-    arrays = {f"tree.{name}": np.ascontiguousarray(nodes[name]) for name in nodes.dtype.names}
-    arrays["tree.offsets"] = np.concatenate([[0], np.cumsum(counts)])
-    arrays["tree.max_depth"] = np.array([s["max_depth"] for s in states], dtype=np.int64)
-    arrays["tree.values"] = np.concatenate([s["values"] for s in states]).astype(np.float64)
-    info = {
-        "class": "RandomForestClassifier",
-        "params": _json_params(forest),
-        "n_features_in": int(forest.n_features_in_),
-        "node_fields": list(nodes.dtype.names),
-        "tree_max_features": [int(t.max_features_) for t in forest.estimators_],
-    }
-    return arrays, info
-
-
-def _forest_from_arrays(arrays: Mapping[str, np.ndarray], info: dict, classes: np.ndarray) -> RandomForestClassifier:
-    from sklearn.tree import DecisionTreeClassifier
-    from sklearn.tree._tree import NODE_DTYPE, Tree
-
-    fields = tuple(NODE_DTYPE.names)
-    if tuple(info.get("node_fields", ())) != fields:
-        raise IncompatibleModelError(
-            f"Random forest saved with tree node fields {info.get('node_fields')}, this scikit-learn uses "
-            f"{list(fields)}: "
-            "retrain the model with this version."
-        )
-    offsets = arrays["tree.offsets"]
-    n_features, n_classes = int(info["n_features_in"]), len(classes)
-    params = _known_params(RandomForestClassifier, info.get("params", {}))
-    tree_params = {k: v for k, v in params.items() if k in DecisionTreeClassifier().get_params()}
-    trees = []
-    for t in range(len(offsets) - 1):
-        a, b = int(offsets[t]), int(offsets[t + 1])
-        nodes = np.zeros(b - a, dtype=NODE_DTYPE)
-        for name in fields:
-            nodes[name] = arrays[f"tree.{name}"][a:b]
-        _check_tree(nodes, n_features, t)
-        values = np.ascontiguousarray(arrays["tree.values"][a:b], dtype=np.float64)
-        if values.shape != (b - a, 1, n_classes):
-            raise ModelFileError(f"Tree {t} has values of shape {values.shape}, expected {(b - a, 1, n_classes)}.")
-        tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
-        tree.__setstate__(
-            {"max_depth": int(arrays["tree.max_depth"][t]), "node_count": b - a, "nodes": nodes, "values": values}
-        )
-        est = DecisionTreeClassifier(**tree_params)
-        est.tree_ = tree
-        est.n_features_in_ = n_features
-        est.n_outputs_ = 1
-        est.classes_ = np.arange(n_classes, dtype=np.float64)  # trees of a forest predict class indices
-        est.n_classes_ = n_classes
-        est.max_features_ = int(info["tree_max_features"][t])
-        trees.append(est)
-    forest = RandomForestClassifier(**params)
-    forest.estimators_ = trees
-    forest.estimator_ = DecisionTreeClassifier(**tree_params)
-    forest.classes_ = classes
-    forest.n_classes_ = n_classes
-    forest.n_outputs_ = 1
-    forest.n_features_in_ = n_features
-    return forest
-
-
-def _check_tree(nodes: np.ndarray, n_features: int, t: int) -> None:
-    # Out-of-range child or feature indices would make the tree code read outside its arrays.
-    n = len(nodes)
-    leaf = nodes["left_child"] == -1
-    ok = (
-        np.all((nodes["left_child"] == -1) == (nodes["right_child"] == -1))
-        and np.all((nodes["left_child"][~leaf] > 0) & (nodes["left_child"][~leaf] < n))
-        and np.all((nodes["right_child"][~leaf] > 0) & (nodes["right_child"][~leaf] < n))
-        and np.all((nodes["feature"][~leaf] >= 0) & (nodes["feature"][~leaf] < n_features))
-    )
-    if not ok:
-        raise ModelFileError(f"Tree {t} of the random forest has invalid node indices: the file is damaged.")
-
-
-def _known_params(cls: type, params: dict) -> dict:
-    valid = cls().get_params(deep=False)
-    return {k: v for k, v in params.items() if k in valid}
-
-
-def _estimator_from_arrays(
-    kind: str, arrays: Mapping[str, np.ndarray], info: dict, classes: np.ndarray, n_features: int
-) -> Any:
-    if kind in _LINEAR:
-        coef, intercept = arrays.get("coef"), arrays.get("intercept")
-        rows = 1 if len(classes) == 2 else len(classes)
-        if coef is None or intercept is None or coef.shape != (rows, n_features) or intercept.shape != (rows,):
-            raise ModelFileError(
-                f"Linear model arrays do not fit {len(classes)} classes x {n_features} features "
-                f"(coef {None if coef is None else coef.shape}): the file is damaged."
-            )
-        est = _LINEAR[kind](**_known_params(_LINEAR[kind], info.get("params", {})))
-        est.coef_, est.intercept_ = np.array(coef), np.array(intercept)
-        est.classes_ = classes
-        est.n_features_in_ = n_features
-        est.n_iter_ = np.zeros(1, dtype=np.int32)
-        return est
-    if kind == "rf":
-        if int(info.get("n_features_in", -1)) != n_features:
-            raise ModelFileError(
-                f"Random forest expects {info.get('n_features_in')} features, backbone gives {n_features}."
-            )
-        return _forest_from_arrays(arrays, info, classes)
-    if kind == "finetune":
-        from mtdp_core.transfer.finetune import network_from_state
-
-        state = {k[len("net.") :]: v for k, v in arrays.items() if k.startswith("net.")}
-        if list(state) != list(info.get("state_keys", [])) and set(state) != set(info.get("state_keys", [])):
-            raise ModelFileError("The fine-tuned network's tensors do not match its key list: the file is damaged.")
-        return network_from_state(str(info.get("arch")), len(classes), state)
-    raise ModelFileError(f"Unknown model kind {kind!r} in the file: use a model saved by mtdp ({', '.join(KINDS)}).")
-
-
 # --------------------------------------------------------------------------- checksum, save, load
 
 
@@ -461,6 +287,7 @@ def save_model(
     class_names: Mapping | None = None,
     class_ids: Mapping | None = None,
     extra: dict | None = None,
+    mpp: float | None = None,
 ) -> Path:
     """Write a classifier to ``path`` (.npz) with everything needed to use and check it.
 
@@ -471,6 +298,8 @@ def save_model(
             "preprocessing": {...}}``) that made the training features. Not needed for a FineTuner.
         class_names: {label: display name}; class_ids: {label: Cytomine term id}.
         extra: JSON-able metadata kept in the file (project, job, dataset...).
+        mpp: resolution of the training images, µm per pixel (slide classification reads
+            tiles at it); None when unknown.
 
     The file is written to a temporary name then renamed: never half-written.
     """
@@ -478,8 +307,9 @@ def save_model(
     from mtdp_core.transfer.probes import Probe
 
     training: dict = {}
+    mpp = _check_mpp(mpp, "save_model", ConfigurationError)
     if isinstance(model, FineTuner):
-        kind, estimator = "finetune", model.network_
+        estimator = model.network_
         identity = {**model.backbone_identity_, "preprocessing": model.preprocessing_.to_dict()}
         training = model.training_summary()
     else:
@@ -502,14 +332,7 @@ def save_model(
             }
         else:
             estimator = model
-        kind = next(
-            (k for k, cls in (*_LINEAR.items(), ("rf", RandomForestClassifier)) if isinstance(estimator, cls)), None
-        )
-        if kind is None:
-            raise ModelFileError(
-                f"Cannot save a {type(estimator).__name__}: save a Probe, LinearSVC, LogisticRegression, "
-                "RandomForestClassifier or FineTuner."
-            )
+        codec_for(estimator)  # an estimator the format cannot hold fails first
         if features is None:
             raise ModelFileError("save_model needs features=: the FeatureExtractor that made the training features.")
         identity = features if isinstance(features, dict) else features.identity()
@@ -518,8 +341,10 @@ def save_model(
                 f"The classifier takes {estimator.n_features_in_} features but the backbone {identity.get('arch')} "
                 f"gives {identity.get('n_features')}: pass the FeatureExtractor that made its training features."
             )
+    codec = codec_for(estimator)
+    kind = codec.kind  # the codec registered for this estimator (transfer.codecs)
     classes = make_classes(list(model.classes_), class_names, class_ids)
-    arrays, estimator_info = _estimator_to_arrays(kind, estimator)
+    arrays, estimator_info = codec.encode(estimator)
     for name, a in arrays.items():
         if a.dtype.kind not in _ALLOWED_KINDS:
             raise ModelFileError(f"Array {name} has dtype {a.dtype}: only numeric arrays can be saved.")
@@ -533,6 +358,7 @@ def save_model(
         "classes": [c.to_dict() for c in classes],
         "backbone": {k: v for k, v in identity.items() if k != "preprocessing"},
         "preprocessing": identity.get("preprocessing"),
+        "resolution": None if mpp is None else {"mpp": mpp},
         "estimator": estimator_info,
         "training": _norm(training),
         "extra": _norm(extra or {}),
@@ -639,18 +465,19 @@ def load_model(
         n_features = int(backbone["n_features"])
         preprocessing = Preprocessing(**meta["preprocessing"])
         estimator_info = dict(meta["estimator"])
-    except (KeyError, TypeError, ValueError) as exc:
+        mpp = _check_mpp((meta.get("resolution") or {}).get("mpp"), f"Model file {path.name}")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"Model file {path.name} lacks or garbles a field ({exc}): the file is damaged.") from None
-    if kind not in KINDS:
-        raise ModelFileError(
-            f"Model file {path.name} has unknown kind {kind!r}: use a model saved by mtdp ({', '.join(KINDS)})."
-        )
+    try:
+        codec = get_codec(kind)
+    except ModelFileError as exc:
+        raise ModelFileError(f"Model file {path.name}: {exc}") from None
     if len(classes) < 2 or not all(isinstance(c.label, (int, str)) for c in classes):
         raise ModelFileError(
             f"Model file {path.name} has invalid classes {meta.get('classes')!r}: the file is damaged."
         )
     labels = _labels_array([c.label for c in classes])
-    estimator = _estimator_from_arrays(kind, arrays, estimator_info, labels, n_features)
+    estimator = codec.decode(arrays, estimator_info, labels, n_features)
     model = SavedModel(
         kind=kind,
         estimator=estimator,
@@ -659,6 +486,7 @@ def load_model(
         preprocessing=preprocessing,
         training=meta.get("training", {}),
         extra=meta.get("extra", {}),
+        mpp=mpp,
         mtdp_version=str(meta.get("mtdp_version")),
         format_version=version,
         path=path,
@@ -667,6 +495,14 @@ def load_model(
         model.check_backbone(expect_backbone)
     logger.info("loaded %s model %s: %d classes, %s", kind, path.name, len(classes), model.describe_backbone())
     return model
+
+
+def _check_mpp(value: Any, where: str, error: type[Exception] = ModelFileError) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1e4):
+        raise error(f"{where}: invalid training resolution {value!r} µm/px: use a positive number (e.g. 0.5).")
+    return float(value)
 
 
 def read_metadata(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:

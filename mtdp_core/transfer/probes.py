@@ -256,13 +256,19 @@ def score_from_decisions(metric: str, y_true: np.ndarray, decisions: np.ndarray,
         # Mann-Whitney U with average ranks for ties: the area under the ROC curve.
         ranks = rankdata(d)
         return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    predicted = classes[(d > 0).astype(int)] if d.ndim == 1 else classes[d.argmax(axis=1)]
+    predicted = predict_from_decisions(d, classes)
     if metric == "accuracy":
         return float(np.mean(predicted == y_true))
     if metric == "balanced_accuracy":
         present = np.unique(y_true)
         return float(np.mean([np.mean(predicted[y_true == c] == c) for c in present]))
     raise ConfigurationError(f"Invalid metric {metric!r}: use accuracy, roc_auc or balanced_accuracy.")
+
+
+def predict_from_decisions(decisions: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The predicted labels of decision values: binary (n,) (> 0: ``classes[1]``) or (n, n_classes) (argmax)."""
+    d = np.asarray(decisions)
+    return classes[(d > 0).astype(int)] if d.ndim == 1 else classes[d.argmax(axis=1)]
 
 
 def score_estimator(metric: str, estimator: Any, X: Any, y: Any) -> float:
@@ -308,6 +314,11 @@ class Probe(ClassifierMixin, BaseEstimator):
         engine: ``"auto"`` (batched solver for svm, GridSearchCV otherwise), ``"batched"``
             (svm only) or ``"sklearn"``.
         device: where the batched SVM solver runs (``"cpu"``, ``"cuda"``).
+        calibrate: also keep the out-of-fold decision values of the chosen parameters
+            (``oof_decisions_``) and fit the softmax scale that turns decision values into
+            probabilities on them (``calibration_``, see ``calibration.py``). Free for the
+            batched SVM (the folds' solutions are already there); other kinds refit the chosen
+            parameters on each fold. Kinds without decision values (``rf``) cannot calibrate.
 
     Attributes (after fit):
         estimator_: the refitted scikit-learn estimator.
@@ -316,6 +327,9 @@ class Probe(ClassifierMixin, BaseEstimator):
         cv_results_: ``params``, ``mean_test_score``, ``std_test_score``, ``split_test_scores``
             (n_params, n_splits), ``rank_test_score``.
         scoring_: the metric used; cv_: the CVPlan description; fit_seconds_.
+        oof_decisions_ (with ``calibrate``): (n_samples,) binary or (n_samples, n_classes)
+            decision values, each sample's from the fold where it was tested.
+        calibration_ (with ``calibrate``): ``{"method": "softmax_scale", "scale", "oof_nll"}``.
     """
 
     def __init__(
@@ -330,6 +344,7 @@ class Probe(ClassifierMixin, BaseEstimator):
         n_jobs: int | None = None,
         engine: str = "auto",
         device: str = "cpu",
+        calibrate: bool = False,
     ) -> None:
         self.kind = kind
         self.param_grid = param_grid
@@ -340,6 +355,7 @@ class Probe(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.engine = engine
         self.device = device
+        self.calibrate = calibrate
 
     def _grid(self) -> list[dict]:
         grid = self.param_grid if self.param_grid is not None else get_probe_kind(self.kind).param_grid
@@ -390,8 +406,13 @@ class Probe(ClassifierMixin, BaseEstimator):
         # they pick differ in their thresholds: break them by CV accuracy, then by the later
         # parameter set (the larger C, as the incumbent app's grid order did).
         metrics = [scoring] + (["accuracy"] if scoring != "accuracy" else [])
+        if self.calibrate and not hasattr(kind.build(seed=0, n_jobs=None, class_weight=None), "decision_function"):
+            raise ConfigurationError(
+                f"Probe {self.kind!r} gives probabilities, not decision values: calibrate only svm or logreg probes."
+            )
+        path = None
         if engine == "batched":
-            scores = self._batched_scores(X, y, folds, params, metrics)
+            scores, path = self._batched_scores(X, y, folds, params, metrics)
         else:
             scores = self._sklearn_scores(kind, X, y, folds, params, metrics)
         split_scores = scores[scoring]
@@ -439,6 +460,8 @@ class Probe(ClassifierMixin, BaseEstimator):
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
             logger.warning("%s refit with %s did not fully converge", self.kind, self.best_params_)
         self.classes_ = self.estimator_.classes_
+        if self.calibrate:
+            self._calibrate(kind, X, y, folds, path)
         self.fit_seconds_ = time.perf_counter() - start
         logger.info(
             "%s: best %s, CV %s %.4f (%.1f s)",
@@ -452,7 +475,8 @@ class Probe(ClassifierMixin, BaseEstimator):
 
     def _batched_scores(
         self, X: np.ndarray, y: np.ndarray, folds: list, params: list[dict], metrics: list[str]
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The scores of every (parameter set, fold), and the path's coefficients (C, fold, problem, d + 1)."""
         Cs = [float(p["C"]) for p in params]
         coef, classes = linear_svm_path(
             X, y, [train for train, _ in folds], Cs, class_weight=self.class_weight, device=self.device
@@ -463,7 +487,25 @@ class Probe(ClassifierMixin, BaseEstimator):
                 decisions = decision_values(coef[i, f], X[test])
                 for m in metrics:
                     scores[m][i, f] = score_from_decisions(m, y[test], decisions, classes)
-        return scores
+        return scores, coef
+
+    def _calibrate(self, kind: ProbeKind, X: np.ndarray, y: np.ndarray, folds: list, path: np.ndarray | None) -> None:
+        """``oof_decisions_`` of the chosen parameters on the CV folds, and the softmax scale fitted on them."""
+        from mtdp_core.transfer.calibration import fit_softmax_scale
+
+        oof = np.zeros((len(y), 1 if len(self.classes_) == 2 else len(self.classes_)))
+        for f, (train, test) in enumerate(folds):
+            if path is not None:  # the batched SVM solved every fold already
+                oof[test] = decision_values(path[self.best_index_, f], X[test])
+            else:
+                estimator = kind.build(seed=self.seed, n_jobs=self.n_jobs, class_weight=self.class_weight)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    estimator.set_params(**self.best_params_).fit(X[train], y[train])
+                oof[test] = estimator.decision_function(X[test]).reshape(len(test), -1)
+        self.oof_decisions_ = oof[:, 0] if oof.shape[1] == 1 else oof
+        scale, nll = fit_softmax_scale(self.oof_decisions_, np.searchsorted(self.classes_, y))
+        self.calibration_ = {"method": "softmax_scale", "scale": scale, "oof_nll": nll}
 
     def _sklearn_scores(
         self, kind: ProbeKind, X: np.ndarray, y: np.ndarray, folds: list, params: list[dict], metrics: list[str]

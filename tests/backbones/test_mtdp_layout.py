@@ -60,6 +60,7 @@ def _original(arch):
     return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["densenet121", "resnet50"])
 def test_original_multihead_checkpoint_loads_exactly(arch, tmp_path, weights_dir):
     original = _original(arch)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import pytest
 
 from mtdp_core.cytomine.client import CytomineSession
-from tests.server.conftest import client, seeded, server  # noqa: F401  (pytest fixtures)
 
 PROBE_DESCRIPTOR = {
     "name": "MTDP-Test-App",
@@ -38,18 +37,18 @@ class JobUser:
 
 
 @pytest.fixture
-def software(server, tmp_path):  # noqa: F811
+def software(server, tmp_path):
     path = tmp_path / "test_app.json"
     path.write_text(json.dumps(PROBE_DESCRIPTOR))
     return server.register_app(path)
 
 
 @pytest.fixture
-def make_job_user(server, seeded, software):  # noqa: F811
+def make_job_user(server, seeded, software):
     """Creates a job of the test software and returns a session with its job user's keys."""
 
     def make() -> JobUser:
-        job, user = server.store.create_job(seeded.project_id, software["id"], server.admin)
+        job, user = server.store.jobs.create(seeded.project_id, software["id"], server.admin)
         session = CytomineSession.connect(server.url, user["public_key"], user["private_key"], backoff=0.01)
         return JobUser(session, job, user, software)
 
@@ -57,5 +56,5 @@ def make_job_user(server, seeded, software):  # noqa: F811
 
 
 @pytest.fixture
-def admin_session(server):  # noqa: F811
+def admin_session(server):
     return CytomineSession.connect(server.url, server.public_key, server.private_key, backoff=0.01)

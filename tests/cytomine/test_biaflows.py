@@ -8,7 +8,7 @@ import pytest
 
 from mtdp_core.cytomine.biaflows import add_biaflows_arguments, biaflows_flags, ground_truth, read_image_folder
 from mtdp_core.cytomine.errors import LocalDataError
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def flags(*argv):

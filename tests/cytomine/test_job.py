@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 
@@ -46,7 +48,7 @@ def app(server, seeded, tmp_path, monkeypatch):
 
     def run(pipeline, *extra):
         code = run_app(parser(), argv + list(extra), pipeline, app="test_app")
-        job = max(server.store.list_jobs(project=seeded.project_id), key=lambda j: j["id"])
+        job = max(server.store.jobs.list(project=seeded.project_id), key=lambda j: j["id"])
         return code, job
 
     return run
@@ -70,11 +72,11 @@ def test_success_reports_progress_outputs_and_properties(app, server, tmp_path):
     code, job = app(pipeline, "--threshold", "4")
     assert code == 0 and job["status"] == SUCCESS and job["progress"] == 100 and job["status_comment"] == "All good"
     assert seen["user"] is True  # the app works as the job user
-    files = server.store.list_attached_files("be.cytomine.processing.Job", job["id"])
+    files = server.store.meta.list_attached_files("be.cytomine.processing.Job", job["id"])
     assert [f["filename"] for f in files] == ["result.txt"]
-    props = {p["key"]: p["value"] for p in server.store.list_properties("be.cytomine.processing.Job", job["id"])}
+    props = {p["key"]: p["value"] for p in server.store.meta.list_properties("be.cytomine.processing.Job", job["id"])}
     assert props == {"threshold": "7"}
-    params = {p["name"]: p["value"] for p in server.store.list_job_parameters(job["id"])}
+    params = {p["name"]: p["value"] for p in server.store.jobs.list_parameters(job["id"])}
     assert params["threshold"] == "4"  # recorded as a person's launch records them
 
 
@@ -141,19 +143,24 @@ def test_local_mode_writes_outputs_and_properties(tmp_path):
     assert (out / "a.txt").read_text() == "x"
 
 
-def test_stage_throttles_updates(tmp_path):
+def progress_updates(caplog) -> list[tuple[int, str]]:
+    """The progress updates a local job sent (it logs them: ``progress  NN%: comment``)."""
+    found = [re.fullmatch(r"progress +(\d+)%: (.*)", r.getMessage()) for r in caplog.records]
+    return [(int(m.group(1)), m.group(2)) for m in found if m]
+
+
+def test_stage_throttles_updates(tmp_path, caplog):
     from mtdp_core.cytomine.biaflows import BiaflowsFlags
 
     job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
-    sent = []
-    job._send_progress = lambda percent, comment: sent.append((percent, comment))
-    stage = Stage(job, "Loop", 0, 100, min_interval=3600)
-    for i in range(1000):
-        stage.update(i + 1, 1000)
-    assert sent == [(0, "Loop (1/1000)"), (99, "Loop (1000/1000)")]  # first, last; 100 only at the end
+    with caplog.at_level(logging.INFO, logger="mtdp_core.cytomine.job"):
+        stage = Stage(job, "Loop", 0, 100, min_interval=3600)
+        for i in range(1000):
+            stage.update(i + 1, 1000)
+    assert progress_updates(caplog) == [(0, "Loop (1/1000)"), (99, "Loop (1000/1000)")]  # 100 only at the end
 
 
-def test_stage_first_update_sent_on_a_freshly_booted_machine(tmp_path, monkeypatch):
+def test_stage_first_update_sent_on_a_freshly_booted_machine(tmp_path, monkeypatch, caplog):
     # time.monotonic() counts from boot: seconds after a start-up it is smaller than min_interval,
     # and the first update must still be sent (it was dropped when the last time started at 0.0).
     from mtdp_core.cytomine import job as job_module
@@ -161,7 +168,16 @@ def test_stage_first_update_sent_on_a_freshly_booted_machine(tmp_path, monkeypat
 
     monkeypatch.setattr(job_module.time, "monotonic", lambda: 5.0)
     job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
-    sent = []
-    job._send_progress = lambda percent, comment: sent.append((percent, comment))
-    Stage(job, "Loop", 0, 100, min_interval=3600).update(1, 10)
-    assert sent == [(10, "Loop (1/10)")]
+    with caplog.at_level(logging.INFO, logger="mtdp_core.cytomine.job"):
+        Stage(job, "Loop", 0, 100, min_interval=3600).update(1, 10)
+    assert progress_updates(caplog) == [(10, "Loop (1/10)")]
+
+
+def test_properties_are_set_in_order_and_none_is_left_out(tmp_path):
+    from mtdp_core.cytomine.biaflows import BiaflowsFlags
+
+    job = LocalJob(BiaflowsFlags(local=True, outfolder=tmp_path), "t")
+    job.set_properties({"classes": "a,b", "positive_terms": None, "n_images": 4})
+    job.set_property("classes", "a,b,c")
+    assert json.loads((tmp_path / "properties.json").read_text()) == {"classes": "a,b,c", "n_images": "4"}
+    assert list(job.properties) == ["classes", "n_images"]

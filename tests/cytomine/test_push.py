@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtdp_core.cytomine.annotations import AnnotationFilters, list_annotations
+from mtdp_core.cytomine.annotations import AnnotationFilters, AnnotationRecord, list_annotations
 from mtdp_core.cytomine.errors import CytomineRequestError, PushError
 from mtdp_core.cytomine.push import Prediction, PredictionPusher, geometry_key, software_job_users
 
@@ -26,40 +26,57 @@ def pusher(job_user, server, seeded, mode, **kwargs):
     return PredictionPusher(job_user.session, seeded.project_id, users, mode=mode, chunk_size=3, **kwargs)
 
 
-def count(server, sql):
-    return server.store._scalar(sql)
+def suggested_terms(session, project) -> list[dict]:
+    """Every term suggested by a job on the project's annotations, as the core lists them (showAlgo)."""
+    return session.get_collection("annotation.json", {"project": project, "showAlgo": True})
 
 
-def test_term_mode_suggests_terms_once(server, seeded, make_job_user):
+def algo_annotations(session, project) -> list[AnnotationRecord]:
+    """The annotations jobs created in the project."""
+    rows = session.get_collection(
+        "annotation.json",
+        {
+            "project": project,
+            "includeAlgo": True,
+            "showWKT": True,
+            "showBasic": True,
+            "showMeta": True,
+            "showTerm": True,
+        },
+    )
+    return [r for r in map(AnnotationRecord.from_json, rows) if r.kind == "algo"]
+
+
+def test_term_mode_suggests_terms_once(server, seeded, make_job_user, admin_session):
     first = make_job_user()
     preds = predictions_for(first.session, seeded.project_id)
     report = pusher(first, server, seeded, "term").push(preds)
     assert report.suggested == 8 and report.unchanged == 0
-    rows = server.store._all("SELECT annotation_id, term_id, rate, expected_term_id, user_id FROM algo_annotation_term")
-    assert len(rows) == 8 and {r["user_id"] for r in rows} == {first.user["id"]}
-    assert all(r["rate"] == pytest.approx(0.8) and r["expected_term_id"] == r["term_id"] for r in rows)
+    rows = suggested_terms(admin_session, seeded.project_id)
+    assert len(rows) == 8 and {r["userJob"] for r in rows} == {first.user["id"]}
+    assert all(r["rate"] == pytest.approx(0.8) and r["idExpectedTerm"] == r["idTerm"] for r in rows)
     # A new job of the same software: nothing to add, nothing duplicated.
     second = make_job_user()
     again = pusher(second, server, seeded, "term").push(predictions_for(second.session, seeded.project_id))
     assert again.suggested == 0 and again.unchanged == 8
-    assert count(server, "SELECT count(*) FROM algo_annotation_term") == 8
+    assert len(suggested_terms(admin_session, seeded.project_id)) == 8
     # A changed prediction is added (the core lets a job suggest, not delete another job's term).
     third = make_job_user()
     changed = pusher(third, server, seeded, "term").push(predictions_for(third.session, seeded.project_id, flip=True))
     assert changed.suggested == 8
-    assert count(server, "SELECT count(*) FROM algo_annotation_term") == 16
+    assert len(suggested_terms(admin_session, seeded.project_id)) == 16
 
 
-def test_annotation_mode_is_idempotent_and_updates_changed_terms(server, seeded, make_job_user):
+def test_annotation_mode_is_idempotent_and_updates_changed_terms(server, seeded, make_job_user, admin_session):
     first = make_job_user()
     report = pusher(first, server, seeded, "annotation").push(predictions_for(first.session, seeded.project_id))
     assert report.created == 8 and len(report.pushed) == 8
-    algo = server.store._all("SELECT id, location, image_id FROM annotation WHERE kind = 'algo'")
+    algo = algo_annotations(admin_session, seeded.project_id)
     assert len(algo) == 8
     sources = {a.id: a for a in seeded.annotations}
     for source_id, created in report.pushed.items():
-        row = next(a for a in algo if a["id"] == created)
-        assert row["image_id"] == sources[source_id].image_id
+        row = next(a for a in algo if a.id == created)
+        assert row.image == sources[source_id].image_id
     second = make_job_user()
     again = pusher(second, server, seeded, "annotation").push(predictions_for(second.session, seeded.project_id))
     assert again.created == 0 and again.unchanged == 8
@@ -68,10 +85,12 @@ def test_annotation_mode_is_idempotent_and_updates_changed_terms(server, seeded,
         predictions_for(third.session, seeded.project_id, flip=True)
     )
     assert flipped.created == 0 and flipped.suggested == 8
-    assert count(server, "SELECT count(*) FROM annotation WHERE kind = 'algo'") == 8
+    assert len(algo_annotations(admin_session, seeded.project_id)) == 8
 
 
-def test_failure_after_some_chunks_then_rerun_completes_without_duplicates(server, seeded, make_job_user, monkeypatch):
+def test_failure_after_some_chunks_then_rerun_completes_without_duplicates(
+    server, seeded, make_job_user, admin_session, monkeypatch
+):
     first = make_job_user()
     original = first.session.post_json
     calls = {"n": 0}
@@ -89,14 +108,14 @@ def test_failure_after_some_chunks_then_rerun_completes_without_duplicates(serve
             predictions_for(first.session, seeded.project_id)
         )
     assert "3 of 8 pushed" in str(info.value)
-    assert count(server, "SELECT count(*) FROM annotation WHERE kind = 'algo'") == 3
+    assert len(algo_annotations(admin_session, seeded.project_id)) == 3
     second = make_job_user()
     report = pusher(second, server, seeded, "annotation").push(predictions_for(second.session, seeded.project_id))
     assert report.created == 5 and report.unchanged == 3
-    assert count(server, "SELECT count(*) FROM annotation WHERE kind = 'algo'") == 8
+    assert len(algo_annotations(admin_session, seeded.project_id)) == 8
 
 
-def test_lost_answer_is_reconciled_not_duplicated(server, seeded, make_job_user, monkeypatch):
+def test_lost_answer_is_reconciled_not_duplicated(server, seeded, make_job_user, admin_session, monkeypatch):
     job = make_job_user()
     original = job.session.post_json
     lost = {"done": False}
@@ -113,10 +132,10 @@ def test_lost_answer_is_reconciled_not_duplicated(server, seeded, make_job_user,
         predictions_for(job.session, seeded.project_id)
     )
     assert report.created == 8 and not report.failed
-    assert count(server, "SELECT count(*) FROM annotation WHERE kind = 'algo'") == 8
+    assert len(algo_annotations(admin_session, seeded.project_id)) == 8
 
 
-def test_term_push_retries_then_reports(server, seeded, make_job_user, monkeypatch):
+def test_term_push_retries_then_reports(server, seeded, make_job_user, admin_session, monkeypatch):
     job = make_job_user()
     original = job.session.post_json
     state = {"n": 0}
@@ -131,7 +150,7 @@ def test_term_push_retries_then_reports(server, seeded, make_job_user, monkeypat
     report = pusher(job, server, seeded, "term", backoff=0.0, threads=1).push(
         predictions_for(job.session, seeded.project_id)
     )
-    assert report.suggested == 8 and count(server, "SELECT count(*) FROM algo_annotation_term") == 8
+    assert report.suggested == 8 and len(suggested_terms(admin_session, seeded.project_id)) == 8
 
 
 def test_predictions_without_term_are_reported_not_pushed(server, seeded, make_job_user):

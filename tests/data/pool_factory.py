@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtdp_core.data.pools import SampleRow, TaskInfo, TaskPool, load_pool, write_pool_index, write_task
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 # (name, number of classes, number of images): very different sizes, as in real pools.
 DEFAULT_SPECS = (("alpha", 2, 10), ("beta", 3, 15), ("gamma", 2, 40))

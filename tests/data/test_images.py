@@ -3,18 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mtdp_core.data.images import ImageFileDataset, Preprocessing, list_images, open_rgb
+from mtdp_core.data.folders import list_images
+from mtdp_core.data.images import ImageFileDataset, Preprocessing, open_rgb
 from mtdp_core.errors import ConfigurationError
-from tests.conftest import make_image
-
-
-def test_list_images_is_sorted_recursive_and_filters_extensions(tiny_image_folder):
-    (tiny_image_folder / "notes.txt").write_text("x")
-    paths = list_images(tiny_image_folder)
-    assert len(paths) == 8 and paths == sorted(paths)
-    assert all(p.suffix in (".png", ".jpg") for p in paths)
-    with pytest.raises(ConfigurationError, match="does not exist"):
-        list_images(tiny_image_folder / "missing")
+from tests.helpers.images import make_image
 
 
 @pytest.mark.parametrize("resize", ["center_crop", "stretch"])

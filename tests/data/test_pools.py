@@ -14,8 +14,8 @@ from mtdp_core.data.pools import (
     write_task,
 )
 from mtdp_core.errors import ConfigurationError, DataError, UnknownNameError
-from tests.conftest import make_image
 from tests.data.pool_factory import make_tiny_pool
+from tests.helpers.images import make_image
 
 
 def test_write_then_load_round_trip(tmp_path):

@@ -8,7 +8,7 @@ from mtdp_core.cli import main
 from mtdp_core.data.pools import load_pool
 from mtdp_core.data.sources import build_shared_pool, build_task, list_sources, read_manifest
 from mtdp_core.errors import ChecksumMismatchError, DataError
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def _manifest(folder, rows):
@@ -127,7 +127,7 @@ def test_a_failed_pool_build_leaves_nothing_that_stops_the_next_one(fake_shared,
 
 @pytest.fixture(scope="module")
 def shared_pool(tmp_path_factory):
-    from tests.conftest import SHARED_DATA
+    from tests.helpers.paths import SHARED_DATA
 
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (set MTDP_SHARED_DATA)")

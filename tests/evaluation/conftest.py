@@ -1,3 +1,3 @@
 """Fixtures of the evaluation tests."""
 
-from tests.transfer.conftest import _one_torch_thread  # noqa: F401  (autouse: one torch thread for tiny tensors)
+from tests.helpers.threads import one_torch_thread  # noqa: F401  (autouse: one torch thread for tiny tensors)

@@ -1,7 +1,7 @@
 import csv
 
 from mtdp_core.cli import main
-from tests.transfer.conftest import colour_task
+from tests.helpers.images import colour_task
 
 
 def test_compare_then_report(tmp_path, capsys):

@@ -122,6 +122,7 @@ def _split_images(pool, split):
     return {str(p) for task in pool for p in task.samples(split).paths}
 
 
+@pytest.mark.slow
 def test_every_set_hyperparameters_and_seed_is_pretrained_without_its_left_out_tasks(finished):
     _, out = finished
     configs = [json.loads(p.read_text()) for p in sorted((out / "pretrain").glob("*/*/seed*/config.json"))]
@@ -133,6 +134,7 @@ def test_every_set_hyperparameters_and_seed_is_pretrained_without_its_left_out_t
         assert c["head_lr_multiplier"] == (5 if c["lr"] == 0.001 else 1) and c["iterations"] == 2
 
 
+@pytest.mark.slow
 def test_selection_reads_no_test_split_and_each_final_model_is_scored_on_test_once(spied, pool):
     result, _, log = spied
     test, val, train = (_split_images(pool, s) for s in ("test", "val", "train"))
@@ -170,6 +172,7 @@ def test_selection_reads_no_test_split_and_each_final_model_is_scored_on_test_on
     assert not (train | val) & test
 
 
+@pytest.mark.slow
 def test_selection_excludes_the_target_and_the_multitask_models_are_the_selected_ones(finished):
     result, _ = finished
     assert result.loto.table.tasks == ["alpha", "beta", "gamma"]
@@ -201,6 +204,7 @@ def test_selection_excludes_the_target_and_the_multitask_models_are_the_selected
     )
 
 
+@pytest.mark.slow
 def test_outputs_are_written(finished):
     result, out = finished
     for rel in [
@@ -234,6 +238,7 @@ def test_outputs_are_written(finished):
     }
 
 
+@pytest.mark.slow
 def test_reports_are_rewritten_from_the_records_alone(finished, monkeypatch):
     result, out = finished
     before = (out / "results.md").read_text()
@@ -257,6 +262,7 @@ def test_a_finished_experiment_is_needed_to_rewrite_reports(tmp_path):
         report_experiment(tmp_path)
 
 
+@pytest.mark.slow
 def test_running_again_reuses_completed_pretrainings(finished, pool, monkeypatch):
     result, out = finished
 
@@ -269,6 +275,7 @@ def test_running_again_reuses_completed_pretrainings(finished, pool, monkeypatch
     assert again.loto.selections == result.loto.selections and again.ft is None
 
 
+@pytest.mark.slow
 def test_running_again_redoes_only_the_evaluations_whose_settings_changed(finished, pool, monkeypatch):
     result, out = finished
     with open(out / "evaluations.jsonl", "a") as fh:
@@ -296,6 +303,7 @@ def test_running_again_redoes_only_the_evaluations_whose_settings_changed(finish
     assert summary["evaluations_reused"] == len(fe) + len(curves) == 12 + 12 + 6
 
 
+@pytest.mark.slow
 def test_a_completed_pretraining_with_other_settings_is_not_reused(finished, pool):
     _, out = finished
     config = tiny_config(pool, out)
@@ -359,6 +367,7 @@ def test_config_file_errors(tmp_path):
         ExperimentConfig.from_file(tmp_path / "none.json")
 
 
+@pytest.mark.slow
 def test_the_script_reports_a_finished_experiment_and_exits_1_on_a_bad_config(finished, tmp_path, capsys, caplog):
     import importlib.util
     from pathlib import Path

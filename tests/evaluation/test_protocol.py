@@ -21,7 +21,7 @@ from mtdp_core.evaluation.protocol import (
 from mtdp_core.evaluation.ranking import average_rank
 from mtdp_core.transfer.finetune import FineTuner
 from mtdp_core.transfer.probes import Probe
-from tests.transfer.conftest import colour_task
+from tests.helpers.images import colour_task
 
 FAST = dict(image_size=32, num_workers=0, device="cpu")
 PROBE = Probe(param_grid={"C": [1e-3, 1e-1]}, n_splits=2)

@@ -1,6 +1,5 @@
 import csv
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -11,7 +10,6 @@ from mtdp_core.evaluation.reports import (
     curve_differences,
     markdown_comparison,
     markdown_learning_curves,
-    plot_learning_curve,
     write_learning_curve_report,
     write_report,
 )
@@ -71,25 +69,6 @@ def test_write_report_produces_tables_and_plots(table, tmp_path):
 def test_reports_refuse_unknown_methods(table, tmp_path):
     with pytest.raises(ConfigurationError, match="Unknown method 'nope'"):
         write_report(table, tmp_path, reference="nope")
-
-
-def test_learning_curve_plot(tmp_path):
-    rows = [
-        {
-            "method": m,
-            "fraction": f,
-            "seed": s,
-            "n_train": int(1000 * f),
-            "test_score": 0.5 + 0.4 * f - 0.1 * (m == "b"),
-            "metric": "accuracy",
-        }
-        for m in "ab"
-        for f in (0.01, 0.1, 1.0)
-        for s in range(2)
-    ]
-    path = plot_learning_curve(rows, tmp_path / "curve.png")
-    assert Image.open(path).format == "PNG"
-    assert np.isclose(rows[0]["test_score"], 0.504)
 
 
 def _curve(method, task, fraction, seed, score, n):

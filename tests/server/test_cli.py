@@ -89,6 +89,15 @@ def test_import_register_launch_info_and_users(tmp_path, dataset, capsys):
     assert "FAILED" in capsys.readouterr().out
     assert main(["server", "launch", "probe", "--data", str(data), "--project", "demo"]) == 1
     assert "Argument label is required" in capsys.readouterr().err
+    # A member of the project launches too; someone else does not.
+    assert main(["server", "user", "add", "carol", "--data", str(data), "--project", "demo"]) == 0
+    assert main(["server", "user", "add", "dave", "--data", str(data)]) == 0
+    capsys.readouterr()
+    launch_as = ["server", "launch", "probe", "--data", str(data), "--project", "demo", "--param", "label=m"]
+    assert main([*launch_as, "--user", "carol"]) == 0
+    assert "SUCCESS (100%)" in capsys.readouterr().out
+    assert main([*launch_as, "--user", "dave"]) == 1
+    assert "not a member of project 'demo'" in capsys.readouterr().err
 
     assert main(["server", "user", "add", "alice", "--data", str(data)]) == 0
     out = capsys.readouterr().out
@@ -115,6 +124,7 @@ def test_serve_prints_url_and_keys_then_launch_uses_it(tmp_path, dataset):
         == 0
     )
     assert main(["server", "register-app", "--data", str(data), str(PROBE_APP / "descriptors" / "probe.json")]) == 0
+    assert main(["server", "user", "add", "alice", "--data", str(data), "--project", "demo"]) == 0
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -139,14 +149,16 @@ def test_serve_prints_url_and_keys_then_launch_uses_it(tmp_path, dataset):
             time.sleep(0.1)
         assert read_server_file(data)["url"] == url
         assert read_admin_keys(data)["public_key"] == "my-public"
-        # launch goes through the running server's HTTP API (job + parameters + execute), as the web UI.
-        assert main(["server", "launch", "probe", "--data", str(data), "--project", "demo", "--param", "label=ui"]) == 0
+        # launch goes through the running server's HTTP API (job + parameters + execute), as the web UI,
+        # with the keys of the user who launches: here a member of the project, not an administrator.
+        launch = ["server", "launch", "probe", "--data", str(data), "--project", "demo", "--param", "label=ui"]
+        assert main([*launch, "--user", "alice"]) == 0
         from cytomine import Cytomine
         from cytomine.models import JobCollection
 
         Cytomine(url, "my-public", "my-private", configure_logging=False)
         jobs = JobCollection(project=read_project_id(url)).fetch()
-        assert [j.status for j in jobs] == [3]
+        assert [(j.status, j.username) for j in jobs] == [(3, "alice")]
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(30)

@@ -15,7 +15,7 @@ from mtdp_core.server.descriptors import (
     parse_local_command,
     register_software,
 )
-from mtdp_core.server.models import CLASS_NAMES
+from mtdp_core.server.domain import CLASS_NAMES
 
 BASE = {
     "name": "Demo",
@@ -82,7 +82,7 @@ def test_invalid_descriptors_are_explained(change, message):
 def test_register_updates_in_place_and_new_versions_deprecate(server):
     store = server.store
     first = register_software(store, parse_descriptor(BASE), version="v1")
-    params = {p["name"]: p for p in store.list_software_parameters(first["id"])}
+    params = {p["name"]: p for p in store.software.list_parameters(first["id"])}
     assert params["n_jobs"]["default_value"] == "1"
     changed = {
         **BASE,
@@ -94,13 +94,14 @@ def test_register_updates_in_place_and_new_versions_deprecate(server):
     }
     again = register_software(store, parse_descriptor(changed), version="v1")
     assert again["id"] == first["id"]
-    params = {p["name"]: p for p in store.list_software_parameters(first["id"])}
+    params = {p["name"]: p for p in store.software.list_parameters(first["id"])}
     assert params["n_jobs"]["default_value"] == "4" and "seed" in params
     newer = register_software(store, parse_descriptor(BASE), version="v2")
-    assert newer["id"] != first["id"] and store.get_software(first["id"])["deprecated"] == 1
-    assert store.find_software("Demo")["id"] == newer["id"]
+    assert newer["id"] != first["id"] and store.software.get(first["id"])["deprecated"] == 1
+    assert store.software.find("Demo")["id"] == newer["id"]
     assert (
-        store.get_description(CLASS_NAMES["softwareparameter"], params["n_jobs"]["id"])["data"] == "Use n_jobs workers"
+        store.meta.get_description(CLASS_NAMES["softwareparameter"], params["n_jobs"]["id"])["data"]
+        == "Use n_jobs workers"
     )
 
 

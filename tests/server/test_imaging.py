@@ -157,9 +157,9 @@ def test_exif_orientation_is_applied_consistently(server, tmp_path):
     exif[0x0112] = 6
     Image.new("RGB", (40, 20), (200, 10, 10)).save(path, exif=exif.tobytes())
     store = server.store
-    ontology = store.create_ontology("o")
-    project = store.create_project("rotated", ontology["id"])
-    image = store.add_image(path, project["id"])
+    ontology = store.ontologies.create("o")
+    project = store.projects.create("rotated", ontology["id"])
+    image = store.images.add(path, project["id"])
     assert (image["width"], image["height"]) == (20, 40)
     server.connect()
     instance = ImageInstance().fetch(image["id"])

@@ -11,8 +11,8 @@ from cytomine.models import AnnotationCollection
 from PIL import Image
 
 from mtdp_core.errors import ConfigurationError
+from mtdp_core.server.backends import AnnotationQuery
 from mtdp_core.server.importers import ColumnNames, import_folder, read_annotations
-from mtdp_core.server.models import AnnotationQuery
 from mtdp_core.server.testing import seed_bccd_project
 
 
@@ -30,9 +30,9 @@ def folder(tmp_path):
 def _boxes(server, project_id):
     """(image file name, label, box in image coordinates) of every annotation of a project."""
     store = server.store
-    images = {i["id"]: i for i in store.list_images(project_id)}
-    terms = {t["id"]: t["name"] for t in store.list_terms(project=project_id)}
-    rows, _ = store.list_annotations(AnnotationQuery(project=project_id))
+    images = {i["id"]: i for i in store.images.list(project_id)}
+    terms = {t["id"]: t["name"] for t in store.projects.terms(project_id)}
+    rows, _ = store.annotations.list(AnnotationQuery(project=project_id))
     out = set()
     for row in rows:
         image = images[row["image_id"]]
@@ -113,7 +113,7 @@ def test_geojson_per_image_with_qupath_labels(server, folder, tmp_path):
     report = import_folder(server.store, "geojson", folder, geo)
     assert report.annotations == 2 and report.images == 2
     store = server.store
-    rows, _ = store.list_annotations(AnnotationQuery(project=report.project["id"]))
+    rows, _ = store.annotations.list(AnnotationQuery(project=report.project["id"]))
     point = next(r for r in rows if r["location"].startswith("POINT"))
     assert shapely.from_wkt(point["location"]).equals(shapely.Point(30, 30))  # y: 40 - 10
 
@@ -147,7 +147,7 @@ def test_bccd_import(server, shared_data, tmp_path):
     report = import_folder(server.store, "bccd", bccd / "JPEGImages", bccd / "boxes.csv")
     # 364 images, 4,888 boxes, two of which have zero size (refused, as a core refuses them).
     assert (report.images, report.annotations, report.refused_annotations) == (364, 4886, 2)
-    terms = {t["name"] for t in server.store.list_terms(project=report.project["id"])}
+    terms = {t["name"] for t in server.store.projects.terms(report.project["id"])}
     assert terms == {"RBC", "WBC", "Platelets"}
     voc = import_folder(server.store, "bccd-voc", bccd / "JPEGImages", bccd / "Annotations")
     assert voc.annotations == 4886

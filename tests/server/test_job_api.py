@@ -19,7 +19,7 @@ from cytomine.models import (
 )
 from cytomine.models.software import JobDataCollection
 
-from mtdp_core.server.models import FAILED, RUNNING, SUCCESS
+from mtdp_core.server.domain import FAILED, RUNNING, SUCCESS
 from tests.server.test_routes import _raw
 
 
@@ -68,14 +68,14 @@ def test_cytomine_job_lifecycle(server, seeded, probe, tmp_path):
         # The client switched to the job user's own keys.
         assert cj.current_user.algo is True and cj.current_user.job == cj.job.id
         assert cj.current_user.publicKey != server.public_key
-        job = server.store.get_job(cj.job.id)
+        job = server.store.jobs.get(cj.job.id)
         assert job["status"] == RUNNING
-        values = {p["name"]: p["value"] for p in server.store.list_job_parameters(cj.job.id)}
+        values = {p["name"]: p["value"] for p in server.store.jobs.list_parameters(cj.job.id)}
         assert values["label"] == "cells" and values["threshold"] == "0.3" and values["fail"] == "false"
 
         seen = []
         for _ in cj.monitor(range(4), start=10, end=90, prefix="Step"):
-            job = server.store.get_job(cj.job.id)
+            job = server.store.jobs.get(cj.job.id)
             seen.append((job["progress"], job["status_comment"]))
         assert seen == [(10, "Step (1/4)."), (30, "Step (2/4)."), (50, "Step (3/4)."), (70, "Step (4/4).")]
 
@@ -97,9 +97,12 @@ def test_cytomine_job_lifecycle(server, seeded, probe, tmp_path):
         created = Annotation(location=first.location, id_image=first.image).save()
         assert created.class_.endswith("AlgoAnnotation") and created.user == cj.current_user.id
 
+    # The job ended: its keys (which the client still holds) no longer work.
+    assert Job().fetch(cj.job.id) is False  # a 401, which the client reports as False
+    server.connect()
     job = Job().fetch(cj.job.id)
     assert job.status == SUCCESS and job.statusComment == "Job successfully terminated"
-    # Another app (e.g. a predict app) reads the training job's outputs.
+    # Another app (e.g. a predict app, with its own keys) reads the training job's outputs.
     files = AttachedFileCollection(job).fetch()
     assert [f.filename for f in files] == ["model.json"]
     assert files[0].download(str(tmp_path / "model-copy.json"), override=True)
@@ -115,13 +118,13 @@ def test_cytomine_job_failure_keeps_255_characters(server, seeded, probe):
     argv = _argv(server, probe["id"], seeded.project_id, "--label", "cells")
     with pytest.raises(ValueError), CytomineJob.from_cli(argv, configure_logging=False) as cj:
         raise ValueError("Bad parameter: " + "y" * 400)
-    job = server.store.get_job(cj.job.id)
+    job = server.store.jobs.get(cj.job.id)
     assert job["status"] == FAILED
     assert job["status_comment"] == ("Bad parameter: " + "y" * 400)[:255]
 
 
 def test_job_updates_are_validated(server, seeded, probe):
-    job, user_job = server.store.create_job(seeded.project_id, probe["id"], server.admin)
+    job, user_job = server.store.jobs.create(seeded.project_id, probe["id"], server.admin)
     keys = (user_job["public_key"], user_job["private_key"])
     current = _raw(server, "GET", f"/api/job/{job['id']}.json", keys=keys).json()
     for change, message in [
@@ -141,7 +144,7 @@ def test_job_updates_are_validated(server, seeded, probe):
     )
     assert ok.status_code == 200 and ok.json()["job"]["progress"] == 42
     # A job user can only update its own job.
-    other, other_user = server.store.create_job(seeded.project_id, probe["id"], server.admin)
+    other, other_user = server.store.jobs.create(seeded.project_id, probe["id"], server.admin)
     response = _raw(server, "PUT", f"/api/job/{other['id']}.json", {**current, "id": other["id"]}, keys=keys)
     assert response.status_code == 403
     # A job user cannot launch jobs.
@@ -155,9 +158,9 @@ def test_job_updates_are_validated(server, seeded, probe):
 
 
 def test_job_user_keys_are_visible_to_its_launcher_only(server, seeded, probe):
-    job, user_job = server.store.create_job(seeded.project_id, probe["id"], server.admin)
+    job, user_job = server.store.jobs.create(seeded.project_id, probe["id"], server.admin)
     as_admin = _raw(server, "GET", f"/api/user/{user_job['id']}.json").json()
     assert as_admin["privateKey"] == user_job["private_key"] and as_admin["algo"] is True
-    alice = server.store.create_user("alice")
+    alice = server.store.users.create("alice")
     as_alice = _raw(server, "GET", f"/api/user/{user_job['id']}.json", keys=(alice["public_key"], alice["private_key"]))
     assert "privateKey" not in as_alice.json()

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
+from mtdp_core.server.backends import AnnotationQuery
 from mtdp_core.server.descriptors import parse_descriptor, register_software
+from mtdp_core.server.domain import FAILED, KILLED, SUCCESS, TERMINAL_STATUSES
 from mtdp_core.server.errors import BadRequest
 from mtdp_core.server.launcher import cytomine_command, failure_message, java_split
-from mtdp_core.server.models import FAILED, KILLED, SUCCESS, TERMINAL_STATUSES, AnnotationQuery
 from tests.server.test_routes import _raw
 
 
@@ -30,8 +31,8 @@ def _software(server, command_line, inputs, **kw):
 
 def _job(server, seeded, software, values=None):
     store = server.store
-    by_name = {p["name"]: p["id"] for p in store.list_software_parameters(software["id"])}
-    job, _ = store.create_job(
+    by_name = {p["name"]: p["id"] for p in store.software.list_parameters(software["id"])}
+    job, _ = store.jobs.create(
         seeded.project_id, software["id"], server.admin, [(by_name[k], v) for k, v in (values or {}).items()]
     )
     server.launcher.init_job(job, server.url)
@@ -85,7 +86,7 @@ def test_command_line_exactly_as_cytomine(server, seeded):
         version="v1.0",
     )
     job = _job(server, seeded, software, {"network": "resnet50"})
-    user_job = server.store.job_user(job["id"])
+    user_job = server.store.users.job_user(job["id"])
     assert cytomine_command(server.store, job) == [
         "singularity",
         "run",
@@ -179,22 +180,22 @@ def test_launch_probe_app_end_to_end(server, seeded, probe_descriptor, caplog):
     assert job["status"] == SUCCESS, job["status_comment"]
     assert job["progress"] == 100
     store = server.store
-    files = {f["filename"]: f for f in store.list_attached_files("be.cytomine.processing.Job", job["id"])}
+    files = {f["filename"]: f for f in store.meta.list_attached_files("be.cytomine.processing.Job", job["id"])}
     assert set(files) == {"result.json", "log.out"}
     result = json.loads(open(files["result.json"]["storage"]).read())
     assert result["label"] == "hello" and result["threshold"] == 0.25 and result["user_is_job"] is True
     assert result["n_annotations"] == 4 and result["n_crops"] == 4  # filtered by the ListDomain term parameter
     assert "--cytomine_id_terms" in result["argv"] and str(tumour) in result["argv"]
     assert "probe done: 4 annotations" in open(files["log.out"]["storage"]).read()
-    assert store.find_property("be.cytomine.processing.Job", job["id"], "n_annotations")["value"] == "4"
-    job_user = store.job_user(job["id"])
-    algo, _ = store.list_annotations(AnnotationQuery(kind="algo", project=seeded.project_id))
+    assert store.meta.find_property("be.cytomine.processing.Job", job["id"], "n_annotations")["value"] == "4"
+    job_user = store.users.job_user(job["id"])
+    algo, _ = store.annotations.list(AnnotationQuery(kind="algo", project=seeded.project_id))
     assert len(algo) == 1 and algo[0]["user_id"] == job_user["id"]
     suggestions = _raw(
         server, "GET", f"/api/annotation.json?project={seeded.project_id}&showAlgo=true&jobForTermAlgo={job['id']}"
     ).json()["collection"]
     assert [s["rate"] for s in suggestions] == [0.75]
-    assert [d["filename"] for d in store.list_job_data(job["id"])] == ["summary.txt"]
+    assert [d["filename"] for d in store.jobs.list_data(job["id"])] == ["summary.txt"]
     # The command line is logged, with the job user's private key masked.
     assert "--cytomine_private_key *****" in caplog.text and job_user["private_key"] not in caplog.text
 
@@ -205,7 +206,7 @@ def test_empty_optional_placeholder_reaches_the_app_literally(server, seeded, pr
     assert job["status"] == SUCCESS, job["status_comment"]
     result = next(
         f
-        for f in server.store.list_attached_files("be.cytomine.processing.Job", job["id"])
+        for f in server.store.meta.list_attached_files("be.cytomine.processing.Job", job["id"])
         if f["filename"] == "result.json"
     )
     argv = json.loads(open(result["storage"]).read())["argv"]
@@ -222,7 +223,7 @@ def test_failures_inside_and_before_the_job(server, seeded, probe_descriptor):
     assert crashed["status_comment"] == "Exit code 1: RuntimeError: crash requested before the job started"
     log = next(
         f
-        for f in server.store.list_attached_files("be.cytomine.processing.Job", crashed["id"])
+        for f in server.store.meta.list_attached_files("be.cytomine.processing.Job", crashed["id"])
         if f["filename"] == "log.out"
     )
     assert "about to crash" in open(log["storage"]).read()
@@ -256,7 +257,7 @@ def test_timeout_kills_the_job(server, seeded):
 
 def test_launch_over_http_like_the_web_ui(server, seeded, probe_descriptor):
     software = server.register_app(probe_descriptor)
-    params = {p["name"]: p["id"] for p in server.store.list_software_parameters(software["id"])}
+    params = {p["name"]: p["id"] for p in server.store.software.list_parameters(software["id"])}
     created = _raw(
         server,
         "POST",

@@ -381,8 +381,8 @@ def test_unknown_body_keys_are_ignored_and_booleans_case_insensitive(seeded, ser
 def test_algo_annotation_terms_with_rate(server, seeded):
     """A job user's term on a user annotation is an algo annotation term with its rate."""
     store = server.store
-    software = store.create_software({"name": "predictor"})
-    job, user_job = store.create_job(seeded.project_id, software["id"], server.admin)
+    software = store.software.create({"name": "predictor"})
+    job, user_job = store.jobs.create(seeded.project_id, software["id"], server.admin)
     keys = (user_job["public_key"], user_job["private_key"])
     annotation = seeded.annotations[0]
     response = _raw(

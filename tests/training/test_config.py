@@ -2,14 +2,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from mtdp_core.backbones import create_backbone
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.multitask import MultiTaskModel
 from mtdp_core.training.config import TrainConfig
 from mtdp_core.training.optim import build_optimizer, enter_phase, learning_rates, phase_at
-from mtdp_core.training.precision import resolve_precision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,16 +96,6 @@ def test_optimizer_groups_and_phase_modes():
     )
     enter_phase(model, "full")
     assert model.backbone.bn1.training
-
-
-def test_precision_is_cuda_only():
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu).dtype is None and resolve_precision("none", cpu).name == "fp32"
-    for amp in ("bf16", "fp16"):
-        with pytest.raises(ConfigurationError, match="CUDA-only"):
-            resolve_precision(amp, cpu)
-    with pytest.raises(ConfigurationError, match="Invalid amp"):
-        resolve_precision("fp8", cpu)
 
 
 def test_config_round_trips_through_json(tmp_path):

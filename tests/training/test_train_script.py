@@ -49,6 +49,7 @@ def test_help_lists_every_option_with_its_default():
     assert "Supplementary C" in out and "(default: 0.9)" in out
 
 
+@pytest.mark.slow
 def test_a_run_prints_the_exported_backbone(script, fast_config, tmp_path, capsys):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({**fast_config, "iterations": 2}))

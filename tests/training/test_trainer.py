@@ -23,6 +23,7 @@ def _assert_same_tensors(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(fast_config, tmp_path):
     # efficientnet_lite0 with its real ImageNet weights: BN adaptation runs, and stochastic
     # depth draws from the global RNG during training (restored from the checkpoint).
@@ -62,6 +63,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(fast_config, tmp_pa
     assert losses[0] == losses[1] and len(losses[0]) == 5
 
 
+@pytest.mark.slow
 def test_logging_validation_and_checkpoints_do_not_change_the_run(fast_config, tmp_path):
     # EfficientNet's stochastic depth draws from the global RNG while training: nothing done
     # between steps (validation loaders, checkpoints, logs) may draw from it.
@@ -96,6 +98,7 @@ def test_after_warmup_the_whole_network_trains(fast_config, tmp_path):
     assert [g["name"] for g in optimizer["param_groups"]] == ["backbone", "heads"]
 
 
+@pytest.mark.slow
 def test_exported_backbone_loads_through_the_registry(fast_config):
     result = train(fast_config)
     backbone = create_backbone("resnet18", weights=result.backbone_path)
@@ -140,6 +143,7 @@ def test_val_max_samples_subsamples_each_task(fast_config):
     assert {t: r["n"] for t, r in result.validation.items()} == {"alpha": 2, "beta": 2, "gamma": 2}
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_trajectory(fast_config):
     train({**fast_config, "stop_after": 2})
     with pytest.raises(CheckpointError, match="lr was 0.01 there and is 0.02 now"):

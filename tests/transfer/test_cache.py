@@ -9,7 +9,7 @@ from mtdp_core.backbones import Backbone, create_backbone
 from mtdp_core.data.images import list_images
 from mtdp_core.transfer.cache import FeatureCache, fingerprint_inputs
 from mtdp_core.transfer.features import FeatureExtractor
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def _extractor(cache_dir, **kw):

@@ -189,3 +189,34 @@ def test_saving_checks_its_inputs(task, tmp_path):
         save_model(tmp_path / "m.npz", probe, features=FeatureExtractor("resnet50", "random", **FX))
     with pytest.raises(ModelFileError, match="Cannot save a dict"):
         save_model(tmp_path / "m.npz", {"not": "a model"}, features=fx)
+
+
+def test_the_training_resolution_is_recorded(task, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    fx, X, y, _, _ = task
+    clf = LogisticRegression().fit(X, y)
+    assert load_model(save_model(tmp_path / "a.npz", clf, features=fx, mpp=0.5)).mpp == 0.5
+    assert read_metadata(tmp_path / "a.npz")["resolution"] == {"mpp": 0.5}
+    # Files saved before models recorded it (no "resolution" key at all) still load, without one.
+    path = save_model(tmp_path / "old.npz", clf, features=fx)
+
+    def resolution(value):
+        def mutate(meta, arrays):
+            from mtdp_core.transfer.persistence import _checksum
+
+            if value is None:
+                del meta["resolution"]
+            else:
+                meta["resolution"] = value
+            meta["checksum"] = _checksum(meta, arrays)
+
+        return mutate
+
+    _rewrite(path, resolution(None))
+    assert "resolution" not in read_metadata(path) and load_model(path).mpp is None
+    with pytest.raises(ConfigurationError, match="training resolution"):
+        save_model(tmp_path / "b.npz", clf, features=fx, mpp=-1)
+    _rewrite(tmp_path / "a.npz", resolution({"mpp": "fast"}))
+    with pytest.raises(ModelFileError, match="invalid training resolution 'fast'"):
+        load_model(tmp_path / "a.npz")

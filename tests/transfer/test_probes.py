@@ -219,3 +219,31 @@ def test_learning_curve_trains_on_growing_stratified_subsets():
     assert all(0 <= r["test_score"] <= 1 and r["metric"] == "accuracy" for r in rows)
     # More data helps on this task (on average over seeds).
     assert np.mean([r["test_score"] for r in rows[4:]]) > np.mean([r["test_score"] for r in rows[:2]])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_calibrate_keeps_the_out_of_fold_decisions_of_the_chosen_c(k):
+    from mtdp_core.transfer.calibration import fit_softmax_scale
+
+    X, y, groups = blobs(k=k, seed=4)
+    probe = Probe(calibrate=True, param_grid={"C": [1e-4, 1e-2, 1.0]}).fit(X, y, groups)
+    # Each sample's decision comes from LinearSVC refitted without its fold, at the chosen C.
+    folds = make_cv(y, groups, 5, seed=0).folds(y)
+    expected = np.zeros(probe.oof_decisions_.shape)
+    for train, test in folds:
+        svc = LinearSVC(C=probe.best_params_["C"], max_iter=20000, tol=1e-8).fit(X[train], y[train])
+        expected[test] = svc.decision_function(X[test])
+    np.testing.assert_allclose(probe.oof_decisions_, expected, atol=2e-3)
+    assert probe.oof_decisions_.shape == ((len(y),) if k == 2 else (len(y), k))
+    scale, nll = fit_softmax_scale(probe.oof_decisions_, np.searchsorted(probe.classes_, y))
+    assert probe.calibration_ == {"method": "softmax_scale", "scale": scale, "oof_nll": nll} and scale > 0
+    # The sklearn engine refits the chosen parameters on the same folds: the same decisions.
+    slow = Probe(calibrate=True, engine="sklearn", param_grid={"C": [probe.best_params_["C"]]}).fit(X, y, groups)
+    np.testing.assert_allclose(slow.oof_decisions_, probe.oof_decisions_, atol=2e-3)
+    assert not hasattr(Probe(param_grid={"C": [1e-2]}).fit(X, y, groups), "oof_decisions_")
+
+
+def test_a_probe_without_decision_values_cannot_calibrate():
+    X, y, groups = blobs(k=2)
+    with pytest.raises(ConfigurationError, match="calibrate only svm or logreg"):
+        Probe("rf", calibrate=True, param_grid={"max_features": ["sqrt"], "n_estimators": [5]}).fit(X, y, groups)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mtdp_core.cli import main
-from tests.transfer.conftest import colour_task
+from tests.helpers.images import colour_task
 
 FAST = [
     "--backbone",

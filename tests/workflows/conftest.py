@@ -4,41 +4,15 @@ runs it with their keys) or to launch it as Cytomine does (a subprocess built fr
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from mtdp_core.server.backends import AnnotationQuery
 from mtdp_core.server.testing import SeededProject, seed_synthetic_project
-from tests.server.conftest import client, server  # noqa: F401  (pytest fixtures)
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from write_descriptors import APPS, load_workflow
-
-JOB_CLASS = "be.cytomine.processing.Job"
-SUCCESS, FAILED = 3, 4
-#: Tiny and fast: a random ResNet18 on 32-pixel crops (the apps' logic, not the model, is tested).
-FAST = {
-    "backbone": "resnet18",
-    "weights": "random",
-    "image_size": 32,
-    "crop_max_size": 32,
-    "batch_size": 8,
-    "n_workers": 0,
-}
-
-
-def as_argv(params: dict) -> list[str]:
-    argv = []
-    for key, value in params.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        argv += [f"--{key}", str(value)]
-    return argv
+from tests.helpers.apps import APPS, JOB_CLASS, SUCCESS, as_argv, load_workflow
+from tests.helpers.paths import REPO_ROOT as ROOT
 
 
 @dataclass
@@ -71,25 +45,28 @@ class Apps:
         return self.server.launch(app, self.project.project_id, params, timeout=300)
 
     def last_job(self) -> dict:
-        return max(self.server.store.list_jobs(project=self.project.project_id), key=lambda j: j["id"])
+        return max(self.server.store.jobs.list(project=self.project.project_id), key=lambda j: j["id"])
 
     def files(self, job: dict) -> dict[str, Path]:
         """Attached files of ``job``: name -> the file on the server's disk."""
-        rows = self.server.store.list_attached_files(JOB_CLASS, job["id"])
+        rows = self.server.store.meta.list_attached_files(JOB_CLASS, job["id"])
         return {r["filename"]: Path(r["storage"]) for r in rows}
 
     def file_names(self, job: dict) -> list[str]:
-        return sorted(r["filename"] for r in self.server.store.list_attached_files(JOB_CLASS, job["id"]))
+        return sorted(r["filename"] for r in self.server.store.meta.list_attached_files(JOB_CLASS, job["id"]))
 
     def properties(self, job: dict) -> dict[str, str]:
-        return {p["key"]: p["value"] for p in self.server.store.list_properties(JOB_CLASS, job["id"])}
+        return {p["key"]: p["value"] for p in self.server.store.meta.list_properties(JOB_CLASS, job["id"])}
 
-    def count(self, sql: str) -> int:
-        return int(self.server.store._scalar(sql))
+    def algo_annotation_count(self) -> int:
+        return self.server.store.annotations.count(AnnotationQuery(kind="algo"))
+
+    def algo_term_count(self) -> int:
+        return len(self.server.store.annotation_terms.list_algo())
 
 
 @pytest.fixture
-def apps(server, tmp_path, monkeypatch) -> Apps:  # noqa: F811
+def apps(server, tmp_path, monkeypatch) -> Apps:
     """Three 96x64 images with six boxes each (terms tumour/stroma), the four apps registered."""
     monkeypatch.chdir(tmp_path)  # outputs of in-process runs go to ./mtdp-out
     project = seed_synthetic_project(server, tmp_path / "images", n_images=3, boxes_per_image=6)

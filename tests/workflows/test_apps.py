@@ -15,17 +15,18 @@ import pytest
 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError
-from tests.workflows.conftest import FAILED, FAST, SUCCESS
+from tests.helpers.apps import FAILED, FAST, SUCCESS, as_argv, load_workflow
 
 
 def algo_terms(apps, job) -> list[dict]:
-    user = apps.server.store.job_user(job["id"])["id"]
-    return apps.server.store._all("SELECT * FROM algo_annotation_term WHERE user_id = ?", (user,))
+    user = apps.server.store.users.job_user(job["id"])["id"]
+    return apps.server.store.annotation_terms.list_algo(user)
 
 
 # --------------------------------------------------------------------------- launched as by Cytomine
 
 
+@pytest.mark.slow
 def test_svm_train_and_predict_launched_from_their_descriptors(apps):
     train = apps.launch("svm_train", **FAST, cv_folds=3)
     assert train["status"] == SUCCESS, train["status_comment"]
@@ -55,6 +56,7 @@ def test_svm_train_and_predict_launched_from_their_descriptors(apps):
     assert len(rows) == 18 and {r["predicted_class"] for r in rows} <= {"tumour", "stroma"}
 
 
+@pytest.mark.slow
 def test_extract_features_launched(apps):
     job = apps.launch("extract_features", **FAST, cytomine_id_terms=[apps.project.terms["tumour"]])
     assert job["status"] == SUCCESS, job["status_comment"]
@@ -69,6 +71,7 @@ def test_extract_features_launched(apps):
     assert meta["backbone"]["arch"] == "resnet18" and meta["crop"]["max_size"] == 32
 
 
+@pytest.mark.slow
 def test_finetune_predict_launched(apps):
     images = [i["id"] for i in apps.project.images]
     job = apps.launch(
@@ -109,11 +112,12 @@ def test_svm_predict_rerun_creates_no_duplicates(apps, trained):
         assert first["status"] == again["status"] == SUCCESS
         assert "0 already up to date" in first["status_comment"]
         assert "18 already up to date" in again["status_comment"], again["status_comment"]
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 18
+    assert apps.algo_annotation_count() == 18
     # 18 algo terms on the created annotations + 18 suggestions on the people's annotations.
-    assert apps.count("SELECT count(*) FROM algo_annotation_term") == 36
+    assert apps.algo_term_count() == 36
 
 
+@pytest.mark.slow
 def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     original = CytomineSession.post_json
     calls = {"n": 0}
@@ -133,11 +137,11 @@ def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     assert failed["status_comment"].startswith(
         "Re-run the job to push the remaining predictions (nothing is duplicated): 5 of 18 pushed"
     )
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 5
+    assert apps.algo_annotation_count() == 5
     monkeypatch.setattr(CytomineSession, "post_json", original)
     done = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="annotation", n_workers=0)
     assert done["status"] == SUCCESS and "13 annotations created, 5 already up to date" in done["status_comment"]
-    assert apps.count("SELECT count(*) FROM annotation WHERE kind = 'algo'") == 18
+    assert apps.algo_annotation_count() == 18
 
 
 def test_failed_crops_are_counted_and_reported(apps, monkeypatch):
@@ -179,7 +183,7 @@ def test_too_many_failed_crops_fail_the_job(apps, monkeypatch):
 
 def test_no_annotation_matches(apps):
     store = apps.server.store
-    empty = store.create_term("necrosis", apps.project.ontology_id)
+    empty = store.ontologies.create_term("necrosis", apps.project.ontology_id)
     job = apps.run("svm_train", **FAST, cytomine_id_terms=[empty["id"]])
     assert job["status"] == FAILED
     assert job["status_comment"].startswith("Widen the filters or annotate first: no annotation with a term matches")
@@ -197,8 +201,8 @@ def test_fewer_than_two_classes(apps):
 def test_annotation_without_term_in_training(apps):
     store = apps.server.store
     image = apps.project.images[0]
-    untermed = store.create_annotation(
-        {"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"}, store.find_user_by_username("admin")
+    untermed = store.annotations.create(
+        {"image": image["id"], "location": "POLYGON ((1 1, 9 1, 9 9, 1 9, 1 1))"}, store.users.find_by_username("admin")
     )
     job = apps.run("svm_train", **FAST)
     assert job["status"] == FAILED
@@ -218,6 +222,7 @@ def test_model_job_without_model(apps):
     assert missing["status"] == FAILED and "job 999999 does not exist" in missing["status_comment"]
 
 
+@pytest.mark.slow
 def test_model_from_another_backbone_is_refused(apps, trained):
     job = apps.run("svm_predict", cytomine_id_job=trained["id"], backbone="resnet34")
     assert job["status"] == FAILED
@@ -251,8 +256,6 @@ def test_binary_mode(apps):
 
 
 def test_biaflows_local_mode_on_folders(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     out = tmp_path / "out"
     fast = as_argv({k: v for k, v in FAST.items() if k != "crop_max_size"})
     code = load_workflow("svm_train").main(
@@ -316,9 +319,8 @@ def test_biaflows_no_download_uses_crops_in_infolder(apps, tmp_path):
     assert refused["status"] == FAILED and refused["status_comment"].startswith("Give --infolder with --no_download")
 
 
+@pytest.mark.slow
 def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, tmp_path):
-    from tests.workflows.conftest import as_argv, load_workflow
-
     for path in sorted(tiny_image_folder.rglob("*_3.png")):  # one image per class leaves its class folder
         path.rename(tiny_image_folder / path.name)
     out = tmp_path / "out"
@@ -346,7 +348,5 @@ def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, t
 
 
 def test_local_mode_without_folder_says_what_to_give(tmp_path):
-    from tests.workflows.conftest import load_workflow
-
     assert load_workflow("svm_train").main(["--local", "--outfolder", str(tmp_path)]) == 1
     assert load_workflow("svm_train").main([]) == 2  # neither a server nor --local

@@ -15,10 +15,11 @@ import pytest
 
 from mtdp_core.cytomine.params import local_option_dests
 from mtdp_core.server.descriptors import load_descriptor
+from tests.helpers.apps import APPS, load_workflow
+from tests.helpers.paths import REPO_ROOT as ROOT
+from tests.helpers.scripts import descriptors
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from write_descriptors import APPS, DOCS, descriptor_text, docs_text, load_workflow
+DOCS, descriptor_text, docs_text = descriptors.DOCS, descriptors.descriptor_text, descriptors.docs_text
 
 SCHEMA = json.loads((ROOT / "descriptors" / "cytomine-0.1.schema.json").read_text())
 

@@ -8,34 +8,11 @@ the others (those of the target images, or those without a term) and push the pr
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-try:
-    import mtdp_core  # noqa: F401
-except ImportError:  # run from a source checkout without installing: the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mtdp_core.cytomine.apps import finetune_predict
-from mtdp_core.cytomine.biaflows import add_biaflows_arguments
-from mtdp_core.cytomine.inputs import (
-    add_backbone_inputs,
-    add_connection_inputs,
-    add_crop_inputs,
-    add_filter_inputs,
-    add_image_size_input,
-    add_push_inputs,
-    add_runtime_inputs,
-)
+from mtdp_core.cytomine.inputs import add_processing_inputs, add_push_inputs, app_parser
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import (
-    AppArgumentParser,
-    add_input,
-    boolean,
-    integer,
-    new_parser,
-    number,
-    positive_number_list,
-)
+from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer, number, positive_number_list
 
 DESCRIPTOR = {
     "name": "MTDP-Finetune-Predict",
@@ -50,9 +27,7 @@ DESCRIPTOR = {
 
 
 def get_args_parser() -> AppArgumentParser:
-    parser = new_parser("finetune_predict", DESCRIPTOR["description"])
-    add_connection_inputs(parser)
-    add_filter_inputs(parser, purpose="train")
+    parser = app_parser("finetune_predict", DESCRIPTOR["description"], purpose="train")
     add_input(
         parser,
         "cytomine_id_target_images",
@@ -118,18 +93,12 @@ def get_args_parser() -> AppArgumentParser:
         converter=boolean,
         description="Random square crops and flips of the training crops (the paper's augmentation).",
     )
-    add_crop_inputs(parser)
-    add_backbone_inputs(parser)
-    add_image_size_input(parser)
-    add_runtime_inputs(parser)
-    add_biaflows_arguments(parser)
+    add_processing_inputs(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_app(
-        get_args_parser(), sys.argv[1:] if argv is None else argv, finetune_predict.run, app="finetune_predict"
-    )
+    return run_app(get_args_parser(), argv, finetune_predict.run, app="finetune_predict")
 
 
 if __name__ == "__main__":

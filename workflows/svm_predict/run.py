@@ -8,23 +8,14 @@ push the predicted terms back (suggested terms, or new annotations), without dup
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-try:
-    import mtdp_core  # noqa: F401
-except ImportError:  # run from a source checkout without installing: the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mtdp_core.cytomine.apps import svm_predict
-from mtdp_core.cytomine.biaflows import add_biaflows_arguments
 from mtdp_core.cytomine.inputs import (
-    add_backbone_inputs,
     add_connection_inputs,
-    add_crop_inputs,
     add_filter_inputs,
     add_local_model_option,
+    add_processing_inputs,
     add_push_inputs,
-    add_runtime_inputs,
 )
 from mtdp_core.cytomine.job import run_app
 from mtdp_core.cytomine.params import AppArgumentParser, add_input, integer, new_parser
@@ -55,15 +46,12 @@ def get_args_parser() -> AppArgumentParser:
     )
     add_filter_inputs(parser, purpose="predict")
     add_push_inputs(parser)
-    add_crop_inputs(parser, from_model=True)
-    add_backbone_inputs(parser, from_model=True)
-    add_runtime_inputs(parser)
-    add_local_model_option(add_biaflows_arguments(parser))
+    add_local_model_option(add_processing_inputs(parser, from_model=True, image_size=False))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_app(get_args_parser(), sys.argv[1:] if argv is None else argv, svm_predict.run, app="svm_predict")
+    return run_app(get_args_parser(), argv, svm_predict.run, app="svm_predict")
 
 
 if __name__ == "__main__":

@@ -11,25 +11,11 @@ keys (a job is created), and without a server on a folder of images (``--local``
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-try:
-    import mtdp_core  # noqa: F401
-except ImportError:  # run from a source checkout without installing: the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mtdp_core.cytomine.apps import svm_train
-from mtdp_core.cytomine.biaflows import add_biaflows_arguments
-from mtdp_core.cytomine.inputs import (
-    add_backbone_inputs,
-    add_connection_inputs,
-    add_crop_inputs,
-    add_filter_inputs,
-    add_image_size_input,
-    add_runtime_inputs,
-)
+from mtdp_core.cytomine.inputs import add_processing_inputs, app_parser
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer, new_parser
+from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer
 
 DESCRIPTOR = {
     "name": "MTDP-SVM-Train",
@@ -44,9 +30,7 @@ DESCRIPTOR = {
 
 
 def get_args_parser() -> AppArgumentParser:
-    parser = new_parser("svm_train", DESCRIPTOR["description"])
-    add_connection_inputs(parser)
-    add_filter_inputs(parser, purpose="train")
+    parser = app_parser("svm_train", DESCRIPTOR["description"], purpose="train")
     add_input(
         parser,
         "cytomine_positive_terms",
@@ -81,16 +65,12 @@ def get_args_parser() -> AppArgumentParser:
         description="Weight classes inversely to their number of annotations (helps when one term "
         "dominates, e.g. red blood cells).",
     )
-    add_crop_inputs(parser)
-    add_backbone_inputs(parser)
-    add_image_size_input(parser)
-    add_runtime_inputs(parser)
-    add_biaflows_arguments(parser)
+    add_processing_inputs(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_app(get_args_parser(), sys.argv[1:] if argv is None else argv, svm_train.run, app="svm_train")
+    return run_app(get_args_parser(), argv, svm_train.run, app="svm_train")
 
 
 if __name__ == "__main__":

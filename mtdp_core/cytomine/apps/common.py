@@ -1,4 +1,10 @@
-"""Steps the four apps share: selecting annotations, getting their crops, extracting features."""
+"""Steps the apps share; each app's ``run`` is a short pipeline of them.
+
+Inputs: the device, annotation filters and crop settings from the parameters, the project's
+annotations and their crops (or a local folder), labelled training sets. Features: the
+extractor and extraction with job progress. Outputs: predictions (rows, CSV, pushed to
+Cytomine), metrics with their confusion matrix, attachments.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ import csv
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +23,28 @@ import numpy as np
 from mtdp_core.cytomine.annotations import (
     AnnotationFilters,
     AnnotationRecord,
+    TrainingLabels,
     list_annotations,
     project_terms,
     require_annotations,
+    training_labels,
 )
-from mtdp_core.cytomine.biaflows import LocalImage, read_image_folder
+from mtdp_core.cytomine.biaflows import read_image_folder
 from mtdp_core.cytomine.crops import DEFAULT_MAX_FAILED_FRACTION, CropReport, CropSpec, CropStore, download_crops
-from mtdp_core.cytomine.errors import CropDownloadError, ParameterError
+from mtdp_core.cytomine.errors import CropDownloadError, ParameterError, TooFewClassesError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
+from mtdp_core.cytomine.push import Prediction, PredictionPusher, PushReport, software_job_users
+from mtdp_core.cytomine.report import confusion_matrix_png, write_json
+from mtdp_core.data.folders import FolderImage
 from mtdp_core.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 #: The file name of a model attached to a training job (and written to the outfolder).
 MODEL_FILENAME = "mtdp-model.npz"
+
+
+# --------------------------------------------------------------------------- parameters
 
 
 def cache_root(job: Job) -> Path:
@@ -81,14 +95,7 @@ def crop_spec_from_args(args: argparse.Namespace, trained: CropSpec | None = Non
     return CropSpec(zoom=zoom, max_size=max_size, increase_area=increase)
 
 
-@dataclass
-class CytomineInputs:
-    """Annotations (those whose crop could be read) and their crop files, aligned."""
-
-    records: list[AnnotationRecord]
-    paths: list[Path]
-    term_names: dict[int, str]
-    report: CropReport | None = None
+# --------------------------------------------------------------------------- inputs
 
 
 def list_project_annotations(
@@ -126,12 +133,7 @@ def fetch_crops(
     )
     job.set_property("crops_failed", report.n_failed)
     if report.failures:
-        path = job.workdir / "crop_failures.csv"  # type: ignore[operator]
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["annotation", "reason"])
-            writer.writerows(report.failures)
-        job.attach(path)
+        job.attach(write_rows(job.workdir / "crop_failures.csv", ["annotation", "reason"], report.failures))  # type: ignore[operator]
         job.progress(stage.end, f"{report.summary()}: skipped (see crop_failures.csv)")
     report.check(DEFAULT_MAX_FAILED_FRACTION)
     kept = [(r, p) for r, p in zip(records, report.paths) if p is not None]
@@ -140,12 +142,105 @@ def fetch_crops(
     return [r for r, _ in kept], [p for _, p in kept], report
 
 
-def local_images(job: Job, *, labelled: bool | None = None) -> list[LocalImage]:
+def crops_note(n_failed: int) -> str:
+    """What the final status says of failed crops ('' when none failed)."""
+    return f" ({n_failed} crops failed: see crop_failures.csv)" if n_failed else ""
+
+
+def local_images(job: Job, *, labelled: bool | None = None) -> list[FolderImage]:
     """Images of ``--infolder``; ``labelled`` True/False keeps only (un)labelled ones."""
     images = read_image_folder(job.flags.infolder)
     if labelled is not None:
         images = [i for i in images if (i.label is not None) == labelled]
     return images
+
+
+@dataclass
+class TrainingSet:
+    """Crops, labels and groups (image ids, for grouped folds) for training, wherever they came from."""
+
+    paths: list[Path]
+    labels: TrainingLabels
+    groups: list[Any]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.asarray(self.labels.labels)
+
+    def names(self, classes: Sequence[Any]) -> dict[int, str]:
+        """Display name of each of ``classes`` (the labels a classifier learnt)."""
+        return {int(c): self.labels.class_names[int(c)] for c in classes}
+
+    def term_ids(self, classes: Sequence[Any]) -> dict[int, int | None]:
+        """Cytomine term id of each of ``classes`` (None for a binary class of several terms)."""
+        return {int(c): self.labels.class_ids[int(c)] for c in classes}
+
+
+def training_set(job: Job, args: argparse.Namespace) -> TrainingSet:
+    """The labelled crops of the selected annotations (``--cytomine_positive_terms``: binary
+    mode), or the labelled images of ``--infolder`` in local mode."""
+    if not isinstance(job, CytomineJobRun):
+        job.stage("Reading images", 0, 5)
+        return local_training_set(local_images(job, labelled=True), {"infolder": str(job.flags.infolder)})
+    positive_terms = tuple(getattr(args, "cytomine_positive_terms", None) or ())
+    job.stage("Listing annotations", 0, 5)
+    filters = filters_from_args(args, job.project_id)
+    records, term_names = list_project_annotations(job, filters, what="annotation with a term")
+    # Labels are checked before any download: a missing term fails the job at once.
+    training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    spec = crop_spec_from_args(args)
+    records, paths, report = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 35))
+    labels = training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    source = {
+        "project": job.project_id,
+        "job": job.id,
+        "software": job.software_name,
+        "host": job.session.server_url if job.session else None,
+        "filters": filters.describe(term_names),
+        "crop": spec.to_dict(),
+        "n_images": len({r.image for r in records}),
+        "crops_failed": report.n_failed,
+        "annotation_ids": [r.id for r in records],
+    }
+    return TrainingSet(paths, labels, [r.image for r in records], source)
+
+
+def local_training_set(images: Sequence[FolderImage], source: dict[str, Any] | None = None) -> TrainingSet:
+    """Labelled local images: one class per label, grouped by their ``group`` (else each its own)."""
+    names = sorted({i.label for i in images if i.label is not None})
+    if len(names) < 2:
+        raise TooFewClassesError(
+            f"Put images of at least two classes in --infolder: found {len(names)} ({', '.join(names) or 'none'})."
+        )
+    index = {name: k for k, name in enumerate(names)}
+    labels = TrainingLabels(
+        [index[str(i.label)] for i in images],
+        dict(enumerate(names)),
+        {k: None for k in index.values()},
+        counts={index[n]: sum(i.label == n for i in images) for n in names},
+    )
+    groups = [i.group if i.group is not None else i.key for i in images]
+    return TrainingSet([i.path for i in images], labels, groups, source or {})
+
+
+# --------------------------------------------------------------------------- features
+
+
+def make_extractor(args: argparse.Namespace, job: Job, device: str) -> Any:
+    """The FeatureExtractor of the backbone parameters, caching features under ``cache_root``."""
+    from mtdp_core.transfer.features import FeatureExtractor
+
+    return FeatureExtractor(
+        args.backbone,
+        args.weights,
+        seed=args.seed,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=args.n_workers,
+        device=device,
+        cache_dir=cache_root(job) / "features",
+    )
 
 
 def extract_features(extractor: Any, paths: Sequence[Path], stage: Stage, chunk: int = 512) -> np.ndarray:
@@ -167,9 +262,114 @@ def extract_features(extractor: Any, paths: Sequence[Path], stage: Stage, chunk:
     return out
 
 
+# --------------------------------------------------------------------------- outputs
+
+
+def save_classifier(
+    job: Job, model: Any, class_names: Mapping, class_ids: Mapping, extra: dict, features: Any = None
+) -> Path:
+    """The trained model as ``mtdp-model.npz`` (pickle-free, ``transfer.persistence``), attached."""
+    from mtdp_core.transfer.persistence import save_model
+
+    path = job.output_path(MODEL_FILENAME)
+    save_model(path, model, features=features, class_names=class_names, class_ids=class_ids, extra=extra)
+    job.attach(path)
+    return path
+
+
 def write_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def write_metrics(
+    job: Job, metrics: Mapping[str, Any], *, title: str = "Confusion matrix", payload: Any = None, also: Sequence = ()
+) -> list[Path]:
+    """``metrics.json`` (``payload``, by default the metrics) and ``confusion_matrix.png``,
+    attached with the ``also`` files unless metrics are not uploaded (``-nmu``)."""
+    outputs = [
+        write_json(job.output_path("metrics.json"), metrics if payload is None else payload),
+        confusion_matrix_png(
+            metrics["confusion_matrix"], metrics["class_names"], job.output_path("confusion_matrix.png"), title=title
+        ),
+        *also,
+    ]
+    if job.flags.do_upload_metrics:
+        for path in outputs:
+            job.attach(path)
+    return outputs
+
+
+def make_predictions(
+    records: Sequence[AnnotationRecord], term_ids: Sequence[int | None], probabilities: np.ndarray
+) -> tuple[list[Prediction], np.ndarray]:
+    """One Prediction per annotation (the most probable class's term; the expected term is the
+    annotation's own when it has exactly one), and the predicted class indices."""
+    index = probabilities.argmax(axis=1) if len(records) else np.zeros(0, dtype=int)
+    predictions = [
+        Prediction(r, term_ids[k], float(probabilities[i, k]), r.terms[0] if len(r.terms) == 1 else None)
+        for i, (r, k) in enumerate(zip(records, index))
+    ]
+    return predictions, index
+
+
+def push_predictions(
+    job: CytomineJobRun, args: argparse.Namespace, predictions: Sequence[Prediction], start: int, end: int
+) -> PushReport:
+    """Push to Cytomine (``push_mode``), idempotently: earlier jobs of this software count as done."""
+    stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", start, end)
+    assert job.session is not None
+    users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
+    pusher = PredictionPusher(job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads)
+    return pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
+
+
+def write_predictions(
+    job: Job,
+    predictions: Sequence[Prediction],
+    class_names: Sequence[str],
+    index: np.ndarray,
+    pushed: Mapping[int, int],
+    term_names: Mapping[int, str] | None = None,
+) -> Path:
+    """``predictions.csv`` of annotations (attached): class, term, rate, where it was pushed
+    (and the annotation's current terms, given ``term_names``)."""
+    header = ["annotation", "image", "predicted_class", "predicted_term", "rate", "pushed_to"]
+    rows = [
+        [
+            p.annotation.id,
+            p.annotation.image,
+            class_names[k],
+            p.term if p.term is not None else "",
+            f"{p.rate:.6f}",
+            pushed.get(p.annotation.id, ""),
+        ]
+        for p, k in zip(predictions, index)
+    ]
+    if term_names is not None:
+        header.append("current_terms")
+        for row, p in zip(rows, predictions):
+            row.append(";".join(term_names.get(t, str(t)) for t in p.annotation.terms))
+    path = write_rows(job.output_path("predictions.csv"), header, rows)
+    job.attach(path)
+    return path
+
+
+def write_local_predictions(
+    job: Job, keys: Sequence[str], class_names: Sequence[str], probabilities: np.ndarray, *, every_class: bool = False
+) -> np.ndarray:
+    """``predictions.csv`` of local images (attached): class and probability (and every class's
+    probability with ``every_class``). Returns the predicted class indices."""
+    index = probabilities.argmax(axis=1) if len(keys) else np.zeros(0, dtype=int)
+    header = ["filename", "predicted_class", "probability"]
+    if every_class:
+        header += [f"p_{n}" for n in class_names]
+    rows = [
+        [key, class_names[k], f"{probabilities[i, k]:.6f}", *(f"{p:.6f}" for p in probabilities[i] if every_class)]
+        for i, (key, k) in enumerate(zip(keys, index))
+    ]
+    job.attach(write_rows(job.output_path("predictions.csv"), header, rows))
+    return index

@@ -13,90 +13,81 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import numpy as np
 
-from mtdp_core.cytomine.apps.common import (
-    cache_root,
-    check_device,
-    crop_spec_from_args,
-    extract_features,
-    fetch_crops,
-    filters_from_args,
-    list_project_annotations,
-    local_images,
-)
+from mtdp_core.cytomine.apps import common
 from mtdp_core.cytomine.job import CytomineJobRun, Job
 from mtdp_core.cytomine.report import write_json
 
 logger = logging.getLogger(__name__)
 
 
-def make_extractor(args: argparse.Namespace, job: Job, device: str):
-    from mtdp_core.transfer.features import FeatureExtractor
-
-    return FeatureExtractor(
-        args.backbone,
-        args.weights,
-        seed=args.seed,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        num_workers=args.n_workers,
-        device=device,
-        cache_dir=cache_root(job) / "features",
-    )
-
-
 def run(job: Job, args: argparse.Namespace) -> str:
-    device = check_device(args)
-    extractor = make_extractor(args, job, device)
+    device = common.check_device(args)
+    extractor = common.make_extractor(args, job, device)
     extractor.get_backbone()  # fail now on a bad backbone or missing weights, before any download
     meta: dict = {"backbone": extractor.identity(), "app": "extract_features"}
     if isinstance(job, CytomineJobRun):
-        job.stage("Listing annotations", 0, 5)
-        filters = filters_from_args(args, job.project_id)
-        records, term_names = list_project_annotations(job, filters)
-        spec = crop_spec_from_args(args)
-        records, paths, report = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 40))
-        features = extract_features(extractor, paths, job.stage("Extracting features", 40, 90))
-        arrays = {
-            "features": features,
-            "annotation_ids": np.array([r.id for r in records], dtype=np.int64),
-            "image_ids": np.array([r.image for r in records], dtype=np.int64),
-            "user_ids": np.array([r.user for r in records], dtype=np.int64),
-            "term_ids": np.array([min(r.terms) if r.terms else -1 for r in records], dtype=np.int64),
-            "n_terms": np.array([len(r.terms) for r in records], dtype=np.int64),
-        }
-        meta.update(
-            {
-                "project": job.project_id,
-                "job": job.id,
-                "filters": filters.describe(term_names),
-                "crop": spec.to_dict(),
-                "terms": {str(k): v for k, v in term_names.items()},
-                "crops_failed": report.n_failed,
-            }
-        )
+        arrays = annotation_features(job, args, extractor, meta)
     else:
-        job.stage("Reading images", 0, 5)
-        images = local_images(job)
-        paths = [i.path for i in images]
-        features = extract_features(extractor, paths, job.stage("Extracting features", 5, 90))
-        arrays = {
-            "features": features,
-            "filenames": np.array([i.key for i in images], dtype=str),
-            "labels": np.array([i.label or "" for i in images], dtype=str),
-        }
+        arrays = image_features(job, extractor)
     job.progress(90, "Saving features")
     meta["columns"] = {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in arrays.items()}
     npz = job.output_path("features.npz")
     np.savez_compressed(npz, **arrays)
     job.attach(npz)
     job.attach(write_json(job.output_path("features.json"), meta))
-    n, d = features.shape
-    job.set_property("n_annotations" if not job.local else "n_images", n)
-    job.set_property("n_features", d)
-    job.set_property("backbone", f"{args.backbone} ({args.weights})")
-    failed = meta.get("crops_failed", 0)
-    note = f" ({failed} crops failed: see crop_failures.csv)" if failed else ""
+    n, d = arrays["features"].shape
+    job.set_properties(
+        {
+            "n_images" if job.local else "n_annotations": n,
+            "n_features": d,
+            "backbone": f"{args.backbone} ({args.weights})",
+        }
+    )
+    note = common.crops_note(meta.get("crops_failed", 0))
     return f"{n} x {d} features of {args.backbone} saved to features.npz{note}"
+
+
+def annotation_features(job: CytomineJobRun, args: argparse.Namespace, extractor: Any, meta: dict) -> dict:
+    """Features and id columns of the selected annotations' crops (``meta`` gets the filters and crops)."""
+    job.stage("Listing annotations", 0, 5)
+    filters = common.filters_from_args(args, job.project_id)
+    records, term_names = common.list_project_annotations(job, filters)
+    spec = common.crop_spec_from_args(args)
+    records, paths, report = common.fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 40))
+    features = common.extract_features(extractor, paths, job.stage("Extracting features", 40, 90))
+    meta.update(
+        project=job.project_id,
+        job=job.id,
+        filters=filters.describe(term_names),
+        crop=spec.to_dict(),
+        terms={str(k): v for k, v in term_names.items()},
+        crops_failed=report.n_failed,
+    )
+    return {"features": features, **annotation_columns(records)}
+
+
+def image_features(job: Job, extractor: Any) -> dict:
+    """Features of the images of ``--infolder``, with their file names and labels ('' when unlabelled)."""
+    job.stage("Reading images", 0, 5)
+    images = common.local_images(job)
+    stage = job.stage("Extracting features", 5, 90)
+    return {
+        "features": common.extract_features(extractor, [i.path for i in images], stage),
+        "filenames": np.array([i.key for i in images], dtype=str),
+        "labels": np.array([i.label or "" for i in images], dtype=str),
+    }
+
+
+def annotation_columns(records) -> dict[str, np.ndarray]:
+    """The id columns of ``features.npz``: annotation, image, user, term (-1: none; the smallest of several)."""
+    return {
+        "annotation_ids": np.array([r.id for r in records], dtype=np.int64),
+        "image_ids": np.array([r.image for r in records], dtype=np.int64),
+        "user_ids": np.array([r.user for r in records], dtype=np.int64),
+        "term_ids": np.array([min(r.terms) if r.terms else -1 for r in records], dtype=np.int64),
+        "n_terms": np.array([len(r.terms) for r in records], dtype=np.int64),
+    }

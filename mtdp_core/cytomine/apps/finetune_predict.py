@@ -12,27 +12,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mtdp_core.cytomine.annotations import AnnotationFilters, TrainingLabels, list_annotations, training_labels
-from mtdp_core.cytomine.apps.common import (
-    MODEL_FILENAME,
-    check_device,
-    crop_spec_from_args,
-    fetch_crops,
-    filters_from_args,
-    list_project_annotations,
-    local_images,
-    write_rows,
-)
-from mtdp_core.cytomine.errors import NoAnnotationsError, TooFewClassesError
+from mtdp_core.cytomine.annotations import AnnotationFilters, AnnotationRecord, list_annotations, training_labels
+from mtdp_core.cytomine.apps import common
+from mtdp_core.cytomine.errors import NoAnnotationsError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.push import Prediction, PredictionPusher, software_job_users
-from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png, write_json
+from mtdp_core.cytomine.report import classification_metrics
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Targets:
+    """What is predicted: crop files, with their annotations (server) or file keys (local)."""
+
+    paths: list[Path]
+    records: list[AnnotationRecord] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
 
 
 #: Fine-tuning's batch size when the batch_size input is empty.
@@ -76,182 +77,126 @@ def validation_split(labels: list, groups: list, val_fraction: float, seed: int)
 
 
 def run(job: Job, args: argparse.Namespace) -> str:
-    device = check_device(args)
-    if isinstance(job, CytomineJobRun):
-        train_paths, labels, groups, target_paths, targets, term_names, spec = _cytomine_data(job, args)
-    else:
-        job.stage("Reading images", 0, 5)
-        images = local_images(job)
-        labelled = [i for i in images if i.label is not None]
-        names = sorted({i.label for i in labelled})
-        if len(names) < 2:
-            raise TooFewClassesError(f"Put images of at least two classes in --infolder: found {names or 'none'}.")
-        index = {n: k for k, n in enumerate(names)}
-        labels = TrainingLabels(
-            [index[i.label] for i in labelled], dict(enumerate(names)), {k: None for k in index.values()}
-        )
-        train_paths = [i.path for i in labelled]
-        groups = [i.group if i.group is not None else i.key for i in labelled]
-        targets = [i for i in images if i.label is None]
-        target_paths = [i.path for i in targets]
-        _term_names, spec = {}, None
-
-    train_idx, val_idx = validation_split(labels.labels, groups, args.val_fraction, args.seed)
-    y = np.asarray(labels.labels)
-    logger.info(
-        "fine-tuning on %d crops, validating on %d (grouped by image), predicting %d",
-        len(train_idx),
-        len(val_idx),
-        len(target_paths),
-    )
+    device = common.check_device(args)
+    data, targets = cytomine_data(job, args) if isinstance(job, CytomineJobRun) else local_data(job)
+    train_idx, val_idx = validation_split(data.labels.labels, data.groups, args.val_fraction, args.seed)
+    n = (len(train_idx), len(val_idx), len(targets.paths))
+    logger.info("fine-tuning on %d crops, validating on %d (grouped by image), predicting %d", *n)
+    y, val_paths = data.y, [str(data.paths[i]) for i in val_idx]
     tuner = make_tuner(args, device, job.stage("Fine-tuning", 35, 80))
-    tuner.fit(
-        [str(train_paths[i]) for i in train_idx],
-        y[train_idx],
-        X_val=[str(train_paths[i]) for i in val_idx],
-        y_val=y[val_idx],
-    )
+    tuner.fit([str(data.paths[i]) for i in train_idx], y[train_idx], X_val=val_paths, y_val=y[val_idx])
 
     job.stage("Predicting", 80, 85)
-    classes = tuner.classes_
-    names = {int(c): labels.class_names[int(c)] for c in classes}
-    val_probabilities = tuner.predict_proba([str(train_paths[i]) for i in val_idx])
-    val_pred = classes[val_probabilities.argmax(axis=1)]
-    target_probabilities = (
-        tuner.predict_proba([str(p) for p in target_paths]) if target_paths else np.zeros((0, len(classes)))
+    classes, names = tuner.classes_, data.names(tuner.classes_)
+    val_probabilities = tuner.predict_proba(val_paths)
+    probabilities = (
+        tuner.predict_proba([str(p) for p in targets.paths]) if targets.paths else np.zeros((0, len(classes)))
     )
-
-    from mtdp_core.transfer.persistence import save_model
-
-    extra = {
-        "app": "finetune_predict",
-        "crop": spec.to_dict() if spec else None,
-        "binary": False,
-        "source": {"project": getattr(job, "project_id", None), "job": job.id},
-    }
-    model_path = save_model(
-        job.output_path(MODEL_FILENAME),
-        tuner,
-        class_names=names,
-        class_ids={int(c): labels.class_ids[int(c)] for c in classes},
-        extra=extra,
-    )
-    job.attach(model_path)
-    history = tuner.history_
-    job.attach(
-        write_rows(
-            job.output_path("history.csv"),
-            ["lr", "epoch", "train_loss", "val_loss", "val_score", "seconds"],
-            [
-                [
-                    h["lr"],
-                    h["epoch"],
-                    f"{h['train_loss']:.5f}",
-                    f"{h['val_loss']:.5f}",
-                    f"{h['val_score']:.5f}",
-                    f"{h['seconds']:.2f}",
-                ]
-                for h in history
-            ],
-        )
-    )
+    source = {"project": data.source.get("project"), "job": job.id}
+    extra = {"app": "finetune_predict", "crop": data.source.get("crop"), "binary": False, "source": source}
+    common.save_classifier(job, tuner, names, data.term_ids(classes), extra)
+    job.attach(write_history(job, tuner.history_))
     if job.flags.do_compute_metrics:
-        metrics = classification_metrics(
-            y[val_idx], val_pred, list(classes), names, scores=val_probabilities if len(classes) == 2 else None
-        )
-        metrics.update(
-            {
-                "note": "validation set (grouped by image) of the kept network",
-                "best_lr": tuner.best_lr_,
-                "best_epoch": tuner.best_epoch_,
-                "scoring": tuner.scoring_,
-                "best_score": tuner.best_score_,
-            }
-        )
-        outputs = [
-            write_json(job.output_path("metrics.json"), metrics),
-            confusion_matrix_png(
-                metrics["confusion_matrix"],
-                metrics["class_names"],
-                job.output_path("confusion_matrix.png"),
-                title="Validation confusion matrix",
-            ),
-        ]
-        if job.flags.do_upload_metrics:
-            for path in outputs:
-                job.attach(path)
-    job.set_property("classes", ",".join(names[int(c)] for c in classes))
-    job.set_property("validation_score", f"{tuner.best_score_:.4f}")
-    job.set_property("scoring", tuner.scoring_)
-    job.set_property("best_lr", f"{tuner.best_lr_:g}")
-    job.set_property("best_epoch", tuner.best_epoch_)
+        write_validation_metrics(job, tuner, y[val_idx], val_probabilities, names)
+    job.set_properties(
+        {
+            "classes": ",".join(names[int(c)] for c in classes),
+            "validation_score": f"{tuner.best_score_:.4f}",
+            "scoring": tuner.scoring_,
+            "best_lr": f"{tuner.best_lr_:g}",
+            "best_epoch": tuner.best_epoch_,
+        }
+    )
     summary = (
         f"validation {tuner.scoring_} {tuner.best_score_:.3f} (lr {tuner.best_lr_:g}, epoch "
         f"{tuner.best_epoch_}) on {len(val_idx)} crops"
     )
-
-    index = target_probabilities.argmax(axis=1) if len(target_paths) else np.zeros(0, dtype=int)
-    if isinstance(job, CytomineJobRun):
-        predictions = [
-            Prediction(
-                r,
-                labels.class_ids[int(classes[k])],
-                float(target_probabilities[i, k]),
-                r.terms[0] if len(r.terms) == 1 else None,
-            )
-            for i, (r, k) in enumerate(zip(targets, index))
-        ]
-        pushed: dict[int, int] = {}
-        if job.flags.do_upload_annotations and predictions:
-            stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 85, 97)
-            assert job.session is not None
-            users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
-            report = PredictionPusher(
-                job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads
-            ).push(predictions, lambda d, t: stage.update(d, t))
-            pushed = report.pushed
-            job.set_property("push", report.summary())
-            summary += f"; {len(predictions)} predicted: {report.summary()}"
-        rows = [
-            [
-                p.annotation.id,
-                p.annotation.image,
-                names[int(classes[k])],
-                p.term or "",
-                f"{p.rate:.6f}",
-                pushed.get(p.annotation.id, ""),
-            ]
-            for p, k in zip(predictions, index)
-        ]
-        job.attach(
-            write_rows(
-                job.output_path("predictions.csv"),
-                ["annotation", "image", "predicted_class", "predicted_term", "rate", "pushed_to"],
-                rows,
-            )
-        )
-    else:
-        rows = [
-            [t.key, names[int(classes[k])], f"{target_probabilities[i, k]:.6f}"]
-            for i, (t, k) in enumerate(zip(targets, index))
-        ]
-        job.attach(write_rows(job.output_path("predictions.csv"), ["filename", "predicted_class", "probability"], rows))
-        summary += f"; {len(targets)} images predicted"
-    job.set_property("n_predictions", len(target_paths))
+    term_ids = [data.labels.class_ids[int(c)] for c in classes]
+    summary += deliver(job, args, targets, [names[int(c)] for c in classes], term_ids, probabilities)
+    job.set_property("n_predictions", len(targets.paths))
     return summary
 
 
-def _cytomine_data(job: CytomineJobRun, args: argparse.Namespace):
+def write_validation_metrics(
+    job: Job, tuner: Any, y_val: np.ndarray, probabilities: np.ndarray, names: dict[int, str]
+) -> None:
+    """metrics.json and confusion matrix of the kept network on the validation set."""
+    classes = tuner.classes_
+    scores = probabilities if len(classes) == 2 else None
+    metrics = classification_metrics(y_val, classes[probabilities.argmax(axis=1)], list(classes), names, scores=scores)
+    metrics.update(
+        note="validation set (grouped by image) of the kept network",
+        best_lr=tuner.best_lr_,
+        best_epoch=tuner.best_epoch_,
+        scoring=tuner.scoring_,
+        best_score=tuner.best_score_,
+    )
+    common.write_metrics(job, metrics, title="Validation confusion matrix")
+
+
+def deliver(
+    job: Job,
+    args: argparse.Namespace,
+    targets: Targets,
+    class_names: list[str],
+    term_ids: list[int | None],
+    probabilities: np.ndarray,
+) -> str:
+    """Predictions of the targets: pushed to Cytomine and listed in predictions.csv (a local
+    run lists them only). Returns what the job's final status adds."""
+    if not isinstance(job, CytomineJobRun):
+        common.write_local_predictions(job, targets.keys, class_names, probabilities)
+        return f"; {len(targets.paths)} images predicted"
+    predictions, index = common.make_predictions(targets.records, term_ids, probabilities)
+    pushed: dict[int, int] = {}
+    note = ""
+    if job.flags.do_upload_annotations and predictions:
+        report = common.push_predictions(job, args, predictions, 85, 97)
+        pushed = report.pushed
+        job.set_property("push", report.summary())
+        note = f"; {len(predictions)} predicted: {report.summary()}"
+    common.write_predictions(job, predictions, class_names, index, pushed)
+    return note
+
+
+def write_history(job: Job, history: list[dict]) -> Path:
+    """``history.csv``: per learning rate and epoch, the losses, validation score and time."""
+    rows = [
+        [
+            h["lr"],
+            h["epoch"],
+            f"{h['train_loss']:.5f}",
+            f"{h['val_loss']:.5f}",
+            f"{h['val_score']:.5f}",
+            f"{h['seconds']:.2f}",
+        ]
+        for h in history
+    ]
+    header = ["lr", "epoch", "train_loss", "val_loss", "val_score", "seconds"]
+    return common.write_rows(job.output_path("history.csv"), header, rows)
+
+
+def local_data(job: Job) -> tuple[common.TrainingSet, Targets]:
+    """The labelled images of ``--infolder`` train, the unlabelled ones are predicted."""
+    job.stage("Reading images", 0, 5)
+    images = common.local_images(job)
+    targets = [i for i in images if i.label is None]
+    data = common.local_training_set([i for i in images if i.label is not None])
+    return data, Targets([i.path for i in targets], keys=[i.key for i in targets])
+
+
+def cytomine_data(job: CytomineJobRun, args: argparse.Namespace) -> tuple[common.TrainingSet, Targets]:
+    """Annotations with a (selected) term train; those of the target images (or without a term) are predicted."""
     job.stage("Listing annotations", 0, 5)
-    filters = filters_from_args(args, job.project_id)
+    filters = common.filters_from_args(args, job.project_id)
     everything = AnnotationFilters(filters.project, filters.images, filters.users, (), filters.reviewed_only)
-    records, term_names = list_project_annotations(job, everything)
+    records, term_names = common.list_project_annotations(job, everything)
     selected = set(filters.terms)
     training = [r for r in records if r.terms and (not selected or selected & set(r.terms))]
     if args.cytomine_id_target_images:
         assert job.session is not None
         target_filter = AnnotationFilters(filters.project, tuple(args.cytomine_id_target_images), filters.users)
-        targets = [r for r in list_annotations(job.session, target_filter)]
+        targets = list_annotations(job.session, target_filter)
     else:
         targets = [r for r in records if not r.terms]
     training_ids = {r.id for r in training}
@@ -261,20 +206,15 @@ def _cytomine_data(job: CytomineJobRun, args: argparse.Namespace):
             f"Give terms to some annotations: none of those selected ({everything.describe(term_names)}) has a term."
         )
     training_labels(training, term_names, selected_terms=filters.terms)  # fail early on bad labels
-    spec = crop_spec_from_args(args)
-    records_ok, paths, _ = fetch_crops(job, training + targets, spec, args, job.stage("Downloading crops", 5, 35))
+    spec = common.crop_spec_from_args(args)
+    stage = job.stage("Downloading crops", 5, 35)
+    records_ok, paths, _ = common.fetch_crops(job, training + targets, spec, args, stage)
     path_of = {r.id: p for r, p in zip(records_ok, paths)}
     training = [r for r in training if r.id in path_of]
     targets = [r for r in targets if r.id in path_of]
     labels = training_labels(training, term_names, selected_terms=filters.terms)
     if not targets:
         logger.warning("no annotation to predict: the model is trained and attached, nothing is pushed")
-    return (
-        [path_of[r.id] for r in training],
-        labels,
-        [r.image for r in training],
-        [path_of[r.id] for r in targets],
-        targets,
-        term_names,
-        spec,
-    )
+    source = {"project": job.project_id, "crop": spec.to_dict()}
+    data = common.TrainingSet([path_of[r.id] for r in training], labels, [r.image for r in training], source)
+    return data, Targets([path_of[r.id] for r in targets], records=targets)

@@ -16,31 +16,19 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mtdp_core.cytomine.annotations import AnnotationRecord
-from mtdp_core.cytomine.apps.common import (
-    MODEL_FILENAME,
-    cache_root,
-    check_device,
-    crop_spec_from_args,
-    fetch_crops,
-    filters_from_args,
-    list_project_annotations,
-    local_images,
-    write_rows,
-)
+from mtdp_core.cytomine.apps import common
 from mtdp_core.cytomine.biaflows import ground_truth
 from mtdp_core.cytomine.crops import CropSpec
 from mtdp_core.cytomine.errors import BackboneMismatchError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
 from mtdp_core.cytomine.models import download_job_model
-from mtdp_core.cytomine.push import Prediction, PredictionPusher, software_job_users
-from mtdp_core.cytomine.report import classification_metrics, confusion_matrix_png, write_json
+from mtdp_core.cytomine.report import classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +42,8 @@ def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
         if not args.cytomine_id_job:
             raise ParameterError("Set cytomine_id_job to the id of the training job whose model to use.")
         assert job.session is not None and job.workdir is not None
-        path, _ = download_job_model(job.session, args.cytomine_id_job, MODEL_FILENAME, job.workdir / MODEL_FILENAME)
+        name = common.MODEL_FILENAME
+        path, _ = download_job_model(job.session, args.cytomine_id_job, name, job.workdir / name)
     else:
         if not args.model:
             raise ParameterError("Give --model PATH (the mtdp-model.npz of a training run) in local mode.")
@@ -102,7 +91,7 @@ def predict_scores(
         w = model.backbone.get("weights", {})
         if weights is None and w.get("source") == "file" and w.get("file") and Path(w["file"]).is_file():
             weights = w["file"]  # the weights file the model was trained with, present here
-        extractor = model.feature_extractor(weights=weights, cache_dir=cache_root(job) / "features", **runtime)
+        extractor = model.feature_extractor(weights=weights, cache_dir=common.cache_root(job) / "features", **runtime)
     calibration = model.extra.get("calibration") or {}
     if model.kind == "svm" and not calibration:
         logger.warning("the model has no calibration: probabilities are softmax(decision values)")
@@ -121,18 +110,8 @@ def predict_scores(
     return out
 
 
-@dataclass
-class Targets:
-    """What is predicted: crop files, with their annotations (server) or keys (local)."""
-
-    paths: list[Path]
-    records: list[AnnotationRecord] | None = None
-    keys: list[str] | None = None
-    truth: list[Any] | None = None
-
-
 def run(job: Job, args: argparse.Namespace) -> str:
-    device = check_device(args)
+    device = common.check_device(args)
     job.stage("Loading the model", 0, 5)
     model = load_trained_model(job, args)
     if isinstance(job, CytomineJobRun):
@@ -147,58 +126,24 @@ def model_crop_spec(model: Any) -> CropSpec | None:
 
 def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, device: str) -> str:
     job.stage("Listing annotations", 5, 10)
-    filters = filters_from_args(args, job.project_id)
-    records, term_names = list_project_annotations(job, filters)
-    spec = crop_spec_from_args(args, model_crop_spec(model))
-    records, paths, crops = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 10, 40))
+    filters = common.filters_from_args(args, job.project_id)
+    records, term_names = common.list_project_annotations(job, filters)
+    spec = common.crop_spec_from_args(args, model_crop_spec(model))
+    records, paths, crops = common.fetch_crops(job, records, spec, args, job.stage("Downloading crops", 10, 40))
     probabilities = predict_scores(model, paths, args, job, device, job.stage("Predicting", 40, 75))
-    index = probabilities.argmax(axis=1)
-    predictions = [
-        Prediction(
-            record, model.classes[k].id, float(probabilities[i, k]), record.terms[0] if len(record.terms) == 1 else None
-        )
-        for i, (record, k) in enumerate(zip(records, index))
-    ]
+    predictions, index = common.make_predictions(records, [c.id for c in model.classes], probabilities)
     pushed: dict[int, int] = {}
     comment_push = "not pushed (--no_annotations_upload)"
     if job.flags.do_upload_annotations:
-        stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", 75, 97)
-        assert job.session is not None
-        users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
-        pusher = PredictionPusher(
-            job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads
-        )
-        report = pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
-        pushed = report.pushed
-        comment_push = report.summary()
-        job.set_property("push", comment_push)
-        job.set_property("push_failed", len(report.failed))
+        report = common.push_predictions(job, args, predictions, 75, 97)
+        pushed, comment_push = report.pushed, report.summary()
+        job.set_properties({"push": comment_push, "push_failed": len(report.failed)})
     job.progress(97, "Saving the predictions")
-    rows = [
-        [
-            p.annotation.id,
-            p.annotation.image,
-            model.classes[k].name,
-            p.term if p.term is not None else "",
-            f"{p.rate:.6f}",
-            pushed.get(p.annotation.id, ""),
-            ";".join(term_names.get(t, str(t)) for t in p.annotation.terms),
-        ]
-        for p, k in zip(predictions, index)
-    ]
-    csv_path = write_rows(
-        job.output_path("predictions.csv"),
-        ["annotation", "image", "predicted_class", "predicted_term", "rate", "pushed_to", "current_terms"],
-        rows,
-    )
-    job.attach(csv_path)
-    agreement = ""
-    if job.flags.do_compute_metrics:
-        agreement = _agreement(job, model, records, index, probabilities)
-    job.set_property("n_predictions", len(predictions))
-    job.set_property("model_job", args.cytomine_id_job)
-    crops_note = f", {crops.n_failed} crops failed" if crops.n_failed else ""
-    return f"{len(predictions)} annotations predicted{crops_note}: {comment_push}{agreement}"
+    common.write_predictions(job, predictions, [c.name for c in model.classes], index, pushed, term_names)
+    agreement = _agreement(job, model, records, index, probabilities) if job.flags.do_compute_metrics else ""
+    job.set_properties({"n_predictions": len(predictions), "model_job": args.cytomine_id_job})
+    failed = f", {crops.n_failed} crops failed" if crops.n_failed else ""
+    return f"{len(predictions)} annotations predicted{failed}: {comment_push}{agreement}"
 
 
 def _truth_label(model: Any, terms: Sequence[int]) -> Any:
@@ -229,38 +174,17 @@ def _agreement(
     scores = probabilities[keep] if len(labels) == 2 else None
     metrics = classification_metrics(y_true, y_pred, labels, names, scores=scores)
     metrics["note"] = "agreement of the predictions with the terms the annotations already have"
-    outputs = [
-        write_json(job.output_path("metrics.json"), metrics),
-        confusion_matrix_png(
-            metrics["confusion_matrix"],
-            metrics["class_names"],
-            job.output_path("confusion_matrix.png"),
-            title="Predictions vs existing terms",
-        ),
-    ]
-    if job.flags.do_upload_metrics:
-        for path in outputs:
-            job.attach(path)
+    common.write_metrics(job, metrics, title="Predictions vs existing terms")
     job.set_property("agreement_accuracy", f"{metrics['accuracy']:.4f}")
     return f"; agreement with existing terms {metrics['accuracy']:.3f} on {len(keep)}"
 
 
 def _run_local(job: Job, args: argparse.Namespace, model: Any, device: str) -> str:
     job.stage("Reading images", 5, 10)
-    images = local_images(job)
+    images = common.local_images(job)
     probabilities = predict_scores(model, [i.path for i in images], args, job, device, job.stage("Predicting", 10, 90))
-    index = probabilities.argmax(axis=1)
     names = [c.name for c in model.classes]
-    rows = [
-        [image.key, names[k], f"{probabilities[i, k]:.6f}", *(f"{p:.6f}" for p in probabilities[i])]
-        for i, (image, k) in enumerate(zip(images, index))
-    ]
-    csv_path = write_rows(
-        job.output_path("predictions.csv"),
-        ["filename", "predicted_class", "probability", *(f"p_{n}" for n in names)],
-        rows,
-    )
-    job.attach(csv_path)
+    index = common.write_local_predictions(job, [i.key for i in images], names, probabilities, every_class=True)
     truth = {i.key: i.label for i in images if i.label is not None}
     if job.flags.gtfolder is not None:
         truth.update(ground_truth(job.flags.gtfolder))
@@ -273,10 +197,7 @@ def _run_local(job: Job, args: argparse.Namespace, model: Any, device: str) -> s
         metrics = classification_metrics(
             y_true, y_pred, labels, None, scores=probabilities[keep] if len(names) == 2 else None
         )
-        write_json(job.output_path("metrics.json"), metrics)
-        confusion_matrix_png(
-            metrics["confusion_matrix"], metrics["class_names"], job.output_path("confusion_matrix.png")
-        )
+        common.write_metrics(job, metrics)
         job.set_property("accuracy", f"{metrics['accuracy']:.4f}")
         summary += f"; accuracy {metrics['accuracy']:.3f} on {len(keep)} with ground truth"
     return summary
