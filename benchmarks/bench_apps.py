@@ -9,16 +9,23 @@ or of synthetic images when BCCD is absent. This process times, with the apps' o
    threads), then the same with the cache full; baseline in the same run: the incumbent's way,
    the client's ``Annotation.dump()`` one annotation after the other (``dump_crops`` with its
    default single worker, as S_Classify-DL-SVMFeat-Train runs it);
-3. **features**: the default backbone (EfficientNet-Lite0, ImageNet) on the crops;
+3. **features**: the default backbone (EfficientNet-Lite0, ImageNet) on the crops, with the apps'
+   automatic batch and workers, by each engine of ``--engines`` in turn (torch: before issue
+   #14; onnxruntime: what ``engine=auto`` runs on a CPU now; its graph is exported before
+   timing, as the container images ship it pre-exported); the SVM trained on the first
+   engine's features also predicts the other's (agreement reported);
 4. **SVM**: the paper's protocol (C grid of 11 values x 5 folds grouped by image, refit);
 5. **push**: the predictions pushed as a new job, in ``term`` mode (concurrent suggested
    terms) and ``annotation`` mode (bulk creation in chunks of 100); baselines in the same run:
    one ``AlgoAnnotationTerm.save()`` / ``Annotation.save()`` after the other (the incumbent
    predict app saved each annotation with its own request).
 
+Whole jobs, per engine: train = list + crops + features + SVM; predict = list + crops +
+features + push (term mode).
+
 Usage:
     python benchmarks/bench_apps.py [--bccd ../shared/data/bccd] [--annotations 2000] [--image-size 224]
-        [--output results.json]
+        [--engines torch,onnxruntime] [--output results.json]
 """
 
 from __future__ import annotations
@@ -66,6 +73,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="time the one-by-one baselines on this many annotations only (0: all)",
+    )
+    parser.add_argument(
+        "--engines",
+        default="torch,onnxruntime",
+        help="engines of the features stage, in order (default: torch,onnxruntime: before and after)",
     )
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     return parser
@@ -196,22 +208,32 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-            # 3. features
+            # 3. features, by each engine (the same crops, the apps' automatic batch and workers)
             from mtdp_core.transfer.features import FeatureExtractor
 
-            extractor = FeatureExtractor(
-                "efficientnet_lite0", "imagenet", image_size=args.image_size, batch_size=32, device="cpu"
-            )
+            engines = args.engines.split(",")
             paths = [str(p) for p in report.paths if p is not None]
             kept = [r for r, p in zip(records, report.paths) if p is not None]
-            stages["features"], X = timed(lambda: extractor.transform(paths))
-            results["features"] = {"per_s": len(paths) / stages["features"], "n_features": int(X.shape[1])}
-            print(
-                f"features: {len(paths)} crops in {stages['features']:.1f} s ({results['features']['per_s']:.1f}/s)",
-                flush=True,
-            )
+            os.environ.setdefault("MTDP_GRAPH_DIR", str(Path(tmp) / "graphs"))
+            features: dict[str, np.ndarray] = {}
+            results["features"] = {}
+            for engine in engines:
+                extractor = FeatureExtractor(
+                    "efficientnet_lite0", "imagenet", image_size=args.image_size, device="cpu", engine=engine
+                )
+                extractor.get_backbone()  # built (and its graph exported) before timing, as in the images
+                seconds, features[engine] = timed(lambda extractor=extractor: extractor.transform(paths))
+                stages[f"features_{engine}"] = seconds
+                results["features"][engine] = {
+                    "per_s": len(paths) / seconds,
+                    "seconds": seconds,
+                    "n_features": int(features[engine].shape[1]),
+                    "runs_as": type(extractor.get_backbone()).__name__,
+                }
+                print(f"features ({engine}): {len(paths)} crops in {seconds:.1f} s ({len(paths) / seconds:.1f}/s)")
+            X = features[engines[0]]
 
-            # 4. SVM (the paper's protocol)
+            # 4. SVM (the paper's protocol), on the first engine's features
             from mtdp_core.transfer.probes import Probe
 
             y = np.array([r.terms[0] for r in kept])
@@ -224,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"svm: {stages['svm']:.1f} s, CV {probe.scoring_} {probe.best_score_:.3f}", flush=True)
             predicted = probe.predict(X)
+            for engine in engines[1:]:  # the same classifier on the other engine's features
+                agreement = float((probe.predict(features[engine]) == predicted).mean())
+                results["svm"][f"agreement_{engines[0]}_vs_{engine}"] = agreement
+                print(f"svm trained on {engines[0]} features, predicting {engine} features: {agreement:.2%} agree")
             predictions = [Prediction(r, int(t), 0.9, r.terms[0]) for r, t in zip(kept, predicted)]
 
             # 5. push: ours (each mode as a new job) vs one by one (another new job)
@@ -271,6 +297,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
             results["push"] = push
             results["stages_seconds"] = stages
+            results["jobs_seconds"] = {
+                engine: {
+                    "train": stages["list"] + stages["crops"] + stages[f"features_{engine}"] + stages["svm"],
+                    "predict": stages["list"] + stages["crops"] + stages[f"features_{engine}"] + stages["push_term"],
+                }
+                for engine in engines
+            }
+            for engine, jobs in results["jobs_seconds"].items():
+                print(f"whole jobs with {engine}: train {jobs['train']:.1f} s, predict {jobs['predict']:.1f} s")
             _ = term_names
     print(json.dumps(results, indent=2))
     if args.output:

@@ -1,22 +1,32 @@
-"""Benchmark: feature extraction, image files on disk -> features on disk, in images/s.
+"""Benchmark: feature extraction, image files on disk -> features on disk, in images/s, by engine.
 
-For each (backbone, image set), in the same run and on the same images:
+For each (backbone, image set), in the same run and on the same images, for each engine
+(``--engines``: torch, and onnxruntime: the backbone's ONNX graph in ONNX Runtime, exported
+once by ``mtdp_core.inference`` from the same module and weights):
 
-- ``forward``: the model's forward pass alone, on pre-decoded tensors already in memory
-  (same batch size, ``inference_mode`` and ``channels_last`` as the pipeline): the ceiling.
+- ``forward``: the engine's forward pass alone, on images decoded and resized before timing,
+  normalisation included (same batch size; torch: ``inference_mode`` and ``channels_last``):
+  the ceiling of the pipeline.
 - ``pipeline``: ``mtdp_core.transfer.features.extract_features`` from the image files to a
-  fresh on-disk cache (decoding workers, uint8 batches, normalisation on the batch,
-  inference_mode, channels_last), for each worker count asked.
+  fresh on-disk cache (decoding workers, uint8 batches, normalisation, the engine's forward),
+  for each worker count asked.
 - ``incumbent``: the recipe of the original Cytomine app: torchvision ImageFolder with
   Resize(224) + CenterCrop(224) + ToTensor + Normalize, batch 8, no workers, fp32,
   ``torch.no_grad()``, contiguous tensors; features gathered and saved with ``np.save``.
 
-Targets (issue #4): pipeline >= 85% of forward on CPU, and >= 2x incumbent.
+Targets (issue #14), on the 2-core CPU: pipeline >= 2x the incumbent, and >= 85% of the
+faster engine's forward pass.
 
 ``--memory N1,N2,...``: instead, extract N images (the set's files, repeated) with a small
 network at 32 px into the cache, and report the peak anonymous memory (RssAnon) of the
 process for each N: bounded memory means it does not grow with N (the features live in the
 memory-mapped file, which the kernel can write back and evict).
+
+``--gpu-decode``: instead, on a CUDA machine (torch only; onnxruntime is not needed): the
+forward pass alone (fp16 autocast, images already on the GPU), the pipeline with CPU decoding
+workers, the pipeline with the JPEGs decoded on the GPU (nvJPEG, ``gpu_decode=True``), and
+nvJPEG decoding alone, on the same JPEG tiles (the shared data's, or synthetic tiles written
+first when ``--data`` is absent).
 
 The measurements of one (backbone, image set) are interleaved and repeated (``--reps``);
 the table reports the best of the repetitions of each (the run least disturbed by other
@@ -24,6 +34,7 @@ processes: these machines are shared), the JSON keeps every one. The load averag
 and after is recorded.
 
     python benchmarks/bench_features.py --data ../shared/data --output bench-features.json
+    python benchmarks/bench_features.py --gpu-decode --output bench-gpu-decode.json     # on a GPU machine
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +86,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="the shared data folder (default: $MTDP_SHARED_DATA or ../shared/data)",
     )
     p.add_argument("--sets", default="oral_cancer,lc25000", help=f"image sets among {', '.join(IMAGE_SETS)}")
-    p.add_argument("--models", default=",".join(MODELS), help=f"backbones among {', '.join(MODELS)}")
-    p.add_argument("--n-images", type=int, default=256, help="images per set (at most the set's size)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help=f"backbones among {', '.join(MODELS)} (default: all; resnet50 with --gpu-decode)",
+    )
+    p.add_argument(
+        "--n-images",
+        type=int,
+        default=None,
+        help="images per set (default: 256, at most the set's size; --gpu-decode: 4096, the set's repeated)",
+    )
     p.add_argument("--size", type=int, default=224, help="input size")
     p.add_argument(
         "--batch-size",
@@ -87,6 +107,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", default=None, help="comma-separated worker counts for the pipeline (default: the automatic choice)"
     )
+    p.add_argument(
+        "--engines",
+        default=None,
+        help="comma-separated engines among torch, onnxruntime (default: both; torch with --gpu-decode)",
+    )
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every measurement (default: 3)")
     p.add_argument("--no-incumbent", dest="incumbent", action="store_false", help="skip the incumbent recipe")
     p.add_argument(
@@ -94,6 +119,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N1,N2",
         help="measure peak memory against the number of images instead (e.g. 5000,50000)",
+    )
+    p.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="on a CUDA machine: CPU-worker decoding vs nvJPEG decoding on the GPU (see above)",
+    )
+    p.add_argument("--device", default="cuda", help="with --gpu-decode: the CUDA device (default: cuda)")
+    p.add_argument(
+        "--graph-dir",
+        type=Path,
+        default=None,
+        help="where the ONNX graphs are exported (default: a temporary folder, so exports are never reused)",
     )
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     return p
@@ -174,35 +211,62 @@ def _images(data: Path, name: str, n: int) -> list[Path]:
     return paths[::step][:n]
 
 
-def bench_forward(backbone, prep: Preprocessing, images: torch.Tensor, batch_size: int) -> float:
-    """Images/s of the forward pass alone, on uint8 tensors decoded before timing."""
-    model = prepare_model(backbone, torch.device("cpu"))
-    with torch.inference_mode():
-        model(prep.normalize(images[:batch_size]).contiguous(memory_format=torch.channels_last))  # warm-up
-        start = time.perf_counter()
-        for i in range(0, len(images), batch_size):
-            x = prep.normalize(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
-            model(x)
-        return len(images) / (time.perf_counter() - start)
+def forward_fn(model, prep: Preprocessing, device: torch.device) -> Callable[[np.ndarray], object]:
+    """The engine's forward pass on a uint8 (B, s, s, 3) batch, normalisation included."""
+    if getattr(model, "engine", "torch") == "onnxruntime":
+        return lambda batch: model(prep.normalize_array(batch))
+    net = prepare_model(model, device)
+    on_cuda = device.type == "cuda"  # fp16 autocast on CUDA, as the pipeline (never on CPU: slower there)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if on_cuda else torch.autocast("cpu", enabled=False)
+
+    def run(batch):
+        x = torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        with torch.inference_mode(), autocast:
+            out = net(prep.normalize(x).contiguous(memory_format=torch.channels_last))
+        return out
+
+    return run
 
 
-def bench_pipeline(backbone, prep: Preprocessing, paths: Sequence[Path], batch_size: int, workers: int) -> float:
+def bench_forward(model, prep: Preprocessing, images: np.ndarray, batch_size: int, device=None) -> float:
+    """Images/s of the forward pass alone, on uint8 images decoded before timing."""
+    device = device or torch.device("cpu")
+    run = forward_fn(model, prep, device)
+    run(images[:batch_size])  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        run(images[i : i + batch_size])
+    _sync(device)
+    return len(images) / (time.perf_counter() - start)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_pipeline(
+    model, prep: Preprocessing, paths: Sequence[Path], batch_size: int, workers: int, device=None, **kwargs
+) -> float:
     """Images/s from files to a fresh on-disk cache."""
+    device = device or torch.device("cpu")
     extract_features(
-        backbone, paths[:batch_size], prep, batch_size=batch_size, num_workers=0, device="cpu", progress=False
+        model, paths[:batch_size], prep, batch_size=batch_size, num_workers=0, device=device, progress=False, **kwargs
     )  # warm-up (kernels), not timed
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     try:
         start = time.perf_counter()
         extract_features(
-            backbone,
+            model,
             paths,
             prep,
             batch_size=batch_size,
             num_workers=workers,
-            device="cpu",
+            device=device,
             progress=False,
             cache_dir=cache,
+            **kwargs,
         )
         return len(paths) / (time.perf_counter() - start)
     finally:
@@ -240,16 +304,46 @@ def bench_incumbent(backbone, paths: Sequence[Path], size: int) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def engine_models(arch: str, weights: str, size: int, engines: Sequence[str], graph_dir: Path) -> dict:
+    """The backbone as each engine runs it, from the same module and weights."""
+    backbone = create_backbone(arch, weights=weights, seed=0)
+    models = {}
+    for engine in engines:
+        if engine == "torch":
+            models[engine] = backbone
+        elif engine == "onnxruntime":
+            from mtdp_core.inference.engines import onnx_backbone
+
+            os.environ["MTDP_GRAPH_DIR"] = str(graph_dir)
+            models[engine] = onnx_backbone(arch, weights, seed=0, image_size=size, build=lambda: backbone)
+        else:
+            raise SystemExit(f"unknown engine {engine!r}: use torch, onnxruntime")
+    return models
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging("WARNING")
+    if args.gpu_decode:
+        return main_gpu_decode(args, argv)
     device = torch.device("cpu")
-    workers = [int(w) for w in args.workers.split(",")] if args.workers else [default_num_workers(device)]
+    engines = (args.engines or "torch,onnxruntime").split(",")
+    workers = (
+        [int(w) for w in args.workers.split(",")]
+        if args.workers
+        else sorted({default_num_workers(device, e) for e in engines})
+    )
     if args.batch_size is None:
         args.batch_size = default_batch_size(device, args.size)
+    graph_dir = args.graph_dir or Path(tempfile.mkdtemp(prefix="bench-graphs-"))
+    versions = f"torch {torch.__version__}"
+    if "onnxruntime" in engines:
+        import onnxruntime
+
+        versions += f", onnxruntime {onnxruntime.__version__}"
     results = []
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {versions}, "
         f"{torch.get_num_threads()} threads"
     )
     load_before = os.getloadavg()
@@ -267,49 +361,66 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return 0
     print(
-        f"# feature extraction benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, "
+        f"# feature extraction benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, batch {args.batch_size}, "
         f"load average {load_before[0]:.1f}, best of {args.reps})"
     )
     print(
-        "| model | images | forward img/s | pipeline img/s (workers) | pipeline / forward | incumbent img/s "
-        "| pipeline / incumbent |"
+        "| model | images | engine | forward img/s | pipeline img/s (workers) | pipeline / forward "
+        "| pipeline / faster forward | incumbent img/s | pipeline / incumbent |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for set_name in args.sets.split(","):
-        paths = _images(args.data, set_name, args.n_images)
-        for arch in args.models.split(","):
-            backbone = create_backbone(arch, weights=MODELS[arch], seed=0)
-            prep = Preprocessing.for_backbone(backbone, size=args.size)
-            images = torch.stack([prep.load(p) for p in paths])
-            runs: dict[str, list[float]] = {"forward": [], "incumbent": [], **{f"pipeline_{w}": [] for w in workers}}
-            for _ in range(args.reps):  # interleaved: each repetition measures every variant once
-                runs["forward"].append(bench_forward(backbone, prep, images, args.batch_size))
+        paths = _images(args.data, set_name, args.n_images or 256)
+        for arch in (args.models or ",".join(MODELS)).split(","):
+            models = engine_models(arch, MODELS[arch], args.size, engines, graph_dir)
+            prep = Preprocessing.for_backbone(models[engines[0]], size=args.size)
+            images = np.stack([prep.load_array(p) for p in paths])
+            runs: dict[str, list[float]] = {"incumbent": []}
+            for engine in engines:
+                runs[f"forward_{engine}"] = []
                 for w in workers:
-                    runs[f"pipeline_{w}"].append(bench_pipeline(backbone, prep, paths, args.batch_size, w))
+                    runs[f"pipeline_{engine}_{w}"] = []
+            for _ in range(args.reps):  # interleaved: each repetition measures every variant once
+                for engine, model in models.items():
+                    runs[f"forward_{engine}"].append(bench_forward(model, prep, images, args.batch_size))
+                    for w in workers:
+                        runs[f"pipeline_{engine}_{w}"].append(bench_pipeline(model, prep, paths, args.batch_size, w))
                 if args.incumbent:
-                    runs["incumbent"].append(bench_incumbent(backbone, paths, args.size))
+                    runs["incumbent"].append(bench_incumbent(create_backbone(arch, MODELS[arch]), paths, args.size))
             best = {k: max(v) if v else None for k, v in runs.items()}
-            results.append(
-                {
+            fastest_forward = max(best[f"forward_{e}"] for e in engines)
+            for engine in engines:
+                pipe = {w: best[f"pipeline_{engine}_{w}"] for w in workers}
+                best_w = max(workers, key=lambda w, pipe=pipe: pipe[w])
+                pipeline, forward = pipe[best_w], best[f"forward_{engine}"]
+                row = {
                     "model": arch,
                     "weights": MODELS[arch],
                     "images": set_name,
                     "n_images": len(paths),
                     "size": args.size,
                     "batch_size": args.batch_size,
-                    "runs": runs,
-                    "best": best,
+                    "engine": engine,
+                    "forward": forward,
+                    "pipeline": pipeline,
+                    "pipeline_workers": best_w,
+                    "pipeline_by_workers": pipe,
+                    "pipeline_over_forward": pipeline / forward,
+                    "pipeline_over_fastest_forward": pipeline / fastest_forward,
+                    "incumbent": best["incumbent"],
+                    "pipeline_over_incumbent": pipeline / best["incumbent"] if best["incumbent"] else None,
+                    "runs": {k: v for k, v in runs.items() if engine in k or k == "incumbent"},
                 }
-            )
-            best_w = max(workers, key=lambda w: best[f"pipeline_{w}"])
-            pipeline = best[f"pipeline_{best_w}"]
-            pipes = ", ".join(f"{best[f'pipeline_{w}']:.1f} ({w})" for w in workers)
-            inc = f"{best['incumbent']:.1f} | {pipeline / best['incumbent']:.2f}x" if best["incumbent"] else "– | –"
-            print(
-                f"| {arch} ({MODELS[arch]}) | {set_name} ({len(paths)}) | {best['forward']:.1f} | {pipes} | "
-                f"{100 * pipeline / best['forward']:.0f}% | {inc} |",
-                flush=True,
-            )
+                results.append(row)
+                pipes = ", ".join(f"{pipe[w]:.1f} ({w})" for w in workers)
+                inc = (
+                    f"{best['incumbent']:.1f} | {row['pipeline_over_incumbent']:.2f}x" if best["incumbent"] else "– | –"
+                )
+                print(
+                    f"| {arch} ({MODELS[arch]}) | {set_name} ({len(paths)}) | {engine} | {forward:.1f} | {pipes} | "
+                    f"{100 * pipeline / forward:.0f}% | {100 * row['pipeline_over_fastest_forward']:.0f}% | {inc} |",
+                    flush=True,
+                )
     load_after = os.getloadavg()
     print(f"load average after: {load_after[0]:.1f}")
     if args.output:
@@ -319,6 +430,126 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "date": time.strftime("%Y-%m-%d %H:%M"),
                     "machine": machine,
                     "load_average": [load_before[0], load_after[0]],
+                    "argv": list(argv if argv is not None else sys.argv[1:]),
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- GPU decoding
+
+
+def _synthetic_tiles(folder: Path, n: int, size: int) -> list[Path]:
+    """JPEG tiles with image-like content (smooth colour fields, texture, edges), quality 90."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    paths = []
+    for i in range(n):
+        a, b, c = rng.random(3) * 6
+        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * (xx + yy))], -1)
+        noise = rng.normal(0, 0.15, (size, size, 3))
+        array = np.clip((base * 0.4 + 0.5 + noise) * 255, 0, 255).astype(np.uint8)
+        path = folder / f"tile{i:05d}.jpg"
+        Image.fromarray(array).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def main_gpu_decode(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """CPU-worker decoding vs nvJPEG on the GPU, and the forward pass alone, on one CUDA device."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from mtdp_core.inference.gpu_decode import gpu_jpeg_available
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--gpu-decode needs a CUDA device (torch.cuda.is_available() is False here)")
+    available = gpu_jpeg_available(str(device))
+    models = args.models or "resnet50"
+    batch = args.batch_size or default_batch_size(device, args.size)
+    workers = [int(w) for w in args.workers.split(",")] if args.workers else [default_num_workers(device)]
+    n = args.n_images or 4096
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    sets: dict[str, list[Path]] = {}
+    for set_name in args.sets.split(","):
+        folder, pattern, _ = IMAGE_SETS[set_name]
+        files = sorted((args.data / folder).glob(pattern))
+        if files:  # real tiles, repeated up to n
+            sets[set_name] = [files[i % len(files)] for i in range(n)]
+        else:
+            side = 768 if set_name == "lc25000" else 224
+            sets[f"synthetic {side} px"] = _synthetic_tiles(tmp / str(side), min(n, 1024), side)
+            sets[f"synthetic {side} px"] = [sets[f"synthetic {side} px"][i % min(n, 1024)] for i in range(n)]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    print(
+        f"# GPU decoding benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPU cores, batch {batch}, fp16 autocast, nvJPEG available: {available}, best of {args.reps})"
+    )
+    print(
+        "| model | images | forward img/s | pipeline, CPU workers img/s (workers) | pipeline, nvJPEG img/s "
+        "| nvJPEG / CPU workers | nvJPEG pipeline / forward | nvJPEG decode alone img/s |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    results = []
+    for set_name, paths in sets.items():
+        data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths[:batch]]
+        for arch in models.split(","):
+            backbone = create_backbone(arch, weights=MODELS.get(arch, "random"), seed=0)
+            prep = Preprocessing.for_backbone(backbone, size=args.size)
+            images = np.stack([prep.load_array(p) for p in paths[: batch * 8]])
+            runs: dict[str, list[float]] = {"forward": [], "nvjpeg_pipeline": [], "decode": []}
+            runs.update({f"cpu_pipeline_{w}": [] for w in workers})
+            for _ in range(args.reps):
+                runs["forward"].append(bench_forward(backbone, prep, images, batch, device))
+                for w in workers:
+                    runs[f"cpu_pipeline_{w}"].append(bench_pipeline(backbone, prep, paths, batch, w, device))
+                if available:
+                    runs["nvjpeg_pipeline"].append(
+                        bench_pipeline(backbone, prep, paths, batch, workers[0], device, gpu_decode=True)
+                    )
+                    decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+                    _sync(device)
+                    start = time.perf_counter()
+                    for _ in range(10):
+                        decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+                    _sync(device)
+                    runs["decode"].append(10 * len(data) / (time.perf_counter() - start))
+            best = {k: max(v) if v else None for k, v in runs.items()}
+            best_w = max(workers, key=lambda w, best=best: best[f"cpu_pipeline_{w}"])
+            cpu = best[f"cpu_pipeline_{best_w}"]
+            nv = best["nvjpeg_pipeline"]
+            row = {
+                "model": arch,
+                "images": set_name,
+                "n_images": len(paths),
+                "batch_size": batch,
+                "device": name,
+                "torch": torch.__version__,
+                "best": best,
+                "runs": runs,
+                "cpu_workers": best_w,
+            }
+            results.append(row)
+            fmt = lambda v: f"{v:.0f}" if v else "–"
+            ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "–"
+            print(
+                f"| {arch} | {set_name} ({len(paths)}) | {best['forward']:.0f} | {cpu:.0f} ({best_w}) | {fmt(nv)} | "
+                f"{ratio(nv, cpu)} | {ratio(nv, best['forward'])} | {fmt(best['decode'])} |",
+                flush=True,
+            )
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.output:
+        args.output.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "device": name,
                     "argv": list(argv if argv is not None else sys.argv[1:]),
                     "results": results,
                 },

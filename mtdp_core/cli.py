@@ -26,6 +26,10 @@ logger = logging.getLogger("mtdp")
 COMMANDS: dict[str, tuple[str, str]] = {
     "backbones": ("mtdp_core.backbones.cli", "list the registered backbones"),
     "weights": ("mtdp_core.backbones.cli", "list, locate, verify or fetch weights files"),
+    "engine": (
+        "mtdp_core.inference.cli",
+        "inference engines: pre-export backbones to ONNX graphs, list or clear them",
+    ),
     "features": ("mtdp_core.transfer.cli", "extract features of a folder of images (cached, resumable)"),
     "probe": (
         "mtdp_core.transfer.cli",

@@ -63,6 +63,25 @@ class IncompatibleModelError(ModelFileError):
     """A saved classifier was made for another backbone, preprocessing or format version."""
 
 
+# --------------------------------------------------------------------------- inference engines
+
+
+class EngineError(MtdpError):
+    """An inference engine cannot run a backbone (missing runtime, graph, or a failed export)."""
+
+
+class MissingDependencyError(EngineError, ImportError):
+    """A package the asked-for path needs (torch, onnxruntime) is not installed."""
+
+
+class ExportError(EngineError):
+    """A backbone could not be exported to an ONNX graph, or the graph does not reproduce it."""
+
+
+class GraphNotFoundError(EngineError, FileNotFoundError):
+    """No pre-exported graph for a backbone, and no torch here to export one."""
+
+
 # --------------------------------------------------------------------------- slides
 
 

@@ -64,6 +64,7 @@ def configure_logging(level: int | str | None = None, *, force: bool = False) ->
 def _quiet_chatty_libraries(level: int) -> None:
     """Third-party libraries that are chatty at INFO log warnings only (the Cytomine client logs
     every request at INFO: a job log or the demo's output would be mostly that; at DEBUG it shows)."""
-    for noisy in ("PIL", "matplotlib", "urllib3"):
+    # onnxscript / onnx_ir: torch's ONNX exporter logs each of its optimisation passes at INFO.
+    for noisy in ("PIL", "matplotlib", "urllib3", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
     logging.getLogger("cytomine.client").setLevel(logging.WARNING if level > logging.DEBUG else logging.DEBUG)

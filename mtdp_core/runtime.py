@@ -1,27 +1,89 @@
-"""Choosing the device, the numeric precision on it, and logging what runs where."""
+"""Choosing the device, the numeric precision on it, the CPU threads, and logging what runs where.
+
+torch is optional here: without it (the torch-free inference images, engine onnxruntime),
+the only device is the CPU, represented by ``CPU`` (``.type == "cpu"``, as a torch.device).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
-
-import torch
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from mtdp_core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+@dataclass(frozen=True)
+class PlainDevice:
+    """A device without torch (``CPU`` where torch is not installed): what code that reads
+    ``device.type`` and ``str(device)`` needs."""
+
+    type: str = "cpu"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+CPU = PlainDevice()
+
+
+@cache
+def torch_available() -> bool:
+    """Whether torch can be imported here (False in the torch-free images)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container's or taskset's cpuset), or
+    the machine's count where affinity is unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads of a CPU forward pass, for every engine: ``OMP_NUM_THREADS`` when set
+    (as torch reads it), else the cores available to the process (``available_cores``)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return available_cores()
+
+
+def resolve_device(spec: Any = "auto") -> torch.device | PlainDevice:
     """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Asking for CUDA where there is none is an error rather than a silent fall-back to the CPU
-    (a job that would take ten times longer should say so at once).
+    (a job that would take ten times longer should say so at once). Without torch installed,
+    ``auto`` and ``cpu`` give ``CPU``.
     """
+    if isinstance(spec, PlainDevice):
+        return spec
+    text = str(spec or "auto").strip().lower()
+    if not torch_available():
+        if text in ("auto", "cpu"):
+            return CPU
+        raise ConfigurationError(
+            f"Device {spec!r} asked for but torch is not installed here (a CPU-only inference image): "
+            "use device cpu or auto, or an image with torch for GPUs."
+        )
+    import torch
+
     if isinstance(spec, torch.device):
         return spec
-    text = (spec or "auto").strip().lower()
     if text == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -44,12 +106,18 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: Any) -> str:
     if device.type == "cuda":
+        import torch
+
         index = device.index if device.index is not None else torch.cuda.current_device()
         return (
             f"{torch.cuda.get_device_name(index)} (cuda:{index}, CUDA {torch.version.cuda}, torch {torch.__version__})"
         )
+    if not torch_available():
+        return f"CPU ({cpu_threads()} threads, no torch)"
+    import torch
+
     return f"CPU ({torch.get_num_threads()} threads, torch {torch.__version__})"
 
 
@@ -70,30 +138,39 @@ class Precision:
     dtype: torch.dtype | None
     device_type: str
 
+    # fp32 (dtype None) needs no torch: the onnxruntime engine runs where torch is not installed.
     @property
     def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        if self.dtype is None:
+            return "fp32"
+        import torch
+
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
     def dtype_name(self) -> str:
         """``float32``, ``bfloat16`` or ``float16`` (part of a feature cache's identity)."""
-        return str(self.dtype or torch.float32).removeprefix("torch.")
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
 
     @property
     def needs_grad_scaler(self) -> bool:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range.
-        return self.dtype is torch.float16
+        return self.dtype is not None and self.name == "fp16"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
+        import torch
+
         return torch.amp.GradScaler(self.device_type, enabled=self.needs_grad_scaler)
 
 
-def resolve_precision(amp: str | bool, device: torch.device) -> Precision:
+def resolve_precision(amp: str | bool, device: Any) -> Precision:
     """The autocast dtype for ``amp`` on ``device``.
 
     ``auto`` (or True): bf16 on GPUs that support it (fp32's range: no overflow, no loss
@@ -112,6 +189,8 @@ def resolve_precision(amp: str | bool, device: torch.device) -> Precision:
             f"amp={amp} asked for on {device}: mixed precision is CUDA-only here (bf16 on CPU is 5-20x slower); use "
             "--amp none or auto."
         )
+    import torch
+
     if amp == "auto":
         return Precision(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16, "cuda")
     if amp == "bf16" and not torch.cuda.is_bf16_supported():

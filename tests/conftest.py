@@ -16,14 +16,30 @@ from tests.helpers.paths import SHARED_DATA
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session")
+def session_graph_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("graphs")
+
+
+@pytest.fixture
+def shared_graph_dir(monkeypatch, session_graph_dir) -> Path:
+    """Exported ONNX graphs shared by the tests that ask for it (each export takes seconds): a
+    backbone is exported once per session. Other tests get an empty graph folder of their own,
+    so what engine ``auto`` picks never depends on the tests that ran before."""
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(session_graph_dir))
+    return session_graph_dir
+
+
 @pytest.fixture(autouse=True)
 def _isolated_weight_dirs(tmp_path_factory, monkeypatch):
-    """No test sees the machine's own weights caches: each gets empty ones."""
+    """No test sees the machine's own weights and graph caches: each gets empty ones."""
     base = tmp_path_factory.mktemp("weights")
     monkeypatch.setenv("MTDP_WEIGHTS_DIR", str(base / "mtdp"))
     monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
     monkeypatch.delenv("TORCH_MODEL_ZOO", raising=False)
     monkeypatch.setenv("HOME", str(base / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(base / "graphs"))
     yield
 
 

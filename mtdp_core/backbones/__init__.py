@@ -8,12 +8,16 @@
 512
 """
 
-from mtdp_core.backbones.base import Backbone, Normalization
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from mtdp_core.backbones.registry import (
     create_backbone,
     get_backbone_entry,
     list_backbones,
     register_backbone,
+    resolve_weights,
     save_backbone,
 )
 from mtdp_core.backbones.weights import (
@@ -28,6 +32,20 @@ from mtdp_core.backbones.weights import (
     weights_dirs,
 )
 
+if TYPE_CHECKING:
+    from mtdp_core.backbones.base import Backbone, Normalization
+
+
+def __getattr__(name: str) -> Any:
+    # Backbone is a torch module: imported on first use, so that the weights catalogue and
+    # resolve_weights (checksums) work where torch is not installed (the torch-free images).
+    if name in ("Backbone", "Normalization"):
+        from mtdp_core.backbones import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -41,6 +59,7 @@ __all__ = [
     "get_weight_spec",
     "list_backbones",
     "register_backbone",
+    "resolve_weights",
     "save_backbone",
     "sources_for",
     "weight_specs",

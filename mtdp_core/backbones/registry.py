@@ -18,23 +18,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from mtdp_core import __version__
-from mtdp_core.backbones.base import Backbone
 from mtdp_core.backbones.weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDOM,
     WeightsInfo,
+    WeightSpec,
     find_weights_file,
     get_weight_spec,
     load_state_file,
     sources_for,
     verify_file,
 )
-from mtdp_core.errors import IncompatibleWeightsError, UnknownNameError, WeightsNotFoundError
+from mtdp_core.errors import (
+    IncompatibleWeightsError,
+    MissingDependencyError,
+    UnknownNameError,
+    WeightsNotFoundError,
+)
+
+if TYPE_CHECKING:  # torch is imported where a network is built: resolve_weights runs without it
+    from mtdp_core.backbones.base import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +78,17 @@ def register_backbone(
 
 
 def _ensure_registered() -> None:
-    # The architectures register themselves on import.
-    from mtdp_core.backbones import architectures  # noqa: F401
+    # The architectures register themselves on import (they are torch modules).
+    try:
+        from mtdp_core.backbones import architectures  # noqa: F401
+    except ImportError as exc:
+        if exc.name not in ("torch", "torchvision") and "torch" not in str(exc):
+            raise
+        raise MissingDependencyError(
+            f"The backbone architectures need torch, which is not installed here ({exc}): install "
+            "torch==2.14.1 and torchvision==0.29.1, or use engine onnxruntime with a pre-exported graph "
+            "(`mtdp engine export` where torch is installed; see docs/transfer.md)."
+        ) from None
 
 
 def list_backbones(pattern: str | None = None, *, weights: str | None = None) -> list[str]:
@@ -99,6 +115,8 @@ def get_backbone_entry(name: str) -> BackboneEntry:
 
 
 def _build(entry: BackboneEntry, seed: int | None) -> Backbone:
+    import torch
+
     if seed is None:
         return entry.builder()
     with torch.random.fork_rng(devices=[]):
@@ -113,6 +131,63 @@ def _is_path_like(weights: str | os.PathLike) -> bool:
         or os.sep in text
         or text.endswith((".pth", ".pt", ".bin"))
         or Path(text).exists()
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a backbone's weights come from, checked, before anything is built.
+
+    ``source``: a catalogue source, ``"random"`` or ``"file"``; ``path`` and ``sha256`` (the
+    file's full digest, verified against the expected one) for files; ``seed`` for random
+    weights; ``spec``: the catalogue entry, if any.
+    """
+
+    arch: str
+    source: str
+    path: Path | None = None
+    sha256: str | None = None
+    seed: int | None = None
+    spec: WeightSpec | None = None
+
+    def digest(self) -> str:
+        """What identifies these weights in a cache key: the file's sha256, or the seed."""
+        return f"random-seed{self.seed}" if self.source == RANDOM else f"sha256-{self.sha256}"
+
+
+def resolve_weights(
+    name: str,
+    weights: str | os.PathLike | None = "imagenet",
+    *,
+    seed: int = 0,
+    sha256: str | None = None,
+) -> ResolvedWeights:
+    """Locate and checksum a backbone's weights without building it (no torch needed).
+
+    The arguments are ``create_backbone``'s; the same errors are raised for a missing file,
+    a checksum mismatch or an unknown source. ``name`` is not checked against the registry
+    (that needs torch): callers that build the backbone do.
+    """
+    if weights is None or weights == RANDOM:
+        return ResolvedWeights(name, RANDOM, seed=seed)
+    spec = get_weight_spec(name, os.fspath(weights)) if isinstance(weights, str) else None
+    if spec is not None:
+        path = find_weights_file(spec)
+        digest = verify_file(path, sha256 or spec.sha256, size_bytes=spec.size_bytes, url=spec.url)
+        if sha256 is None and (spec.sha256 is None or spec.sha256_is_prefix):
+            logger.info("%s: no full published sha256 for %s; this file's is %s", name, path.name, digest)
+        return ResolvedWeights(name, spec.source, path=path, sha256=digest, spec=spec)
+    if _is_path_like(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"Weights file {path} does not exist: give the path of a .pth checkpoint, or a "
+                f"weight source for {name}: {', '.join(sources_for(name))}."
+            )
+        return ResolvedWeights(name, "file", path=path, sha256=verify_file(path, sha256))
+    raise UnknownNameError(
+        f"Unknown weight source {weights!r} for backbone {name}: use one of "
+        f"{', '.join(sources_for(name))}, or the path of a local .pth checkpoint."
     )
 
 
@@ -139,36 +214,20 @@ def create_backbone(
         The backbone in eval mode, on the CPU, with ``weights_info`` set.
     """
     entry = get_backbone_entry(name)
-    if weights is None or weights == RANDOM:
+    resolved = resolve_weights(name, weights, seed=seed, sha256=sha256)
+    if resolved.source == RANDOM:
         model = _build(entry, seed)
         model.weights_info = WeightsInfo(source=RANDOM, seed=seed)
         return model.eval()
-
-    spec = get_weight_spec(name, os.fspath(weights)) if isinstance(weights, str) else None
+    assert resolved.path is not None
+    model, info = _load_checkpoint(entry, resolved.path)
+    spec = resolved.spec
     if spec is not None:
-        path = find_weights_file(spec)
-        digest = verify_file(path, sha256 or spec.sha256, size_bytes=spec.size_bytes, url=spec.url)
-        if sha256 is None and (spec.sha256 is None or spec.sha256_is_prefix):
-            logger.info("%s: no full published sha256 for %s; this file's is %s", name, path.name, digest)
-        model, _ = _load_checkpoint(entry, path)
         model.weights_info = WeightsInfo(
-            source=spec.source, file=spec.file_name, sha256=digest, mean=spec.mean, std=spec.std
+            source=spec.source, file=spec.file_name, sha256=resolved.sha256, mean=spec.mean, std=spec.std
         )
-    elif _is_path_like(weights):
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(
-                f"Weights file {path} does not exist: give the path of a .pth checkpoint, or a "
-                f"weight source for {name}: {', '.join(sources_for(name))}."
-            )
-        digest = verify_file(path, sha256)
-        model, info = _load_checkpoint(entry, path)
-        model.weights_info = replace(info, sha256=digest)
     else:
-        raise UnknownNameError(
-            f"Unknown weight source {weights!r} for backbone {name}: use one of "
-            f"{', '.join(sources_for(name))}, or the path of a local .pth checkpoint."
-        )
+        model.weights_info = replace(info, sha256=resolved.sha256)
     logger.debug("built %s with %s", name, model.weights_info.key())
     return model.eval()
 
@@ -196,6 +255,8 @@ def _unwrap(raw: dict, arch: str, path: Path) -> tuple[dict, WeightsInfo]:
             )
         mean, std = tuple(raw.get("mean", IMAGENET_MEAN)), tuple(raw.get("std", IMAGENET_STD))
         return dict(raw["state_dict"]), replace(info, mean=mean, std=std, extra=dict(raw.get("metadata", {})))
+    import torch
+
     state = raw
     # Training checkpoints often nest the model's state under one key.
     for key in ("state_dict", "model", "model_state_dict", "backbone"):
@@ -227,6 +288,8 @@ def _clean_keys(state: dict, backbone: Backbone) -> dict:
 
 @cache
 def _shapes_of(name: str) -> dict[str, tuple[int, ...]]:
+    import torch
+
     with torch.device("meta"):
         model = get_backbone_entry(name).builder()
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -246,6 +309,8 @@ def _guess_arch(state: dict) -> str | None:
 
 
 def _load_checkpoint(entry: BackboneEntry, path: Path) -> tuple[Backbone, WeightsInfo]:
+    import torch
+
     state, info = _unwrap(load_state_file(path), entry.name, path)
     with torch.device("meta"):  # no time spent on a random init that is overwritten
         model = entry.builder()
@@ -289,6 +354,8 @@ def save_backbone(backbone: Backbone, path: str | os.PathLike, *, metadata: dict
     it): arch, normalisation, the state dict and JSON-able ``metadata`` (e.g. training config).
     Written to a temporary file then renamed, so a crash never leaves a half-written file.
     """
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {

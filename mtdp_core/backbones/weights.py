@@ -33,10 +33,9 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from mtdp_core.errors import ChecksumMismatchError, IncompatibleWeightsError, WeightsNotFoundError
 
@@ -221,11 +220,20 @@ def weights_dirs() -> list[Path]:
     env = os.environ.get("MTDP_WEIGHTS_DIR")
     if env:
         dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    dirs.append(_torch_hub_dir() / "checkpoints")
     if os.environ.get("TORCH_MODEL_ZOO"):
         dirs.append(Path(os.environ["TORCH_MODEL_ZOO"]).expanduser())
     dirs.append(Path("~/.torch/models").expanduser())
     return dirs
+
+
+def _torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()``, without importing torch when it is not already loaded (the
+    torch-free inference images read weights' checksums too): the same rule as torch's."""
+    if "torch" in sys.modules and sys.modules["torch"] is not None:
+        return Path(sys.modules["torch"].hub.get_dir())
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(home).expanduser() / "hub"
 
 
 def default_download_dir() -> Path:
@@ -308,6 +316,8 @@ def verify_file(
 
 def load_state_file(path: Path) -> dict:
     """``torch.load(path, weights_only=True)`` with errors that say what the file is not."""
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...

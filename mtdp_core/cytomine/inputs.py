@@ -294,6 +294,22 @@ def add_runtime_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_engine_input(parser: argparse.ArgumentParser) -> None:
+    """The inference engine of apps that run a frozen backbone (extract, svm-train, svm-predict)."""
+    from mtdp_core.inference.engines import ENGINES
+
+    add_input(
+        parser,
+        "engine",
+        type="String",
+        name="Inference engine",
+        default="auto",
+        choices=ENGINES,
+        description="What runs the network: auto (ONNX Runtime on a CPU, where it is faster; torch on a GPU), "
+        "onnxruntime or torch. Both give the same features within 1e-4 of their scale.",
+    )
+
+
 def add_push_inputs(parser: argparse.ArgumentParser) -> None:
     add_input(
         parser,
@@ -324,18 +340,22 @@ def app_parser(app: str, description: str, *, purpose: str) -> AppArgumentParser
 
 
 def add_processing_inputs(
-    parser: argparse.ArgumentParser, *, from_model: bool = False, image_size: bool = True
+    parser: argparse.ArgumentParser, *, from_model: bool = False, image_size: bool = True, engine: bool = True
 ) -> argparse._ArgumentGroup:
-    """The inputs every app ends with: crops, backbone (and image size), runtime, then the
-    BIAFLOWS and local-run options (not descriptor inputs), whose group is returned.
+    """The inputs every app ends with: crops, backbone (and image size), runtime (and the
+    inference engine of a frozen backbone), then the BIAFLOWS and local-run options (not
+    descriptor inputs), whose group is returned.
 
     ``from_model``: crops and backbone default to the training job's (predict apps).
+    ``engine``: False for an app that trains its network (fine-tuning runs with torch).
     """
     add_crop_inputs(parser, from_model=from_model)
     add_backbone_inputs(parser, from_model=from_model)
     if image_size:
         add_image_size_input(parser)
     add_runtime_inputs(parser)
+    if engine:
+        add_engine_input(parser)
     return add_biaflows_arguments(parser)
 
 
@@ -345,6 +365,7 @@ __all__ = [
     "add_backbone_inputs",
     "add_connection_inputs",
     "add_crop_inputs",
+    "add_engine_input",
     "add_filter_inputs",
     "add_image_size_input",
     "add_local_model_option",

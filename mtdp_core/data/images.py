@@ -15,14 +15,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from mtdp_core.data.folders import IMAGE_EXTENSIONS, list_images
 from mtdp_core.errors import ConfigurationError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the numpy path runs without it
+    import torch
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFileDataset", "Preprocessing", "TrainAugmentation", "list_images", "open_rgb"]
 
@@ -106,13 +108,42 @@ class Preprocessing:
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         return image.crop((left, top, left + self.size, top + self.size))
 
+    def load_array(self, source: str | os.PathLike | Image.Image | LazyImage | np.ndarray) -> np.ndarray:
+        """Decode and resize one image: uint8 array (size, size, 3), HWC as decoded (no torch)."""
+        if isinstance(source, np.ndarray):
+            source = Image.fromarray(source)
+        image = self.resize_image(open_rgb(source, draft_size=self.size))
+        return np.array(image, dtype=np.uint8)  # writable (torch.as_tensor warns on read-only arrays)
+
     def load(self, source: str | os.PathLike | Image.Image) -> torch.Tensor:
         """Decode and resize one image: uint8 tensor (3, size, size)."""
-        image = self.resize_image(open_rgb(source, draft_size=self.size))
-        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        import torch
+
+        return torch.from_numpy(self.load_array(source).copy()).permute(2, 0, 1).contiguous()
+
+    def normalize_array(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W), without torch.
+
+        The same float32 operations as ``normalize`` (divide by 255, subtract the mean, divide by
+        the std), so both give identical values: they are tabulated once per channel for the 256
+        byte values, then looked up, which also writes the channels-first layout in one pass.
+        """
+        table = self._normalization_table()
+        out = np.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=np.float32)
+        for c in range(3):
+            np.take(table[c], batch[..., c], out=out[:, c])
+        return out
+
+    def _normalization_table(self) -> np.ndarray:
+        values = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None]
+        return (values[None, :] - mean) / std  # (3, 256) float32
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) in [0, 255] (or float in [0, 1]) -> normalised float32."""
+        import torch
+
         x = batch.float()
         if batch.dtype == torch.uint8:
             x = x.div_(255.0)
@@ -129,8 +160,9 @@ class Preprocessing:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-class ImageFileDataset(torch.utils.data.Dataset):
-    """Image files -> ``(uint8 tensor (3, size, size), index)``, decoded in DataLoader workers."""
+class ImageFileDataset:
+    """Image files -> ``(uint8 tensor (3, size, size), index)``, decoded in DataLoader workers
+    (a map-style dataset: ``__len__`` and ``__getitem__`` are all a DataLoader needs)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: Preprocessing) -> None:
         self.paths = [Path(p) for p in paths]
@@ -160,6 +192,8 @@ class TrainAugmentation:
 
     def load(self, source: str | os.PathLike | Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode, randomly crop/flip and resize one image: uint8 tensor (3, size, size)."""
+        import torch
+
         size = self.preprocessing.size
         image = open_rgb(source, draft_size=size)
         w, h = image.size

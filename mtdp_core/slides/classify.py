@@ -20,10 +20,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from shapely.geometry.base import BaseGeometry
 
 from mtdp_core.errors import ChecksumMismatchError, IncompatibleModelError, MissingResolutionError
@@ -32,6 +31,9 @@ from mtdp_core.slides.tiles import TileGrid, tile_grid
 from mtdp_core.slides.tissue import TissueDetector, TissueMask
 from mtdp_core.transfer.cache import DEFAULT_CHUNK_SIZE
 from mtdp_core.transfer.persistence import ClassInfo, SavedModel, load_model
+
+if TYPE_CHECKING:  # torch only for fine-tuned networks: probes run without it (engine onnxruntime)
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ def classify_slide(
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
+    engine: str = "auto",
 ) -> SlideClassification:
     """Classify the tissue tiles of ``slide`` with ``model``.
 
@@ -117,6 +120,8 @@ def classify_slide(
         weights: the backbone's weights file, for a probe trained on features of a local file.
         features: a FeatureExtractor to use for a probe (checked against the model).
         batch_size, num_workers, device, amp, progress: how the network runs.
+        engine: what runs a probe's backbone (``auto``, ``torch``, ``onnxruntime``: see
+            ``mtdp_core.inference``); a fine-tuned network runs with torch.
         cache_dir: resumable on-disk cache of the network outputs (None: no cache).
         chunk_size: tiles per cache chunk (the unit of resumption).
 
@@ -169,6 +174,7 @@ def classify_slide(
         chunk_size=chunk_size,
         progress=progress,
         stats=stats,
+        engine=engine,
     )
     result = SlideClassification(
         grid=grid,
@@ -206,23 +212,27 @@ def probabilities(model: SavedModel, scores: np.ndarray) -> np.ndarray:
     return scaled_softmax(scores, scale).astype(np.float32) if len(scores) else np.asarray(scores, np.float32)
 
 
-class _Logits(torch.nn.Module):
+def _logits(model: SavedModel) -> Any:
     """A fine-tuned network dressed as a backbone (its outputs: logits) for the feature pipeline."""
+    import torch
 
-    def __init__(self, model: SavedModel) -> None:
-        super().__init__()
-        self.network = model.estimator
-        self.arch = f"{model.arch}-finetuned"
-        self.n_features = len(model.classes)
-        digest = _file_sha256(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
-        weights = {"source": "model", "sha256": digest}
-        self._identity = {"arch": self.arch, "n_features": self.n_features, "weights": weights}
+    class _Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = model.estimator
+            self.arch = f"{model.arch}-finetuned"
+            self.n_features = len(model.classes)
+            digest = _file_sha256(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
+            weights = {"source": "model", "sha256": digest}
+            self._identity = {"arch": self.arch, "n_features": self.n_features, "weights": weights}
 
-    def identity(self) -> dict:
-        return dict(self._identity)
+        def identity(self) -> dict:
+            return dict(self._identity)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.network(x)
+
+    return _Logits()
 
 
 def score_tiles(
@@ -239,6 +249,7 @@ def score_tiles(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
     stats: dict | None = None,
+    engine: str = "auto",
 ) -> np.ndarray:
     """The model's scores of each tile: float32 (n_tiles, n_classes) (``SavedModel.decision_scores``
     for probes, softmax probabilities for fine-tuned networks)."""
@@ -247,18 +258,18 @@ def score_tiles(
         default_batch_size,
         default_num_workers,
         extract_features,
-        prepare_model,
-        run_extraction,
+        run_backbone,
     )
-    from mtdp_core.transfer.finetune import softmax
 
     if model.kind == "finetune":
-        module: Any = _Logits(model)
+        from mtdp_core.transfer.finetune import softmax  # a fine-tuned network runs with torch
+
+        module: Any = _logits(model)
         prep = model.preprocessing
         post = softmax
     else:
         if features is None:
-            features = model.feature_extractor(weights=weights)
+            features = model.feature_extractor(weights=weights, engine=engine)
         else:
             model.check_backbone(features)
         try:
@@ -300,8 +311,8 @@ def score_tiles(
         scores[index] = post(rows)
 
     start = time.perf_counter()
-    run_extraction(
-        prepare_model(module, device),
+    run_backbone(  # the engine's loop: torch, or the backbone's graph in ONNX Runtime
+        module,
         prep,
         tiles,
         range(n),

@@ -102,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--color", action="append", default=[], metavar="CLASS=#RRGGBB", help="colour of a class (repeatable)"
     )
     _add_grid_options(cls)
-    add_runtime_options(cls, cache=False)
+    add_runtime_options(cls, cache=False, gpu_decode=False)  # tiles are read from the slide, not JPEG files
     g = cls.add_argument_group("cache")
     g.add_argument("--cache-dir", type=Path, default=None, help="network output cache (default: OUTDIR/cache)")
     g.add_argument("--no-cache", dest="cache", action="store_false", help="no cache: nothing to resume from")
@@ -322,6 +322,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                     amp=args.amp,
                     cache_dir=cache_dir,
                     progress=args.progress,
+                    engine=args.engine,
                 )
                 written = _write_outputs(args, slide, result, colors)
         except SlideError as exc:

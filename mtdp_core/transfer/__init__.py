@@ -12,11 +12,26 @@ batched solver of the C grid), ``calibration`` (probabilities from SVM decision 
 model kind: arrays + JSON and back). See docs/transfer.md.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from mtdp_core.transfer.cache import FeatureCache
 from mtdp_core.transfer.features import FeatureExtractor, extract_features
-from mtdp_core.transfer.finetune import FineTuner
 from mtdp_core.transfer.persistence import ClassInfo, Predictions, SavedModel, load_model, save_model
 from mtdp_core.transfer.probes import PAPER_C_GRID, LearningCurve, Probe, fit_probe, list_probes, make_cv
+
+if TYPE_CHECKING:
+    from mtdp_core.transfer.finetune import FineTuner
+
+
+def __getattr__(name: str) -> Any:
+    # Fine-tuning trains a torch network: imported on first use, so that feature extraction
+    # (engine onnxruntime), probes and saved models work where torch is not installed.
+    if name == "FineTuner":
+        from mtdp_core.transfer.finetune import FineTuner
+
+        return FineTuner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PAPER_C_GRID",

@@ -297,6 +297,8 @@ class FeatureCache:
         inputs: dict,
         n_features: int,
         precision: str = "float32",
+        engine: str = "torch",
+        decoder: str = "pil",
     ) -> CacheEntry:
         """The entry for these features (created on first write).
 
@@ -307,12 +309,17 @@ class FeatureCache:
             n_features: width of a feature row.
             precision: numeric precision of the forward pass (``"float32"``, or the
                 autocast dtype on CUDA): features at another precision are another entry.
+            engine: what ran the forward pass (``"torch"``, ``"onnxruntime"``): the engines
+                agree within a tolerance (docs/transfer.md), not to the bit, so each has its own entries.
+            decoder: what decoded the images (``"pil"``, or ``"nvjpeg"`` on the GPU).
         """
         identity = {
             "backbone": backbone_identity,
             "preprocessing": preprocessing,
             "inputs": inputs,
             "precision": precision,
+            "engine": engine,
+            "decoder": decoder,
         }
         identity = json.loads(json.dumps(identity))  # as the index will hold it (tuples -> lists)
         key = entry_key(identity)

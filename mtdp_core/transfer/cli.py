@@ -21,7 +21,7 @@ import numpy as np
 from mtdp_core.backbones import list_backbones
 from mtdp_core.data.folders import IMAGE_EXTENSIONS, groups_from_names, labelled_images, list_images, read_image_folder
 from mtdp_core.data.images import RESIZE_MODES
-from mtdp_core.errors import ConfigurationError
+from mtdp_core.errors import ConfigurationError, MissingDependencyError
 from mtdp_core.reporting import plot_learning_curve, write_csv
 from mtdp_core.runtime import resolve_device
 from mtdp_core.transfer.cache import FINGERPRINT_MODES
@@ -62,6 +62,13 @@ def _grid_entry(text: str) -> tuple[str, list]:
     return name, parsed
 
 
+def _backbone_names() -> str:
+    try:
+        return ", ".join(list_backbones())
+    except MissingDependencyError:  # torch-free install: the registry needs torch
+        return "a registered backbone (`mtdp backbones` where torch is installed)"
+
+
 def _add_mpp_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mpp",
@@ -74,7 +81,7 @@ def _add_mpp_option(p: argparse.ArgumentParser) -> None:
 
 def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet121") -> None:
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default=default, help=f"one of: {', '.join(list_backbones())} (default: {default})")
+    g.add_argument("--backbone", default=default, help=f"one of: {_backbone_names()} (default: {default})")
     g.add_argument(
         "--weights",
         default="imagenet",
@@ -91,8 +98,33 @@ def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet
     )
 
 
-def add_runtime_options(p: argparse.ArgumentParser, *, cache: bool = True, batch_size: int | None = None) -> None:
+def add_runtime_options(
+    p: argparse.ArgumentParser,
+    *,
+    cache: bool = True,
+    batch_size: int | None = None,
+    engine: bool = True,
+    gpu_decode: bool = True,
+) -> None:
     g = p.add_argument_group("runtime")
+    if engine:
+        from mtdp_core.inference.engines import ENGINES
+
+        g.add_argument(
+            "--engine",
+            default="auto",
+            choices=ENGINES,
+            help="what runs the frozen backbone: onnxruntime (its ONNX graph, exported once and cached, see "
+            "`mtdp engine`; CPU only, faster there), torch, or auto: onnxruntime on a CPU, torch on CUDA "
+            "(default: auto)",
+        )
+    if engine and gpu_decode:
+        g.add_argument(
+            "--gpu-decode",
+            action="store_true",
+            help="torch on CUDA: decode JPEG files on the GPU (nvJPEG) instead of in the worker processes "
+            "(features differ at the level of resampling rounding; ignored without a GPU)",
+        )
     if batch_size is None:
         g.add_argument(
             "--batch-size",
@@ -150,6 +182,8 @@ def _extractor(args: argparse.Namespace):
         cache_dir=getattr(args, "cache_dir", None),
         fingerprint=getattr(args, "fingerprint", "stat"),
         progress=args.progress,
+        engine=args.engine,
+        gpu_decode=args.gpu_decode,
     )
 
 
@@ -435,8 +469,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     runtime = dict(
         batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp, progress=args.progress
     )
-    if model.kind != "finetune":
-        runtime.update(cache_dir=args.cache_dir, fingerprint=args.fingerprint)
+    if model.kind != "finetune":  # a fine-tuned network is trained and run by torch
+        runtime.update(
+            cache_dir=args.cache_dir, fingerprint=args.fingerprint, engine=args.engine, gpu_decode=args.gpu_decode
+        )
     predictions = model.predict_images(paths, weights=args.weights, **runtime)
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
@@ -506,7 +542,7 @@ def _register_finetune(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_mpp_option(p)
     add_backbone_options(p)
-    add_runtime_options(p, cache=False, batch_size=32)
+    add_runtime_options(p, cache=False, batch_size=32, engine=False)
     p.set_defaults(func=_cmd_finetune)
 
 

@@ -18,6 +18,7 @@ scikit-learn API only:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,7 +30,6 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import validate_data
 
 from mtdp_core.errors import ModelFileError
-from mtdp_core.transfer.finetune import FineTunedNetwork, network_from_state
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -50,6 +50,10 @@ class ModelCodec:
     def decode(self, arrays: Arrays, info: dict, classes: np.ndarray, n_features: int) -> Any:
         """The predictor of a file's arrays and info (validated: a damaged file is a ModelFileError)."""
         raise NotImplementedError
+
+    def encodes(self, estimator: Any) -> bool:
+        """Whether this codec encodes ``estimator`` (an instance of one of ``types``)."""
+        return isinstance(estimator, self.types)
 
 
 _CODECS: dict[str, ModelCodec] = {}
@@ -85,7 +89,7 @@ def get_codec(kind: str) -> ModelCodec:
 def codec_for(estimator: Any) -> ModelCodec:
     """The codec of a fitted estimator (by its class)."""
     for codec in _CODECS.values():
-        if isinstance(estimator, codec.types):
+        if codec.encodes(estimator):
             return codec
     names = ", ".join(t.__name__ for c in _CODECS.values() for t in c.types)
     raise ModelFileError(f"Cannot save a {type(estimator).__name__}: save a Probe, {names} or FineTuner.")
@@ -312,9 +316,17 @@ def _check_trees(
 # --------------------------------------------------------------------------- fine-tuned networks
 
 
-@register_codec("finetune", FineTunedNetwork)
+@register_codec("finetune")
 class NetworkCodec(ModelCodec):
-    """A fine-tuned network's ``state_dict`` tensors (``net.<name>``) and its architecture."""
+    """A fine-tuned network's ``state_dict`` tensors (``net.<name>``) and its architecture.
+
+    torch is imported only for such a network: probes are saved and loaded without it.
+    """
+
+    def encodes(self, estimator: Any) -> bool:
+        # A FineTunedNetwork exists only if its (torch) module was imported.
+        finetune = sys.modules.get("mtdp_core.transfer.finetune")
+        return finetune is not None and isinstance(estimator, finetune.FineTunedNetwork)
 
     def encode(self, estimator: Any) -> tuple[dict[str, np.ndarray], dict]:
         state = estimator.state_dict()
@@ -331,4 +343,6 @@ class NetworkCodec(ModelCodec):
         state = {k[len("net.") :]: v for k, v in arrays.items() if k.startswith("net.")}
         if list(state) != list(info.get("state_keys", [])) and set(state) != set(info.get("state_keys", [])):
             raise ModelFileError("The fine-tuned network's tensors do not match its key list: the file is damaged.")
+        from mtdp_core.transfer.finetune import network_from_state
+
         return network_from_state(str(info.get("arch")), len(classes), state)

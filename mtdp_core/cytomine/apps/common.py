@@ -65,14 +65,18 @@ def cache_root(job: Job) -> Path:
 
 
 def check_device(args: argparse.Namespace) -> str:
-    """The device argument, checked now (a missing GPU fails the job at once, not after the crops)."""
-    from mtdp_core.runtime import describe_device, resolve_device
+    """The device (with the engine, where the app has one), checked now: a missing GPU or
+    runtime fails the job at once, not after the crops. ``auto`` resolves to the engine's
+    device (onnxruntime: the CPU)."""
+    from mtdp_core.errors import MissingDependencyError
+    from mtdp_core.inference.engines import resolve_engine
+    from mtdp_core.runtime import describe_device
 
     try:
-        device = resolve_device(args.device)
-    except ConfigurationError as exc:
-        raise ParameterError(f"Set device to auto or cpu: {exc}") from None
-    logger.info("device: %s", describe_device(device))
+        engine, device = resolve_engine(getattr(args, "engine", "torch"), args.device)
+    except (ConfigurationError, MissingDependencyError) as exc:
+        raise ParameterError(f"Set device to auto or cpu and engine to auto: {exc}") from None
+    logger.info("device: %s; engine: %s", describe_device(device), engine)
     return str(device)
 
 
@@ -240,6 +244,7 @@ def make_extractor(args: argparse.Namespace, job: Job, device: str) -> Any:
         num_workers=args.n_workers,
         device=device,
         cache_dir=cache_root(job) / "features",
+        engine=getattr(args, "engine", "auto"),
     )
 
 

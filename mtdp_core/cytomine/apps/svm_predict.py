@@ -73,7 +73,7 @@ def check_backbone(model: Any, args: argparse.Namespace) -> None:
         # Known before loading anything (the other weights may not even be on this machine).
         raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.weights} weights.")
     try:
-        model.check_backbone(model.feature_extractor(weights=args.weights).identity())
+        model.check_backbone(model.feature_extractor(weights=args.weights, engine=args.engine).identity())
     except IncompatibleModelError as exc:
         raise BackboneMismatchError(f"{fix}: {exc}") from None
 
@@ -91,7 +91,9 @@ def predict_scores(
         w = model.backbone.get("weights", {})
         if weights is None and w.get("source") == "file" and w.get("file") and Path(w["file"]).is_file():
             weights = w["file"]  # the weights file the model was trained with, present here
-        extractor = model.feature_extractor(weights=weights, cache_dir=common.cache_root(job) / "features", **runtime)
+        extractor = model.feature_extractor(
+            weights=weights, cache_dir=common.cache_root(job) / "features", engine=args.engine, **runtime
+        )
     calibration = model.extra.get("calibration") or {}
     if model.kind == "svm" and not calibration:
         logger.warning("the model has no calibration: probabilities are softmax(decision values)")
