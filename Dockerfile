@@ -8,10 +8,11 @@
 #       --local --infolder /data/in --outfolder /data/out
 #   singularity pull mtdp-svm-train.sif docker://mtdp/s_mtdp-svm-train:1.0.0    (Cytomine's processing servers)
 #
-# Targets: extract_features, svm_train (the default), svm_predict, finetune_predict: torch, CUDA
-# (or TORCH=cpu); and, for CPU-only servers, the torch-free images of the apps that only run a frozen
-# backbone: extract_features_cpu, svm_train_cpu, svm_predict_cpu (ONNX Runtime and the backbones'
-# graphs, exported at build time). finetune_predict trains its network: torch only.
+# Targets: extract_features, svm_train (the default), svm_predict, finetune_predict, slide_classify:
+# torch, CUDA (or TORCH=cpu); and, for CPU-only servers, the torch-free images of the apps that only
+# run a frozen backbone: extract_features_cpu, svm_train_cpu, svm_predict_cpu, slide_classify_cpu
+# (ONNX Runtime and the backbones' graphs, exported at build time). finetune_predict trains its
+# network: torch only.
 # Stages, in the order of how often they change (each rebuilds only what follows it):
 #   python     the base image, the non-root user, the environment          (almost never)
 #   torch      the torch pair of requirements/torch.txt, checked          (a torch upgrade)
@@ -137,6 +138,11 @@ COPY descriptors/finetune_predict.json /app/descriptor.json
 COPY workflows/finetune_predict/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/finetune_predict/run.py"]
 
+FROM app AS slide_classify
+COPY descriptors/slide_classify.json /app/descriptor.json
+COPY workflows/slide_classify/run.py /app/run.py
+ENTRYPOINT ["python", "/app/workflows/slide_classify/run.py"]
+
 # The torch-free images: the dependencies without torch, torchvision or the exporter.
 FROM python AS inference
 COPY requirements/docker-inference.txt /opt/mtdp/build/
@@ -178,6 +184,11 @@ FROM app_cpu AS svm_predict_cpu
 COPY descriptors/svm_predict.json /app/descriptor.json
 COPY workflows/svm_predict/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/svm_predict/run.py"]
+
+FROM app_cpu AS slide_classify_cpu
+COPY descriptors/slide_classify.json /app/descriptor.json
+COPY workflows/slide_classify/run.py /app/run.py
+ENTRYPOINT ["python", "/app/workflows/slide_classify/run.py"]
 
 FROM app_cpu AS svm_train_cpu
 COPY descriptors/svm_train.json /app/descriptor.json

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "whole-slide images: info, tissue and tile preview, classify tiles with a saved model",
     ),
     "server": ("mtdp_core.server.cli", "the local Cytomine-compatible server (serve, import, launch apps)"),
+    "appengine": (
+        "mtdp_core.appengine.cli",
+        "the apps as Cytomine App Engine tasks: descriptors, local runs, bundles",
+    ),
     "pool": ("mtdp_core.data.cli", "build, describe or index a pool of tasks for multi-task pre-training"),
     "compare": (
         "mtdp_core.evaluation.cli",

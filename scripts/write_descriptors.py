@@ -1,10 +1,15 @@
-"""Write (or check) descriptors/<app>.json from the apps' parsers (workflows/<app>/run.py).
+"""Write (or check) every descriptor from the parameter definitions, and the docs' input tables.
 
-The parser of each app declares its inputs (mtdp_core.cytomine.params.add_input); this script
-turns it into the Cytomine descriptor, so descriptor and command line never drift apart, and
-writes the input tables of docs/apps.md from the descriptors.
+- the legacy apps: descriptors/<app>.json (cytomine-0.1) from the apps' parsers
+  (workflows/<app>/run.py, whose inputs are declared with mtdp_core.cytomine.params.add_input);
+- the App Engine tasks: descriptors/appengine/<task>/descriptor.yml from the tasks' definitions
+  (mtdp_core/appengine/tasks/, parameters from the same declarations), checked against the App
+  Engine's schema and rules before they are written;
+- the input tables of docs/apps.md and the input/output tables of docs/appengine.md.
 
-    python scripts/write_descriptors.py           # write descriptors/*.json
+So descriptors, command lines and docs never drift apart.
+
+    python scripts/write_descriptors.py           # write them
     python scripts/write_descriptors.py --check   # exit 1 when a file differs (CI, tests)
 """
 
@@ -19,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
-APPS = ("extract_features", "svm_train", "svm_predict", "finetune_predict")
+APPS = ("extract_features", "svm_train", "svm_predict", "finetune_predict", "slide_classify")
 
 
 def load_workflow(app: str) -> ModuleType:
@@ -42,6 +47,74 @@ def descriptor_text(app: str) -> str:
 
 
 DOCS = ROOT / "docs" / "apps.md"
+TASK_DIR = ROOT / "descriptors" / "appengine"
+TASK_DOCS = ROOT / "docs" / "appengine.md"
+
+
+def task_descriptor_texts() -> dict[Path, str]:
+    """descriptors/appengine/<task>/descriptor.yml of every App Engine task (checked first)."""
+    from mtdp_core.appengine.spec import check_descriptor, descriptor_yaml, load_descriptor_text
+    from mtdp_core.appengine.tasks import all_tasks
+
+    texts = {}
+    for task in all_tasks():
+        text = descriptor_yaml(task)
+        check_descriptor(load_descriptor_text(text), what=f"the descriptor of task {task.name}")
+        texts[TASK_DIR / task.name / "descriptor.yml"] = text
+    return texts
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _type_text(spec) -> str:
+    if isinstance(spec, str):
+        return spec
+    kind = spec["id"]
+    if kind == "array":
+        return f"array of {_type_text(spec['subtype'])}"
+    if kind == "enumeration":
+        return " / ".join(spec["values"])
+    bounds = [
+        f"{op} {spec[key]:g}" for key, op in (("geq", "≥"), ("gt", ">"), ("leq", "≤"), ("lt", "<")) if key in spec
+    ]
+    return kind + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def task_tables(name: str, descriptor: dict) -> str:
+    """The Markdown tables of a task's inputs and outputs."""
+    lines = [
+        f"**{name}** (`descriptors/appengine/{name}/descriptor.yml`, {descriptor['name']})",
+        "",
+        "| input | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for key, item in descriptor["inputs"].items():
+        default = item.get("default")
+        shown = "—" if default is None else f"`{json.dumps(default).strip(chr(34))}`"
+        required = " (required)" if not item.get("optional") else ""
+        lines.append(f"| `{key}`{required} | {_type_text(item['type'])} | {shown} | {_cell(item['description'])} |")
+    lines += ["", "| output | type | description |", "|---|---|---|"]
+    for key, item in descriptor["outputs"].items():
+        lines.append(f"| `{key}` | {_type_text(item['type'])} | {_cell(item['description'])} |")
+    return "\n".join(lines)
+
+
+def task_docs_text() -> str:
+    from mtdp_core.appengine.spec import load_descriptor_text
+
+    text = TASK_DOCS.read_text(encoding="utf-8")
+    for path, descriptor_text in task_descriptor_texts().items():
+        name = path.parent.name
+        table = task_tables(name, load_descriptor_text(descriptor_text))
+        text = re.sub(
+            rf"<!-- task:{name} -->.*?<!-- /task -->",
+            lambda _m, t=table, n=name: f"<!-- task:{n} -->\n{t}\n<!-- /task -->",
+            text,
+            flags=re.DOTALL,
+        )
+    return text
 
 
 def inputs_table(app: str, descriptor: dict) -> str:
@@ -89,13 +162,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path.relative_to(ROOT)}")
-    docs = docs_text()
-    if args.check:
-        if DOCS.read_text(encoding="utf-8") != docs:
-            stale.append(DOCS)
-    else:
-        DOCS.write_text(docs, encoding="utf-8")
-        print(f"wrote the input tables of {DOCS.relative_to(ROOT)}")
+    for path, text in task_descriptor_texts().items():
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+    for docs_path, make in ((DOCS, docs_text), (TASK_DOCS, task_docs_text)):
+        docs = make()
+        if args.check:
+            if docs_path.read_text(encoding="utf-8") != docs:
+                stale.append(docs_path)
+        else:
+            docs_path.write_text(docs, encoding="utf-8")
+            print(f"wrote the tables of {docs_path.relative_to(ROOT)}")
     for path in stale:
         print(f"{path.relative_to(ROOT)} is out of date: run python scripts/write_descriptors.py", file=sys.stderr)
     return 1 if stale else 0

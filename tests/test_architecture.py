@@ -59,6 +59,17 @@ def test_lower_layers_never_import_upper_ones(room):
     assert violations(room, FORBIDDEN[room]) == []
 
 
+def test_nothing_below_the_app_engine_front_end_imports_it():
+    rooms = (*CORE, "cytomine", "slides", "server")
+    found = [
+        v
+        for room in rooms
+        if (PACKAGE / room).exists() or (PACKAGE / f"{room}.py").exists()
+        for v in violations(room, ("appengine",))
+    ]
+    assert found == []
+
+
 def test_no_app_imports_another_app():
     apps = [p for p in (PACKAGE / "cytomine" / "apps").glob("*.py") if p.stem not in ("__init__", "common")]
     found = [

@@ -84,21 +84,20 @@ def test_layers_are_ordered_by_how_often_they_change():
 
 
 def apps() -> dict[str, set[str]]:
-    """Each app (descriptors/*.json) and the names of its inputs."""
+    """Each app of workflows/ and the names of its inputs (its descriptor's)."""
     found = {}
-    for path in sorted((ROOT / "descriptors").glob("*.json")):
-        descriptor = json.loads(path.read_text())
-        if "inputs" in descriptor:
-            found[path.stem] = {i["id"] for i in descriptor["inputs"]}
+    for run in sorted((ROOT / "workflows").glob("*/run.py")):
+        descriptor = json.loads((ROOT / "descriptors" / f"{run.parent.name}.json").read_text())
+        found[run.parent.name] = {i["id"] for i in descriptor["inputs"]}
     return found
 
 
 def test_each_app_target_has_its_descriptor_and_entrypoint():
     found = stages()
-    assert set(apps()) >= {"extract_features", "svm_train", "svm_predict", "finetune_predict"}
-    for app in apps():
+    assert len(apps()) >= 5
+    for app in apps():  # every app of workflows/ has its target (and a torch-free one may have another)
         for target, parent in ((app, "app"), (f"{app}_cpu", "app_cpu")):
-            if target not in found:
+            if target == f"{app}_cpu" and target not in found:
                 continue
             assert found[target]["parent"] == parent
             assert found[target]["instructions"] == [
@@ -106,7 +105,6 @@ def test_each_app_target_has_its_descriptor_and_entrypoint():
                 f"COPY workflows/{app}/run.py /app/run.py",
                 f'ENTRYPOINT ["python", "/app/workflows/{app}/run.py"]',
             ]
-        assert app in found
     assert list(found)[-1] == "svm_train"  # the default target
 
 

@@ -1,8 +1,10 @@
 """Annotations of a Cytomine project: listing with filters, typed records, training labels.
 
-Listing goes through the official client's ``AnnotationCollection(project=..., ...).fetch()``
-(one request: ``max=0``; never ``fetch(max=N)``, whose pagination loops forever when fewer
-than N annotations exist), retried when the server fails.
+Listing sends the request of the official client's ``AnnotationCollection(project=...,
+...).fetch()`` (one request: ``max=0``; never ``fetch(max=N)``, whose pagination loops forever
+when fewer than N annotations exist) through :class:`~mtdp_core.cytomine.client.CytomineSession`:
+retried when the server fails, and a refusal (404: an image or user that does not exist) is
+reported with the server's reason, which the client's ``False`` hides.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtdp_core.cytomine.client import CytomineSession, with_retries
+from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import (
     CytomineRequestError,
     MissingTermError,
@@ -118,37 +120,32 @@ def list_annotations(session: CytomineSession, filters: AnnotationFilters) -> li
 
     ``reviewed_only`` lists the reviewed (validated) annotations, with their reviewed terms.
     """
-    from cytomine.models import AnnotationCollection
-
-    def fetch() -> Any:
-        collection = AnnotationCollection(
-            project=filters.project,
-            images=list(filters.images) or None,
-            users=list(filters.users) or None,
-            terms=list(filters.terms) or None,
-            reviewed=True if filters.reviewed_only else None,
-            showWKT=True,
-            showTerm=True,
-        ).fetch()
-        if collection is False:
-            # The client hides the status; ask again without it to get a typed error (and retries).
-            session.get_json("annotation.json", {"project": filters.project, "max": 1})
-            raise CytomineRequestError(f"Listing the annotations of project {filters.project} failed", status=500)
-        return collection
-
-    collection = with_retries(fetch, retries=session.retries, backoff=session.backoff, what="annotation listing")
-    records = [AnnotationRecord.from_json(_attributes(a)) for a in collection]
+    params = {
+        "project": filters.project,
+        "images": list(filters.images) or None,
+        "users": list(filters.users) or None,
+        "terms": list(filters.terms) or None,
+        "reviewed": True if filters.reviewed_only else None,
+        "showBasic": True,
+        "showMeta": True,
+        "showWKT": True,
+        "showTerm": True,
+    }
+    try:
+        rows = session.get_collection("annotation.json", params)
+    except CytomineRequestError as exc:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 408, 429):
+            raise CytomineRequestError(
+                f"Check cytomine_id_images, cytomine_id_users and cytomine_id_terms: listing the annotations of "
+                f"project {filters.project} was refused ({exc}).",
+                status=exc.status,
+                url=exc.url,
+            ) from None
+        raise
+    records = [AnnotationRecord.from_json(row) for row in rows]
     records.sort(key=lambda r: r.id)
     logger.info("%d annotations match %s", len(records), filters.describe())
     return records
-
-
-def _attributes(model: Any) -> dict[str, Any]:
-    data = {k: v for k, v in vars(model).items() if not k.startswith("_")}
-    data.setdefault("class", type(model).__name__)
-    if "class_" in data:
-        data["class"] = data.pop("class_")
-    return data
 
 
 def project_terms(session: CytomineSession, project: int) -> dict[int, str]:
@@ -197,6 +194,7 @@ def training_labels(
     *,
     selected_terms: Sequence[int] = (),
     positive_terms: Sequence[int] = (),
+    min_per_class: int = 1,
 ) -> TrainingLabels:
     """One label per training annotation, or a :class:`MissingTermError` naming those without one.
 
@@ -207,7 +205,8 @@ def training_labels(
     Raises:
         MissingTermError: annotations without a (single) term.
         TooFewClassesError: fewer than two classes (or, in binary mode, no positive or no
-            negative annotation).
+            negative annotation), or a class with fewer than ``min_per_class`` annotations
+            (cross-validation needs 2), named.
     """
     allowed = set(selected_terms)
     labels: list[int] = []
@@ -257,6 +256,7 @@ def training_labels(
             1: next(iter(positive)) if len(positive) == 1 else None,
             0: neg_terms[0] if len(neg_terms) == 1 else None,
         }
+        _check_class_sizes(dict(counts), names, min_per_class)
         return TrainingLabels(binary_labels, names, ids, True, tuple(sorted(positive)), dict(counts))
     counts = Counter(labels)
     if len(counts) < 2:
@@ -265,6 +265,16 @@ def training_labels(
             f"Select annotations of at least two terms: only {term_names.get(only, only)!r} "
             f"({len(labels)} annotations) is among those selected."
         )
-    return TrainingLabels(
-        labels, {t: term_names.get(t, str(t)) for t in counts}, {t: t for t in counts}, counts=dict(counts)
-    )
+    names = {t: term_names.get(t, str(t)) for t in counts}
+    _check_class_sizes(dict(counts), names, min_per_class)
+    return TrainingLabels(labels, names, {t: t for t in counts}, counts=dict(counts))
+
+
+def _check_class_sizes(counts: Mapping[int, int], names: Mapping[int, str], minimum: int) -> None:
+    rare = [(names[c], n) for c, n in sorted(counts.items(), key=lambda kv: kv[1]) if n < minimum]
+    if rare:
+        listed = ", ".join(f"{name!r} has {n} annotation{'s' if n != 1 else ''}" for name, n in rare)
+        raise TooFewClassesError(
+            f"Annotate more, or leave these terms out (cytomine_id_terms): {listed}; cross-validation needs at "
+            f"least {minimum} per class."
+        )

@@ -7,7 +7,13 @@ HTTP session so that the apps get
 
 - one place that retries what is safe to retry (GETs, and idempotent writes) on connection
   errors, timeouts, 5xx, 408 and 429, with exponential backoff and jitter;
-- typed errors (:class:`CytomineRequestError` with the HTTP status) instead of ``False``;
+- for writes that are not idempotent (creating a job, uploading a file), a *reconcile* step
+  between attempts: a request that failed without a clear answer (no response, a gateway's
+  502/504, a 500) may still have been applied, so what the server holds is checked before the
+  request is sent again (Cytomine has no transactions or idempotency keys to lean on);
+- typed errors (:class:`CytomineRequestError` with the HTTP status) instead of ``False``, and
+  messages that keep the server's reason (the title of a gateway's HTML page, the core's
+  ``errors``);
 - timeouts on every request (a hung server must not hang a job forever).
 
 This module (with the rest of ``mtdp_core.cytomine``) is the only place that imports the
@@ -16,12 +22,16 @@ This module (with the rest of ``mtdp_core.cytomine``) is the only place that imp
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
@@ -41,7 +51,11 @@ def _error_text(response: requests.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200].strip()
+        text = response.text
+        title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        if title:  # a gateway's error page (nginx: "504 Gateway Time-out")
+            return " ".join(title.group(1).split())[:200]
+        return " ".join(re.sub(r"<[^>]+>", " ", text).split())[:200]
     if isinstance(body, dict):
         for key in ("errors", "message", "error"):
             if body.get(key):
@@ -62,20 +76,50 @@ def with_retries(
     backoff: float = DEFAULT_BACKOFF,
     what: str = "request",
     sleep: Callable[[float], None] = time.sleep,
+    reconcile: Callable[[], Any] | None = None,
 ) -> Any:
     """Run ``call``; on a retryable :class:`CytomineRequestError`, wait and run it again, up to
-    ``retries`` more times. Non-retryable errors (4xx) are raised at once."""
+    ``retries`` more times. Non-retryable errors (4xx) are raised at once.
+
+    ``reconcile`` (for writes that are not idempotent): called after each retryable failure,
+    before the next attempt; when it returns something other than None, the failed attempt
+    was applied after all and that value is returned instead of sending the request again.
+    It is also tried once when the retries are exhausted.
+    """
     attempt = 0
     while True:
         try:
             return call()
         except CytomineRequestError as exc:
             attempt += 1
-            if not exc.retryable or attempt > retries:
+            if not exc.retryable:
                 raise
             delay = backoff_delay(attempt, backoff)
+            if reconcile is not None:
+                sleep(delay)  # give an attempt still in flight at the server time to land
+                found = reconcile()
+                if found is not None:
+                    logger.warning("%s failed (%s) but was applied: not sent again", what, exc)
+                    return found
+                delay = 0.0
+            if attempt > retries:
+                raise
             logger.warning("%s failed (%s); retry %d/%d in %.1f s", what, exc, attempt, retries, delay)
             sleep(delay)
+
+
+@contextlib.contextmanager
+def thread_pool(max_workers: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that, when the caller fails or is stopped (SIGTERM, Ctrl-C), cancels the
+    work not started yet instead of running all of it first (``ThreadPoolExecutor``'s own exit
+    waits for every queued task), then waits for the tasks in flight."""
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 class CytomineSession:
@@ -105,12 +149,60 @@ class CytomineSession:
 
     @classmethod
     def connect(cls, host: str, public_key: str, private_key: str, **kwargs: Any) -> CytomineSession:
-        """Connect the official client (its singleton) to ``host`` with these keys."""
-        from cytomine import Cytomine
+        """Connect the official client (its singleton) to ``host`` with these keys, and check them.
 
-        client = Cytomine(host, public_key, private_key, configure_logging=False)
-        check_connected(client, host)
-        return cls(client, **kwargs)
+        The client waits for ``/server/ping`` (up to 2 minutes) but reads the current user once
+        and hides the outcome: here that read is retried like any request, and only a 401/403
+        is reported as refused keys (a 500 or a gateway timeout is the server's problem).
+
+        Raises:
+            CytomineConnectionError: no server answers, it refuses the keys, or keeps failing.
+        """
+        client = _client_class()(host, public_key, private_key, configure_logging=False)
+        session = cls(client, **kwargs)
+        session.current_user()
+        return session
+
+    def current_user(self) -> dict:
+        """The user of these keys (``GET /api/user/current.json``), retried.
+
+        Raises:
+            CytomineConnectionError: 401/403 (keys refused), or no usable answer after retries.
+        """
+        host = self.server_url
+        try:
+            user = self.get_json("user/current.json")
+        except CytomineRequestError as exc:
+            if exc.status in (401, 403):
+                raise CytomineConnectionError(
+                    f"Check the API keys (cytomine_public_key, cytomine_private_key): {host} refused them ({exc})."
+                ) from None
+            if exc.status is None:
+                raise CytomineConnectionError(
+                    f"Check cytomine_host and that the server runs: no answer from {host} ({exc})."
+                ) from None
+            if exc.retryable:
+                raise CytomineConnectionError(
+                    f"Re-run when the server works again: {host} kept failing after {self.retries + 1} attempts "
+                    f"({exc})."
+                ) from None
+            raise CytomineConnectionError(f"Check cytomine_host: {host} is not a Cytomine server ({exc}).") from None
+        if not isinstance(user, dict) or user.get("id") is None:
+            raise CytomineConnectionError(f"Check cytomine_host: {host} did not answer as a Cytomine server does.")
+        from cytomine.models.user import CurrentUser
+
+        self.client._current_user = CurrentUser().populate(user)  # what the client's own helpers see
+        return user
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """The (public, private) keys requests are signed with now."""
+        return self.client._public_key, self.client._private_key
+
+    def use_keys(self, public_key: str, private_key: str) -> dict:
+        """Sign the next requests with other keys (a job switches to its job user's); returns their user."""
+        self.client._public_key, self.client._private_key = public_key, private_key
+        return self.current_user()
 
     # ------------------------------------------------------------------ url and auth
     @property
@@ -227,11 +319,18 @@ class CytomineSession:
         with_retries(once, retries=self.retries, backoff=self.backoff, what=f"download {path}")
 
     def upload(
-        self, path: str, file_path: Any, params: Mapping[str, Any] | None = None, filename: str | None = None
+        self,
+        path: str,
+        file_path: Any,
+        params: Mapping[str, Any] | None = None,
+        filename: str | None = None,
+        *,
+        reconcile: Callable[[], Any] | None = None,
     ) -> Any:
-        """Multipart upload (``files[]``) of ``file_path`` as the client does; retried (an upload
-        of the same attachment twice is harmless but avoided: only failures without a response
-        are retried)."""
+        """Multipart upload (``files[]``) of ``file_path`` as the client does, retried on
+        transient failures. An upload creates an object: give ``reconcile`` (see
+        :func:`with_retries`) to find the one a failed attempt may have created, so that a
+        retry does not create a second."""
         from requests_toolbelt import MultipartEncoder
 
         url = self.url(path)
@@ -261,7 +360,31 @@ class CytomineSession:
                 )
             return _json_of(response)
 
-        return with_retries(once, retries=self.retries, backoff=self.backoff, what=f"upload {filename or file_path}")
+        return with_retries(
+            once,
+            retries=self.retries,
+            backoff=self.backoff,
+            what=f"upload {filename or file_path}",
+            reconcile=reconcile,
+        )
+
+
+@functools.cache
+def _client_class() -> type:
+    """The official client, except that a connection error while it reads the current user
+    leaves ``current_user`` False (as any other failure does) instead of escaping its
+    constructor: :meth:`CytomineSession.current_user` then asks again, with retries."""
+    from cytomine import Cytomine
+
+    class Client(Cytomine):
+        def set_current_user(self) -> None:
+            try:
+                super().set_current_user()
+            except requests.RequestException as exc:
+                logger.warning("reading the current user failed (%s): asking again", type(exc).__name__)
+                self._current_user = False
+
+    return Client
 
 
 def _query_value(value: Any) -> Any:
@@ -289,12 +412,3 @@ def _short(url: str) -> str:
     if "://" in path:
         path = "/" + path.split("://", 1)[1].split("/", 1)[-1]
     return path
-
-
-def check_connected(client: Any, host: str) -> None:
-    """Raise :class:`CytomineConnectionError` unless ``client`` reached the server with valid keys."""
-    user = getattr(client, "current_user", None)
-    if user is None or user is False or getattr(user, "id", None) is None:
-        raise CytomineConnectionError(
-            f"Check the host and API keys: {host} did not accept them (GET /api/user/current.json failed)."
-        )

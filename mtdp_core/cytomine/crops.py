@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,15 @@ from typing import Any
 from PIL import Image
 
 from mtdp_core.cytomine.annotations import AnnotationRecord
-from mtdp_core.cytomine.client import CytomineSession, with_retries
+from mtdp_core.cytomine.client import CytomineSession, thread_pool, with_retries
 from mtdp_core.cytomine.errors import CropDownloadError, CytomineRequestError, ParameterError
 
 logger = logging.getLogger(__name__)
 
 CROP_FORMATS = ("png", "jpg")
 DEFAULT_THREADS = 8
+#: Crops narrower than this (at the chosen zoom, before any rescaling) carry too little to classify.
+MIN_CROP_SIDE = 8
 #: Above this share of failed crops, a job stops instead of training on what is left.
 DEFAULT_MAX_FAILED_FRACTION = 0.1
 
@@ -120,6 +123,40 @@ def native_size(location: str, zoom: int = 0, increase_area: float = 1.0) -> int
     # A point is cropped in a 100 x 100 box by the cores (GeometryUtils.getGeometryBoundaries).
     side = (max(maxx - minx, maxy - miny) or 100.0) * increase_area / (2**zoom)
     return max(1, int(-(-side // 1)))
+
+
+def check_crop_resolution(records: Sequence[AnnotationRecord], spec: CropSpec) -> None:
+    """Refuse a zoom level at which most crops would be a few pixels wide (the server scales
+    them up to ``max_size``: a 1 x 1 crop becomes a flat square, and the model learns nothing).
+
+    Raises:
+        ParameterError: the median crop is under ``MIN_CROP_SIDE`` pixels at ``spec.zoom``;
+            the message gives the largest zoom that keeps it above.
+    """
+    if spec.zoom == 0:
+        return
+    located = [r for r in records if r.location]
+    if not located:
+        return
+    full = sorted(native_size(r.location, 0, float(spec.increase_area)) for r in located)
+    median_full = full[len(full) // 2]
+    median = max(1, -(-median_full // 2**spec.zoom))
+    small = sum(1 for side in full if -(-side // 2**spec.zoom) < MIN_CROP_SIDE)
+    if median < MIN_CROP_SIDE:
+        best = max(0, int(math.log2(median_full / MIN_CROP_SIDE))) if median_full >= MIN_CROP_SIDE else 0
+        raise ParameterError(
+            f"Lower crop_zoom to at most {best}: at zoom {spec.zoom} the crops would be {median} pixel"
+            f"{'s' if median != 1 else ''} wide (median of {len(full)} annotations, {median_full} at zoom 0), "
+            "too small to classify."
+        )
+    if small:
+        logger.warning(
+            "%d of %d crops are under %d pixels wide at zoom %d: they carry little to classify",
+            small,
+            len(full),
+            MIN_CROP_SIDE,
+            spec.zoom,
+        )
 
 
 class CropStore:
@@ -249,6 +286,8 @@ def download_crops(
     """
     if threads < 1:
         raise ParameterError(f"Use at least 1 download thread: got {threads}.")
+    if download:
+        check_crop_resolution(records, store.spec)
     start = time.perf_counter()
     report = CropReport(paths=[None] * len(records))
     todo: list[int] = []
@@ -290,7 +329,7 @@ def download_crops(
 
         workers = min(threads, len(todo))
         logger.info("downloading %d crops with %d threads (%s)", len(todo), workers, store.spec.key())
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crops") as pool:
+        with thread_pool(workers, "crops") as pool:
             futures = [pool.submit(fetch, i) for i in todo]
             for future in as_completed(futures):
                 index, path, error, size = future.result()

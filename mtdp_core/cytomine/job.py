@@ -4,17 +4,18 @@ Every app's ``main(argv)`` is ``run_app(parser, argv, pipeline)``:
 
 1. the app's own parser types and checks the parameters (``parse_known_args``: Cytomine
    leaves placeholders of empty values in the command, containers prefix it with theirs);
-2. the job is opened: with the official client's ``CytomineJob`` when connected (a person's
-   keys create a job and switch to its job user; a job user's keys, as the server launches
-   apps, use that job), or a :class:`LocalJob` with ``--local`` (no server: progress is
-   logged, outputs go to ``--outfolder``);
+2. the job is opened (:class:`JobOpening`: the requests of the client's ``CytomineJob.start``,
+   retried and reconciled; a person's keys create a job and switch to its job user, a job
+   user's keys, as the server launches apps, use that job), or a :class:`LocalJob` with
+   ``--local`` (no server: progress is logged, outputs go to ``--outfolder``);
 3. ``pipeline(job, args)`` runs, reporting progress and status comments at each stage
    (throttled: one update per stage and a few per second at most in loops), attaching files
    and setting job properties;
-4. the job ends SUCCESS at 100%, or FAILED with a message of at most 255 characters that
-   leads with the fix: an invalid parameter (even one the client's own parser would have
-   crashed on), an :class:`~mtdp_core.errors.MtdpError` (its message), or an unexpected
-   error (its type and message, "see the job log").
+4. the job ends SUCCESS at 100%, FAILED with a message of at most 255 characters that leads
+   with the fix (an invalid parameter, even one the client's own parser would have crashed
+   on; an :class:`~mtdp_core.errors.MtdpError`, its message; anything else, its type and
+   message, "see the job log"), or KILLED with how to resume when the process is stopped
+   (SIGTERM: how Cytomine stops a job; Ctrl-C).
 
 The client's ``CytomineJob.from_cli`` is not used to parse: it exits the process on a bad
 value (argparse) before the job exists, so the job would not say what was wrong.
@@ -23,29 +24,38 @@ value (argparse) before the job exists, so the job would not say what was wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mtdp_core.cytomine.biaflows import BiaflowsFlags
-from mtdp_core.cytomine.client import CytomineSession, check_connected
-from mtdp_core.cytomine.errors import CytomineConnectionError, OutputFolderError, ParameterError, fit_comment
+from mtdp_core.cytomine.client import CytomineSession, with_retries
+from mtdp_core.cytomine.errors import (
+    CytomineConnectionError,
+    CytomineRequestError,
+    OutputFolderError,
+    ParameterError,
+    fit_comment,
+)
 from mtdp_core.cytomine.params import AppArgumentParser, descriptor_values
 from mtdp_core.errors import MtdpError
 from mtdp_core.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
-RUNNING, SUCCESS, FAILED = 2, 3, 4
+NOT_LAUNCH, RUNNING, SUCCESS, FAILED, KILLED = 0, 2, 3, 4, 8
 JOB_CLASS = "be.cytomine.processing.Job"
 
 
@@ -62,12 +72,14 @@ class Stage:
 
     def update(self, done: int, total: int, detail: str = "") -> None:
         now = time.monotonic()
-        if done < total and self._last is not None and now - self._last < self.min_interval:
-            return
-        self._last = now
         fraction = done / total if total else 1.0
         progress = int(self.start + (self.end - self.start) * fraction)
-        self.job.progress(progress, f"{self.name} ({done}/{total}){'. ' + detail if detail else ''}")
+        comment = f"{self.name} ({done}/{total}){'. ' + detail if detail else ''}"
+        if done < total and self._last is not None and now - self._last < self.min_interval:
+            self.job.latest = (max(progress, self.job.latest[0]), fit_comment(comment))  # for a stop message
+            return
+        self._last = now
+        self.job.progress(progress, comment)
 
 
 class Job(ABC):
@@ -94,6 +106,8 @@ class Job(ABC):
         self.properties: dict[str, str] = {}
         self.attachments: list[Path] = []
         self._progress = 0
+        #: The latest progress and comment, sent or not (throttled): where a stopped job was.
+        self.latest: tuple[int, str] = (0, "")
 
     def _prepare_folders(self) -> None:
         if self.outfolder is None:
@@ -117,7 +131,8 @@ class Job(ABC):
     def progress(self, percent: int, comment: str) -> None:
         percent = max(self._progress, min(99, int(percent)))  # 100 is the end, set by succeed()
         self._progress = percent
-        self._send_progress(percent, fit_comment(comment))
+        self.latest = (percent, fit_comment(comment))
+        self._send_progress(percent, self.latest[1])
 
     def output_path(self, filename: str) -> Path:
         assert self.outfolder is not None
@@ -159,6 +174,10 @@ class Job(ABC):
 
     @abstractmethod
     def fail(self, comment: str) -> None: ...
+
+    @abstractmethod
+    def stop(self, comment: str) -> None:
+        """End the job KILLED: it was asked to stop (SIGTERM, Ctrl-C)."""
 
     def cleanup(self) -> None:
         if self.workdir is not None:
@@ -221,17 +240,25 @@ class LocalJob(Job):
         self.final_status, self.final_comment = FAILED, fit_comment(comment)
         logger.error("FAILED: %s", self.final_comment)
 
+    def stop(self, comment: str) -> None:
+        self.final_status, self.final_comment = KILLED, fit_comment(comment)
+        logger.error("KILLED: %s", self.final_comment)
+
 
 class CytomineJobRun(Job):
-    """A Cytomine job opened with the client's ``CytomineJob``."""
+    """A Cytomine job, opened by :func:`open_cytomine_job`; every write is safe to retry."""
 
     local = False
 
-    def __init__(self, cytomine_job: Any, flags: BiaflowsFlags, app: str) -> None:
+    def __init__(
+        self, session: CytomineSession, job: dict, project: dict, software: dict, flags: BiaflowsFlags, app: str
+    ) -> None:
         super().__init__(flags, app)
-        self.cj = cytomine_job
-        self.id = int(cytomine_job.job.id)
-        self.session = CytomineSession(cytomine_job)
+        self.session = session
+        self.job_json = dict(job)
+        self.project = project
+        self.software = software
+        self.id = int(job["id"])
         try:
             self._prepare_folders()
         except OutputFolderError as exc:  # the job exists on the server: end it with the reason
@@ -240,22 +267,34 @@ class CytomineJobRun(Job):
 
     @property
     def project_id(self) -> int:
-        return int(self.cj.project.id)
+        return int(self.project["id"])
 
     @property
     def software_name(self) -> str:
-        return str(self.cj.software.name)
+        return str(self.software.get("name"))
 
     @property
     def job_user_id(self) -> int | None:
-        return getattr(self.cj.job, "userJob", None)
+        user = self.job_json.get("userJob")
+        return int(user) if user else None
 
     def _update(self, **changes: Any) -> None:
-        # The whole job is PUT (as the client does); retried, since a lost update is not harmful.
-        job = self.cj.job
-        for key, value in changes.items():
-            setattr(job, key, value)
-        self.session.put_json(f"job/{job.id}.json", json.loads(job.to_json()))
+        # The whole job is PUT (as the client does): idempotent, so retried.
+        self.job_json.update(changes)
+        try:
+            self.session.put_json(f"job/{self.id}.json", self.job_json)
+        except CytomineRequestError as exc:
+            # A final status whose answer was lost (a late 504) was applied: the retry then finds
+            # the job ended and its keys refused. Read the job to tell that from a real refusal.
+            if exc.status not in (401, 403) or changes.get("status") not in (SUCCESS, FAILED, KILLED):
+                raise
+            try:
+                current = self.session.get_json(f"job/{self.id}.json")
+            except MtdpError:
+                raise exc from None
+            if not (isinstance(current, dict) and current.get("status") == changes["status"]):
+                raise
+            logger.info("job %d: the final status was applied by an earlier attempt", self.id)
 
     def _send_progress(self, percent: int, comment: str) -> None:
         logger.info("progress %3d%%: %s", percent, comment)
@@ -265,11 +304,20 @@ class CytomineJobRun(Job):
             logger.warning("could not update the job's progress: %s", exc)
 
     def _attach(self, path: Path, filename: str) -> None:
+        listing = f"domain/{JOB_CLASS}/{self.id}/attachedfile.json"
+        before = {f["id"] for f in self.session.get_collection(listing) if f.get("filename") == filename}
+
+        def uploaded() -> dict | None:
+            # An upload that failed without a clear answer may have been saved: then it is not sent again.
+            new = [f for f in self.session.get_collection(listing) if f.get("filename") == filename]
+            return next((f for f in new if f["id"] not in before), None)
+
         self.session.upload(
             "attachedfile.json",
             path,
             {"domainClassName": JOB_CLASS, "domainIdent": self.id, "filename": filename},
             filename=filename,
+            reconcile=uploaded,
         )
         logger.info("attached %s to job %d", filename, self.id)
 
@@ -279,7 +327,7 @@ class CytomineJobRun(Job):
         try:
             self.session.post_json(path, body, retry=True)
         except MtdpError as exc:
-            if getattr(exc, "status", None) != 409:
+            if getattr(exc, "status", None) != 409:  # 409: already there (set before, or a retry that got through)
                 raise
             existing = [p for p in self.session.get_collection(path) if p.get("key") == key]
             if existing:
@@ -297,6 +345,13 @@ class CytomineJobRun(Job):
             self._update(status=FAILED, statusComment=comment)
         finally:
             logger.error("job %d FAILED: %s", self.id, comment)
+
+    def stop(self, comment: str) -> None:
+        comment = fit_comment(comment)
+        try:
+            self._update(status=KILLED, statusComment=comment)
+        finally:
+            logger.error("job %d KILLED: %s", self.id, comment)
 
 
 # --------------------------------------------------------------------------- opening and running
@@ -334,34 +389,10 @@ def open_cytomine_job(
     args: argparse.Namespace, parser: AppArgumentParser, flags: BiaflowsFlags, app: str
 ) -> CytomineJobRun:
     """Connect, then start the job (a person's keys create one; a job user's keys use theirs)."""
-    from cytomine import CytomineJob
-
     host, public_key, private_key, project, software = _connection(args)
-    try:
-        cj = CytomineJob(
-            host,
-            public_key,
-            private_key,
-            software,
-            project,
-            parameters=descriptor_values(args, parser),
-            configure_logging=False,
-        )
-        check_connected(cj, host)
-        if not cj.project:
-            raise CytomineConnectionError(
-                f"Check cytomine_id_project: project {project} does not exist or is not readable with these keys."
-            )
-        if not cj.software:
-            raise CytomineConnectionError(f"Check cytomine_id_software: software {software} is not registered.")
-        cj.start()
-    except MtdpError:
-        raise
-    except Exception as exc:  # requests and client errors: all mean the job could not be opened
-        raise CytomineConnectionError(
-            f"Check cytomine_host and that the server runs: cannot open the job on {host} ({type(exc).__name__}: {exc})"
-        ) from exc
-    run = CytomineJobRun(cj, flags, app)
+    session = CytomineSession.connect(host, public_key, private_key)
+    job, project_json, software_json = JobOpening(session, project, software, descriptor_values(args, parser)).open()
+    run = CytomineJobRun(session, job, project_json, software_json, flags, app)
     logger.info(
         "job %d of %s (software %d) on project %d, outputs in %s",
         run.id,
@@ -373,11 +404,231 @@ def open_cytomine_job(
     return run
 
 
+class JobOpening:
+    """The start of a job, as the client's ``CytomineJob.start`` does it, but with every request
+    retried and every failure typed (the client turns a 500 into ``False``, which reads as
+    "wrong keys" or "no such project").
+
+    A person's keys create the job (``POST /api/job.json``), switch to its job user's keys, set
+    it RUNNING and record its parameters; a job user's keys (Cytomine launched the app) use its
+    job. Creating a job is not idempotent: after a failure without a clear answer, the jobs of
+    the project are listed and one this user just created is adopted instead of creating
+    another (an extra one a retry created anyway is ended FAILED, never left NOT_LAUNCH). Once a
+    job exists, a failure to finish opening it ends it FAILED with the reason.
+    """
+
+    def __init__(
+        self, session: CytomineSession, project: int, software: int, parameters: argparse.Namespace | None = None
+    ) -> None:
+        self.session = session
+        self.project = project
+        self.software = software
+        self.parameters = parameters
+        self._before: set[int] = set()
+        self._in_doubt = False
+
+    def open(self) -> tuple[dict, dict, dict]:
+        """(job, project, software) JSON, the job RUNNING."""
+        user = self.session.current_user()
+        job_id: int | None = int(user["job"]) if user.get("algo") and user.get("job") else None
+        try:
+            project = self._fetch(
+                f"project/{self.project}.json",
+                f"Check cytomine_id_project: project {self.project} does not exist or is not readable with these keys",
+            )
+            software = self._fetch(
+                f"software/{self.software}.json",
+                f"Check cytomine_id_software: software {self.software} is not registered",
+            )
+            if job_id is not None:
+                job = self.session.get_json(f"job/{job_id}.json")
+                created = False
+            else:
+                job = self._create(user)
+                job_id = int(job["id"])
+                created = True
+                job_user = self.session.get_json(f"user/{int(job['userJob'])}.json")
+                person = self.session.keys
+                self.session.use_keys(job_user["publicKey"], job_user["privateKey"])
+            job = {**job, "status": RUNNING}
+            self.session.put_json(f"job/{job_id}.json", job)
+            if created:
+                self._record_parameters(job, software)
+                if self._in_doubt:  # as the person who launched them (a job user may change its own job only)
+                    job_keys = self.session.keys
+                    self.session.use_keys(*person)
+                    try:
+                        self._end_twins(user, job_id)
+                    finally:
+                        self.session.use_keys(*job_keys)
+            return job, project, software
+        except BaseException as exc:
+            if job_id is not None:
+                stopped = isinstance(exc, (KeyboardInterrupt, JobStopped))
+                reason = f"stopped by {exc}" if stopped else str(exc)
+                _end_job(
+                    self.session,
+                    job_id,
+                    KILLED if stopped else FAILED,
+                    f"Re-run the job: it could not start ({reason})",
+                )
+            raise
+
+    def _fetch(self, path: str, missing: str) -> dict:
+        try:
+            return self.session.get_json(path)
+        except CytomineRequestError as exc:
+            if exc.status in (403, 404):
+                raise CytomineConnectionError(f"{missing} (HTTP {exc.status}).") from None
+            raise CytomineConnectionError(f"Re-run when the server works again: {exc}.") from None
+
+    def _jobs(self) -> list[dict]:
+        rows = self.session.get_collection("job.json", {"project": self.project, "software": self.software})
+        return [j for j in rows if int(j.get("software") or 0) == self.software]
+
+    def _created_by(self, user: dict) -> list[dict]:
+        """Jobs of this software that ``user`` created since :meth:`_create` began and that were
+        not started (NOT_LAUNCH), oldest first."""
+        return sorted(
+            (
+                j
+                for j in self._jobs()
+                if int(j["id"]) not in self._before
+                and j.get("username") == user.get("username")
+                and not j.get("status")
+            ),
+            key=lambda j: int(j["id"]),
+        )
+
+    def _create(self, user: dict) -> dict:
+        self._before = {int(j["id"]) for j in self._jobs()}
+
+        def reconcile() -> dict | None:
+            # The POST failed without a clear answer: a job it created is adopted, not created again.
+            self._in_doubt = True
+            mine = self._created_by(user)
+            return {"job": mine[0]} if mine else None
+
+        try:
+            answer = with_retries(
+                lambda: self.session.post_json("job.json", {"project": self.project, "software": self.software}),
+                retries=self.session.retries,
+                backoff=self.session.backoff,
+                what="creating the job",
+                reconcile=reconcile,
+            )
+        except CytomineRequestError as exc:
+            if exc.status in (403, 404):
+                raise CytomineConnectionError(
+                    f"Check cytomine_id_software and the keys: the server refused to create a job of software "
+                    f"{self.software} in project {self.project} ({exc})."
+                ) from None
+            raise CytomineConnectionError(f"Re-run when the server works again: {exc}.") from None
+        job = answer.get("job", answer) if isinstance(answer, dict) else None
+        if not isinstance(job, dict) or job.get("id") is None or not job.get("userJob"):
+            raise CytomineConnectionError("Check cytomine_host: the server did not answer a job creation with a job.")
+        return job
+
+    def _end_twins(self, user: dict, job_id: int) -> None:
+        """After a creation whose fate was in doubt: jobs the failed attempts created anyway are
+        ended FAILED, never left NOT_LAUNCH. Checked once this job runs, so that a job this user
+        launched at the same moment elsewhere (started within a second) is not taken for a twin."""
+        for twin in self._created_by(user):
+            if int(twin["id"]) != job_id:
+                comment = f"Not run: created twice by a retried request; job {job_id} ran instead."
+                _end_job(self.session, int(twin["id"]), FAILED, comment)
+
+    def _record_parameters(self, job: dict, software: dict) -> None:
+        """The job's parameters (what ``CytomineJob.start`` posts), each once."""
+        values = vars(self.parameters) if self.parameters is not None else {}
+        path = f"job/{job['id']}/parameter.json"
+        for parameter in software.get("parameters") or []:
+            name, pid = parameter.get("name"), int(parameter["id"])
+            value = values[name] if name in values else parameter.get("defaultParamValue")
+            body = {"job": job["id"], "softwareParameter": pid}
+            if value is not None:
+                body["value"] = value
+
+            def recorded(pid: int = pid) -> dict | None:
+                return next((p for p in self.session.get_collection(path) if p.get("softwareParameter") == pid), None)
+
+            try:
+                with_retries(
+                    lambda body=body: self.session.post_json("jobparameter.json", body),
+                    retries=self.session.retries,
+                    backoff=self.session.backoff,
+                    what=f"recording parameter {name}",
+                    reconcile=recorded,
+                )
+            except CytomineRequestError as exc:
+                # 409: recorded already. Parameters are a record of the run: a failure does not stop the job.
+                if exc.status != 409:
+                    logger.warning("could not record the job parameter %s=%r: %s", name, value, exc)
+
+
+def _end_job(session: CytomineSession, job_id: int, status: int, comment: str) -> None:
+    """Best effort: set a job's final status (the whole job is PUT, as the client does)."""
+    try:
+        job = session.get_json(f"job/{job_id}.json")
+        session.put_json(f"job/{job_id}.json", {**job, "status": status, "statusComment": fit_comment(comment)})
+    except Exception as exc:  # noqa: BLE001 - the server may be what failed
+        logger.error("could not end job %d (%s): %s", job_id, exc, comment)
+
+
+class JobStopped(BaseException):
+    """The process was asked to stop by a signal (SIGTERM: how Cytomine and ``docker stop`` stop a
+    job). A ``BaseException``, as ``KeyboardInterrupt``: ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM into :class:`JobStopped` in the main thread (Python's default is to die on the
+    spot, leaving the job RUNNING forever); a second signal is ignored while the job ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # one stop is enough: let the job end cleanly
+        raise JobStopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_comment(job: Job, how: str) -> str:
+    """The status of a stopped job: how to resume first, then where it was."""
+    percent, doing = job.latest
+    where = f" during '{doing}'" if doing else ""
+    fix = "Re-run the job to finish it (what was saved is kept and not done twice)"
+    return f"{fix}: stopped by {how} at {percent}%{where}."
+
+
 def run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pipeline, *, app: str) -> int:
     """Parse, open the job, run ``pipeline(job, args)`` (which returns the final status comment),
-    and end the job; the exit status is 0 on SUCCESS, 1 on FAILED, 2 when no job could be opened
-    for an invalid parameter."""
+    and end the job: SUCCESS (exit status 0), FAILED (1; 2 when no job could be opened for an
+    invalid parameter) or KILLED when stopped by SIGTERM (143) or Ctrl-C (130). No way out of
+    here leaves the job RUNNING, except the server failing while the job is ended."""
     configure_logging()  # also keeps the client's per-request INFO logs out of the job log
+    with stop_on_signals():
+        try:
+            return _run_app(parser, argv, pipeline, app)
+        except JobStopped as exc:  # before a job existed
+            logger.error("stopped by %s before the job started", exc)
+            return 128 + exc.signum
+        except KeyboardInterrupt:
+            logger.error("interrupted before the job started")
+            return 130
+
+
+def _run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pipeline, app: str) -> int:
     from mtdp_core.cytomine.biaflows import biaflows_flags
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -409,26 +660,29 @@ def run_app(parser: AppArgumentParser, argv: Sequence[str] | None, pipeline: Pip
         comment = pipeline(job, args)
         job.succeed(comment or "Done")
         return 0
+    except JobStopped as exc:
+        _safe_end(job, job.stop, stopped_comment(job, str(exc)))
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        _safe_end(job, job.stop, stopped_comment(job, "Ctrl-C"))
+        return 130
     except MtdpError as exc:
         logger.debug("details", exc_info=True)
-        _safe_fail(job, str(exc))
+        _safe_end(job, job.fail, str(exc))
         return 1
-    except KeyboardInterrupt:
-        _safe_fail(job, "Re-run the job: it was interrupted.")
-        return 130
-    except Exception as exc:  # noqa: BLE001 - any crash must end the job with a useful status
+    except BaseException as exc:  # noqa: BLE001 - any crash (SystemExit included) must end the job
         logger.error("unexpected error:\n%s", traceback.format_exc())
-        _safe_fail(job, f"Unexpected error, see the job log: {type(exc).__name__}: {exc}")
+        _safe_end(job, job.fail, f"Unexpected error, see the job log: {type(exc).__name__}: {exc}")
         return 1
     finally:
         job.cleanup()
 
 
-def _safe_fail(job: Job, comment: str) -> None:
+def _safe_end(job: Job, end: Callable[[str], None], comment: str) -> None:
     try:
-        job.fail(comment)
+        end(comment)
     except Exception as exc:  # noqa: BLE001 - the server may be what failed
-        logger.error("could not set the job FAILED (%s); reason: %s", exc, comment)
+        logger.error("could not end the job (%s); reason: %s", exc, comment)
 
 
 def _lenient_parse(parser: AppArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -8,10 +8,13 @@ a file from a server is untrusted input.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError, ModelJobError
+from mtdp_core.errors import ModelFileError
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +32,11 @@ STATUS_NAMES = {
 }
 
 
-def download_job_model(session: CytomineSession, job_id: int, filename: str, destination: Path) -> tuple[Path, dict]:
-    """Download the file ``filename`` attached to job ``job_id``; returns (path, job JSON).
+def download_job_model(
+    session: CytomineSession, job_id: int, filename: str, destination: Path
+) -> tuple[Path, dict, dict]:
+    """Download the file ``filename`` attached to job ``job_id`` (the newest of that name);
+    returns (path, job JSON, attached file JSON).
 
     Raises:
         ModelJobError: the job does not exist, or has no such file (with its status and name).
@@ -63,4 +69,25 @@ def download_job_model(session: CytomineSession, job_id: int, filename: str, des
         destination,
         destination.stat().st_size,
     )
-    return destination, job
+    return destination, job, newest
+
+
+def load_job_model(session: CytomineSession, job_id: int, filename: str, workdir: Path) -> Any:
+    """The model attached to job ``job_id`` (a ``SavedModel``), read safely (no pickle).
+
+    Raises:
+        ModelJobError: no such job or file, or a file that is not a usable model; the message
+            names the job and its attachment, not the temporary copy it was read from.
+    """
+    from mtdp_core.transfer.persistence import load_model
+
+    path, _, attachment = download_job_model(session, job_id, filename, workdir / filename)
+    try:
+        return load_model(path)
+    except ModelFileError as exc:
+        origin = f"the {filename} attached to job {job_id} (attached file {attachment.get('id')})"
+        pattern = f"{re.escape(str(path))}|(?:Model file )?{re.escape(path.name)}"
+        reason = re.sub(pattern, lambda _match: origin, str(exc))
+        if not reason.startswith(origin):
+            reason = f"{origin}: {reason}"
+        raise ModelJobError(f"Give the id of a training job with a usable model as cytomine_id_job: {reason}") from None

@@ -82,12 +82,32 @@ class InputSpec:
 # --------------------------------------------------------------------------- converters
 
 
-class _Converter:
-    """A named argparse ``type`` (argparse shows ``__name__`` in its messages; ours read well)."""
+#: What a converter's values are, for front ends that type their inputs (App Engine descriptors):
+#: integer, number, boolean, string, ids (a list of Cytomine ids), numbers (a list of numbers).
+VALUE_KINDS = ("integer", "number", "boolean", "string", "ids", "numbers")
 
-    def __init__(self, expected: str, convert: Callable[[str], Any]) -> None:
+
+class _Converter:
+    """A named argparse ``type`` (argparse shows ``__name__`` in its messages; ours read well).
+
+    ``kind`` (one of :data:`VALUE_KINDS`) and ``minimum``/``maximum`` say what values it accepts.
+    """
+
+    def __init__(
+        self,
+        expected: str,
+        convert: Callable[[str], Any],
+        kind: str = "string",
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> None:
+        if kind not in VALUE_KINDS:
+            raise ValueError(f"unknown value kind {kind!r}")
         self.expected = expected
         self.convert = convert
+        self.kind = kind
+        self.minimum = minimum
+        self.maximum = maximum
         self.__name__ = expected
 
     def __call__(self, text: str) -> Any:
@@ -110,7 +130,7 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> _Converte
             raise ValueError
         return value
 
-    return _Converter(f"a whole number{bounds}", convert)
+    return _Converter(f"a whole number{bounds}", convert, "integer", minimum, maximum)
 
 
 def number(minimum: float | None = None, maximum: float | None = None) -> _Converter:
@@ -126,7 +146,7 @@ def number(minimum: float | None = None, maximum: float | None = None) -> _Conve
             raise ValueError
         return value
 
-    return _Converter(f"a number{bounds}", convert)
+    return _Converter(f"a number{bounds}", convert, "number", minimum, maximum)
 
 
 def _bounds_text(minimum: float | None, maximum: float | None) -> str:
@@ -148,7 +168,7 @@ def _boolean(text: str) -> bool:
     raise ValueError
 
 
-boolean = _Converter("true or false", _boolean)
+boolean = _Converter("true or false", _boolean, "boolean")
 
 
 def _id_list(text: str) -> tuple[int, ...]:
@@ -159,7 +179,7 @@ def _id_list(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
-id_list = _Converter("a comma-separated list of ids, e.g. 12,13", _id_list)
+id_list = _Converter("a comma-separated list of ids, e.g. 12,13", _id_list, "ids")
 
 
 def _number_list(text: str) -> tuple[float, ...]:
@@ -169,7 +189,9 @@ def _number_list(text: str) -> tuple[float, ...]:
     return values
 
 
-positive_number_list = _Converter("a comma-separated list of positive numbers, e.g. 0.001,0.0001", _number_list)
+positive_number_list = _Converter(
+    "a comma-separated list of positive numbers, e.g. 0.001,0.0001", _number_list, "numbers"
+)
 
 
 def text(choices: Sequence[str] | None = None) -> _Converter:

@@ -383,6 +383,13 @@ def build_task(
     return task
 
 
+def pool_needs_building(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds no pool yet: it does not exist, or it is an empty folder (e.g.
+    made by hand, or left by a build that failed before builds were staged)."""
+    path = Path(path)
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
 def build_shared_pool(
     shared_data: str | os.PathLike,
     out: str | os.PathLike,
@@ -397,18 +404,25 @@ def build_shared_pool(
     """Build (or rebuild) a pool from the sets of ``shared_data`` and index it.
 
     Rebuilding is cheap and idempotent: the same seed gives the same splits, and BCCD's crops
-    are reused from ``out/bccd/crops`` while ``boxes.csv`` is unchanged.
+    are reused from ``out/bccd/crops`` while ``boxes.csv`` is unchanged. A new pool is built
+    in a hidden sibling folder (``.<name>.building``) and renamed to ``out`` once complete:
+    a build that fails (a wrong ``shared_data``, a checksum mismatch, Ctrl-C) leaves no
+    ``out`` behind, so the next run builds it again instead of finding a half-made pool; the
+    staging folder's BCCD crops are reused by that next build.
     """
     names = list(tasks) if tasks else list_sources()
     for name in names:
         get_source(name)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    staged = pool_needs_building(out)
+    # A sibling at the same depth: task.json roots are relative paths, valid after the rename.
+    work = out.parent / f".{out.name}.building" if staged else out
+    work.mkdir(parents=True, exist_ok=True)
     built = [
         build_task(
             n,
             shared_data,
-            out,
+            work,
             seed=seed,
             val_fraction=val_fraction,
             test_fraction=test_fraction,
@@ -418,11 +432,15 @@ def build_shared_pool(
         for n in names
     ]
     write_pool_index(
-        out,
+        work,
         built,
         name=out.name,
         description=(
             f"built by mtdp from {Path(shared_data).resolve()} (seed {seed}, val {val_fraction}, test {test_fraction})"
         ),
     )
+    if staged:
+        if out.is_dir():
+            out.rmdir()  # empty (pool_needs_building)
+        work.rename(out)
     return load_pool(out)

@@ -27,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and/or fine-tuning (ft), for each seed, scored on each task's test set. A task is a folder "
             "TASK/train/<class>/<images> + TASK/test/<class>/<images>. Writes scores.csv, summary.csv "
             "(ranks, average rank), comparison.csv/.md (mean ± std, differences and their 2-sigma "
-            "significance) and one PNG of per-task differences per baseline."
+            "significance; std: sample standard deviation, ddof=1) and one PNG of per-task differences per "
+            "baseline. A task with a TASK/val/<class>/ folder fine-tunes on train and picks the learning rate and "
+            "epoch on val (else on a grouped hold-out of train); feature extraction fits the SVM on train + val. "
+            "With --learning-curve, also the feature-extraction test score at fractions of the training set, "
+            "the same subsets for every backbone, with paired differences: OUTPUT/learning_curves/."
         ),
         epilog=(
             "backbone specs: LABEL=ARCH:WEIGHTS, e.g. imagenet=efficientnet_lite0:imagenet, "
@@ -35,7 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "seed: one pre-trained model per seed)."
         ),
     )
-    p.add_argument("tasks", type=Path, nargs="+", help="task folders (TASK/train/<class>/..., TASK/test/<class>/...)")
+    p.add_argument(
+        "tasks",
+        type=Path,
+        nargs="+",
+        help="task folders (TASK/train/<class>/..., TASK/test/<class>/..., optionally TASK/val/<class>/...)",
+    )
     p.add_argument(
         "--backbone",
         dest="specs",
@@ -64,6 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: automatic)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (reused across runs)")
+    p.add_argument(
+        "--learning-curve",
+        type=_floats,
+        default=None,
+        metavar="F1,F2,...",
+        help="also train the SVM on these fractions of each task's training images (e.g. 0.05,0.1,0.25,0.5,1), "
+        "class-stratified subsets drawn per seed of --seeds, the same for every backbone; scored on test",
+    )
+    p.add_argument(
+        "--curve-min-per-class",
+        type=int,
+        default=2,
+        help="learning curve: at least this many training images per class in a subset (default: 2)",
+    )
     ft = p.add_argument_group("fine-tuning (--mode ft)")
     ft.add_argument(
         "--lrs", type=_floats, default=[1e-3, 1e-4, 1e-5, 1e-6], help="learning rates (default: the paper's)"
@@ -98,7 +121,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from mtdp_core.errors import ConfigurationError
     from mtdp_core.evaluation.protocol import method_name, run_transfer
-    from mtdp_core.evaluation.reports import markdown_comparison, write_report
+    from mtdp_core.evaluation.reports import (
+        markdown_comparison,
+        markdown_learning_curves,
+        write_learning_curve_report,
+        write_report,
+    )
     from mtdp_core.transfer.finetune import FineTuner
 
     bad = [m for m in args.mode if m not in MODES]
@@ -124,10 +152,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         cache_dir=args.cache_dir,
+        curve_fractions=args.learning_curve,
+        curve_min_per_class=args.curve_min_per_class,
     )
     reference = args.reference or method_name(args.specs[0].label, args.mode[0])
     write_report(result.table, args.output, reference=reference)
     print(markdown_comparison(result.table, reference, [m for m in result.table.methods if m != reference]))
+    if result.curves:
+        curve_methods = list(dict.fromkeys(r["method"] for r in result.curves))
+        curve_ref = reference if reference in curve_methods else method_name(args.specs[0].label, "fe")
+        write_learning_curve_report(result.curves, args.output / "learning_curves", reference=curve_ref)
+        print()
+        print(markdown_learning_curves(result.curves, curve_ref, [m for m in curve_methods if m != curve_ref]))
     print(f"\nreport written to {args.output}")
     return 0
 

@@ -7,15 +7,22 @@
    on the pool minus L (``multitask_pretrainer``; runs that completed earlier are reused, so
    an interrupted experiment resumes where it stopped);
 2. transfer each of those models by feature extraction + the linear SVM protocol to each
-   task of L; rank the hyper-parameter sets per task and select, for each task, the set with
-   the best average rank over the *other* tasks (Eq. 2);
-3. compare, per task, the selected multi-task models (one per seed, pre-trained without the
-   task's left-out set) with the baselines (ImageNet, random initialisation) by feature
-   extraction, and by fine-tuning on the tasks listed in ``finetune_tasks``.
+   task of L, the SVM trained on the task's training split and scored on its validation
+   split; rank the hyper-parameter sets per task on those validation scores and select, for
+   each task, the set with the best average rank over the *other* tasks (Eq. 2). No test
+   split is read up to here;
+3. compare, per task, on its test split, the selected multi-task models (one per seed,
+   pre-trained without the task's left-out set; the SVM refit on train + val) with the
+   baselines (ImageNet) by feature extraction, and by fine-tuning on the tasks listed in
+   ``finetune_tasks`` (learning rate and epoch chosen on the validation split; baselines
+   ImageNet and training from scratch);
+4. with ``learning_curve``, the same feature-extraction comparison at several fractions of
+   the training set (the same subsets for every method), with paired differences.
 
 Outputs under ``output_dir``: ``pretrain/`` (one training run per (set, h, seed)),
-``features/`` (the feature cache), ``loto/`` (scores, rank summary, selection),
+``features/`` (the feature cache), ``loto/`` (validation scores, rank summary, selection),
 ``comparison_fe/`` and ``comparison_ft/`` (``reports.write_report``: CSV, Markdown, plots),
+``learning_curves/`` (``reports.write_learning_curve_report``),
 ``records.jsonl`` (every evaluation), ``evaluations.jsonl`` (the journal of finished
 evaluations: running the experiment again, after an interruption or with other fine-tuning
 settings, redoes only what is missing or changed), ``summary.json`` (wall time, selections) and
@@ -40,6 +47,7 @@ import numpy as np
 
 from mtdp_core.errors import ConfigurationError, DataError
 from mtdp_core.evaluation.protocol import (
+    MODES,
     SHARED_POOL_LEFT_OUT_SETS,
     BackboneSpec,
     LotoResult,
@@ -47,12 +55,21 @@ from mtdp_core.evaluation.protocol import (
     TaskData,
     evaluate_feature_extraction,
     evaluate_fine_tuning,
+    evaluate_learning_curve,
     hyperparams_label,
+    learning_curve_with_final,
     method_name,
     run_loto,
 )
-from mtdp_core.evaluation.ranking import ScoreTable, rank_matrix, select_method
-from mtdp_core.evaluation.reports import markdown_comparison, summary_rows, write_csv, write_report
+from mtdp_core.evaluation.ranking import DDOF, ScoreTable, rank_matrix, select_method
+from mtdp_core.evaluation.reports import (
+    markdown_comparison,
+    markdown_learning_curves,
+    summary_rows,
+    write_csv,
+    write_learning_curve_report,
+    write_report,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +92,32 @@ class ExperimentConfig:
             ``output_dir`` are set per run).
         hyperparams: the grid: TrainConfig fields that differ between the compared sets.
         seeds: pre-training seeds (each also seeds its SVM cross-validation); the baselines
-            use the same seeds (random init: its weights; ImageNet: the SVM folds).
+            use the same seeds (random init: its weights; ImageNet: only the SVM folds).
         exclude_whole_set: select a task's hyper-parameters without any task of its left-out
             set (stricter than the paper, which excludes only the task itself).
         train_splits: pool splits the transfer trains on (the SVM's grouped CV picks C on them).
-        test_split: pool split the transfer is scored on.
+        val_split: pool split that makes the choices: hyper-parameters are ranked by SVMs
+            trained on ``train_splits`` and scored on it; fine-tuning picks its learning rate
+            and epoch on it. The final feature-extraction models are refit on
+            ``train_splits`` + ``val_split``. None (or a task without it): a grouped hold-out
+            of 20% of the training images plays its part.
+        test_split: pool split of the final comparison, read once per final model.
         image_size: input size of transfer (default: the pre-training image size).
         batch_size, num_workers, device: feature extraction settings (default: automatic).
         probe: ``transfer.probes.Probe`` parameters (default: the paper's linear SVM protocol).
-        baselines: weights compared with the multi-task models: ``{"label", "weights"}`` each.
+        baselines: weights compared with the multi-task models: ``{"label", "weights"}`` each,
+            and ``"modes"`` (default both): ``["fe"]`` feature extraction, ``["ft"]``
+            fine-tuning. Default: ImageNet in both; training from scratch (random
+            initialisation, the paper's baseline) in fine-tuning only: random-init *features*
+            are degenerate (see docs/transfer.md) and the paper has no such baseline.
         finetune_tasks: tasks also compared by fine-tuning.
         finetune_seeds: seeds of fine-tuning (default: ``seeds``).
         finetune: ``transfer.finetune.FineTuner`` parameters (image_size defaults to ``image_size``).
+        learning_curve: None, or ``{"fractions": [...], "seeds": [...], "min_per_class": 2}``:
+            the feature-extraction comparison again at these fractions of each task's
+            training images (class-stratified subsets drawn per seed, the same for every
+            method; seeds default to ``seeds``, must be among them: seed s uses the models
+            of seed s).
     """
 
     pool: str
@@ -97,7 +128,8 @@ class ExperimentConfig:
     hyperparams: list[dict] = field(default_factory=lambda: [{}])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     exclude_whole_set: bool = False
-    train_splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    val_split: str | None = "val"
     test_split: str = "test"
     image_size: int | None = None
     batch_size: int | None = None
@@ -105,11 +137,15 @@ class ExperimentConfig:
     device: str = "auto"
     probe: dict = field(default_factory=dict)
     baselines: list[dict] = field(
-        default_factory=lambda: [{"label": "imagenet", "weights": "imagenet"}, {"label": "random", "weights": "random"}]
+        default_factory=lambda: [
+            {"label": "imagenet", "weights": "imagenet"},
+            {"label": "scratch", "weights": "random", "modes": ["ft"]},
+        ]
     )
     finetune_tasks: list[str] = field(default_factory=list)
     finetune_seeds: list[int] | None = None
     finetune: dict = field(default_factory=dict)
+    learning_curve: dict | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "the experiment config") -> ExperimentConfig:
@@ -160,12 +196,61 @@ class ExperimentConfig:
             if fixed:
                 raise ConfigurationError(f"{where} sets {fixed}: the experiment sets these per run; remove them.")
         for i, b in enumerate(self.baselines):
-            if not isinstance(b, dict) or set(b) != {"label", "weights"}:
-                raise ConfigurationError(f'baselines[{i}] = {b!r}: give {{"label": ..., "weights": ...}}.')
+            if not isinstance(b, dict) or not {"label", "weights"} <= set(b) <= {"label", "weights", "modes"}:
+                raise ConfigurationError(
+                    f'baselines[{i}] = {b!r}: give {{"label": ..., "weights": ...}}, optionally "modes": ["fe", "ft"].'
+                )
             if b["label"] == MULTITASK_LABEL:
                 raise ConfigurationError(
                     f"baselines[{i}] uses the label {MULTITASK_LABEL!r}, reserved for the multi-task models."
                 )
+            modes = b.get("modes", list(MODES))
+            if not isinstance(modes, list) or not modes or set(modes) - set(MODES):
+                raise ConfigurationError(
+                    f"baselines[{i}] has modes {modes!r}: give a non-empty list among {list(MODES)}."
+                )
+        if self.val_split is not None and self.val_split in (*self.train_splits, self.test_split):
+            raise ConfigurationError(
+                f"val_split {self.val_split!r} is also a training or the test split: choices must be made on a "
+                'split of their own (e.g. train_splits ["train"], val_split "val", test_split "test").'
+            )
+        if self.test_split in self.train_splits:
+            raise ConfigurationError(f"test_split {self.test_split!r} is also in train_splits {self.train_splits}.")
+        if self.learning_curve is not None:
+            self._validate_curve()
+
+    def _validate_curve(self) -> None:
+        curve = self.learning_curve
+        known = {"fractions", "seeds", "min_per_class"}
+        if (
+            not isinstance(curve, dict)
+            or {k for k in curve if not k.startswith("_")} - known
+            or "fractions" not in curve
+        ):
+            raise ConfigurationError(
+                f'learning_curve = {curve!r}: give {{"fractions": [0.05, 0.25, 1.0]}} and optionally "seeds", '
+                '"min_per_class".'
+            )
+        fractions = curve["fractions"]
+        if (
+            not isinstance(fractions, list)
+            or not fractions
+            or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions)
+        ):
+            raise ConfigurationError(f"learning_curve fractions {fractions!r}: give values in (0, 1], e.g. [0.1, 1.0].")
+        extra = sorted(set(curve.get("seeds") or []) - set(self.seeds))
+        if extra:
+            raise ConfigurationError(
+                f"learning_curve seeds {extra} were not pre-trained: use seeds from {self.seeds} (seed s uses the "
+                "models of seed s)."
+            )
+        per_class = curve.get("min_per_class", 2)
+        if not isinstance(per_class, int) or per_class < 1:
+            raise ConfigurationError(f"learning_curve min_per_class {per_class!r}: use an integer >= 1.")
+
+    def baselines_for(self, mode: str) -> list[dict]:
+        """The baselines compared in ``mode`` (``"fe"`` or ``"ft"``)."""
+        return [b for b in self.baselines if mode in b.get("modes", MODES)]
 
     @property
     def backbone(self) -> str:
@@ -179,12 +264,17 @@ class ExperimentConfig:
 # --------------------------------------------------------------------------- pool -> tasks
 
 
-def task_data_from_pool(task: Any, train_splits: Sequence[str], test_split: str) -> TaskData:
-    """A pool task as a transfer target: train on ``train_splits``, score on ``test_split``.
+def task_data_from_pool(
+    task: Any, train_splits: Sequence[str], test_split: str, val_split: str | None = None
+) -> TaskData:
+    """A pool task as a transfer target: train on ``train_splits``, make choices on
+    ``val_split``, score the final models on ``test_split``.
 
-    Labels are class names; groups (patient, slide or image) go to the grouped CV.
+    The training images are those of ``train_splits`` + ``val_split`` in the pool's order,
+    ``val_mask`` marking the validation split. Labels are class names; groups (patient,
+    slide or image) go to the grouped CV.
     """
-    train = task.samples(list(train_splits))
+    train = task.samples([*train_splits, *([val_split] if val_split else [])])
     test = task.samples(test_split)
     names = np.asarray(train.classes)
     return TaskData(
@@ -194,6 +284,7 @@ def task_data_from_pool(task: Any, train_splits: Sequence[str], test_split: str)
         [str(p) for p in test.paths],
         np.asarray(test.classes)[test.labels].tolist(),
         train.groups,
+        (np.asarray(train.splits) == val_split) if val_split else None,
     )
 
 
@@ -207,12 +298,12 @@ def default_left_out_sets(task_names: Sequence[str]) -> list[list[str]]:
 
 def _open_pool(config: ExperimentConfig):
     from mtdp_core.data.pools import load_pool
+    from mtdp_core.data.sources import build_shared_pool, pool_needs_building
 
     path = Path(config.pool)
-    if not path.exists():
+    if pool_needs_building(path):
         if not config.build_pool_from:
             raise DataError(f"Task pool {path} does not exist: build it (`mtdp pool build`) or set build_pool_from.")
-        from mtdp_core.data.sources import build_shared_pool
 
         logger.info("building the task pool %s from %s", path, config.build_pool_from)
         build_shared_pool(config.build_pool_from, path)
@@ -335,7 +426,16 @@ class EvaluationJournal:
         self.reused = 0
 
     @staticmethod
-    def key(task: TaskData, spec: BackboneSpec, mode: str, settings: Mapping[str, Any]) -> str:
+    def key(
+        task: TaskData,
+        spec: BackboneSpec,
+        mode: str,
+        settings: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The evaluation's identity as JSON. ``extra`` adds what only some evaluations depend
+        on (the validation split); without it the key has the form journals have always had,
+        so test-set evaluations recorded before validation splits existed are still found."""
         weights: Any = spec.weights
         path = Path(spec.weights)
         if path.is_file():
@@ -351,6 +451,7 @@ class EvaluationJournal:
                 "sha256": spec.sha256,
                 "seed": spec.seed,
                 "settings": settings,
+                **(extra or {}),
             },
             sort_keys=True,
             default=_jsonable,
@@ -367,15 +468,23 @@ class EvaluationJournal:
             fh.write(json.dumps({"key": key, "record": record}, default=_jsonable) + "\n")
         return dict(record)
 
+    @staticmethod
+    def _validation(task: TaskData) -> dict:
+        # What the choices were made on: the task's validation split (its size; the pool's
+        # seeded split fixes which images) or a seeded hold-out of the training images.
+        n_val = int(np.asarray(task.val_mask).sum()) if task.has_validation else None
+        return {"validation": "val split" if n_val else "holdout", "n_val": n_val}
+
     def feature_extraction(self, probe: Any, common: Mapping[str, Any]):
         """``evaluate_feature_extraction`` through the journal (the ``evaluate`` of ``run_loto``)."""
         settings = {"image_size": common["image_size"], "probe": probe.get_params()}
 
-        def evaluate(task: TaskData, spec: BackboneSpec, **kwargs: Any) -> dict:
+        def evaluate(task: TaskData, spec: BackboneSpec, *, split: str = "test", **kwargs: Any) -> dict:
+            extra = {"scored_on": split, **self._validation(task)} if split != "test" else None
             return self.run(
-                self.key(task, spec, "fe", settings),
+                self.key(task, spec, "fe", settings, extra),
                 spec.label,
-                lambda: evaluate_feature_extraction(task, spec, **kwargs),
+                lambda: evaluate_feature_extraction(task, spec, split=split, **kwargs),
             )
 
         return evaluate
@@ -389,10 +498,33 @@ class EvaluationJournal:
 
         def evaluate(task: TaskData, spec: BackboneSpec) -> dict:
             return self.run(
-                self.key(task, spec, "ft", settings),
+                self.key(task, spec, "ft", settings, self._validation(task)),
                 spec.label,
                 lambda: evaluate_fine_tuning(task, spec, finetuner=finetuner),
             )
+
+        return evaluate
+
+    def learning_curve(self, probe: Any, common: Mapping[str, Any], min_per_class: int):
+        """``evaluate_learning_curve`` through the journal: one entry per (task, backbone, seed, fractions)."""
+
+        def evaluate(task: TaskData, spec: BackboneSpec, *, fractions: Sequence[float]) -> list[dict]:
+            settings = {
+                "image_size": common["image_size"],
+                "probe": probe.get_params(),
+                "fractions": sorted(float(f) for f in fractions),
+                "min_per_class": min_per_class,
+            }
+            entry = self.run(
+                self.key(task, spec, "curve", settings),
+                spec.label,
+                lambda: {
+                    "rows": evaluate_learning_curve(
+                        task, spec, fractions=fractions, probe=probe, min_per_class=min_per_class, **common
+                    )
+                },
+            )
+            return [dict(r, method=spec.label) for r in entry["rows"]]
 
         return evaluate
 
@@ -405,11 +537,14 @@ class ExperimentResult:
     """What ``run_experiment`` measured.
 
     Attributes:
-        loto: the leave-one-task-out result (scores of every hyper-parameter set, selections).
-        fe: feature-extraction scores: ``"multitask fe"`` (the selected sets) and the baselines.
-        ft: fine-tuning scores (None without ``finetune_tasks``).
-        records: every evaluation (LOTO and comparison), as written to records.jsonl.
+        loto: the leave-one-task-out result (validation scores of every hyper-parameter set,
+            selections).
+        fe: feature-extraction test scores: ``"multitask fe"`` (the selected sets) and the baselines.
+        ft: fine-tuning test scores (None without ``finetune_tasks``).
+        records: every evaluation (stages ``loto``, ``comparison``, ``curve``), as written to
+            records.jsonl.
         paths: the files written.
+        curves: learning-curve records (empty without ``learning_curve``).
     """
 
     loto: LotoResult
@@ -417,6 +552,7 @@ class ExperimentResult:
     ft: ScoreTable | None
     records: list[dict]
     paths: dict[str, Path]
+    curves: list[dict] = field(default_factory=list)
 
 
 def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentResult:
@@ -436,7 +572,10 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
             raise ConfigurationError(
                 f"Unknown task {t!r} in finetune_tasks: the pool's tasks are {', '.join(pool.names)}."
             )
-    tasks = {name: task_data_from_pool(pool[name], config.train_splits, config.test_split) for name in pool.names}
+    tasks = {
+        name: task_data_from_pool(pool[name], config.train_splits, config.test_split, config.val_split)
+        for name in pool.names
+    }
 
     from mtdp_core.transfer.probes import Probe
 
@@ -452,6 +591,7 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
     pretrain = multitask_pretrainer(pool.path or config.pool, config.pretrain, out / "pretrain")
     journal = EvaluationJournal(out / "evaluations.jsonl")
     evaluate_fe = journal.feature_extraction(probe, common)
+    # Selection: validation scores only (run_loto asks for split="val").
     loto = run_loto(
         tasks,
         sets,
@@ -466,27 +606,40 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
     )
     paths = _write_loto(loto, out / "loto")
 
-    # Feature extraction: the selected multi-task models (scores already measured by LOTO) vs the baselines.
+    # The final comparison, on the test sets, once per final model: the selected multi-task
+    # models (refit on train + val) and the baselines.
     order = [t for s in loto.left_out_sets for t in s]
-    selected = {(r["task"], r["seed"]): r for r in loto.records if r["method"] == loto.selections[r["task"]]}
+    chosen = _selected_models(loto)
     records: list[dict] = []
     for task in order:
         for seed in config.seeds:
-            rec = dict(
-                selected[(task, seed)], method=method_name(MULTITASK_LABEL, "fe"), hyperparams=loto.selections[task]
+            spec = BackboneSpec(MULTITASK_LABEL, arch, chosen[(task, seed)], seed=seed)
+            rec = evaluate_fe(tasks[task], spec, split="test", probe=probe, **common)
+            records.append(
+                dict(
+                    rec,
+                    method=method_name(MULTITASK_LABEL, "fe"),
+                    hyperparams=loto.selections[task],
+                    weights=spec.weights,
+                )
             )
-            records.append(rec)
-        for b in config.baselines:
+        for b in config.baselines_for("fe"):
             for seed in config.seeds:
                 spec = BackboneSpec(b["label"], arch, b["weights"], seed=seed)
-                rec = evaluate_fe(tasks[task], spec, probe=probe, **common)
-                rec["method"] = method_name(b["label"], "fe")
-                records.append(rec)
+                rec = evaluate_fe(tasks[task], spec, split="test", probe=probe, **common)
+                records.append(dict(rec, method=method_name(b["label"], "fe")))
     if config.finetune_tasks:
-        records += _fine_tune(config, tasks, loto, selected, arch, size, journal)
+        records += _fine_tune(config, tasks, loto, chosen, arch, size, journal)
+    curves = _learning_curves(config, tasks, loto, chosen, arch, records, common, journal)
     fe, ft = _write_comparisons(out, config, order, records, paths)
+    if curves:
+        paths.update(_write_curves(out, config, curves))
 
-    all_records = [dict(r, stage="loto") for r in loto.records] + [dict(r, stage="comparison") for r in records]
+    all_records = (
+        [dict(r, stage="loto") for r in loto.records]
+        + [dict(r, stage="comparison") for r in records]
+        + [dict(r, stage="curve") for r in curves]
+    )
     with open(out / "records.jsonl", "w") as fh:
         fh.writelines(json.dumps(r, default=_jsonable) + "\n" for r in all_records)
     paths["records"] = out / "records.jsonl"
@@ -501,9 +654,26 @@ def run_experiment(config: ExperimentConfig | Mapping[str, Any]) -> ExperimentRe
         + "\n"
     )
     paths["summary"] = out / "summary.json"
-    paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, seconds)
+    paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, curves, seconds)
     logger.info("experiment done in %.0f s: %s", time.perf_counter() - start, paths["results"])
-    return ExperimentResult(loto, fe, ft, all_records, paths)
+    return ExperimentResult(loto, fe, ft, all_records, paths, curves)
+
+
+def _selected_models(loto: LotoResult) -> dict[tuple[str, int], str]:
+    """{(task, seed): weights of the model pre-trained without the task's set with its selected hyper-parameters}."""
+    return {(r["task"], r["seed"]): r["weights"] for r in loto.records if r["method"] == loto.selections[r["task"]]}
+
+
+def _baseline_note(config: ExperimentConfig, mode: str) -> list[str]:
+    """Where a baseline's spread comes from, when its weights do not depend on the seed."""
+    if mode != "fe":
+        return []
+    return [
+        f"{method_name(b['label'], 'fe')}: the same {b['weights']} features for every seed; its spread comes only "
+        "from the seeds of the SVM's cross-validation folds (which C is chosen)."
+        for b in config.baselines_for("fe")
+        if b["weights"] != "random"
+    ]
 
 
 def _write_comparisons(
@@ -516,12 +686,31 @@ def _write_comparisons(
         rows = [r for r in records if r["mode"] == mode]
         if not rows:
             continue
-        methods = [method_name(MULTITASK_LABEL, mode)] + [method_name(b["label"], mode) for b in config.baselines]
+        methods = [method_name(MULTITASK_LABEL, mode)] + [
+            method_name(b["label"], mode) for b in config.baselines_for(mode)
+        ]
         tasks = [t for t in order if any(r["task"] == t for r in rows)]
         tables[mode] = ScoreTable.from_records(rows, methods=methods, tasks=tasks)
-        report = write_report(tables[mode], out / f"comparison_{mode}", reference=methods[0], title=title)
+        report = write_report(
+            tables[mode],
+            out / f"comparison_{mode}",
+            reference=methods[0],
+            title=f"{title} (test sets)",
+            notes=_baseline_note(config, mode),
+        )
         paths.update({f"{mode}:{k}": v for k, v in report.items()})
     return tables["fe"], tables.get("ft")
+
+
+def _write_curves(out: Path, config: ExperimentConfig, curves: Sequence[dict]) -> dict[str, Path]:
+    reference = method_name(MULTITASK_LABEL, "fe")
+    report = write_learning_curve_report(
+        curves,
+        out / "learning_curves",
+        reference=reference,
+        title="Learning curves: feature extraction + linear SVM, test sets",
+    )
+    return {f"curve:{k}": v for k, v in report.items()}
 
 
 def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
@@ -546,23 +735,28 @@ def report_experiment(output_dir: str | os.PathLike) -> ExperimentResult:
     selections = {
         t: select_method(table, t, exclude=list(set_of[t]) if config.exclude_whole_set else [t]) for t in order
     }
-    loto = LotoResult(table, sets, selections, dict(zip(labels, config.hyperparams)), loto_records)
+    loto = LotoResult(
+        table, sets, selections, dict(zip(labels, config.hyperparams)), loto_records, config.exclude_whole_set
+    )
     paths = _write_loto(loto, out / "loto")
     fe, ft = _write_comparisons(out, config, order, [r for r in records if r.get("stage") == "comparison"], paths)
+    curves = [r for r in records if r.get("stage") == "curve"]
+    if curves:
+        paths.update(_write_curves(out, config, curves))
     try:
         seconds = float(json.loads((out / "summary.json").read_text())["wall_seconds"])
     except (OSError, KeyError, ValueError):
         seconds = None
     paths["records"] = out / "records.jsonl"
-    paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, seconds)
-    return ExperimentResult(loto, fe, ft, records, paths)
+    paths["results"] = _write_results(out / "results.md", config, loto, fe, ft, curves, seconds)
+    return ExperimentResult(loto, fe, ft, records, paths, curves)
 
 
 def _fine_tune(
     config: ExperimentConfig,
     tasks: Mapping[str, TaskData],
     loto: LotoResult,
-    selected: Mapping[tuple[str, int], dict],
+    chosen: Mapping[tuple[str, int], str],
     arch: str,
     size: int,
     journal: EvaluationJournal,
@@ -575,18 +769,57 @@ def _fine_tune(
     records = []
     for task in [t for s in loto.left_out_sets for t in s if t in config.finetune_tasks]:
         for seed in config.finetune_seeds or config.seeds:
-            if (task, seed) not in selected:
+            if (task, seed) not in chosen:
                 raise ConfigurationError(
                     f"finetune_seeds has seed {seed}, which was not pre-trained: use seeds from {config.seeds}."
                 )
-            specs = [BackboneSpec(MULTITASK_LABEL, arch, selected[(task, seed)]["weights"], seed=seed)]
-            specs += [BackboneSpec(b["label"], arch, b["weights"], seed=seed) for b in config.baselines]
+            specs = [BackboneSpec(MULTITASK_LABEL, arch, chosen[(task, seed)], seed=seed)]
+            specs += [BackboneSpec(b["label"], arch, b["weights"], seed=seed) for b in config.baselines_for("ft")]
             for spec in specs:
                 logger.info("fine-tuning %s on %s (seed %d)", spec.label, task, seed)
                 rec = evaluate(tasks[task], spec)
                 rec["method"] = method_name(spec.label, "ft")
                 records.append(rec)
     return records
+
+
+def _learning_curves(
+    config: ExperimentConfig,
+    tasks: Mapping[str, TaskData],
+    loto: LotoResult,
+    chosen: Mapping[tuple[str, int], str],
+    arch: str,
+    comparison: Sequence[dict],
+    common: Mapping[str, Any],
+    journal: EvaluationJournal,
+) -> list[dict]:
+    """Feature-extraction learning curves of the selected multi-task models and the fe baselines:
+    for seed s, the models of seed s on the subsets of seed s (the same for every method). The
+    point at fraction 1 is the final comparison's record (the same computation)."""
+    if not config.learning_curve:
+        return []
+    from mtdp_core.transfer.probes import Probe
+
+    curve = config.learning_curve
+    probe = Probe(**config.probe)
+    min_per_class = int(curve.get("min_per_class", 2))
+    evaluate = journal.learning_curve(probe, common, min_per_class)
+    final = {(r["method"], r["task"], r["seed"]): r for r in comparison if r["mode"] == "fe"}
+    rows: list[dict] = []
+    for task in [t for s in loto.left_out_sets for t in s]:
+        for seed in curve.get("seeds") or config.seeds:
+            specs = [BackboneSpec(MULTITASK_LABEL, arch, chosen[(task, seed)], seed=seed)]
+            specs += [BackboneSpec(b["label"], arch, b["weights"], seed=seed) for b in config.baselines_for("fe")]
+            for spec in specs:
+                logger.info("learning curve of %s on %s (seed %d)", spec.label, task, seed)
+                rows += learning_curve_with_final(
+                    tasks[task],
+                    spec,
+                    curve["fractions"],
+                    final[(method_name(spec.label, "fe"), task, seed)],
+                    evaluate=evaluate,
+                )
+    return rows
 
 
 def _jsonable(value: Any) -> Any:
@@ -610,9 +843,9 @@ def _write_loto(loto: LotoResult, out: Path) -> dict[str, Path]:
 
 
 def _loto_markdown(loto: LotoResult) -> str:
-    """Mean ± std of every hyper-parameter set per task, ranks, and the selection per task."""
+    """Mean ± std of every hyper-parameter set's validation score per task, ranks, and the selection per task."""
     table = loto.table
-    means, stds = table.mean(), table.std()
+    means, stds = table.mean(), table.std(ddof=DDOF)
     try:
         ranks = rank_matrix(table)
     except ConfigurationError:
@@ -628,44 +861,71 @@ def _loto_markdown(loto: LotoResult) -> str:
             cells.append(f"{100 * means[i, j]:.1f} ± {100 * stds[i, j]:.1f}{rank}")
         avg = f"{ranks[i].mean():.2f}" if ranks is not None else "–"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {avg} |")
+    elsewhere = "the tasks outside its left-out set" if loto.exclude_whole_set else "the other tasks"
     lines += [
         "",
-        "| task | left-out set | selected (average rank over the other tasks) | its score on the task |",
+        f"| task | left-out set | selected (average rank over {elsewhere}) | its validation score |",
         "|---|---|---|---:|",
     ]
     set_of = {t: s for s in loto.left_out_sets for t in s}
     for row in loto.selection_rows():
         lines.append(
             f"| {row['task']} | {' + '.join(set_of[row['task']])} | {row['selected']} "
-            f"({row['average_rank_elsewhere']:.2f}) | {100 * row['score_mean']:.1f} ± {100 * row['score_std']:.1f} |"
+            f"({row['average_rank_elsewhere']:.2f}) | {100 * row['val_score_mean']:.1f} ± "
+            f"{100 * row['val_score_std']:.1f} |"
         )
     return "\n".join(lines)
 
 
 def _write_results(
-    path: Path, config: ExperimentConfig, loto: LotoResult, fe: ScoreTable, ft: ScoreTable | None, seconds: float | None
+    path: Path,
+    config: ExperimentConfig,
+    loto: LotoResult,
+    fe: ScoreTable,
+    ft: ScoreTable | None,
+    curves: Sequence[dict],
+    seconds: float | None,
 ) -> Path:
     fe_ref = method_name(MULTITASK_LABEL, "fe")
     timing = f"wall time {seconds / 60:.1f} min" if seconds is not None else "wall time not recorded"
+    val = config.val_split or "a grouped 20% hold-out of the training images"
     parts = [
         "# Leave-one-task-out experiment",
         "",
         f"Backbone `{config.backbone}`, {config.transfer_image_size} px; seeds {config.seeds}; "
         f"left-out sets {[' + '.join(s) for s in loto.left_out_sets]}; {timing}. "
-        "Scores are percentages (ROC AUC for binary tasks, accuracy otherwise), mean ± std over the seeds; "
-        "▲/▼: the multi-task model is significantly better/worse (|Δ| > 2 × the larger std), =: not significant, "
+        "Scores are percentages (ROC AUC for binary tasks, accuracy otherwise), mean ± σ over the seeds "
+        f"(σ: sample standard deviation, ddof={DDOF}); "
+        "▲/▼: the multi-task model is significantly better/worse (|Δ| > 2 × the larger σ), =: not significant, "
         "·: one run each (untested).",
         "",
-        "## Hyper-parameter selection (feature extraction + linear SVM)",
+        f"Splits: hyper-parameters are ranked on `{val}` (SVMs trained on {config.train_splits}); the test split "
+        f"`{config.test_split}` is read only by the final comparison (SVMs refit on train + val; fine-tuning "
+        "stopped on val).",
+        "",
+        "## Hyper-parameter selection (feature extraction + linear SVM, validation scores)",
         "",
         _loto_markdown(loto),
         "",
-        "## Feature extraction + linear SVM",
+        "## Feature extraction + linear SVM (test sets)",
         "",
-        markdown_comparison(fe, fe_ref, [m for m in fe.methods if m != fe_ref]),
+        markdown_comparison(fe, fe_ref, [m for m in fe.methods if m != fe_ref], notes=_baseline_note(config, "fe")),
     ]
     if ft is not None:
         ft_ref = method_name(MULTITASK_LABEL, "ft")
-        parts += ["", "## Fine-tuning", "", markdown_comparison(ft, ft_ref, [m for m in ft.methods if m != ft_ref])]
+        parts += [
+            "",
+            "## Fine-tuning (test sets; learning rate and epoch chosen on the validation split)",
+            "",
+            markdown_comparison(ft, ft_ref, [m for m in ft.methods if m != ft_ref]),
+        ]
+    if curves:
+        baselines = [m for m in dict.fromkeys(r["method"] for r in curves) if m != fe_ref]
+        parts += [
+            "",
+            "## Learning curves (feature extraction + linear SVM, test sets)",
+            "",
+            markdown_learning_curves(curves, fe_ref, baselines),
+        ]
     path.write_text("\n".join(parts) + "\n")
     return path

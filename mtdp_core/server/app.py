@@ -35,8 +35,8 @@ from mtdp_core.server.backends.database import private_folder, write_private
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.domain import Row
 from mtdp_core.server.errors import Forbidden, NotFound
-from mtdp_core.server.imaging import ImageCache
 from mtdp_core.server.launcher import JobLauncher, typed_parameters
+from mtdp_core.server.sources import ImageCache
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,23 @@ class PixelLimits:
     (the region it reads is at most the stored image, or one pyramid level of it).
 
     Attributes:
+        max_side: longest side of an output: 10,000 pixels, PIMS's ``OUTPUT_SIZE_LIMIT`` (what a
+            real Cytomine refuses, in its default ``SAFE_REJECT`` mode).
         max_pixels: width x height of an output (default 4096 x 4096; about 48 MiB as RGB).
         max_upscale: how many times a region may be enlarged (per side): a 20-pixel box can be
             cropped at up to 1280 pixels by default.
     """
 
+    max_side: int = 10_000
     max_pixels: int = 4096 * 4096
     max_upscale: float = 64.0
+
+    def fit(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``size`` shrunk (aspect kept) to the longest side and the pixels allowed: what PIMS's
+        ``SAFE_RESIZE`` gives a request that asks for it (the core's crop ``safe=true``)."""
+        width, height = size
+        ratio = min(1.0, self.max_side / max(width, height), math.sqrt(self.max_pixels / (width * height)))
+        return max(1, math.floor(width * ratio)), max(1, math.floor(height * ratio))
 
     def check(self, size: tuple[int, int], region: tuple[float, float] | None = None, *, what: str = "image") -> None:
         """400 when an output of ``size`` (width, height), rendered from a ``region`` of that many
@@ -38,6 +48,12 @@ class PixelLimits:
                 f"The {what} asked is {width} x {height} pixels, over the server's limit of {self.max_pixels:,} "
                 f"pixels (e.g. {side} x {side}): ask a smaller maxSize (or a zoom level), or start the server "
                 "with a larger --max-pixels"
+            )
+        if max(width, height) > self.max_side:
+            raise BadRequest(
+                f"The {what} asked is {width} x {height} pixels, over the image server's limit of {self.max_side:,} "
+                "pixels a side (PIMS's output size limit): ask a smaller maxSize or a higher zoom level, or a smaller "
+                "region"
             )
         if region is not None and region[0] > 0 and region[1] > 0:
             factor = max(width / region[0], height / region[1])

@@ -1,4 +1,4 @@
-"""Pixels: crops, masks, windows and thumbnails cut from the stored image files.
+"""Pixels: crops, masks, windows, thumbnails and tiles rendered from the stored images.
 
 What a real Cytomine does here is split between the core and its image server (PIMS for the
 Spring core, IMS for the Grails one). The semantics reproduced, with their sources:
@@ -11,20 +11,24 @@ Spring core, IMS for the Grails one). The semantics reproduced, with their sourc
   pixel box around it (core ``getGeometryBoundaries``).
 - **output size**: ``maxSize`` gives the longest side of the output, up- or down-scaling
   (PIMS ``length``); the Spring core defaults it to 256 when absent. Without ``maxSize``,
-  ``zoom`` k divides the size by 2**k (PIMS ``level``); 0 is full resolution.
+  ``zoom`` k divides the size by 2**k (PIMS ``level``); 0 is full resolution. A crop asked with
+  ``safe=true`` (the core's ``X-Image-Size-Safety: SAFE_RESIZE``) is shrunk to fit the limits.
 - **mask**: white annotation on black, single channel; **alphamask**: the crop with an alpha
   channel that is transparent outside the annotation (PNG).
 - **window**: the rectangle ``x, y, w, h`` in image coordinates (top-left origin, as the
   client's ``ImageInstance.window`` documents), cut to the image unless ``withExterior`` (then
   black outside it); a window starting left of or above the image needs ``withExterior``.
 - **thumb**: the whole image with its longest side at most ``maxSize`` (default 512).
+- **tile** (PIMS ``normalized-tile``): tile ``tx, ty`` (256 pixels, smaller on the right and
+  bottom edges) of zoom ``z`` of the normalized pyramid, each tier half the previous one
+  (rounded up), zoom 0 the smallest (fits one tile), the largest zoom the full resolution.
 
 Every renderer computes its output size first and checks it against the server's
-:class:`~mtdp_core.server.config.PixelLimits` before building anything: no request makes the
-server hold more than the stored image plus one output of at most ``max_pixels``.
-
-Decoded images are kept in a small LRU cache (by bytes), because the crops of one image are
-requested by several threads at once (``dump_crops``); decoding happens once per image.
+:class:`~mtdp_core.server.config.PixelLimits` (a side over 10,000 pixels, as PIMS, or more than
+``max_pixels``) before building anything: no request makes the server hold more than one output.
+Pixels come from a :class:`~mtdp_core.server.sources.PixelSource`: a decoded plain image or a
+whole-slide file, read from the one pyramid level each output needs (so a crop of a 100,000
+pixel slide reads a few tiles, never the slide).
 """
 
 from __future__ import annotations
@@ -32,20 +36,16 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageColor, ImageDraw, ImageOps
+from PIL import Image, ImageColor, ImageDraw
 from shapely import affinity
 from shapely.geometry.base import BaseGeometry
 
 from mtdp_core.server.config import PixelLimits
-from mtdp_core.server.errors import BadRequest, NotFound
+from mtdp_core.server.errors import BadRequest
 from mtdp_core.server.geometry import POINT_ENVELOPE, cytomine_to_image
+from mtdp_core.server.sources import PixelSource
 
 logger = logging.getLogger(__name__)
 
@@ -57,106 +57,16 @@ FORMATS = {
     "tiff": ("TIFF", "image/tiff"),
     "webp": ("WEBP", "image/webp"),
 }
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-_ORIENTATION = 0x0112  # the EXIF orientation tag
-#: Tile side of the virtual pyramid that defines the valid zoom levels of a flat image.
+#: Tile side of the normalized pyramid, which also defines the valid zoom levels of an image.
 TILE_SIZE = 256
 #: Widest outline ``draw`` crops accept.
 MAX_THICKNESS = 100
-
-
-def image_info(path: Path) -> tuple[int, int, int, str]:
-    """(width, height, samples per pixel, mime type) from the file header, without decoding.
-
-    The size is the displayed one: EXIF orientations that rotate by 90 degrees swap it, as
-    :func:`decode` applies them.
-    """
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.format in ("JPEG", "TIFF", "WEBP", "PNG") and image.getexif().get(_ORIENTATION) in (5, 6, 7, 8):
-                width, height = height, width
-            bands = len(image.getbands())
-            mime = Image.MIME.get(image.format or "", "application/octet-stream")
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise BadRequest(f"Cannot read image {path}: {exc}") from None
-    return width, height, (1 if bands == 1 else 3), mime
 
 
 def max_zoom_level(width: int, height: int) -> int:
     """Deepest zoom level of an image: halve until the longest side fits one 256-pixel tile."""
     longest = max(width, height, 1)
     return max(0, math.ceil(math.log2(longest / TILE_SIZE))) if longest > TILE_SIZE else 0
-
-
-class ImageCache:
-    """Thread-safe LRU cache of decoded images (uint8 arrays, HxW or HxWx3), bounded in bytes.
-
-    Concurrent requests for an image that is not cached yet wait for one decode instead of
-    decoding it once each.
-    """
-
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self._loading: dict[tuple[str, float], threading.Lock] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, path: str | os.PathLike) -> np.ndarray:
-        path = str(path)
-        try:
-            key = (path, os.stat(path).st_mtime)
-        except OSError:
-            # The name only: a server path is no business of the caller's (the operator's log has it).
-            logger.error("image file %s is missing", path)
-            raise NotFound(f"Image file {os.path.basename(path)!r} is missing from the server's disk") from None
-        with self._lock:
-            array = self._items.get(key)
-            if array is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return array
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                array = self._items.get(key)
-                if array is not None:
-                    self.hits += 1
-                    return array
-            array = decode(path)
-            with self._lock:
-                self.misses += 1
-                self._loading.pop(key, None)
-                if array.nbytes <= self.max_bytes:
-                    self._items[key] = array
-                    self._bytes += array.nbytes
-                    while self._bytes > self.max_bytes:
-                        _, old = self._items.popitem(last=False)
-                        self._bytes -= old.nbytes
-            return array
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-
-
-def decode(path: str | os.PathLike) -> np.ndarray:
-    """The image as uint8 pixels: HxW for grey images, HxWx3 otherwise (EXIF orientation applied)."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode not in ("L", "RGB"):
-                image = image.convert("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
-            array = np.asarray(image)
-    except (OSError, Image.DecompressionBombError) as exc:
-        logger.error("image file %s cannot be decoded: %s", path, exc)
-        raise NotFound(f"Image file {os.path.basename(path)!r} cannot be decoded: see the server's log") from None
-    array.setflags(write=False)
-    return array
 
 
 @dataclass(frozen=True)
@@ -230,12 +140,6 @@ def output_size(width: int, height: int, max_size: int | None, zoom: int | None,
     return width, height
 
 
-def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    if image.size == size:
-        return image
-    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0 if size[0] < image.size[0] else None)
-
-
 def _geometry_mask(geometry_px: BaseGeometry, size: tuple[int, int]) -> Image.Image:
     """Rasterise a geometry given in output pixel coordinates (top-left origin) as an L mask."""
     mask = Image.new("L", size, 0)
@@ -282,6 +186,7 @@ class CropOptions:
     jpeg_quality: int | None = None
     color: str = "#ff0000"
     thickness: int = 1
+    safe: bool = False
 
     def __post_init__(self) -> None:
         """400 for a value no crop can be made with (the region and output size are checked once known)."""
@@ -296,16 +201,18 @@ class CropOptions:
 
 
 def render_crop(
-    pixels: np.ndarray, geometry: BaseGeometry, options: CropOptions, limits: PixelLimits | None = None
+    source: PixelSource, geometry: BaseGeometry, options: CropOptions, limits: PixelLimits | None = None
 ) -> tuple[bytes, str]:
-    """Crop (or mask) of ``geometry`` (Cytomine coordinates) from decoded ``pixels``."""
-    image_height, image_width = pixels.shape[:2]
+    """Crop (or mask) of ``geometry`` (Cytomine coordinates) from ``source``."""
+    limits = limits or PixelLimits()
+    image_width, image_height = source.width, source.height
     region = annotation_region(geometry, image_width, image_height, options.increase_area, options.square)
     left, top, right, bottom = region.discretize(image_width, image_height)
     out_size = output_size(
         right - left, bottom - top, options.max_size, options.zoom, max_zoom_level(image_width, image_height)
     )
-    (limits or PixelLimits()).check(out_size, (right - left, bottom - top), what=options.kind)
+    out_size = limits.fit(out_size) if options.safe else out_size
+    limits.check(out_size, (right - left, bottom - top), what=options.kind)
     fmt = options.fmt
     if options.kind == "alphamask":
         fmt = "png"  # alpha needs PNG, as the core's checkFormat(['png'])
@@ -319,8 +226,7 @@ def render_crop(
     if options.kind == "mask":
         return encode(_geometry_mask(geometry_px, out_size), fmt, options.jpeg_quality)
 
-    crop = Image.fromarray(np.ascontiguousarray(pixels[top:bottom, left:right]))
-    crop = _resize(crop, out_size)
+    crop = source.region((left, top, right, bottom), out_size)
     if options.kind == "alphamask":
         crop = crop.convert("RGBA")
         crop.putalpha(_geometry_mask(geometry_px, out_size))
@@ -339,14 +245,8 @@ def render_crop(
     return encode(crop, fmt, options.jpeg_quality)
 
 
-def _scaled(pixels: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
-    """The pixels ``box`` (left, top, right, bottom) of an image, resized to ``size``."""
-    left, top, right, bottom = box
-    return _resize(Image.fromarray(np.ascontiguousarray(pixels[top:bottom, left:right])), size)
-
-
 def render_window(
-    pixels: np.ndarray,
+    source: PixelSource,
     x: int,
     y: int,
     w: int,
@@ -355,11 +255,12 @@ def render_window(
     *,
     with_exterior: bool = False,
     max_size: int | None = None,
+    zoom: int | None = None,
     limits: PixelLimits | None = None,
 ) -> tuple[bytes, str]:
-    """The rectangle ``x, y, w, h`` (top-left origin) of the image, its longest side ``max_size``
-    when given. With ``with_exterior`` the part outside the image is black; the output is built
-    at its final size (never the rectangle asked, which may be far larger)."""
+    """The rectangle ``x, y, w, h`` (top-left origin) of the image, its longest side ``max_size``,
+    else reduced ``2**zoom`` times. With ``with_exterior`` the part outside the image is black; the
+    output is built at its final size (never the rectangle asked, which may be far larger)."""
     if w <= 0 or h <= 0:
         raise BadRequest(f"Invalid window {w} x {h}: width and height must be positive")
     if not with_exterior and (x < 0 or y < 0):
@@ -367,29 +268,55 @@ def render_window(
             f"Window {x},{y},{w},{h} starts outside the image: use x, y >= 0, or withExterior=true to get "
             "black pixels outside the image"
         )
-    image_height, image_width = pixels.shape[:2]
-    inside = (max(0, x), max(0, y), min(image_width, x + w), min(image_height, y + h))
+    inside = (max(0, x), max(0, y), min(source.width, x + w), min(source.height, y + h))
     if not with_exterior:
         if inside[2] <= inside[0] or inside[3] <= inside[1]:
-            raise BadRequest(f"Window {x},{y},{w},{h} lies outside the {image_width} x {image_height} image")
+            raise BadRequest(f"Window {x},{y},{w},{h} lies outside the {source.width} x {source.height} image")
         x, y, w, h = inside[0], inside[1], inside[2] - inside[0], inside[3] - inside[1]
-    size = output_size(w, h, max_size, None, 0) if max_size else (w, h)
+    size = output_size(w, h, max_size, zoom, max_zoom_level(source.width, source.height))
     (limits or PixelLimits()).check(size, (w, h), what="window")
     if not with_exterior:
-        return encode(_scaled(pixels, inside, size), fmt)
-    window = Image.new("L" if pixels.ndim == 2 else "RGB", size, 0)
-    if inside[2] > inside[0] and inside[3] > inside[1]:
-        sx, sy = size[0] / w, size[1] / h
-        left, top = round((inside[0] - x) * sx), round((inside[1] - y) * sy)
-        right, bottom = round((inside[2] - x) * sx), round((inside[3] - y) * sy)
-        if right > left and bottom > top:
-            window.paste(_scaled(pixels, inside, (right - left, bottom - top)), (left, top))
+        return encode(source.region(inside, size), fmt)
+    window = Image.new(source.mode, size, 0)
+    sx, sy = size[0] / w, size[1] / h
+    left, top = round((inside[0] - x) * sx), round((inside[1] - y) * sy)
+    right, bottom = round((inside[2] - x) * sx), round((inside[3] - y) * sy)
+    if right > left and bottom > top:
+        window.paste(source.region(inside, (right - left, bottom - top)), (left, top))
     return encode(window, fmt)
 
 
-def render_thumb(pixels: np.ndarray, max_size: int, fmt: str, limits: PixelLimits | None = None) -> tuple[bytes, str]:
+def render_thumb(source: PixelSource, max_size: int, fmt: str, limits: PixelLimits | None = None) -> tuple[bytes, str]:
     """The whole image, its longest side at most ``max_size`` (never enlarged)."""
-    height, width = pixels.shape[:2]
+    width, height = source.width, source.height
     size = output_size(width, height, max_size, None, 0) if max(width, height) > max_size else (width, height)
     (limits or PixelLimits()).check(size, what="thumbnail")
-    return encode(_scaled(pixels, (0, 0, width, height), size), fmt)
+    return encode(source.region((0, 0, width, height), size), fmt)
+
+
+def tier_size(width: int, height: int, zoom: int) -> tuple[int, int]:
+    """Size of zoom ``zoom`` of the normalized pyramid (PIMS ``normalized_pyramid``: each tier half
+    the previous one, rounded up; zoom 0 is the smallest)."""
+    for _ in range(max_zoom_level(width, height) - zoom):
+        width, height = -(-width // 2), -(-height // 2)
+    return width, height
+
+
+def render_tile(
+    source: PixelSource, zoom: int, tx: int, ty: int, fmt: str, limits: PixelLimits | None = None
+) -> tuple[bytes, str]:
+    """Tile ``tx, ty`` of zoom ``zoom`` of the normalized pyramid (see the module docstring)."""
+    max_zoom = max_zoom_level(source.width, source.height)
+    if not 0 <= zoom <= max_zoom:
+        raise BadRequest(f"Zoom {zoom} does not exist: this image has zoom levels 0 to {max_zoom}")
+    tier_w, tier_h = tier_size(source.width, source.height, zoom)
+    columns, rows = -(-tier_w // TILE_SIZE), -(-tier_h // TILE_SIZE)
+    if not (0 <= tx < columns and 0 <= ty < rows):
+        raise BadRequest(
+            f"Tile ({tx}, {ty}) does not exist at zoom {zoom}: tx is 0 to {columns - 1}, ty 0 to {rows - 1}"
+        )
+    left, top = tx * TILE_SIZE, ty * TILE_SIZE
+    right, bottom = min(tier_w, left + TILE_SIZE), min(tier_h, top + TILE_SIZE)
+    (limits or PixelLimits()).check((right - left, bottom - top), what="tile")
+    fx, fy = source.width / tier_w, source.height / tier_h
+    return encode(source.region((left * fx, top * fy, right * fx, bottom * fy), (right - left, bottom - top)), fmt)

@@ -1,5 +1,5 @@
-"""Importers: a folder of images plus annotations, into a project whose ontology's terms come
-from the labels.
+"""Importers: a folder of images (plain images and whole-slide files: SVS, NDPI, MRXS, SCN,
+pyramidal TIFF...) plus annotations, into a project whose ontology's terms come from the labels.
 
 Formats (coordinates are image pixels, top-left origin, x right, y down; they are converted to
 Cytomine's bottom-left origin on import, see :mod:`mtdp_core.server.geometry`):
@@ -40,7 +40,8 @@ from shapely.geometry.base import BaseGeometry
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.server.backends import CytomineStore, ImportedImage
 from mtdp_core.server.domain import Row
-from mtdp_core.server.imaging import IMAGE_EXTENSIONS
+from mtdp_core.server.errors import BadRequest
+from mtdp_core.server.sources import FILE_EXTENSIONS, image_info
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class ImportReport:
             text += f", {self.refused_annotations} annotations refused (empty or outside the image)"
         if self.missing_images:
             text += f", {len(self.missing_images)} annotated images not found in the image folder"
+        if self.unreadable:
+            text += f", {len(self.unreadable)} unreadable files skipped ({', '.join(self.unreadable[:3])})"
         return text
 
 
@@ -210,12 +213,15 @@ def read_voc(folder: str | Path) -> dict[str, list[tuple[str, BaseGeometry]]]:
 
 
 def _geojson_label(properties: dict[str, Any], wanted: str | None) -> str | None:
+    """The label of a feature: the ``wanted`` property; for a QuPath object (it has ``objectType``
+    or ``classification``) its class, None when unclassified (its ``name`` is a name, not a class);
+    else the first of :data:`LABEL_COLUMNS`."""
     if wanted is not None:
         value = properties.get(wanted)
+    elif "objectType" in properties or "classification" in properties:
+        value = properties.get("classification")
     else:
-        value = next(
-            (properties[k] for k in LABEL_COLUMNS + ("classification",) if properties.get(k) is not None), None
-        )
+        value = next((properties[k] for k in LABEL_COLUMNS if properties.get(k) is not None), None)
     if isinstance(value, dict):  # QuPath: "classification": {"name": "Tumor", "color": [...]}
         value = value.get("name")
     return None if value is None else str(value)
@@ -231,13 +237,17 @@ def _geojson_features(data: Any, source: Path) -> list[dict[str, Any]]:
     raise ConfigurationError(f"{source}: not a GeoJSON FeatureCollection")
 
 
-def read_geojson(path: str | Path, columns: ColumnNames = ColumnNames()) -> dict[str, list[tuple[str, BaseGeometry]]]:
-    """``{image name or stem: [(label, geometry)]}`` from a .geojson file or a folder of them."""
+def read_geojson(
+    path: str | Path, columns: ColumnNames = ColumnNames()
+) -> dict[str, list[tuple[str | None, BaseGeometry]]]:
+    """``{image name or stem: [(label, geometry)]}`` from a .geojson file or a folder of them (e.g.
+    QuPath's *Export objects as GeoJSON*); a feature without a label (an unclassified QuPath
+    object) has label None and becomes an annotation without a term."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in (".geojson", ".json"))
     if not files:
         raise ConfigurationError(f"No .geojson file in {path}")
-    objects: dict[str, list[tuple[str, BaseGeometry]]] = defaultdict(list)
+    objects: dict[str, list[tuple[str | None, BaseGeometry]]] = defaultdict(list)
     for source in files:
         try:
             data = json.loads(source.read_text(encoding="utf-8"))
@@ -246,9 +256,9 @@ def read_geojson(path: str | Path, columns: ColumnNames = ColumnNames()) -> dict
         for number, feature in enumerate(_geojson_features(data, source)):
             properties = feature.get("properties") or {}
             label = _geojson_label(properties, columns.label)
-            if label is None:
+            if label is None and columns.label is not None:
                 raise ConfigurationError(
-                    f"{source}: feature {number} has no label in its properties: name the property with --label-column"
+                    f"{source}: feature {number} has no property {columns.label!r} (--label-column)"
                 )
             image_key = columns.image or next((k for k in IMAGE_COLUMNS if properties.get(k)), None)
             image = (
@@ -273,16 +283,16 @@ def detect_format(annotations: Path) -> str:
             return "voc"
     elif annotations.is_dir():
         suffixes = {p.suffix.lower() for p in annotations.iterdir()}
+        if suffixes & {".geojson", ".json"}:  # first: slides may have other XML files beside them
+            return "geojson"
         if ".xml" in suffixes:
             return "voc"
-        if suffixes & {".geojson", ".json"}:
-            return "geojson"
     raise ConfigurationError(f"Cannot tell the annotation format of {annotations}: give --format geojson, csv or voc")
 
 
 def read_annotations(
     annotations: str | Path, fmt: str = "auto", columns: ColumnNames = ColumnNames()
-) -> dict[str, list[tuple[str, BaseGeometry]]]:
+) -> dict[str, list[tuple[str | None, BaseGeometry]]]:
     annotations = Path(annotations)
     if not annotations.exists():
         raise ConfigurationError(f"Annotations {annotations} do not exist")
@@ -298,9 +308,12 @@ def read_annotations(
 
 # ---------------------------------------------------------------------- import
 def list_image_files(folder: Path) -> list[Path]:
+    """The images and slides of a folder (recursively), or the one file named."""
+    if folder.is_file():
+        return [folder]
     if not folder.is_dir():
         raise ConfigurationError(f"Image folder {folder} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in FILE_EXTENSIONS and p.is_file())
 
 
 def import_folder(
@@ -316,8 +329,9 @@ def import_folder(
     only_annotated: bool = False,
     limit: int | None = None,
 ) -> ImportReport:
-    """Import ``images`` (a folder) and their ``annotations`` into ``project`` (created when new,
-    managed by ``user``; an existing project gets ``user`` as a member).
+    """Import ``images`` (a folder of images and whole-slide files, or one file) and their
+    ``annotations`` into ``project`` (created when new, managed by ``user``; an existing project
+    gets ``user`` as a member).
 
     Images are referenced where they are, or copied under ``copy_to`` (source files are never
     modified). Images already in the project are skipped, so an import can be re-run.
@@ -332,6 +346,7 @@ def import_folder(
     selected = [p for p in files if p in matched] if only_annotated else files
     if limit is not None:
         selected = selected[:limit]
+    selected, unreadable = _readable(selected, single=images.is_file())
     if not selected:
         raise ConfigurationError(f"No image to import from {images}")
     owner = store.users.find_by_username(user)
@@ -345,19 +360,38 @@ def import_folder(
             logger.info("import: user %s added to project %s as a member", owner["username"], project_row["name"])
         items = [ImportedImage(_copied(path, images, copy_to), matched.get(path, [])) for path in selected]
         summary = store.imports.import_images(project_row["id"], items, owner)
-    report = ImportReport(project=store.projects.get(project_row["id"]), missing_images=missing, **summary)
+    report = ImportReport(
+        project=store.projects.get(project_row["id"]), missing_images=missing, unreadable=unreadable, **summary
+    )
     logger.info("import: %s", report.summary())
     return report
 
 
+def _readable(files: list[Path], *, single: bool) -> tuple[list[Path], list[str]]:
+    """The files the server can read, and the names of the others (skipped with a warning; when
+    only one file was named, its error is raised)."""
+    readable, unreadable = [], []
+    for path in files:
+        try:
+            image_info(path)
+        except BadRequest as exc:
+            if single:
+                raise ConfigurationError(exc.message) from None
+            logger.warning("import: %s skipped: %s", path, exc.message)
+            unreadable.append(path.name)
+            continue
+        readable.append(path)
+    return readable, unreadable
+
+
 def match_images(
-    objects: dict[str, list[tuple[str, BaseGeometry]]], files: list[Path]
-) -> tuple[dict[Path, list[tuple[str, BaseGeometry]]], list[str]]:
+    objects: dict[str, list[tuple[str | None, BaseGeometry]]], files: list[Path]
+) -> tuple[dict[Path, list[tuple[str | None, BaseGeometry]]], list[str]]:
     """The annotations of each image file (matched by file name or stem), and the image names
     the annotations name but the folder lacks."""
     by_name = {p.name: p for p in files}
     by_stem = {p.stem: p for p in files}
-    matched: dict[Path, list[tuple[str, BaseGeometry]]] = {}
+    matched: dict[Path, list[tuple[str | None, BaseGeometry]]] = {}
     missing = []
     for name, items in objects.items():
         path = by_name.get(name) or by_stem.get(name) or by_stem.get(Path(name).stem)
@@ -380,11 +414,15 @@ def _project_with_ontology(store: CytomineStore, name: str, owner: Row) -> Row:
 
 
 def _copied(path: Path, images: Path, copy_to: str | Path | None) -> Path:
-    """``path``, or its copy under ``copy_to`` (made once, at the same relative place)."""
+    """``path``, or its copy under ``copy_to`` (made once, at the same relative place; a MIRAX
+    ``.mrxs`` with the folder of the same name that holds its pixels)."""
     if copy_to is None:
         return path
-    target = Path(copy_to) / path.relative_to(images)
+    target = Path(copy_to) / path.relative_to(images if images.is_dir() else images.parent)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
+        companion = path.with_suffix("")
+        if path.suffix.lower() == ".mrxs" and companion.is_dir():
+            shutil.copytree(companion, target.with_suffix(""), dirs_exist_ok=True)
     return target

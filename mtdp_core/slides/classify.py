@@ -137,14 +137,7 @@ def classify_slide(
     own_slide = not isinstance(slide, Slide)
     slide_obj = open_slide(slide, mpp=slide_mpp) if own_slide else slide
     try:
-        if resolution is None:
-            if model.mpp is None:
-                raise MissingResolutionError(
-                    f"Model {model.path.name if model.path else ''} does not record the resolution it was trained at: "
-                    "give the resolution to read tiles at (--resolution, e.g. 0.5 µm/px or 20x), and record it in "
-                    "new models (mtdp probe/finetune --mpp)."
-                )
-            resolution = Resolution(mpp=model.mpp)
+        resolution = model_resolution(model, resolution)
         grid = tile_grid(
             slide_obj,
             tile_size=model.preprocessing.size,
@@ -160,10 +153,11 @@ def classify_slide(
     finally:
         if own_slide:
             slide_obj.close()
-    stats: dict = {}
-    scores = score_tiles(
+    return classify_tiles(
         model,
         grid,
+        info,
+        resolution,
         weights=weights,
         features=features,
         batch_size=batch_size,
@@ -173,20 +167,55 @@ def classify_slide(
         cache_dir=cache_dir,
         chunk_size=chunk_size,
         progress=progress,
-        stats=stats,
         engine=engine,
+        started=start,
     )
+
+
+def model_resolution(model: SavedModel, resolution: Resolution | str | float | None = None) -> Resolution:
+    """``resolution``, else the one the model was trained at.
+
+    Raises:
+        MissingResolutionError: neither is known.
+    """
+    if resolution is not None:
+        return Resolution.parse(resolution)
+    if model.mpp is None:
+        raise MissingResolutionError(
+            f"Model {model.path.name if model.path else ''} does not record the resolution it was trained at: "
+            "give the resolution to read tiles at (--resolution, e.g. 0.5 µm/px or 20x), and record it in "
+            "new models (mtdp probe/finetune --mpp)."
+        )
+    return Resolution(mpp=model.mpp)
+
+
+def classify_tiles(
+    model: SavedModel,
+    grid: TileGrid,
+    slide_info: dict,
+    resolution: Resolution,
+    *,
+    started: float | None = None,
+    **scoring: Any,
+) -> SlideClassification:
+    """Score the tiles of ``grid`` (a grid of the model's input size, laid by ``tile_grid`` at
+    ``resolution`` on the slide that ``slide_info`` describes) and assemble the result;
+    ``scoring``: the options of :func:`score_tiles`. What :func:`classify_slide` does once the
+    grid is laid (a caller may fetch the tiles' pixels in between, e.g. from a remote server)."""
+    start = time.perf_counter() if started is None else started
+    stats: dict = {}
+    scores = score_tiles(model, grid, stats=stats, **scoring)
     result = SlideClassification(
         grid=grid,
         classes=list(model.classes),
         scores=scores,
         probabilities=probabilities(model, scores),
-        slide=info,
-        model=describe_model(model, Resolution.parse(resolution)),
+        slide=slide_info,
+        model=describe_model(model, resolution),
         seconds=time.perf_counter() - start,
         stats=stats,
     )
-    logger.info("%s: %d tiles classified in %.1f s: %s", info["path"], len(grid), result.seconds, result.counts())
+    logger.info("%s: %d tiles classified in %.1f s: %s", slide_info["path"], len(grid), result.seconds, result.counts())
     return result
 
 

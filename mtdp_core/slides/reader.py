@@ -493,6 +493,18 @@ class PillowSlide(Slide):
 BACKENDS: dict[str, type[Slide]] = {"openslide": OpenSlideSlide, "pillow": PillowSlide}
 
 
+def register_backend(name: str):
+    """Class decorator: another way to open slides, named by ``SlideSource.backend`` (e.g.
+    ``mtdp_core.cytomine.slides``: images of a Cytomine server read through its image server).
+    Worker processes forked after the registration open such slides too."""
+
+    def register(cls: type[Slide]) -> type[Slide]:
+        BACKENDS[name] = cls
+        return cls
+
+    return register
+
+
 def open_slide(path: str | os.PathLike | SlideSource, *, mpp: float | None = None, backend: str | None = None) -> Slide:
     """Open a slide file: OpenSlide when it reads the file, else Pillow (plain images).
 

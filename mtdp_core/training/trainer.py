@@ -303,11 +303,11 @@ def _configure_backends(config: TrainConfig, device: torch.device) -> None:
 
 
 def _open_pool(config: TrainConfig, ctx: DistContext) -> TaskPool:
-    path = Path(config.pool)
-    if not path.exists() and config.build_pool_from:
-        if ctx.is_main:
-            from mtdp_core.data.sources import build_shared_pool
+    from mtdp_core.data.sources import build_shared_pool, pool_needs_building
 
+    path = Path(config.pool)
+    if config.build_pool_from and pool_needs_building(path):
+        if ctx.is_main:
             logger.info("building the task pool %s from %s", path, config.build_pool_from)
             build_shared_pool(config.build_pool_from, path, progress=config.progress)
         ctx.barrier()

@@ -42,7 +42,7 @@ from mtdp_core.transfer.features import (
     make_loader,
     run_extraction,
 )
-from mtdp_core.transfer.probes import make_cv, resolve_scoring, score_from_decisions
+from mtdp_core.transfer.probes import holdout_split, resolve_scoring, score_from_decisions
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         network_: the fine-tuned FineTunedNetwork (eval mode, CPU).
         classes_: labels; best_lr_, best_epoch_, best_score_: the kept network's.
         history_: one dict per (lr, epoch): train_loss, val_loss, val_score, seconds.
+        validation_: the set that chose the learning rate and epoch: ``{"source": "given", "n"}``
+            (``X_val``, e.g. the task's own validation split) or ``{"source": "holdout",
+            "fraction", "n"}``.
         scoring_, preprocessing_, backbone_identity_ (the initial weights' identity).
     """
 
@@ -251,11 +254,6 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if self.resize not in RESIZE_MODES:
             raise ConfigurationError(f"Invalid resize {self.resize!r}: use one of {', '.join(RESIZE_MODES)}.")
 
-    def _split(self, y: np.ndarray, groups: Any) -> tuple[np.ndarray, np.ndarray]:
-        n_splits = max(2, int(round(1 / float(self.val_fraction))))
-        train, val = make_cv(y, groups, n_splits, seed=self.seed).folds(y)[0]
-        return train, val
-
     # ----------------------------------------------------------------- training
 
     def fit(self, X: Any, y: Any, groups: Any = None, X_val: Any = None, y_val: Any = None) -> FineTuner:
@@ -269,12 +267,14 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if len(inputs) != len(y):
             raise ConfigurationError(f"Got {len(inputs)} images and {len(y)} labels: give one label per image.")
         if X_val is None:
-            train_idx, val_idx = self._split(y, groups)
+            train_idx, val_idx = holdout_split(y, groups, self.val_fraction, seed=self.seed)
             train_inputs, y_train = [inputs[i] for i in train_idx], y[train_idx]
             val_inputs, y_val_arr = [inputs[i] for i in val_idx], y[val_idx]
+            validation = {"source": "holdout", "fraction": float(self.val_fraction), "n": len(val_inputs)}
         else:
             train_inputs, y_train = inputs, y
             val_inputs, y_val_arr = list(as_input_list(X_val)), np.asarray(y_val)
+            validation = {"source": "given", "n": len(val_inputs)}
         classes = np.unique(y)
         if len(classes) < 2:
             raise ConfigurationError("Only one class in the training images: fine-tuning needs at least two classes.")
@@ -426,6 +426,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.best_lr_, self.best_epoch_, self.best_score_ = best["lr"], best["epoch"], best["score"]
         self.history_ = history
+        self.validation_ = validation
         self.scoring_ = scoring
         self.preprocessing_ = prep
         self.backbone_identity_ = identity
@@ -466,6 +467,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             "weight_decay": self.weight_decay,
             "augment": self.augment,
             "scoring": self.scoring_,
+            "validation": self.validation_,
             "best_lr": self.best_lr_,
             "best_epoch": self.best_epoch_,
             "best_val_score": self.best_score_,

@@ -142,6 +142,19 @@ class CVPlan:
         return list(self.split(None, y))
 
 
+def holdout_split(
+    labels: Sequence, groups: Sequence | None = None, fraction: float = 0.2, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A validation hold-out for tasks that have no validation split: (kept, held-out) indices,
+    about ``fraction`` of the samples held out: the first fold of ``make_cv`` with
+    ``round(1 / fraction)`` folds (grouped by ``groups`` when possible, stratified, seeded)."""
+    if not 0 < float(fraction) < 1:
+        raise ConfigurationError(f"Invalid validation fraction {fraction!r}: use a value in (0, 1), e.g. 0.2.")
+    y = np.asarray(labels)
+    n_splits = max(2, int(round(1 / float(fraction))))
+    return make_cv(y, groups, n_splits, seed=seed).folds(y)[0]
+
+
 def make_cv(
     labels: Sequence, groups: Sequence | None = None, n_splits: int = 5, *, seed: int = 0, min_groups: int = 2
 ) -> CVPlan:

@@ -12,7 +12,7 @@ from mtdp_core.cytomine.annotations import (
     require_annotations,
     training_labels,
 )
-from mtdp_core.cytomine.errors import MissingTermError, NoAnnotationsError, TooFewClassesError
+from mtdp_core.cytomine.errors import CytomineRequestError, MissingTermError, NoAnnotationsError, TooFewClassesError
 
 
 def test_listing_with_filters(admin_session, seeded):
@@ -72,9 +72,29 @@ def test_training_labels():
             "Select annotations of both classes for binary mode",
         ),
         ([record(1, 10), record(2, 11)], {"positive_terms": (99,)}, TooFewClassesError, "Choose positive terms"),
+        (
+            [record(1, 10), record(2, 10), record(3, 11)],
+            {"min_per_class": 2},
+            TooFewClassesError,
+            "Annotate more, or leave these terms out (cytomine_id_terms): 'stroma' has 1 annotation; "
+            "cross-validation needs at least 2 per class.",
+        ),
     ],
 )
 def test_training_label_errors(records, kwargs, error, start):
     with pytest.raises(error) as info:
         training_labels(records, NAMES, **kwargs)
     assert str(info.value).startswith(start) and len(str(info.value)) <= 255
+
+
+def test_a_refused_listing_keeps_the_servers_reason(admin_session, seeded, monkeypatch):
+    # Issue 11 item 11: a listing answered 404 was retried four times and reported as a made-up 500.
+    calls = []
+    original = admin_session.request_once
+    monkeypatch.setattr(admin_session, "request_once", lambda *a, **k: calls.append(a) or original(*a, **k))
+    with pytest.raises(CytomineRequestError) as failure:
+        list_annotations(admin_session, AnnotationFilters(seeded.project_id, images=(999999,)))
+    assert failure.value.status == 404 and len(calls) == 1
+    message = str(failure.value)
+    assert message.startswith("Check cytomine_id_images, cytomine_id_users and cytomine_id_terms:")
+    assert "HTTP 404" in message and "999999" in message

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mtdp_core.cytomine.annotations import AnnotationFilters, list_annotations
-from mtdp_core.cytomine.crops import CropSpec, CropStore, download_crops, native_size
+from mtdp_core.cytomine.crops import CropSpec, CropStore, check_crop_resolution, download_crops, native_size
 from mtdp_core.cytomine.errors import CropDownloadError, CytomineRequestError, ParameterError
 from mtdp_core.server.geometry import box_in_cytomine
 
@@ -107,3 +107,12 @@ def test_crop_spec_checks_and_native_size():
     for bad in ({"zoom": -1}, {"max_size": 4}, {"increase_area": 0.5}, {"format": "gif"}):
         with pytest.raises(ParameterError):
             CropSpec(**bad)
+
+
+def test_a_zoom_that_leaves_a_few_pixels_is_refused(records):
+    # Issue 11 item 11: crop_zoom=8 gave 1 x 1 crops (scaled up to max_size) without a word.
+    check_crop_resolution(records, CropSpec(zoom=0))
+    with pytest.raises(
+        ParameterError, match=r"^Lower crop_zoom to at most \d: at zoom 8 the crops would be 1 pixel wide"
+    ):
+        check_crop_resolution(records, CropSpec(zoom=8, max_size=256))

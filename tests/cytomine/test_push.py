@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from mtdp_core.cytomine.annotations import AnnotationFilters, AnnotationRecord, list_annotations
+from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError, PushError
 from mtdp_core.cytomine.push import Prediction, PredictionPusher, geometry_key, software_job_users
+from tests.helpers.faults import Fault, FaultProxy, count_predictions, server_address, store_query
 
 
 def predictions_for(session, project, flip=False, rate=0.8):
@@ -103,8 +107,8 @@ def test_failure_after_some_chunks_then_rerun_completes_without_duplicates(
         return original(path, body, params, **kwargs)
 
     monkeypatch.setattr(first.session, "post_json", failing_from_second_chunk)
-    with pytest.raises(PushError, match="Re-run the job to push the remaining predictions") as info:
-        pusher(first, server, seeded, "annotation", retries=2, backoff=0.0).push(
+    with pytest.raises(PushError, match="Re-run the job to push the remaining 5 predictions") as info:
+        pusher(first, server, seeded, "annotation", retries=2, backoff=0.0, settle=0.0).push(
             predictions_for(first.session, seeded.project_id)
         )
     assert "3 of 8 pushed" in str(info.value)
@@ -165,3 +169,112 @@ def test_geometry_key_normalises():
     a = geometry_key(1, "POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))")
     b = geometry_key(1, "POLYGON ((10 0, 10 10, 0 10, 0 0, 10 0))")
     assert a == b and geometry_key(2, "POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))") != a
+
+
+# --------------------------------------------------------------------------- faults, concurrency
+
+
+@pytest.fixture
+def proxy(server):
+    with FaultProxy(server_address(server)) as p:
+        yield p
+
+
+def proxied(job_user, proxy):
+    """The job user's session, through the fault proxy."""
+    return CytomineSession.connect(proxy.url, job_user.user["public_key"], job_user.user["private_key"], backoff=0.01)
+
+
+def targets(seeded):
+    return [a.id for a in seeded.annotations]
+
+
+WRITE_FAULTS = [  # 40% of the writes fail, half of those after the server applied them
+    Fault("500", 0.08, methods=("POST", "DELETE")),
+    Fault("500_late", 0.08, methods=("POST", "DELETE")),
+    Fault("504_late", 0.08, methods=("POST", "DELETE")),
+    Fault("504_early", 0.08, methods=("POST", "DELETE"), delay=0.3),
+    Fault("reset", 0.04, methods=("POST", "DELETE")),
+    Fault("reset_late", 0.04, methods=("POST", "DELETE")),
+]
+
+
+@pytest.mark.parametrize("mode", ["annotation", "term"])
+def test_each_prediction_once_whatever_the_writes_meet(server, seeded, make_job_user, proxy, mode):
+    # Issue 11 item 8: a chunk answered 504 after the server had applied it (or applied it after
+    # the gateway answered) was sent again: duplicates, and the job said SUCCESS.
+    for seed in range(3):
+        job = make_job_user()
+        session = proxied(job, proxy)
+        preds = predictions_for(session, seeded.project_id)
+        proxy.set_faults(WRITE_FAULTS, seed=seed)
+        pusher = PredictionPusher(
+            session, seeded.project_id, mode=mode, software=job.software["name"], chunk_size=3, settle=1.0
+        )
+        report = pusher.push(preds)
+        proxy.set_faults([])
+        counts = count_predictions(store_query(server), targets(seeded), mode)
+        assert counts.exactly_once, (seed, counts, report.summary())
+        assert report.written == 8 and len(report.pushed) == 8 and not report.failed
+        if mode == "annotation":  # the first run created them; later runs find them
+            assert report.created == (8 if seed == 0 else 0) and report.unchanged == (0 if seed == 0 else 8)
+    assert proxy.stats.faults  # the faults did happen
+
+
+@pytest.mark.parametrize("mode", ["annotation", "term"])
+def test_two_jobs_pushing_at_once_add_each_prediction_once(server, seeded, make_job_user, proxy, mode):
+    # Issue 11 item 8: two predict jobs run at once both found nothing and both pushed everything.
+    jobs = [make_job_user(), make_job_user()]
+    proxy.set_faults([Fault("delay", 1.0, methods=("POST",), path=r"^/api/annotation", delay=0.1)])
+    reports, errors = {}, []
+
+    def run(job):
+        try:
+            session = proxied(job, proxy)
+            pusher = PredictionPusher(
+                session, seeded.project_id, mode=mode, software=job.software["name"], job=job.job["id"], chunk_size=3
+            )
+            reports[job.job["id"]] = pusher.push(predictions_for(session, seeded.project_id))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    assert count_predictions(store_query(server), targets(seeded), mode).exactly_once
+    assert sorted(r.unchanged for r in reports.values()) == [0, 8]  # the second found the first's work
+    properties = server.store.meta.list_properties("be.cytomine.project.Project", seeded.project_id)
+    assert not [p for p in properties if p["key"].startswith("mtdp-push-lock:")]  # released
+
+
+def test_own_duplicates_are_removed_and_the_oldest_kept(server, seeded, make_job_user):
+    # Two annotations at one place from this job (e.g. an earlier run's request that landed late):
+    # the check after pushing keeps the oldest and deletes the other.
+    job = make_job_user()
+    preds = predictions_for(job.session, seeded.project_id)
+    first = preds[0]
+    twin = server.store.annotations.create(
+        {"image": first.annotation.image, "location": first.annotation.location, "term": [first.term]},
+        server.store.users.get(job.user["id"]),
+    )
+    report = PredictionPusher(job.session, seeded.project_id, [job.user["id"]], mode="annotation").push(preds)
+    assert report.unchanged == 1 and report.created == 7 and report.pushed[first.annotation.id] == twin["id"]
+    assert count_predictions(store_query(server), targets(seeded), "annotation").exactly_once
+
+
+def test_a_bulk_create_applied_after_its_504_is_not_left_twice(server, seeded, make_job_user, proxy):
+    # The gateway answers 504 at once and passes the request on 0.5 s later: the check before
+    # re-sending finds nothing, so the chunk is sent again; the check after pushing removes the twin.
+    job = make_job_user()
+    session = proxied(job, proxy)
+    proxy.set_faults([Fault("504_early", 1.0, methods=("POST",), path="^/api/annotation.json$", delay=0.5, times=1)])
+    pusher = PredictionPusher(
+        session, seeded.project_id, mode="annotation", software=job.software["name"], chunk_size=3
+    )
+    report = pusher.push(predictions_for(session, seeded.project_id))
+    proxy.settle()
+    assert count_predictions(store_query(server), targets(seeded), "annotation").exactly_once
+    assert report.created == 8 and report.removed == 3 and "3 duplicates removed" in report.summary()

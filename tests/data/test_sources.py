@@ -98,6 +98,33 @@ def test_checksums_are_verified(fake_shared, tmp_path):
         build_task("oral_cancer", fake_shared, tmp_path / "pool")
 
 
+def test_a_failed_pool_build_leaves_nothing_that_stops_the_next_one(fake_shared, tmp_path):
+    out = tmp_path / "pools" / "shared"
+    with pytest.raises(DataError, match="does not exist: check --shared-data"):
+        build_shared_pool(tmp_path / "wrong", out, tasks=["malaria", "bccd"], progress=False)
+    assert not out.exists()  # was: an empty folder, then "Task pool ... holds no task folder"
+    # Failing on the second task: the first is kept in the staging folder, out still absent.
+    (fake_shared / "bccd" / "boxes.csv").rename(fake_shared / "boxes.csv")
+    with pytest.raises((DataError, OSError)):
+        build_shared_pool(fake_shared, out, tasks=["malaria", "bccd"], progress=False)
+    assert not out.exists() and (tmp_path / "pools" / ".shared.building" / "malaria").is_dir()
+    (fake_shared / "boxes.csv").rename(fake_shared / "bccd" / "boxes.csv")
+    pool = build_shared_pool(fake_shared, out, tasks=["malaria", "bccd"], progress=False)
+    assert pool.names == ["malaria", "bccd"] and pool.name == "shared"
+    assert not (tmp_path / "pools" / ".shared.building").exists()
+    assert all(p.is_file() for task in pool for p in task.samples("all").paths)  # roots valid after the move
+    assert load_pool(out).names == ["malaria", "bccd"]
+    # An empty folder (left by an older version, or made by hand) is built into, not refused.
+    from mtdp_core.data.sources import pool_needs_building
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert pool_needs_building(empty) and pool_needs_building(tmp_path / "absent") and not pool_needs_building(out)
+    assert build_shared_pool(fake_shared, empty, tasks=["malaria"], progress=False).names == ["malaria"]
+    # Rebuilding an existing pool happens in place.
+    assert build_shared_pool(fake_shared, out, tasks=["malaria"], progress=False).names == ["malaria"]
+
+
 @pytest.fixture(scope="module")
 def shared_pool(tmp_path_factory):
     from tests.helpers.paths import SHARED_DATA

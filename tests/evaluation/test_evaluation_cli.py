@@ -42,3 +42,22 @@ def test_compare_then_report(tmp_path, capsys):
     assert main(["report", str(out / "scores.csv"), "-o", str(again), "--reference", "eff fe", "--title", "T"]) == 0
     assert (again / "comparison.md").read_text().startswith("# T")
     assert (again / "differences_eff_fe_vs_r18a_fe.png").is_file()
+
+
+def test_compare_with_a_validation_split_and_learning_curves(tmp_path, capsys):
+    colour_task(tmp_path / "alpha" / "train", 5, 0)
+    colour_task(tmp_path / "alpha" / "val", 2, 200)
+    colour_task(tmp_path / "alpha" / "test", 3, 500)
+    out = tmp_path / "report"
+    args = ["compare", str(tmp_path / "alpha"), "--backbone", "r18=resnet18:random", "--backbone"]
+    args += ["eff=efficientnet_lite0:random", "--seeds", "0,1", "--size", "32", "--workers", "0", "--device", "cpu"]
+    assert main([*args, "--learning-curve", "0.5,1", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Paired differences r18 fe − eff fe" in printed and "| **all tasks** |" in printed
+    with open(out / "learning_curves" / "curves.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * 2  # backbones x seeds x fractions
+    assert {r["n_train"] for r in rows if r["fraction"] == "1"} == {"14"}  # train + val
+    assert (out / "learning_curves" / "learning_curves.png").is_file()
+    with open(out / "scores.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,15 +52,74 @@ def tiny_config(pool, out, **overrides) -> dict:
         "finetune_tasks": ["gamma"],
         "finetune_seeds": [0],
         "finetune": {"learning_rates": [0.01], "epochs": 1, "batch_size": 8, "num_workers": 0},
+        "learning_curve": {"fractions": [0.5, 1.0], "seeds": [0]},
     }
     config.update(overrides)
     return config
 
 
 @pytest.fixture(scope="module")
-def finished(pool, tmp_path_factory):
+def spied(pool, tmp_path_factory):
+    """The tiny experiment, run once with spies on what each stage receives: the images given to
+    feature extractors, the rows probes are fitted and scored on, what fine-tuners fit, validate and
+    score on; each entry tagged with the stage ("selection" while run_loto runs, "final" after)."""
+    from mtdp_core.transfer.features import FeatureExtractor
+    from mtdp_core.transfer.finetune import FineTuner
+    from mtdp_core.transfer.probes import Probe
+
     out = tmp_path_factory.mktemp("experiment")
-    return run_experiment(tiny_config(pool, out)), out
+    log: list[tuple] = []
+    stage = ["setup"]
+    real_loto = exp.run_loto
+    transform, fit, score = FeatureExtractor.transform, Probe.fit, Probe.score
+    ft_fit, ft_score = FineTuner.fit, FineTuner.score
+
+    def loto(*args, **kwargs):
+        stage[0] = "selection"
+        try:
+            return real_loto(*args, **kwargs)
+        finally:
+            stage[0] = "final"
+
+    def spy_transform(self, X):
+        log.append((stage[0], "features", {str(x) for x in X}))
+        return transform(self, X)
+
+    def spy_fit(self, X, y, groups=None):
+        log.append((stage[0], "probe fit", len(y)))
+        return fit(self, X, y, groups)
+
+    def spy_score(self, X, y, sample_weight=None):
+        log.append((stage[0], "probe score", len(y)))
+        return score(self, X, y)
+
+    def spy_ft_fit(self, X, y, groups=None, X_val=None, y_val=None):
+        log.append((stage[0], "finetune fit", {str(x) for x in X}, {str(x) for x in X_val or []}))
+        return ft_fit(self, X, y, groups, X_val, y_val)
+
+    def spy_ft_score(self, X, y, sample_weight=None):
+        log.append((stage[0], "finetune score", {str(x) for x in X}))
+        return ft_score(self, X, y)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exp, "run_loto", loto)
+        mp.setattr(FeatureExtractor, "transform", spy_transform)
+        mp.setattr(Probe, "fit", spy_fit)
+        mp.setattr(Probe, "score", spy_score)
+        mp.setattr(FineTuner, "fit", spy_ft_fit)
+        mp.setattr(FineTuner, "score", spy_ft_score)
+        result = run_experiment(tiny_config(pool, out))
+    return result, out, log
+
+
+@pytest.fixture(scope="module")
+def finished(spied):
+    result, out, _ = spied
+    return result, out
+
+
+def _split_images(pool, split):
+    return {str(p) for task in pool for p in task.samples(split).paths}
 
 
 @pytest.mark.slow
@@ -75,13 +135,58 @@ def test_every_set_hyperparameters_and_seed_is_pretrained_without_its_left_out_t
 
 
 @pytest.mark.slow
-def test_selection_excludes_the_target_and_the_multitask_scores_are_the_selected_runs(finished):
+def test_selection_reads_no_test_split_and_each_final_model_is_scored_on_test_once(spied, pool):
+    result, _, log = spied
+    test, val, train = (_split_images(pool, s) for s in ("test", "val", "train"))
+    selection = [entry for entry in log if entry[0] == "selection"]
+    final = [entry for entry in log if entry[0] == "final"]
+    assert selection and final and not [entry for entry in log if entry[0] == "setup"]
+    # Selection: no test image reached a feature extractor; SVMs fitted on train, scored on val.
+    assert not test & set().union(*(e[2] for e in selection if e[1] == "features"))
+    n_val = {t.name: t.n_samples("val") for t in pool}
+    n_train = {t.name: t.n_samples("train") for t in pool}
+    loto = [r for r in result.records if r["stage"] == "loto"]
+    assert [e[2] for e in selection if e[1] == "probe score"] == [n_val[r["task"]] for r in loto]
+    assert [e[2] for e in selection if e[1] == "probe fit"] == [n_train[r["task"]] for r in loto]
+    assert all(r["scored_on"] == "val" for r in loto)
+    # Final comparison: SVMs refit on train + val, scored on the test set; one score per final model
+    # (multitask and baseline x tasks x seeds), then the learning curves (tasks x methods x fractions below 1:
+    # at fraction 1 the curve is the final comparison's evaluation itself, not run twice).
+    scores = [e[2] for e in final if e[1] == "probe score"]
+    comparison = [r for r in result.records if r["stage"] == "comparison" and r["mode"] == "fe"]
+    curves = [r for r in result.records if r["stage"] == "curve"]
+    assert len(scores) == len(comparison) + len([r for r in curves if r["fraction"] < 1]) == 12 + 3 * 2
+    by_run = {(r["method"], r["task"], r["seed"]): r["score"] for r in comparison}
+    assert all(r["score"] == by_run[(r["method"], r["task"], r["seed"])] for r in curves if r["fraction"] == 1.0)
+    n_test = {t.name: t.n_samples("test") for t in pool}
+    assert scores[: len(comparison)] == [n_test[r["task"]] for r in comparison]
+    assert all(r["scored_on"] == "test" and r["n_train"] == n_train[r["task"]] + n_val[r["task"]] for r in comparison)
+    # Fine-tuning: trained on gamma's train split, learning rate and epoch chosen on its val split, test scored once.
+    gamma = {s: {str(p) for p in pool["gamma"].samples(s).paths} for s in ("train", "val", "test")}
+    ft_fits = [e for e in final if e[1] == "finetune fit"]
+    assert len(ft_fits) == 2 and all(e[2] == gamma["train"] and e[3] == gamma["val"] for e in ft_fits)
+    assert [e[2] for e in final if e[1] == "finetune score"] == [gamma["test"]] * 2
+    assert all(
+        r["validation"] == {"source": "given", "n": len(gamma["val"])} for r in result.records if r["mode"] == "ft"
+    )
+    assert not (train | val) & test
+
+
+@pytest.mark.slow
+def test_selection_excludes_the_target_and_the_multitask_models_are_the_selected_ones(finished):
     result, _ = finished
     assert result.loto.table.tasks == ["alpha", "beta", "gamma"]
     assert set(result.loto.selections) == {"alpha", "beta", "gamma"}
+    final = [r for r in result.records if r["stage"] == "comparison" and r["method"] == "multitask fe"]
     for task, chosen in result.loto.selections.items():
         assert chosen in result.loto.table.methods
-        np.testing.assert_array_equal(result.fe.runs("multitask fe", task), result.loto.table.runs(chosen, task))
+        selected = {r["seed"]: r["weights"] for r in result.loto.records if r["task"] == task and r["method"] == chosen}
+        assert {r["seed"]: r["weights"] for r in final if r["task"] == task} == selected
+        assert all(r["hyperparams"] == chosen for r in final if r["task"] == task)
+        np.testing.assert_array_equal(
+            result.fe.runs("multitask fe", task),
+            [r["score"] for r in sorted(final, key=lambda r: r["seed"]) if r["task"] == task],
+        )
     assert result.fe.methods == ["multitask fe", "random fe"]
     assert result.fe.scores.shape == (2, 3, 2) and not np.isnan(result.fe.scores).any()
     # Fine-tuning: the selected multi-task model (pre-trained without gamma's set) and the baseline.
@@ -114,15 +219,23 @@ def test_outputs_are_written(finished):
         "comparison_fe/comparison.md",
         "comparison_fe/scores.csv",
         "comparison_ft/comparison.md",
+        "learning_curves/learning_curves.md",
+        "learning_curves/learning_curves.png",
+        "learning_curves/curve_differences.csv",
     ]:
         assert (out / rel).is_file(), rel
     assert list((out / "comparison_fe").glob("differences_*.png"))
     text = (out / "results.md").read_text()
     assert "## Hyper-parameter selection" in text and "## Fine-tuning" in text and "multitask fe" in text
+    assert "## Learning curves" in text and "ddof=1" in text and "validation scores" in text
     lines = (out / "records.jsonl").read_text().splitlines()
     assert len(lines) == len(result.records) and all(
-        json.loads(line)["stage"] in ("loto", "comparison") for line in lines
+        json.loads(line)["stage"] in ("loto", "comparison", "curve") for line in lines
     )
+    curves = [r for r in result.records if r["stage"] == "curve"]
+    assert {(r["method"], r["fraction"]) for r in curves} == {
+        (m, f) for m in ("multitask fe", "random fe") for f in (0.5, 1.0)
+    }
 
 
 @pytest.mark.slow
@@ -133,6 +246,9 @@ def test_reports_are_rewritten_from_the_records_alone(finished, monkeypatch):
     monkeypatch.setattr("mtdp_core.training.train", lambda config: pytest.fail("report_experiment trained"))
     monkeypatch.setattr(
         "mtdp_core.evaluation.experiment.evaluate_feature_extraction", lambda *a, **k: pytest.fail("evaluated")
+    )
+    monkeypatch.setattr(
+        "mtdp_core.evaluation.experiment.evaluate_learning_curve", lambda *a, **k: pytest.fail("evaluated a curve")
     )
     again = report_experiment(out)
     assert (out / "results.md").read_text() == before
@@ -182,10 +298,9 @@ def test_running_again_redoes_only_the_evaluations_whose_settings_changed(finish
     assert sorted(calls) == [("gamma", "multitask", 2), ("gamma", "random", 2)]
     np.testing.assert_array_equal(again.fe.scores, result.fe.scores)
     summary = json.loads((out / "summary.json").read_text())
-    assert (
-        summary["evaluations_reused"]
-        == len([r for r in result.records if r["mode"] == "fe" and r["stage"] == "loto"]) + 3 * 2
-    )
+    fe = [r for r in result.records if r["mode"] == "fe"]  # selection (val) and final (test) evaluations
+    curves = {(r["method"], r["task"], r["seed"]) for r in result.records if r["stage"] == "curve"}
+    assert summary["evaluations_reused"] == len(fe) + len(curves) == 12 + 12 + 6
 
 
 @pytest.mark.slow
@@ -223,6 +338,12 @@ def test_default_left_out_sets():
         ({"seeds": [0, 0]}, "without repeats"),
         ({"baselines": [{"label": "multitask", "weights": "random"}]}, "reserved"),
         ({"baselines": [{"weights": "random"}]}, "baselines\\[0\\]"),
+        ({"baselines": [{"label": "r", "weights": "random", "modes": ["zero-shot"]}]}, "has modes"),
+        ({"val_split": "train"}, "val_split 'train' is also"),
+        ({"test_split": "train"}, "test_split 'train' is also"),
+        ({"learning_curve": {"fractions": [0]}}, "learning_curve fractions"),
+        ({"learning_curve": {"seeds": [0]}}, "learning_curve ="),
+        ({"learning_curve": {"fractions": [0.5], "seeds": [7]}}, "not pre-trained"),
     ],
 )
 def test_config_errors_say_what_to_fix(pool, tmp_path, overrides, message):
@@ -262,3 +383,84 @@ def test_the_script_reports_a_finished_experiment_and_exits_1_on_a_bad_config(fi
     bad.write_text('{"pool": "p", "colour": 1}')
     assert loto.main(["--config", str(bad)]) == 1
     assert "Unknown key(s) ['colour']" in caplog.text
+
+
+def test_baselines_can_be_limited_to_a_mode(pool, tmp_path):
+    config = ExperimentConfig.from_dict(
+        tiny_config(
+            pool,
+            tmp_path,
+            baselines=[
+                {"label": "imagenet", "weights": "imagenet"},
+                {"label": "scratch", "weights": "random", "modes": ["ft"]},
+            ],
+        )
+    )
+    assert [b["label"] for b in config.baselines_for("fe")] == ["imagenet"]
+    assert [b["label"] for b in config.baselines_for("ft")] == ["imagenet", "scratch"]
+    default = ExperimentConfig(pool="p")  # the paper's baselines: no random-init features
+    assert [b["label"] for b in default.baselines_for("fe")] == ["imagenet"]
+    assert [b["label"] for b in default.baselines_for("ft")] == ["imagenet", "scratch"]
+    assert (default.train_splits, default.val_split, default.test_split) == (["train"], "val", "test")
+
+
+def test_test_set_evaluations_keep_the_journal_key_they_always_had(pool, tmp_path):
+    # Journals written before validation splits existed are still read: a test-set evaluation's key is
+    # exactly the one the earlier code wrote (so the pre-trainings' test evaluations are reused), while
+    # the selection's validation evaluations and fine-tuning (whose validation changed) get new keys.
+    from mtdp_core.evaluation.protocol import BackboneSpec
+
+    task = task_data_from_pool(pool["gamma"], ["train"], "test", "val")
+    spec = BackboneSpec("imagenet", "resnet18", "random", seed=1)
+    settings = {"image_size": 32, "probe": {"C": 1}}
+    legacy = json.dumps(
+        {
+            "task": "gamma",
+            "n": [len(task.train_inputs), len(task.test_inputs)],
+            "mode": "fe",
+            "arch": "resnet18",
+            "weights": "random",
+            "sha256": None,
+            "seed": 1,
+            "settings": settings,
+        },
+        sort_keys=True,
+    )
+    assert exp.EvaluationJournal.key(task, spec, "fe", settings) == legacy
+    journal = exp.EvaluationJournal(tmp_path / "evaluations.jsonl")
+    seen = []
+    journal.run = lambda key, label, compute: seen.append(key) or {}
+    evaluate = journal.feature_extraction(type("P", (), {"get_params": lambda self: {"C": 1}})(), {"image_size": 32})
+    evaluate(task, spec, split="test")
+    evaluate(task, spec, split="val")
+    assert seen[0] == legacy and json.loads(seen[1])["scored_on"] == "val"
+    assert json.loads(seen[1])["n_val"] == pool["gamma"].n_samples("val")
+
+
+def test_an_empty_pool_folder_is_built_not_refused(pool, tmp_path, monkeypatch):
+    # A build that failed midway (e.g. a wrong build_pool_from) used to leave an empty folder, and the
+    # next run said "holds no task folder" instead of building the pool.
+    from mtdp_core.data import sources
+
+    target = tmp_path / "pools" / "shared"
+    target.mkdir(parents=True)
+    built = []
+
+    def fake_build(shared, out, **kwargs):
+        built.append((shared, Path(out)))
+        return make_tiny_pool(Path(out))
+
+    monkeypatch.setattr(sources, "build_shared_pool", fake_build)
+    config = ExperimentConfig.from_dict(
+        {**tiny_config(pool, tmp_path / "out"), "pool": str(target), "build_pool_from": "data"}
+    )
+    assert exp._open_pool(config).names == ["alpha", "beta", "gamma"]
+    assert built == [("data", target)]
+
+
+@pytest.mark.parametrize("name", ["loto_shared_small.json", "loto_gpu_h200.json"])
+def test_shipped_experiment_configs_are_valid(name):
+    config = ExperimentConfig.from_file(Path(__file__).resolve().parents[2] / "training" / "configs" / name)
+    assert (config.train_splits, config.val_split, config.test_split) == (["train"], "val", "test")
+    assert [b["label"] for b in config.baselines_for("fe")] == ["imagenet"]
+    assert set(config.learning_curve["seeds"]) <= set(config.seeds) and 1.0 in config.learning_curve["fractions"]

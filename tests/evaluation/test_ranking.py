@@ -55,22 +55,39 @@ def test_selection_ignores_the_target_tasks_own_rank(table):
 
 def test_means_and_stds_over_seeds(table):
     np.testing.assert_allclose(table.mean()[0], [0.90, 0.70, 0.60, 0.99])
-    np.testing.assert_allclose(table.std()[2], [0.01, 0.0, 0.05, 0.0], atol=1e-12)  # population std
+    # Sample std (ddof=1) of two runs x, y: |x - y| / sqrt(2).
+    # C: (0.84, 0.86), (0.75, 0.75), (0.45, 0.55), (0.95, 0.95).
+    np.testing.assert_allclose(table.std()[2], [0.02 / np.sqrt(2), 0.0, 0.1 / np.sqrt(2), 0.0], atol=1e-12)
+    np.testing.assert_allclose(table.std(ddof=0)[2], [0.01, 0.0, 0.05, 0.0], atol=1e-12)  # population std
 
 
 def test_the_two_sigma_rule():
-    # delta 0.07 vs 2 x 0.01633 = 0.0327: significant.
+    # delta 0.07 vs 2 x 0.02 (sample std of 0.80, 0.82, 0.84) = 0.04: significant.
     c = compare([0.80, 0.82, 0.84], [0.75])
-    assert c.delta == pytest.approx(0.07) and c.threshold == pytest.approx(2 * np.std([0.80, 0.82, 0.84]))
+    assert c.delta == pytest.approx(0.07) and c.threshold == pytest.approx(0.04)
     assert c.significant and c.verdict == "better"
-    # delta 0.07 vs 2 x 0.05 = 0.10: not significant.
+    # delta 0.07 vs 2 x 0.0707 = 0.141: not significant.
     assert compare([0.80, 0.90], [0.78]).verdict == "same"
     # The larger of the two stds counts, and the sign gives the direction.
     c = compare([0.70], [0.80, 0.80, 0.81])
-    assert c.verdict == "worse" and c.threshold == pytest.approx(2 * np.std([0.80, 0.80, 0.81]))
+    assert c.verdict == "worse" and c.threshold == pytest.approx(2 * np.std([0.80, 0.80, 0.81], ddof=1))
     assert not compare([0.5, 0.7], [0.5, 0.7]).significant  # equal means
     one_each = compare([0.9], [0.1])  # no spread to test a difference against
     assert not one_each.significant and one_each.verdict == "untested" and not one_each.testable
+
+
+def test_ddof_changes_the_verdict_and_the_sample_std_is_the_default():
+    # By hand: a = [0.80, 0.84], mean 0.82; b = [0.77] (one run, std 0); delta = 0.05.
+    # ddof=0: std(a) = 0.02, threshold 0.04 < 0.05 -> significant.
+    # ddof=1: std(a) = sqrt((0.02^2 + 0.02^2) / 1) = 0.028284, threshold 0.056569 > 0.05 -> not significant.
+    population = compare([0.80, 0.84], [0.77], ddof=0)
+    assert population.std_a == pytest.approx(0.02) and population.threshold == pytest.approx(0.04)
+    assert population.verdict == "better"
+    sample = compare([0.80, 0.84], [0.77], ddof=1)
+    assert sample.std_a == pytest.approx(0.0282843, abs=1e-7) and sample.threshold == pytest.approx(0.0565685, abs=1e-7)
+    assert sample.verdict == "same"
+    # The default is the sample std: the paper and its code do not say which, and ddof=0 overstates significance.
+    assert compare([0.80, 0.84], [0.77]) == sample
 
 
 def test_incomplete_tables_cannot_be_ranked(table):

@@ -11,7 +11,8 @@ from PIL import Image
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.errors import BadRequest
 from mtdp_core.server.geometry import box_in_cytomine
-from mtdp_core.server.imaging import ImageCache, Region, annotation_region, max_zoom_level, output_size
+from mtdp_core.server.imaging import Region, annotation_region, max_zoom_level, output_size
+from mtdp_core.server.sources import ImageCache
 from mtdp_core.server.testing import running_server, seed_synthetic_project
 
 

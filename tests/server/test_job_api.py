@@ -12,6 +12,7 @@ from cytomine.models import (
     Job,
     JobData,
     JobParameterCollection,
+    Project,
     Property,
     PropertyCollection,
     Software,
@@ -97,8 +98,10 @@ def test_cytomine_job_lifecycle(server, seeded, probe, tmp_path):
         created = Annotation(location=first.location, id_image=first.image).save()
         assert created.class_.endswith("AlgoAnnotation") and created.user == cj.current_user.id
 
-    # The job ended: its keys (which the client still holds) no longer work.
-    assert Job().fetch(cj.job.id) is False  # a 401, which the client reports as False
+    # The job ended: its keys (which the client still holds) no longer work (a 401, which the
+    # client reports as False), except to read that job: how an app confirms its final status.
+    assert Project().fetch(seeded.project_id) is False
+    assert Job().fetch(cj.job.id).status == SUCCESS
     server.connect()
     job = Job().fetch(cj.job.id)
     assert job.status == SUCCESS and job.statusComment == "Job successfully terminated"

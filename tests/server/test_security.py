@@ -199,6 +199,12 @@ def test_2_job_keys_act_in_their_project_until_the_job_ends(server, seeded):
     assert _as(server, job_user, "PUT", f"/api/job/{job['id']}.json", {"status": SUCCESS}).status_code == 200
     ended = _as(server, job_user, "GET", f"/api/project/{seeded.project_id}.json")
     assert ended.status_code == 401 and "ended" in ended.json()["message"]
+    # Except to read that one job, so that an app whose final update lost its answer can confirm it.
+    own = _as(server, job_user, "GET", f"/api/job/{job['id']}.json")
+    assert own.status_code == 200 and own.json()["status"] == SUCCESS
+    assert _as(server, job_user, "PUT", f"/api/job/{job['id']}.json", {"status": 2}).status_code == 401
+    other_job, _ = store.jobs.create(seeded.project_id, software["id"], server.admin)
+    assert _as(server, job_user, "GET", f"/api/job/{other_job['id']}.json").status_code == 401
 
 
 def test_2_cli_user_add_to_a_project(tmp_path, capsys):

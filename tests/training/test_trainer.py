@@ -235,3 +235,20 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     exported = torch.load(tmp_path / "ddp" / "backbone.pt", weights_only=True)["state_dict"]
     for key, value in torch.load(single.backbone_path, weights_only=True)["state_dict"].items():
         torch.testing.assert_close(exported[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_an_empty_pool_folder_is_built_when_build_pool_from_is_set(tmp_path, monkeypatch):
+    # A failed build used to leave an empty folder that the next run refused ("holds no task folder").
+    from mtdp_core.data import sources
+    from mtdp_core.training.distributed import DistContext
+    from mtdp_core.training.trainer import _open_pool
+
+    target = tmp_path / "pools" / "shared"
+    target.mkdir(parents=True)
+    built = []
+    monkeypatch.setattr(
+        sources, "build_shared_pool", lambda shared, out, **kw: built.append(shared) or make_tiny_pool(out)
+    )
+    config = TrainConfig(pool=str(target), build_pool_from="data", exclude_tasks=["alpha"])
+    assert _open_pool(config, DistContext()).names == ["beta", "gamma"] and built == ["data"]
+    assert _open_pool(config, DistContext()).names == ["beta", "gamma"] and built == ["data"]  # built once

@@ -15,7 +15,10 @@ import pytest
 
 from mtdp_core.cytomine.client import CytomineSession
 from mtdp_core.cytomine.errors import CytomineRequestError
-from tests.helpers.apps import FAILED, FAST, SUCCESS, as_argv, load_workflow
+from mtdp_core.server.testing import seed_synthetic_project
+from tests.helpers.apps import FAILED, FAST, JOB_CLASS, SUCCESS, as_argv, load_workflow
+
+KILLED = 8
 
 
 def algo_terms(apps, job) -> list[dict]:
@@ -132,10 +135,11 @@ def test_push_failure_midway_then_rerun_completes(apps, trained, monkeypatch):
     monkeypatch.setattr(CytomineSession, "post_json", flaky)
     monkeypatch.setattr("mtdp_core.cytomine.push.DEFAULT_CHUNK_SIZE", 5)
     monkeypatch.setattr("mtdp_core.cytomine.client.DEFAULT_BACKOFF", 0.0)
+    monkeypatch.setattr("mtdp_core.cytomine.push.DEFAULT_SETTLE", 0.0)
     failed = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="annotation", n_workers=0)
     assert failed["status"] == FAILED
     assert failed["status_comment"].startswith(
-        "Re-run the job to push the remaining predictions (nothing is duplicated): 5 of 18 pushed"
+        "Re-run the job to push the remaining 13 predictions (nothing is duplicated): 5 of 18 pushed"
     )
     assert apps.algo_annotation_count() == 5
     monkeypatch.setattr(CytomineSession, "post_json", original)
@@ -352,3 +356,105 @@ def test_finetune_local_mode_predicts_the_unlabelled_images(tiny_image_folder, t
 def test_local_mode_without_folder_says_what_to_give(tmp_path):
     assert load_workflow("svm_train").main(["--local", "--outfolder", str(tmp_path)]) == 1
     assert load_workflow("svm_train").main([]) == 2  # neither a server nor --local
+
+
+# --------------------------------------------------------------------------- honest statuses (issue 11)
+
+
+def test_corrupt_model_names_the_training_jobs_attachment(apps):
+    # Issue 11 item 11: the message named the temporary file it was downloaded to.
+    store = apps.server.store
+    job, _ = store.jobs.create(apps.project.project_id, apps.software["svm_train"], apps.server.admin)
+    store.jobs.set_status(job["id"], SUCCESS, "done", 100)
+    attached = store.meta.add_attached_file(JOB_CLASS, job["id"], "mtdp-model.npz", b"not a model at all")
+    failed = apps.run("svm_predict", cytomine_id_job=job["id"])
+    assert failed["status"] == FAILED
+    assert failed["status_comment"].startswith(
+        f"Give the id of a training job with a usable model as cytomine_id_job: the mtdp-model.npz attached to "
+        f"job {job['id']} (attached file {attached['id']}) is not an mtdp model file"
+    ), failed["status_comment"]
+    assert "/tmp" not in failed["status_comment"] and "mtdp-svm_predict" not in failed["status_comment"]
+
+
+def test_model_of_another_ontology_fails_at_once(apps, trained, tmp_path):
+    # Issue 11 item 10: every push was refused (terms of another ontology) and the job said SUCCESS.
+    # The model of a project with other terms, attached to a job of this other project (a job's keys
+    # reach its own project only: the model comes as a file, as one copied between servers would).
+    store = apps.server.store
+    other = seed_synthetic_project(apps.server, tmp_path / "other", name="other", terms=("necrosis", "fat"))
+    holder, _ = store.jobs.create(other.project_id, apps.software["svm_train"], apps.server.admin)
+    store.jobs.set_status(holder["id"], SUCCESS, "copied", 100)
+    store.meta.add_attached_file(
+        JOB_CLASS, holder["id"], "mtdp-model.npz", apps.files(trained)["mtdp-model.npz"].read_bytes()
+    )
+    argv = apps.argv("svm_predict", cytomine_id_job=holder["id"], cytomine_id_project=other.project_id)
+    assert load_workflow("svm_predict").main(argv) == 1
+    job = max(store.jobs.list(project=other.project_id), key=lambda j: j["id"])
+    assert job["status"] == FAILED and job["progress"] <= 10
+    assert job["status_comment"].startswith(
+        f"Use a model trained on this project's terms: the model of job {holder['id']} predicts tumour, stroma "
+        f"(terms {apps.project.terms['tumour']}, {apps.project.terms['stroma']}), which are not in the ontology of "
+        f"project {other.project_id} (necrosis, fat)."
+    ), job["status_comment"]
+
+
+def test_predict_that_wrote_nothing_is_not_a_success(apps, trained, monkeypatch):
+    original = CytomineSession.post_json
+
+    def refuse_terms(self, path, body=None, params=None, **kwargs):
+        if "/term/" in path:
+            raise CytomineRequestError(f"POST {path} answered HTTP 400: annotation is locked", status=400)
+        return original(self, path, body, params, **kwargs)
+
+    monkeypatch.setattr(CytomineSession, "post_json", refuse_terms)
+    job = apps.run("svm_predict", cytomine_id_job=trained["id"], push_mode="term", n_workers=0)
+    assert job["status"] == FAILED
+    assert job["status_comment"].startswith(
+        "Check the annotations and the model: the server refused all 18 predictions; e.g. annotation"
+    ), job["status_comment"]
+    assert "annotation is locked" in job["status_comment"] and apps.properties(job)["push_failed"] == "18"
+
+
+def test_a_class_with_one_annotation_is_named_before_any_crop(apps):
+    # Issue 11 item 11: "Class np.int64(7) has a single training sample", after crops and features.
+    store = apps.server.store
+    rare = store.ontologies.create_term("necrosis", apps.project.ontology_id)
+    target = apps.project.annotations[0]
+    store.annotation_terms.add(target.id, rare["id"], apps.server.admin, clear="user")
+    job = apps.run("svm_train", **FAST)
+    assert job["status"] == FAILED and job["progress"] <= 5, (job["progress"], job["status_comment"])
+    assert job["status_comment"] == (
+        "Annotate more, or leave these terms out (cytomine_id_terms): 'necrosis' has 1 annotation; "
+        "cross-validation needs at least 2 per class."
+    )
+
+
+def test_training_on_one_image_says_its_folds_are_not_grouped(apps):
+    # Issue 11 item 11: one image silently gave ungrouped (optimistic) cross-validation.
+    image = apps.project.images[0]["id"]
+    job = apps.run("svm_train", **FAST, cv_folds=2, cytomine_id_images=[image])
+    assert job["status"] == SUCCESS
+    assert "folds not grouped by image (all annotations on 1 image: the score is optimistic)" in job["status_comment"]
+    assert apps.properties(job)["cv_grouped"] == "false"
+
+
+def test_a_zoom_that_leaves_no_pixels_is_refused_before_downloading(apps):
+    # Issue 11 item 11: crop_zoom=8 trained on 1x1 crops without a word.
+    job = apps.run("svm_train", **FAST, crop_zoom=8)
+    assert job["status"] == FAILED and job["progress"] <= 5
+    assert job["status_comment"].startswith("Lower crop_zoom to at most 1: at zoom 8 the crops would be 1 pixel wide")
+
+
+def test_a_job_stopped_by_the_local_launcher_reports_how_to_resume(apps):
+    # Issue 11 item 11: a job whose process got SIGTERM was reported "Exit code -15" by the local launcher.
+    import os
+    import signal
+    import time
+
+    job = apps.server.launch("svm_train", apps.project.project_id, {**FAST, "cv_folds": 3}, wait=False)
+    deadline = time.monotonic() + 300
+    while apps.server.store.jobs.get(job["id"])["progress"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(apps.server.launcher._running[job["id"]].process.pid, signal.SIGTERM)
+    ended = apps.server.launcher.wait(job["id"], 120)
+    assert ended["status"] == KILLED and ended["status_comment"].startswith("Re-run the job to finish it"), ended

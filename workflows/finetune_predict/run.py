@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 from mtdp_core.cytomine.apps import finetune_predict
-from mtdp_core.cytomine.inputs import add_processing_inputs, add_push_inputs, app_parser
+from mtdp_core.cytomine.inputs import add_finetune_inputs, add_processing_inputs, add_push_inputs, app_parser
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer, number, positive_number_list
+from mtdp_core.cytomine.params import AppArgumentParser, add_input
 
 DESCRIPTOR = {
     "name": "MTDP-Finetune-Predict",
@@ -41,58 +41,7 @@ def get_args_parser() -> AppArgumentParser:
         "have no term are predicted.",
     )
     add_push_inputs(parser)
-    add_input(
-        parser,
-        "epochs",
-        type="Number",
-        name="Epochs",
-        default=10,
-        converter=integer(1, 1000),
-        description="Passes over the training annotations for each learning rate (the paper used 100).",
-        minimum=1,
-        maximum=1000,
-    )
-    add_input(
-        parser,
-        "learning_rates",
-        type="String",
-        name="Learning rates",
-        default="0.001,0.0001",
-        converter=positive_number_list,
-        description="Learning rates to try, comma-separated (no spaces); the one with the best validation "
-        "score is kept (the paper tried 0.001,0.0001,0.00001,0.000001).",
-    )
-    add_input(
-        parser,
-        "patience",
-        type="Number",
-        name="Early stopping patience",
-        default=3,
-        converter=integer(0, 1000),
-        description="Stop a learning rate after this many epochs without validation improvement (0: never).",
-        minimum=0,
-        maximum=1000,
-    )
-    add_input(
-        parser,
-        "val_fraction",
-        type="Number",
-        name="Validation share",
-        default=0.2,
-        converter=number(0.05, 0.5),
-        description="Share of the labelled annotations kept for validation; annotations of one image stay on one side.",
-        minimum=0.05,
-        maximum=0.5,
-    )
-    add_input(
-        parser,
-        "augment",
-        type="Boolean",
-        name="Augment",
-        default=True,
-        converter=boolean,
-        description="Random square crops and flips of the training crops (the paper's augmentation).",
-    )
+    add_finetune_inputs(parser)
     add_processing_inputs(parser, engine=False)  # a fine-tuned network trains and runs with torch
     return parser
 

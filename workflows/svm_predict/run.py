@@ -14,11 +14,12 @@ from mtdp_core.cytomine.inputs import (
     add_connection_inputs,
     add_filter_inputs,
     add_local_model_option,
+    add_model_job_input,
     add_processing_inputs,
     add_push_inputs,
 )
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, integer, new_parser
+from mtdp_core.cytomine.params import AppArgumentParser, new_parser
 
 DESCRIPTOR = {
     "name": "MTDP-SVM-Predict",
@@ -35,15 +36,7 @@ DESCRIPTOR = {
 def get_args_parser() -> AppArgumentParser:
     parser = new_parser("svm_predict", DESCRIPTOR["description"])
     add_connection_inputs(parser)
-    add_input(
-        parser,
-        "cytomine_id_job",
-        type="Number",
-        name="Training job",
-        optional=False,
-        converter=integer(1),
-        description="Id of the training job (MTDP-SVM-Train or MTDP-Finetune-Predict) whose model to use.",
-    )
+    add_model_job_input(parser)
     add_filter_inputs(parser, purpose="predict")
     add_push_inputs(parser)
     add_local_model_option(add_processing_inputs(parser, from_model=True, image_size=False))

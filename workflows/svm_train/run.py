@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 
 from mtdp_core.cytomine.apps import svm_train
-from mtdp_core.cytomine.inputs import add_processing_inputs, app_parser
+from mtdp_core.cytomine.inputs import add_processing_inputs, add_svm_inputs, app_parser
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, boolean, integer
+from mtdp_core.cytomine.params import AppArgumentParser, add_input
 
 DESCRIPTOR = {
     "name": "MTDP-SVM-Train",
@@ -43,28 +43,7 @@ def get_args_parser() -> AppArgumentParser:
         description="Binary mode: annotations with these terms form the positive class, all others the "
         "negative class. Empty: one class per term.",
     )
-    add_input(
-        parser,
-        "cv_folds",
-        type="Number",
-        name="Cross-validation folds",
-        default=5,
-        converter=integer(2, 20),
-        description="Folds of the cross-validation that chooses the SVM's C; annotations of one image stay "
-        "in one fold (fewer folds when there are fewer images).",
-        minimum=2,
-        maximum=20,
-    )
-    add_input(
-        parser,
-        "balanced_classes",
-        type="Boolean",
-        name="Balance classes",
-        default=False,
-        converter=boolean,
-        description="Weight classes inversely to their number of annotations (helps when one term "
-        "dominates, e.g. red blood cells).",
-    )
+    add_svm_inputs(parser)
     add_processing_inputs(parser)
     return parser
 

@@ -31,9 +31,17 @@ from mtdp_core.cytomine.annotations import (
 )
 from mtdp_core.cytomine.biaflows import read_image_folder
 from mtdp_core.cytomine.crops import DEFAULT_MAX_FAILED_FRACTION, CropReport, CropSpec, CropStore, download_crops
-from mtdp_core.cytomine.errors import CropDownloadError, ParameterError, TooFewClassesError
+from mtdp_core.cytomine.errors import (
+    BackboneMismatchError,
+    CropDownloadError,
+    ModelJobError,
+    ParameterError,
+    PushError,
+    TooFewClassesError,
+)
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.push import Prediction, PredictionPusher, PushReport, software_job_users
+from mtdp_core.cytomine.models import load_job_model
+from mtdp_core.cytomine.push import Prediction, PredictionPusher, PushReport
 from mtdp_core.cytomine.report import confusion_matrix_png, write_json
 from mtdp_core.data.folders import FolderImage
 from mtdp_core.errors import ConfigurationError
@@ -191,11 +199,14 @@ def training_set(job: Job, args: argparse.Namespace) -> TrainingSet:
     job.stage("Listing annotations", 0, 5)
     filters = filters_from_args(args, job.project_id)
     records, term_names = list_project_annotations(job, filters, what="annotation with a term")
-    # Labels are checked before any download: a missing term fails the job at once.
-    training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    # Labels are checked before any download: a missing term fails the job at once. Cross-validation
+    # needs 2 annotations per class: checked now, and again without the crops that failed.
+    options = {"selected_terms": filters.terms, "positive_terms": positive_terms, "min_per_class": 2}
+    training_labels(records, term_names, **options)
     spec = crop_spec_from_args(args)
     records, paths, report = fetch_crops(job, records, spec, args, job.stage("Downloading crops", 5, 35))
-    labels = training_labels(records, term_names, selected_terms=filters.terms, positive_terms=positive_terms)
+    labels = training_labels(records, term_names, **options)
+    _, resolution = crop_resolution(job, records, spec, args.image_size)
     source = {
         "project": job.project_id,
         "job": job.id,
@@ -206,6 +217,7 @@ def training_set(job: Job, args: argparse.Namespace) -> TrainingSet:
         "n_images": len({r.image for r in records}),
         "crops_failed": report.n_failed,
         "annotation_ids": [r.id for r in records],
+        "resolution": resolution,
     }
     return TrainingSet(paths, labels, [r.image for r in records], source)
 
@@ -271,13 +283,20 @@ def extract_features(extractor: Any, paths: Sequence[Path], stage: Stage, chunk:
 
 
 def save_classifier(
-    job: Job, model: Any, class_names: Mapping, class_ids: Mapping, extra: dict, features: Any = None
+    job: Job,
+    model: Any,
+    class_names: Mapping,
+    class_ids: Mapping,
+    extra: dict,
+    features: Any = None,
+    mpp: float | None = None,
 ) -> Path:
-    """The trained model as ``mtdp-model.npz`` (pickle-free, ``transfer.persistence``), attached."""
+    """The trained model as ``mtdp-model.npz`` (pickle-free, ``transfer.persistence``), attached;
+    ``mpp``: the resolution of its training crops when they have one (:func:`crop_resolution`)."""
     from mtdp_core.transfer.persistence import save_model
 
     path = job.output_path(MODEL_FILENAME)
-    save_model(path, model, features=features, class_names=class_names, class_ids=class_ids, extra=extra)
+    save_model(path, model, features=features, class_names=class_names, class_ids=class_ids, extra=extra, mpp=mpp)
     job.attach(path)
     return path
 
@@ -322,14 +341,53 @@ def make_predictions(
 
 
 def push_predictions(
-    job: CytomineJobRun, args: argparse.Namespace, predictions: Sequence[Prediction], start: int, end: int
+    job: CytomineJobRun,
+    args: argparse.Namespace,
+    predictions: Sequence[Prediction],
+    start: int,
+    end: int,
+    mode: str | None = None,
 ) -> PushReport:
-    """Push to Cytomine (``push_mode``), idempotently: earlier jobs of this software count as done."""
-    stage = job.stage(f"Pushing predictions ({args.push_mode} mode)", start, end)
+    """Push to Cytomine (``mode``, default ``push_mode``): exactly one prediction per target
+    (earlier jobs of this software count as done; one job of it pushes at a time). Sets the
+    ``push`` and ``push_failed`` properties; a push that wrote nothing fails the job
+    (:class:`PushError`)."""
+    mode = mode or args.push_mode
+    stage = job.stage(f"Pushing predictions ({mode} mode)", start, end)
     assert job.session is not None
-    users = software_job_users(job.session, job.project_id, job.software_name, job.job_user_id)
-    pusher = PredictionPusher(job.session, job.project_id, users, mode=args.push_mode, threads=args.n_download_threads)
-    return pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
+    pusher = PredictionPusher(
+        job.session,
+        job.project_id,
+        mode=mode,
+        software=job.software_name,
+        job=job.id,
+        own_user=job.job_user_id,
+        threads=args.n_download_threads,
+    )
+    report = pusher.push(predictions, progress=lambda d, t: stage.update(d, t))
+    job.set_properties({"push": report.summary(), "push_failed": len(report.failed)})
+    pushable = report.n_predictions - report.not_pushable
+    if pushable and report.written == 0:
+        annotation, reason = report.failed[0] if report.failed else (None, "none is on the server")
+        raise PushError(
+            f"Check the annotations and the model: the server refused all {pushable} predictions; e.g. annotation "
+            f"{annotation}: {reason}"
+        )
+    return report
+
+
+def check_model_terms(model: Any, term_names: Mapping[int, str], project: int, origin: str) -> None:
+    """Refuse a model whose classes are terms of another ontology: every push would be refused
+    (``origin``: where the model comes from, e.g. "job 41")."""
+    foreign = [c for c in model.classes if c.id is not None and int(c.id) not in term_names]
+    if foreign:
+        names = ", ".join(str(c.name) for c in foreign)
+        ids = ", ".join(str(c.id) for c in foreign)
+        ontology = ", ".join(term_names.values()) or "no terms"
+        raise ModelJobError(
+            f"Use a model trained on this project's terms: the model of {origin} predicts {names} (terms {ids}), "
+            f"which are not in the ontology of project {project} ({ontology})."
+        )
 
 
 def write_predictions(
@@ -378,3 +436,98 @@ def write_local_predictions(
     ]
     job.attach(write_rows(job.output_path("predictions.csv"), header, rows))
     return index
+
+
+# --------------------------------------------------------------------------- models of training jobs
+
+
+def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
+    """The model (``SavedModel``) of ``--cytomine_id_job`` (or ``--model`` in local mode), checked
+    against the asked backbone and weights."""
+    from mtdp_core.transfer.persistence import load_model
+
+    if isinstance(job, CytomineJobRun):
+        if not args.cytomine_id_job:
+            raise ParameterError("Set cytomine_id_job to the id of the training job whose model to use.")
+        assert job.session is not None and job.workdir is not None
+        model = load_job_model(job.session, args.cytomine_id_job, MODEL_FILENAME, job.workdir)
+    else:
+        if not args.model:
+            raise ParameterError("Give --model PATH (the mtdp-model.npz of a training run) in local mode.")
+        model = load_model(Path(args.model))
+    check_backbone(model, args)
+    return model
+
+
+def model_weights(model: Any, args: argparse.Namespace) -> str | None:
+    """The backbone weights to extract a probe's features with: the ``weights`` asked, else the
+    weights file the model was trained with when it is here (None: the model's own source)."""
+    if args.weights:
+        return args.weights
+    w = model.backbone.get("weights", {}) if model.kind != "finetune" else {}
+    if w.get("source") == "file" and w.get("file") and Path(w["file"]).is_file():
+        return w["file"]
+    return None
+
+
+#: Weight sources named by the catalogue (anything else given as weights is a file path).
+WEIGHT_SOURCES = ("imagenet", "imagenet_v2", "mtdp", "random")
+
+
+def check_backbone(model: Any, args: argparse.Namespace) -> None:
+    """Refuse a backbone or weights other than the model's (its classifier only fits those features)."""
+    from mtdp_core.errors import IncompatibleModelError
+
+    trained = model.describe_backbone()
+    source = model.backbone.get("weights", {}).get("source")
+    fix = f"Leave backbone and weights empty (or set {model.arch} and {source})"
+    origin = f"the model of job {args.cytomine_id_job or args.model}"
+    if args.backbone and args.backbone != model.arch:
+        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.backbone}.")
+    if not args.weights or model.kind == "finetune":
+        return
+    if args.weights in WEIGHT_SOURCES and args.weights != source:
+        # Known before loading anything (the other weights may not even be on this machine).
+        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.weights} weights.")
+    try:
+        model.check_backbone(model.feature_extractor(weights=args.weights, engine=args.engine).identity())
+    except IncompatibleModelError as exc:
+        raise BackboneMismatchError(f"{fix}: {exc}") from None
+
+
+#: Crops whose resolutions differ by at most this factor count as one resolution.
+RESOLUTION_SPREAD = 1.25
+
+
+def crop_resolution(
+    job: CytomineJobRun, records: Sequence[AnnotationRecord], spec: CropSpec, image_size: int
+) -> tuple[float | None, dict[str, Any]]:
+    """The µm per pixel the network saw in the training crops, when it is one resolution.
+
+    A crop covers the annotation's box (times ``increase_area``; a point: 100 pixels) of level-0
+    pixels, and the network sees its shorter side resized to ``image_size``: its input resolution
+    is the image's µm/px x that side / ``image_size``, whatever ``crop_zoom`` and
+    ``crop_max_size`` did in between. It is one resolution, recorded in the model (the slide app
+    reads tiles at it), when every image has a resolution and the crops agree within 25% (e.g.
+    square annotations of one size); otherwise None, and ``info`` says why.
+    """
+    import shapely
+
+    assert job.session is not None
+    images = job.session.get_collection(f"project/{job.project_id}/imageinstance.json")
+    mpp = {int(i["id"]): i.get("physicalSizeX") or i.get("resolution") for i in images}
+    without = sorted({r.image for r in records if not mpp.get(r.image)})
+    if without:
+        return None, {"mpp": None, "why": f"images without a resolution (physicalSizeX): {without[:5]}"}
+    values = []
+    for record in records:
+        minx, miny, maxx, maxy = shapely.from_wkt(record.location).bounds
+        side = min(maxx - minx, maxy - miny) * float(spec.increase_area or 1.0)
+        side = side if side > 0 else 100.0  # a point (or a line) is cropped with a 100-pixel box
+        values.append(float(mpp[record.image]) * side / image_size)
+    low, high, median = min(values), max(values), float(np.median(values))
+    info = {"median": round(median, 4), "min": round(low, 4), "max": round(high, 4), "n": len(values)}
+    if high > low * RESOLUTION_SPREAD:
+        why = "the crops are seen at different resolutions (annotations of different sizes)"
+        return None, {"mpp": None, "why": why, **info}
+    return median, {"mpp": round(median, 4), **info}

@@ -92,9 +92,10 @@ def run(job: Job, args: argparse.Namespace) -> str:
     probabilities = (
         tuner.predict_proba([str(p) for p in targets.paths]) if targets.paths else np.zeros((0, len(classes)))
     )
-    source = {"project": data.source.get("project"), "job": job.id}
+    resolution = data.source.get("resolution") or {"mpp": None, "why": "local images"}
+    source = {"project": data.source.get("project"), "job": job.id, "resolution": resolution}
     extra = {"app": "finetune_predict", "crop": data.source.get("crop"), "binary": False, "source": source}
-    common.save_classifier(job, tuner, names, data.term_ids(classes), extra)
+    common.save_classifier(job, tuner, names, data.term_ids(classes), extra, mpp=resolution.get("mpp"))
     job.attach(write_history(job, tuner.history_))
     if job.flags.do_compute_metrics:
         write_validation_metrics(job, tuner, y[val_idx], val_probabilities, names)
@@ -153,7 +154,6 @@ def deliver(
     if job.flags.do_upload_annotations and predictions:
         report = common.push_predictions(job, args, predictions, 85, 97)
         pushed = report.pushed
-        job.set_property("push", report.summary())
         note = f"; {len(predictions)} predicted: {report.summary()}"
     common.write_predictions(job, predictions, class_names, index, pushed)
     return note
@@ -215,6 +215,7 @@ def cytomine_data(job: CytomineJobRun, args: argparse.Namespace) -> tuple[common
     labels = training_labels(training, term_names, selected_terms=filters.terms)
     if not targets:
         logger.warning("no annotation to predict: the model is trained and attached, nothing is pushed")
-    source = {"project": job.project_id, "crop": spec.to_dict()}
+    _, resolution = common.crop_resolution(job, training, spec, args.image_size)
+    source = {"project": job.project_id, "crop": spec.to_dict(), "resolution": resolution}
     data = common.TrainingSet([path_of[r.id] for r in training], labels, [r.image for r in training], source)
     return data, Targets([path_of[r.id] for r in targets], records=targets)

@@ -25,57 +25,10 @@ from mtdp_core.cytomine.annotations import AnnotationRecord
 from mtdp_core.cytomine.apps import common
 from mtdp_core.cytomine.biaflows import ground_truth
 from mtdp_core.cytomine.crops import CropSpec
-from mtdp_core.cytomine.errors import BackboneMismatchError, ParameterError
 from mtdp_core.cytomine.job import CytomineJobRun, Job, Stage
-from mtdp_core.cytomine.models import download_job_model
 from mtdp_core.cytomine.report import classification_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def load_trained_model(job: Job, args: argparse.Namespace) -> Any:
-    """The model (``SavedModel``) of ``--cytomine_id_job`` (or ``--model`` in local mode), checked
-    against the asked backbone and weights."""
-    from mtdp_core.transfer.persistence import load_model
-
-    if isinstance(job, CytomineJobRun):
-        if not args.cytomine_id_job:
-            raise ParameterError("Set cytomine_id_job to the id of the training job whose model to use.")
-        assert job.session is not None and job.workdir is not None
-        name = common.MODEL_FILENAME
-        path, _ = download_job_model(job.session, args.cytomine_id_job, name, job.workdir / name)
-    else:
-        if not args.model:
-            raise ParameterError("Give --model PATH (the mtdp-model.npz of a training run) in local mode.")
-        path = Path(args.model)
-    model = load_model(path)
-    check_backbone(model, args)
-    return model
-
-
-#: Weight sources named by the catalogue (anything else given as weights is a file path).
-WEIGHT_SOURCES = ("imagenet", "imagenet_v2", "mtdp", "random")
-
-
-def check_backbone(model: Any, args: argparse.Namespace) -> None:
-    """Refuse a backbone or weights other than the model's (its classifier only fits those features)."""
-    from mtdp_core.errors import IncompatibleModelError
-
-    trained = model.describe_backbone()
-    source = model.backbone.get("weights", {}).get("source")
-    fix = f"Leave backbone and weights empty (or set {model.arch} and {source})"
-    origin = f"the model of job {args.cytomine_id_job or args.model}"
-    if args.backbone and args.backbone != model.arch:
-        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.backbone}.")
-    if not args.weights or model.kind == "finetune":
-        return
-    if args.weights in WEIGHT_SOURCES and args.weights != source:
-        # Known before loading anything (the other weights may not even be on this machine).
-        raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.weights} weights.")
-    try:
-        model.check_backbone(model.feature_extractor(weights=args.weights, engine=args.engine).identity())
-    except IncompatibleModelError as exc:
-        raise BackboneMismatchError(f"{fix}: {exc}") from None
 
 
 def predict_scores(
@@ -87,10 +40,7 @@ def predict_scores(
     runtime = {"batch_size": args.batch_size, "num_workers": args.n_workers, "device": device}
     extractor = None
     if model.kind != "finetune":
-        weights = args.weights or None
-        w = model.backbone.get("weights", {})
-        if weights is None and w.get("source") == "file" and w.get("file") and Path(w["file"]).is_file():
-            weights = w["file"]  # the weights file the model was trained with, present here
+        weights = common.model_weights(model, args)
         extractor = model.feature_extractor(
             weights=weights, cache_dir=common.cache_root(job) / "features", engine=args.engine, **runtime
         )
@@ -115,7 +65,7 @@ def predict_scores(
 def run(job: Job, args: argparse.Namespace) -> str:
     device = common.check_device(args)
     job.stage("Loading the model", 0, 5)
-    model = load_trained_model(job, args)
+    model = common.load_trained_model(job, args)
     if isinstance(job, CytomineJobRun):
         return _run_cytomine(job, args, model, device)
     return _run_local(job, args, model, device)
@@ -130,6 +80,7 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     job.stage("Listing annotations", 5, 10)
     filters = common.filters_from_args(args, job.project_id)
     records, term_names = common.list_project_annotations(job, filters)
+    common.check_model_terms(model, term_names, job.project_id, f"job {args.cytomine_id_job}")
     spec = common.crop_spec_from_args(args, model_crop_spec(model))
     records, paths, crops = common.fetch_crops(job, records, spec, args, job.stage("Downloading crops", 10, 40))
     probabilities = predict_scores(model, paths, args, job, device, job.stage("Predicting", 40, 75))
@@ -139,7 +90,6 @@ def _run_cytomine(job: CytomineJobRun, args: argparse.Namespace, model: Any, dev
     if job.flags.do_upload_annotations:
         report = common.push_predictions(job, args, predictions, 75, 97)
         pushed, comment_push = report.pushed, report.summary()
-        job.set_properties({"push": comment_push, "push_failed": len(report.failed)})
     job.progress(97, "Saving the predictions")
     common.write_predictions(job, predictions, [c.name for c in model.classes], index, pushed, term_names)
     agreement = _agreement(job, model, records, index, probabilities) if job.flags.do_compute_metrics else ""

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def run(job: Job, args: argparse.Namespace) -> str:
-    from mtdp_core.transfer.probes import Probe
+    from mtdp_core.transfer.probes import Probe, make_cv
 
     device = common.check_device(args)
     extractor = common.make_extractor(args, job, device)
@@ -48,15 +48,28 @@ def run(job: Job, args: argparse.Namespace) -> str:
     job.progress(90, "Saving the model and report")
     names = data.names(probe.classes_)
     extra = model_metadata(data, probe, names)
-    common.save_classifier(job, probe, names, data.term_ids(probe.classes_), extra, features=extractor)
+    mpp = (data.source.get("resolution") or {}).get("mpp")
+    common.save_classifier(job, probe, names, data.term_ids(probe.classes_), extra, features=extractor, mpp=mpp)
     if job.flags.do_compute_metrics:
         write_cv_metrics(job, args, probe, names, data)
-    job.set_properties(job_properties(job, args, probe, names, data))
+    grouped = make_cv(data.y, [str(g) for g in data.groups], args.cv_folds, seed=args.seed).grouped
+    job.set_properties({**job_properties(job, args, probe, names, data), "cv_grouped": str(grouped).lower()})
     note = common.crops_note(data.source.get("crops_failed", 0))
+    folds = "" if grouped else ungrouped_note(job, data)
     return (
         f"CV {probe.scoring_} {probe.best_score_:.3f} (C={probe.best_params_['C']:g}, {probe.n_splits_} folds) "
-        f"on {len(data.paths)} crops{note}, {len(probe.classes_)} classes; model: {common.MODEL_FILENAME}"
+        f"on {len(data.paths)} crops{note}, {len(probe.classes_)} classes{folds}; model: {common.MODEL_FILENAME}"
     )
+
+
+def ungrouped_note(job: Job, data: common.TrainingSet) -> str:
+    """What the status says when the folds could not keep images apart (too few of them): the
+    score is then optimistic (crops of one image on both sides of a fold)."""
+    n = len({str(g) for g in data.groups})
+    where = f"all images in {n} group" if job.local else f"all annotations on {n} image"
+    note = f"; folds not grouped by image ({where}{'s' if n != 1 else ''}: the score is optimistic)"
+    logger.warning("cross-validation%s", note[1:])
+    return note
 
 
 def job_properties(job: Job, args: argparse.Namespace, probe: Any, names: dict, data: common.TrainingSet) -> dict:

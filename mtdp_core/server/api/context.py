@@ -20,7 +20,7 @@ from mtdp_core.server.backends import CytomineStore
 from mtdp_core.server.config import ServerConfig
 from mtdp_core.server.domain import Row, as_bool, as_int
 from mtdp_core.server.errors import BadRequest, PayloadTooLarge
-from mtdp_core.server.imaging import ImageCache
+from mtdp_core.server.sources import ImageCache
 
 
 class Launcher(Protocol):
@@ -35,7 +35,7 @@ class Launcher(Protocol):
 
 @dataclass
 class Services:
-    """What the API serves: the store, the settings, decoded images, and the job runner."""
+    """What the API serves: the store, the settings, open images (decoded or slides), and the job runner."""
 
     store: CytomineStore
     config: ServerConfig

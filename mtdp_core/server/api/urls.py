@@ -115,6 +115,11 @@ ROUTES: list[Route] = [
     Route("GET POST", f"/api/imageinstance/<int:image_id>/window-{WINDOW}", pixels.image_window),
     Route("GET POST", f"/api/imageinstance/<int:image_id>/camera-{WINDOW}", pixels.image_window),
     Route("GET POST", "/api/imageinstance/<int:image_id>/crop.<fmt>", pixels.image_crop),
+    Route(
+        "GET",
+        "/api/sliceinstance/<int:slice_id>/normalized-tile/zoom/<int:z>/tx/<int:tx>/ty/<int:ty>.<fmt>",
+        pixels.slice_tile,
+    ),
     Route("GET", "/api/imageinstance/<int:image_id>/download", pixels.download_image),
     Route("GET", "/api/abstractimage/<int:abstract_id>/download", pixels.download_abstract_image),
     Route("GET POST", f"/api/{ANNOTATION}/<any(crop,mask,alphamask):crop>.<fmt>", pixels.annotation_crop),

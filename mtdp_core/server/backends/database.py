@@ -117,6 +117,10 @@ CREATE TABLE IF NOT EXISTS job_parameter (
 CREATE TABLE IF NOT EXISTS job_data (
     id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, key TEXT, filename TEXT, storage TEXT, size INTEGER,
     created INTEGER NOT NULL, updated INTEGER);
+-- The physical size of the images whose file records one (whole-slide files): a table of its own, so that
+-- databases made before the server read slides need no migration (their images have no row: no resolution).
+CREATE TABLE IF NOT EXISTS image_resolution (
+    abstract_image_id INTEGER PRIMARY KEY, physical_size_x REAL, physical_size_y REAL, magnification REAL);
 """
 
 #: What turns a database of each older schema version into the next one (run once, in order).

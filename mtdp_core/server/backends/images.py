@@ -14,15 +14,22 @@ from mtdp_core.server.backends.annotations import delete_annotation_rows
 from mtdp_core.server.backends.database import Database, chunks, marks
 from mtdp_core.server.domain import Row, now_ms
 from mtdp_core.server.errors import Conflict, NotFound
-from mtdp_core.server.imaging import image_info, max_zoom_level
+from mtdp_core.server.imaging import max_zoom_level
+from mtdp_core.server.sources import image_info
 
 if TYPE_CHECKING:
     from mtdp_core.server.backends.projects import ProjectsBackend
 
+#: The resolution columns of an image (NULL when its file records none).
+_RESOLUTION = "ir.physical_size_x, ir.physical_size_y, ir.magnification"
 _SELECT = (
     "SELECT ii.id, ii.base_image_id, ii.project_id, ii.user_id, ii.instance_filename, ii.slice_id, ii.created,"
-    " ii.updated, ai.path, ai.original_filename, ai.width, ai.height, ai.samples, ai.mime"
+    f" ii.updated, ai.path, ai.original_filename, ai.width, ai.height, ai.samples, ai.mime, {_RESOLUTION}"
     " FROM image_instance ii JOIN abstract_image ai ON ai.id = ii.base_image_id"
+    " LEFT JOIN image_resolution ir ON ir.abstract_image_id = ai.id"
+)
+_SELECT_ABSTRACT = (
+    f"SELECT ai.*, {_RESOLUTION} FROM abstract_image ai LEFT JOIN image_resolution ir ON ir.abstract_image_id = ai.id"
 )
 
 
@@ -49,33 +56,51 @@ class ImagesBackend:
         path = Path(path).resolve()
         if not path.is_file():
             raise NotFound(f"Image file {path} does not exist")
-        existing = self.db.one("SELECT * FROM abstract_image WHERE path = ?", (str(path),))
+        existing = self.db.one(_SELECT_ABSTRACT + " WHERE ai.path = ?", (str(path),))
         if existing:
             return existing
-        width, height, samples, mime = image_info(path)
+        info = image_info(path)
         with self.db.transaction() as db:
             aid = self.db.allocate_ids()
             db.execute(
                 "INSERT INTO abstract_image (id, path, original_filename, width, height, samples, mime, user_id,"
                 " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (aid, str(path), original_filename or path.name, width, height, samples, mime, user_id, now_ms()),
+                (
+                    aid,
+                    str(path),
+                    original_filename or path.name,
+                    info.width,
+                    info.height,
+                    info.samples,
+                    info.mime,
+                    user_id,
+                    now_ms(),
+                ),
             )
+            if (info.physical_size_x, info.physical_size_y, info.magnification) != (None, None, None):
+                db.execute(
+                    "INSERT INTO image_resolution (abstract_image_id, physical_size_x, physical_size_y, magnification)"
+                    " VALUES (?, ?, ?, ?)",
+                    (aid, info.physical_size_x, info.physical_size_y, info.magnification),
+                )
         return self.get_abstract(aid)
 
     def get_abstract(self, abstract_id: int) -> Row:
-        return self.db.get("abstract_image", abstract_id, "AbstractImage")
+        return self.db.require(
+            _SELECT_ABSTRACT + " WHERE ai.id = ?", (abstract_id,), f"AbstractImage {abstract_id} not found"
+        )
 
     def list_abstract(self, *, projects: Sequence[int] | None = None, user_id: int | None = None) -> list[Row]:
         """Every abstract image, or (with ``projects``) those held by one of these projects or
         (with ``user_id`` too) imported by that user."""
         if projects is None:
-            return self.db.all("SELECT * FROM abstract_image ORDER BY id")
+            return self.db.all(_SELECT_ABSTRACT + " ORDER BY ai.id")
         ids: list[int | None] = list(projects)
-        where = f"id IN (SELECT base_image_id FROM image_instance WHERE project_id IN ({marks(len(ids))}))"
+        where = f"ai.id IN (SELECT base_image_id FROM image_instance WHERE project_id IN ({marks(len(ids))}))"
         if user_id is not None:
-            where += " OR user_id = ?"
+            where += " OR ai.user_id = ?"
             ids.append(user_id)
-        return self.db.all(f"SELECT * FROM abstract_image WHERE {where} ORDER BY id", ids)
+        return self.db.all(f"{_SELECT_ABSTRACT} WHERE {where} ORDER BY ai.id", ids)
 
     def abstract_projects(self, abstract_id: int) -> list[int]:
         """The projects holding an instance of an abstract image."""

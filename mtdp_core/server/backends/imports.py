@@ -27,7 +27,8 @@ class ImportedImage:
     """One image to add to a project with its annotations, for :meth:`ImportsBackend.import_images`."""
 
     path: Path
-    annotations: list[tuple[str, BaseGeometry]] = field(default_factory=list)  # (label, geometry in image coords)
+    #: (label, geometry in image coordinates); a label None makes an annotation without a term.
+    annotations: list[tuple[str | None, BaseGeometry]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -74,19 +75,23 @@ class ImportsBackend:
                 )
                 db.executemany(
                     INSERT_ANNOTATION_TERM,
-                    [(first + 2 * k + 1, first + 2 * k, tid, user["id"], created) for k, (_, tid) in enumerate(rows)],
+                    [
+                        (first + 2 * k + 1, first + 2 * k, tid, user["id"], created)
+                        for k, (_, tid) in enumerate(rows)
+                        if tid is not None
+                    ],
                 )
                 summary["annotations"] += len(rows)
         return summary
 
     def _annotations(
         self, item: ImportedImage, image: Row, terms: dict[str, int], ontology_id: int, summary: dict[str, int]
-    ) -> list[tuple[geo.GeometryStats, int]]:
-        """(geometry in Cytomine coordinates, term id) of an image's annotations; new labels become
-        terms, geometries outside the image are refused and counted."""
+    ) -> list[tuple[geo.GeometryStats, int | None]]:
+        """(geometry in Cytomine coordinates, term id or None) of an image's annotations; new labels
+        become terms, geometries outside the image are refused and counted."""
         rows = []
         for label, geometry in item.annotations:
-            if label not in terms:
+            if label is not None and label not in terms:
                 terms[label] = self.ontologies.create_term(label, ontology_id)["id"]
                 summary["terms"] += 1
             try:
@@ -96,5 +101,5 @@ class ImportsBackend:
                 logger.warning("%s: annotation %r refused: %s", item.path.name, label, exc.message)
                 summary["refused_annotations"] += 1
                 continue
-            rows.append((shape, terms[label]))
+            rows.append((shape, None if label is None else terms[label]))
         return rows

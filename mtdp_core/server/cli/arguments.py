@@ -15,10 +15,11 @@ SERVE = (
     "keys (also written to DATA/admin-keys.json, readable by you only). Every request is logged."
 )
 IMPORT = (
-    "Import images (a folder) and annotations (GeoJSON, CSV of boxes or WKT, Pascal VOC XML) into a "
-    "project, created when new, with an ontology whose terms are the labels. Image coordinates "
-    "(top-left origin) are converted to Cytomine's (bottom-left origin). Images already in the "
-    "project are skipped, so an import can be re-run."
+    "Import images (a folder, or one file: plain images and whole-slide files OpenSlide reads, such as "
+    "SVS, NDPI, MRXS, SCN or pyramidal TIFF) and annotations (GeoJSON such as QuPath's exports, CSV of "
+    "boxes or WKT, Pascal VOC XML) into a project, created when new, with an ontology whose terms are the "
+    "labels. Image coordinates (top-left origin) are converted to Cytomine's (bottom-left origin). Images "
+    "already in the project are skipped, so an import can be re-run; unreadable files are skipped and listed."
 )
 REGISTER = (
     "Create the Software and its parameters from a cytomine-0.1 descriptor, as the Cytomine software "
@@ -132,13 +133,16 @@ def serve(parser: argparse.ArgumentParser) -> None:
 
 def import_(parser: argparse.ArgumentParser) -> None:
     data_folder(parser)
-    parser.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument(
+        "images", type=Path, help="folder of images and slides (searched recursively), or one image or slide file"
+    )
     parser.add_argument("--project", required=True, help="project name (created when it does not exist)")
     parser.add_argument(
         "--annotations",
         type=Path,
         default=None,
-        help="a .csv file, a .geojson file, or a folder of .geojson / VOC .xml files (default: none)",
+        help="a .csv file, a .geojson file, or a folder of .geojson (named after their image: slide.geojson for "
+        "slide.svs; it may be the image folder itself) or VOC .xml files (default: none)",
     )
     parser.add_argument("--format", default="auto", choices=FORMATS, help="annotation format (default: from the files)")
     parser.add_argument("--image-column", default=None, help="CSV column / GeoJSON property naming the image")

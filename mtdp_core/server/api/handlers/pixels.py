@@ -1,4 +1,4 @@
-"""Pixels: thumbnails, windows and crops of images, crops and masks of annotations, downloads."""
+"""Pixels: thumbnails, windows, crops and tiles of images, crops and masks of annotations, downloads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mtdp_core.server.api.handlers.images import image_of
 from mtdp_core.server.domain import ANNOTATION_DOMAINS
 from mtdp_core.server.errors import BadRequest, NotFound
 from mtdp_core.server.geometry import parse_wkt
-from mtdp_core.server.imaging import CropOptions, render_crop, render_thumb, render_window
+from mtdp_core.server.imaging import CropOptions, render_crop, render_thumb, render_tile, render_window
 
 THUMB_SIZE, PREVIEW_SIZE = 512, 1024
 
@@ -54,9 +54,18 @@ def image_window(ctx: RequestContext, image_id: int, x: int, y: int, w: int, h: 
     options = {
         "with_exterior": ctx.arg_bool("withExterior"),
         "max_size": ctx.arg_int("maxSize"),
+        "zoom": ctx.arg_int("zoom"),
         "limits": ctx.services.config.pixel_limits,
     }
     return image_response(*render_window(pixels, x, y, w, h, fmt, **options))
+
+
+def slice_tile(ctx: RequestContext, slice_id: int, z: int, tx: int, ty: int, fmt: str) -> Response:
+    """A tile of the normalized pyramid (the Spring core's ``normalized-tile`` route)."""
+    image = ctx.store.images.get_by_slice(slice_id)
+    image_of(ctx, image["id"])  # the caller's access to the image
+    source = ctx.services.cache.get(image["path"])
+    return image_response(*render_tile(source, z, tx, ty, fmt, ctx.services.config.pixel_limits))
 
 
 def image_crop(ctx: RequestContext, image_id: int, fmt: str) -> Response:
@@ -113,4 +122,5 @@ def crop_options(ctx: RequestContext, kind: str, fmt: str) -> CropOptions:
         jpeg_quality=ctx.arg_int("jpegQuality"),
         color=(ctx.arg("color") or "#ff0000").replace("0x", "#"),
         thickness=ctx.arg_int("thickness", 1) or 1,
+        safe=ctx.arg_bool("safe"),
     )

@@ -6,7 +6,13 @@ from mtdp_core.server.api.serialisers.envelopes import JSON, base, timestamp
 from mtdp_core.server.domain import CLASS_NAMES, Row
 
 
+def _whole(value: float | None) -> int | float | None:
+    return int(value) if value is not None and float(value).is_integer() else value
+
+
 def _pixel_fields(row: Row, zoom: int) -> JSON:
+    """Size, pyramid depth (``zoom``: the core's ``getZoomLevels``, 256-pixel tiles), and the
+    physical size (µm per pixel) and objective power of files that record them (slides)."""
     mime = row.get("mime") or "application/octet-stream"
     return {
         "width": row["width"],
@@ -18,13 +24,14 @@ def _pixel_fields(row: Row, zoom: int) -> JSON:
         "bitPerSample": 8,
         "bitDepth": 8,
         "colorspace": "RGB" if row["samples"] == 3 else "GRAYSCALE",
-        "physicalSizeX": None,
-        "physicalSizeY": None,
+        "physicalSizeX": row.get("physical_size_x"),
+        "physicalSizeY": row.get("physical_size_y"),
         "physicalSizeZ": None,
         "fps": None,
-        "magnification": None,
-        "resolution": None,
+        "magnification": _whole(row.get("magnification")),  # an Integer in the cores
+        "resolution": row.get("physical_size_x"),  # the Grails core's name for physicalSizeX
         "zoom": zoom,
+        "tileSize": 256,
         "contentType": mime,
         "mime": mime,
         "extension": row["path"].rsplit(".", 1)[-1].lower(),
