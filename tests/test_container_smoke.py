@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,147 @@ def test_local_mode_class_folders_from_the_bccd_sample(smoke, tmp_path):
     folders = sorted(p.name for p in (tmp_path / "in").iterdir())
     assert n == sum(len(list((tmp_path / "in" / f).glob("*.png"))) for f in folders) and n > 0
     assert set(folders) <= {"RBC", "WBC", "Platelets"}
+
+
+# --------------------------------------------------------------------------- the torch-free variant
+
+
+def test_the_smoke_covers_every_app_that_has_a_torch_free_image(smoke):
+    """Every frozen-backbone app (an engine input) is built and run in both variants."""
+    from tests.test_docker import apps, stages
+
+    frozen = {app for app, inputs in apps().items() if "engine" in inputs}
+    assert set(smoke.APPS) == frozen and smoke.APPS[0] == "svm_train"  # the others use its model
+    found = stages()
+    for app in smoke.APPS:
+        assert smoke.target(app, "torch") in found and smoke.target(app, "torch-free") in found
+        assert smoke.image_name(app, "smoke", "torch-free") == smoke.image_name(app, "smoke") + "-cpu"
+
+
+def test_variants_and_apps_are_chosen_by_name_and_run_in_order(smoke):
+    args = smoke.get_args_parser().parse_args(["--variants", "torch-free,torch", "--apps", "svm_predict,svm_train"])
+    assert args.variants == ["torch", "torch-free"] and args.apps == ["svm_train", "svm_predict"]
+    with pytest.raises(SystemExit):
+        smoke.get_args_parser().parse_args(["--variants", "onnx"])
+
+
+def test_job_parameters_are_the_apps_defaults_with_their_images(smoke):
+    assert smoke.job_parameters("svm_train", [1, 2], [3], [1, 2, 3], None) == {
+        "cytomine_id_images": [1, 2],
+        "balanced_classes": True,
+    }
+    assert smoke.job_parameters("svm_predict", [1, 2], [3], [1, 2, 3], 7) == {
+        "cytomine_id_job": 7,
+        "cytomine_id_images": [3],
+    }
+    slide = smoke.job_parameters("slide_classify", [1, 2], [3], [1, 2, 3], 7)
+    assert slide["cytomine_id_job"] == 7 and slide["slide_mpp"] == 1.0 and "image_size" not in slide
+
+
+GOOD_TORCH_FREE = {
+    "torch_importable": False,
+    "gpu_libraries": [],
+    "auto": "onnxruntime",
+    "torch_engine": "MissingDependencyError: Engine torch needs torch, which is not installed here: use engine "
+    "onnxruntime (with a pre-exported graph, see `mtdp engine export`) or install torch==2.14.1",
+    "graphs": ["efficientnet_lite0 imagenet 224 px"],
+    "graphs_verified": True,
+    "verify": "",
+    "uid": "1000",
+    "home_not_owned": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"torch_importable": True}, "has torch"),
+        ({"gpu_libraries": ["nvidia-cublas"]}, "a GPU library"),
+        ({"auto": "torch"}, "engine auto is not onnxruntime"),
+        ({"torch_engine": "RuntimeError: no"}, "engine torch should fail with its fix"),
+        ({"graphs": []}, "do not pass `mtdp engine verify`"),
+        ({"graphs_verified": False}, "do not pass `mtdp engine verify`"),
+        ({"home_not_owned": ["/home/app/.cache"]}, "uid 1000 owning its home"),
+    ],
+)
+def test_a_torch_free_image_that_breaks_its_promise_fails_the_smoke(smoke, change, message):
+    smoke.check_inspection("torch-free", "cuda", GOOD_TORCH_FREE)
+    with pytest.raises(smoke.SmokeError, match=message):
+        smoke.check_inspection("torch-free", "cuda", {**GOOD_TORCH_FREE, **change})
+
+
+def test_a_torch_image_is_checked_for_its_build(smoke):
+    good = {"torch": "2.14.1+cu130", "cuda": "13.0", "gpu_libraries": 19, "uid": "1000", "home_not_owned": []}
+    smoke.check_inspection("torch", "cuda", good)
+    with pytest.raises(smoke.SmokeError, match="has a CUDA torch build"):
+        smoke.check_inspection("torch", "cpu", good)
+    with pytest.raises(smoke.SmokeError, match="no CUDA torch build"):
+        smoke.check_inspection("torch", "cuda", {**good, "cuda": None})
+
+
+def test_the_graphs_of_an_image_are_read_from_mtdp_engine_verify(smoke, tmp_path, monkeypatch, capfd):
+    """The smoke parses `mtdp engine verify`'s log: the real one, so that a change there shows here."""
+    from mtdp_core.cli import main
+
+    assert main(["engine", "export", "resnet18", "random", "--size", "32", "--dir", str(tmp_path)]) == 0
+    monkeypatch.setenv("MTDP_GRAPH_DIR", str(tmp_path))
+    capfd.readouterr()
+    assert main(["engine", "verify", "--require"]) == 0
+    assert smoke.verified_graphs(capfd.readouterr().err) == ["resnet18 random 32 px"]
+
+
+FAKE_APP = """\
+import json, os, sys
+args = sys.argv[1:]
+if args[:2] != ["run", "--rm"]:
+    sys.exit(0)
+host = next(a.split(":")[0] for a in args if a.endswith(":/data"))
+out = args[args.index("--outfolder") + 1].replace("/data", host)
+if "--engine" in args:
+    sys.exit(print(ENGINE_TORCH, file=sys.stderr) or 1)
+if "--user" not in args and "--userns=keep-id" not in args:
+    sys.exit(print("FAILED: Make the output folder writable for uid 1000", file=sys.stderr) or 1)
+os.makedirs(out, exist_ok=True)
+json.dump({"classes": ["RBC"]}, open(os.path.join(out, "properties.json"), "w"))
+print("INFO device: CPU (2 threads, no torch); engine: " + ENGINE, file=sys.stderr)
+"""
+
+
+def fake_app_engine(tmp_path: Path, engine: str, engine_torch: str) -> str:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    podman = bin_dir / "podman"
+    podman.write_text(f"#!{sys.executable}\nENGINE = {engine!r}\nENGINE_TORCH = {engine_torch!r}\n" + FAKE_APP)
+    podman.chmod(podman.stat().st_mode | stat.S_IEXEC)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_local_mode_of_a_torch_free_image_runs_onnxruntime_and_refuses_torch(smoke, tmp_path, monkeypatch):
+    args = smoke.get_args_parser().parse_args(["--images", "1"])
+    refusal = (
+        "FAILED: Set device to auto or cpu and engine to auto: Engine torch needs torch, which is not installed here"
+    )
+    monkeypatch.setenv("PATH", fake_app_engine(tmp_path, "onnxruntime", refusal))
+    result = smoke.local_mode(args, tmp_path / "data", "torch-free")
+    assert result["runs"].endswith("engine: onnxruntime") and result["engine_torch"] == refusal
+    monkeypatch.setenv("PATH", fake_app_engine(tmp_path, "torch", refusal))
+    with pytest.raises(smoke.SmokeError, match="did not run with onnxruntime"):
+        smoke.local_mode(args, tmp_path / "data2", "torch-free")
+    monkeypatch.setenv("PATH", fake_app_engine(tmp_path, "onnxruntime", "Traceback (most recent call last): ..."))
+    with pytest.raises(smoke.SmokeError, match="should fail saying 'Engine torch needs torch"):
+        smoke.local_mode(args, tmp_path / "data3", "torch-free")
+
+
+def test_the_summary_puts_sizes_and_job_times_side_by_side(smoke):
+    results = {
+        "build": {"torch": {"svm_train": {"size_gb": 6.54}}, "torch-free": {"svm_train": {"size_gb": 0.81}}},
+        "jobs": {
+            "torch": {"svm_train": {"seconds": 63.2, "status": 3}},
+            "torch-free": {"svm_train": {"seconds": 20.4, "status": 4}},
+        },
+    }
+    assert smoke.summary(results).splitlines() == [
+        "| app | torch image | torch job | torch-free image | torch-free job |",
+        "|---|---:|---:|---:|---:|",
+        "| svm_train | 6.54 GB | 63 s | 0.81 GB | 20 s (FAILED) |",
+    ]
