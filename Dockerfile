@@ -19,10 +19,10 @@
 #   deps       every other dependency at the versions of requirements/docker.txt   (a dependency bump)
 #   weights    weights files, fetched and verified in a stage of their own (the weights list, the
 #              weights registry in mtdp_core/backbones): the image only copies the result
-#   graphs     the ONNX graphs of the torch-free images, exported from the weights with torch and
-#              verified, from the modules that make them only (the graphs list, sizes, backbones,
-#              the engines in mtdp_core/inference): the torch-free images only copy the result
-#   app        mtdp itself, workflows, descriptors                          (every commit)
+#   graphs     the backbones' ONNX graphs, exported from the weights with torch and verified, from
+#              the modules that make them only (the graphs list, sizes, backbones, the engines in
+#              mtdp_core/inference): the images only copy the result (torch's run them on CPUs)
+#   app        the weights and graphs, mtdp itself, workflows, descriptors  (every commit)
 #   <app>      the app's descriptor and entrypoint
 # and, FROM python again, without torch:
 #   inference  the dependencies of requirements/docker-inference.txt (ONNX Runtime, no torch)
@@ -39,7 +39,7 @@
 #   MTDP_WEIGHTS        "arch:source" pairs (default "densenet121:imagenet resnet50:imagenet");
 #                       EfficientNet-Lite0's ImageNet weights come with a Python wheel. Files in
 #                       docker/weights/ are copied in and verified (e.g. the paper's multi-task weights).
-#   MTDP_GRAPHS         the torch-free images' graphs, "arch:weights" pairs (e.g. "efficientnet_lite0:imagenet
+#   MTDP_GRAPHS         the images' ONNX graphs, "arch:weights" pairs (e.g. "efficientnet_lite0:imagenet
 #                       densenet121:mtdp"); empty (default): one per published weights file of the image
 #                       (the weights stage's, and EfficientNet-Lite0's). Each graph is checked against torch
 #                       and listed with its sha256 in /opt/mtdp/graphs/SHA256SUMS, or the build fails naming it.
@@ -104,8 +104,12 @@ ARG MTDP_GRAPHS=""
 ARG MTDP_GRAPH_SIZES=224
 RUN PYTHONPATH=/opt/mtdp/graphs-cli MTDP_GRAPH_DIR=/opt/mtdp/graphs sh /opt/mtdp/build/export-graphs.sh
 
+# The graphs too: on a CPU, engine auto runs them (no export at job time, which an --rm container
+# would lose); the checks that import onnxruntime run with a throwaway HOME (see app_cpu).
 FROM deps AS app
+ENV MTDP_GRAPH_DIR=/opt/mtdp/graphs
 COPY --from=weights /opt/mtdp/weights /opt/mtdp/weights
+COPY --from=graphs /opt/mtdp/graphs /opt/mtdp/graphs
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mtdp_core ./mtdp_core
@@ -115,7 +119,10 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     pip install --no-cache-dir --no-deps .; \
     pip check; \
     rm -rf /app/mtdp_core /app/build; \
-    mtdp weights verify
+    mtdp weights verify; \
+    home=$(mktemp -d); \
+    HOME=$home mtdp engine verify --require; \
+    rm -rf "$home"
 COPY workflows ./workflows
 COPY descriptors ./descriptors
 WORKDIR /work

@@ -133,8 +133,8 @@ GOOD_TORCH_FREE = {
         ({"gpu_libraries": ["nvidia-cublas"]}, "a GPU library"),
         ({"auto": "torch"}, "engine auto is not onnxruntime"),
         ({"torch_engine": "RuntimeError: no"}, "engine torch should fail with its fix"),
-        ({"graphs": []}, "do not pass `mtdp engine verify`"),
-        ({"graphs_verified": False}, "do not pass `mtdp engine verify`"),
+        ({"graphs": []}, "image's graphs do not pass `mtdp engine verify`"),
+        ({"graphs_verified": False}, "image's graphs do not pass `mtdp engine verify`"),
         ({"home_not_owned": ["/home/app/.cache"]}, "uid 1000 owning its home"),
     ],
 )
@@ -145,8 +145,19 @@ def test_a_torch_free_image_that_breaks_its_promise_fails_the_smoke(smoke, chang
 
 
 def test_a_torch_image_is_checked_for_its_build(smoke):
-    good = {"torch": "2.14.1+cu130", "cuda": "13.0", "gpu_libraries": 19, "uid": "1000", "home_not_owned": []}
+    good = {
+        "torch": "2.14.1+cu130",
+        "cuda": "13.0",
+        "gpu_libraries": 19,
+        "graphs": ["efficientnet_lite0 imagenet 224 px"],
+        "graphs_verified": True,
+        "verify": "",
+        "uid": "1000",
+        "home_not_owned": [],
+    }
     smoke.check_inspection("torch", "cuda", good)
+    with pytest.raises(smoke.SmokeError, match="The torch image's graphs do not pass"):
+        smoke.check_inspection("torch", "cuda", {**good, "graphs": []})  # every CPU job would export them
     with pytest.raises(smoke.SmokeError, match="has a CUDA torch build"):
         smoke.check_inspection("torch", "cpu", good)
     with pytest.raises(smoke.SmokeError, match="no CUDA torch build"):
@@ -178,14 +189,17 @@ if "--user" not in args and "--userns=keep-id" not in args:
 os.makedirs(out, exist_ok=True)
 json.dump({"classes": ["RBC"]}, open(os.path.join(out, "properties.json"), "w"))
 print("INFO device: CPU (2 threads, no torch); engine: " + ENGINE, file=sys.stderr)
+if EXPORTS:
+    print("INFO mtdp_core.inference.graphs: exported efficientnet_lite0 at 224 px", file=sys.stderr)
 """
 
 
-def fake_app_engine(tmp_path: Path, engine: str, engine_torch: str) -> str:
+def fake_app_engine(tmp_path: Path, engine: str, engine_torch: str, exports: bool = False) -> str:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     podman = bin_dir / "podman"
-    podman.write_text(f"#!{sys.executable}\nENGINE = {engine!r}\nENGINE_TORCH = {engine_torch!r}\n" + FAKE_APP)
+    header = f"#!{sys.executable}\nENGINE = {engine!r}\nENGINE_TORCH = {engine_torch!r}\nEXPORTS = {exports}\n"
+    podman.write_text(header + FAKE_APP)
     podman.chmod(podman.stat().st_mode | stat.S_IEXEC)
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
@@ -204,6 +218,9 @@ def test_local_mode_of_a_torch_free_image_runs_onnxruntime_and_refuses_torch(smo
     monkeypatch.setenv("PATH", fake_app_engine(tmp_path, "onnxruntime", "Traceback (most recent call last): ..."))
     with pytest.raises(smoke.SmokeError, match="should fail saying 'Engine torch needs torch"):
         smoke.local_mode(args, tmp_path / "data3", "torch-free")
+    monkeypatch.setenv("PATH", fake_app_engine(tmp_path, "onnxruntime", refusal, exports=True))
+    with pytest.raises(smoke.SmokeError, match="The torch svm-train exported a graph at job time"):
+        smoke.local_mode(args, tmp_path / "data4", "torch")
 
 
 def test_the_summary_puts_sizes_and_job_times_side_by_side(smoke):

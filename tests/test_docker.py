@@ -66,17 +66,24 @@ def test_layers_are_ordered_by_how_often_they_change():
     copies = [i for stage in torch_chain for i in found[stage]["instructions"] if i.startswith("COPY")]
     assert copies == ["COPY requirements/torch.txt docker/install-torch.sh /opt/mtdp/build/"]
     # The weights arguments live in the weights stage only, which the app stage copies from; the
-    # graphs' in the graphs stage only, which the torch-free app stage copies from.
+    # graphs' in the graphs stage only, which both app stages copy from.
     for name, stage in found.items():
         if name != "weights":
             assert not {"MTDP_WEIGHTS", "MTDP_FETCH_WEIGHTS"} & set(stage["args"]), name
         if name != "graphs":
             assert not {"MTDP_GRAPHS", "MTDP_GRAPH_SIZES"} & set(stage["args"]), name
-    assert "graphs" not in ancestors("app", found)  # the torch images do not wait for the export
     app = found["app"]["instructions"]
     weights = app.index("COPY --from=weights /opt/mtdp/weights /opt/mtdp/weights")
     assert weights < app.index("COPY mtdp_core ./mtdp_core")
     assert ancestors("app", found) == ["app", "deps", "torch", "python"]
+    # The torch images copy the graphs too (engine auto runs them on CPUs: no export at job time).
+    assert "graphs" not in ancestors("app", found)
+    graphs = app.index("COPY --from=graphs /opt/mtdp/graphs /opt/mtdp/graphs")
+    assert "ENV MTDP_GRAPH_DIR=/opt/mtdp/graphs" in app[:graphs] and graphs < app.index("COPY mtdp_core ./mtdp_core")
+    [install] = [re.sub(r"\s+", " ", i) for i in app if i.startswith("RUN") and "pip install" in i]
+    assert install.rstrip().endswith(
+        'mtdp weights verify; home=$(mktemp -d); HOME=$home mtdp engine verify --require; rm -rf "$home"'
+    )
     # The wheel folder is a build context mounted where pip runs, never a build argument.
     text = (ROOT / "Dockerfile").read_text()
     assert "PIP_FIND_LINKS=" not in re.sub(r"export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels", "", text)
