@@ -37,10 +37,11 @@ What it does, stopping at the first problem with what to do about it:
 5. starts the local Cytomine server, imports 8 BCCD sample images, registers the descriptors and
    launches, as Cytomine does (``run --rm --network host IMAGE <the command line Cytomine builds
    from the descriptor>``), with the apps' default parameters (224 px network input), each app in
-   each variant, the variants one after the other for each app (same load): svm-train on 6
-   images, svm-predict and slide-classify (BCCD images have no resolution: ``slide_mpp`` 1,
-   ``tile_mpp`` 0.5, ``min_tissue`` 0.1) with its model on the 2 others, extract-features on all 8;
-   and checks that every job ends SUCCESS.
+   each variant, the variants one after the other for each app (same load), ``--repeat`` times
+   (the median time is reported): svm-train on 6 images, svm-predict and slide-classify (BCCD
+   images have no resolution: ``slide_mpp`` 1, ``tile_mpp`` 0.5, ``min_tissue`` 0.1) with the
+   first svm-train job's model on the 2 others, extract-features on all 8; and checks that every
+   job ends SUCCESS.
 
 The results (times, sizes, statuses) are printed as JSON (``--output`` writes them to a file),
 with a table of each app's image sizes and job times per variant.
@@ -54,6 +55,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,6 +132,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true", help="build every layer again (measures a full build)")
     parser.add_argument("--no-cache-check", action="store_true", help="skip the rebuild that checks the layer cache")
     parser.add_argument("--images", type=int, default=8, help="BCCD sample images to use (default: 8)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="jobs of each app and variant, interleaved; the median is kept (default: 3)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="keep the data folders (server, local mode) here")
     return parser
@@ -612,33 +620,42 @@ def smoke(args: argparse.Namespace, data_dir: Path) -> dict:
         train, held_out = images[: len(images) * 3 // 4], images[len(images) * 3 // 4 :]
         for app in args.apps:
             server.register_app(ROOT / "descriptors" / f"{app}.json")
-        for app in args.apps:  # each app in every variant, one after the other: the same load for both
-            for variant in args.variants:
-                model_job = results[variant].get("svm_train", {}).get("job")
-                start = time.perf_counter()
-                job = server.launch(
-                    app,
-                    project,
-                    job_parameters(app, train, held_out, images, model_job),
-                    runner="container",
-                    image=image_name(app, args.tag, variant),
-                    engine=args.engine,
-                    timeout=1200,
-                )
-                results[variant][app] = {
-                    "job": job["id"],
-                    "status": job["status"],
-                    "comment": job["status_comment"],
-                    "seconds": round(time.perf_counter() - start, 1),
-                }
-                print(f"{app} ({variant}) job {job['id']}: status {job['status']}: {job['status_comment']}", flush=True)
-                if job["status"] != 3:
-                    return results
+        # Each app in every variant, one after the other (the same load for both), --repeat times:
+        # the time is the median (a shared machine's noise), the model the first svm-train job's.
+        for app in args.apps:
+            for _ in range(args.repeat):
+                for variant in args.variants:
+                    model_job = results[variant].get("svm_train", {}).get("job")
+                    start = time.perf_counter()
+                    job = server.launch(
+                        app,
+                        project,
+                        job_parameters(app, train, held_out, images, model_job),
+                        runner="container",
+                        image=image_name(app, args.tag, variant),
+                        engine=args.engine,
+                        timeout=1200,
+                    )
+                    seconds = round(time.perf_counter() - start, 1)
+                    entry = results[variant].setdefault(app, {"job": job["id"], "runs": []})
+                    entry["runs"].append(seconds)
+                    entry.update(
+                        status=job["status"],
+                        comment=job["status_comment"],
+                        seconds=round(statistics.median(entry["runs"]), 1),
+                    )
+                    print(
+                        f"{app} ({variant}) job {job['id']}: status {job['status']} in {seconds} s: "
+                        f"{job['status_comment']}",
+                        flush=True,
+                    )
+                    if job["status"] != 3:
+                        return results
     return results
 
 
 def summary(results: dict) -> str:
-    """A Markdown table: per app and variant, the image size and the job time."""
+    """A Markdown table: per app and variant, the image size and the (median) job time."""
     variants = [v for v in VARIANTS if v in results.get("jobs", {}) or v in results.get("build", {})]
     head = "| app | " + " | ".join(f"{v} image | {v} job" for v in variants) + " |"
     rows = [head, "|---|" + "---:|---:|" * len(variants)]

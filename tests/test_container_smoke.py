@@ -236,3 +236,50 @@ def test_the_summary_puts_sizes_and_job_times_side_by_side(smoke):
         "|---|---:|---:|---:|---:|",
         "| svm_train | 6.54 GB | 63 s | 0.81 GB | 20 s (FAILED) |",
     ]
+
+
+def test_jobs_alternate_the_variants_and_keep_the_median(smoke, tmp_path, monkeypatch):
+    """Each app runs --repeat times in each variant, interleaved; predict uses the first training job."""
+    launched = []
+    times = iter([10.0, 30.0, 50.0, 20.0, 12.0, 24.0] + [0.0] * 20)
+    clock = {"now": 0.0}
+
+    class FakeServer:
+        def __init__(self, data_dir):
+            self.store = type(
+                "S",
+                (),
+                {
+                    "images": type(
+                        "I",
+                        (),
+                        {"list": lambda self, p: [{"id": i, "original_filename": f"{i}.jpg"} for i in range(1, 9)]},
+                    )()
+                },
+            )()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def register_app(self, path):
+            return {}
+
+        def launch(self, app, project, parameters, **kwargs):
+            clock["now"] += next(times)
+            launched.append((app, kwargs["image"], parameters.get("cytomine_id_job")))
+            return {"id": len(launched), "status": 3, "status_comment": "ok"}
+
+    monkeypatch.setattr("mtdp_core.server.LocalCytomine", FakeServer)
+    monkeypatch.setattr(
+        "mtdp_core.server.importers.import_folder", lambda *a, **k: type("R", (), {"project": {"id": 1}})()
+    )
+    monkeypatch.setattr(smoke.time, "perf_counter", lambda: clock["now"])
+    args = smoke.get_args_parser().parse_args(["--apps", "svm_train,svm_predict", "--repeat", "3"])
+    results = smoke.smoke(args, tmp_path)
+    assert [image.rsplit(":", 1)[1] for _, image, _ in launched[:6]] == ["smoke", "smoke-cpu"] * 3
+    assert results["torch"]["svm_train"]["runs"] == [10.0, 50.0, 12.0]
+    assert results["torch"]["svm_train"]["seconds"] == 12.0 and results["torch-free"]["svm_train"]["seconds"] == 24.0
+    assert {model for app, _, model in launched if app == "svm_predict"} == {1, 2}  # each variant's first job
