@@ -39,6 +39,7 @@ from mtdp_core.inference.graphs import (
     graph_dirs,
     graph_key,
     graph_name,
+    list_graphs,
     read_metadata,
     tensors_digest,
     verify_graph_file,
@@ -221,9 +222,24 @@ def _resolve_or_find_graph(name: str, weights: Any, *, seed: int, sha256: str | 
     exported from it (the torch-free images ship graphs, not weights files)."""
     try:
         return resolve_weights(name, weights, seed=seed, sha256=sha256)
-    except WeightsNotFoundError:
+    except WeightsNotFoundError as exc:
         spec = get_weight_spec(name, weights) if isinstance(weights, str) else None
         path = find_graph_for_source(name, spec.source, image_size, sha256 or spec.sha256) if spec else None
+        if path is None and spec is not None and not torch_available():
+            # Where torch is not (a torch-free image), the weights file would not help: a graph would.
+            have = sorted(
+                {
+                    f"{g['arch']} {g['weights'].get('source')} {g['image_size']} px"
+                    for g in list_graphs()
+                    if g["current"]
+                }
+            )
+            raise GraphNotFoundError(
+                f"No exported graph of {name} ({spec.source} weights) at {image_size} px here, and no torch to make "
+                f"one: export it where torch is (`mtdp engine export {name} {spec.source} --size {image_size}`; "
+                f"container images: MTDP_GRAPHS, MTDP_GRAPH_SIZES) into MTDP_GRAPH_DIR, or use a network and input "
+                f"size that have one: {', '.join(have[:8]) + (' ...' if len(have) > 8 else '') or 'none here'}."
+            ) from exc
         if path is None:
             raise
         digest = read_metadata(path)["identity"]["weights"]["sha256"]

@@ -110,6 +110,17 @@ def test_a_graph_stands_in_for_an_absent_catalogue_weights_file(monkeypatch):
     assert isinstance(fx.get_backbone(), OnnxBackbone) and fx.identity() == expected
     with pytest.raises(WeightsNotFoundError, match="Missing weights file"):  # no graph at this size
         onnx_backbone("efficientnet_lite0", "imagenet", image_size=48)
+    # Without torch (a torch-free image) the weights file would not help: the message says which graphs
+    # there are and how to make the missing one (it said "pip install the weights wheel").
+    monkeypatch.setattr(engines, "torch_available", lambda: False)
+    with pytest.raises(GraphNotFoundError) as info:
+        onnx_backbone("efficientnet_lite0", "imagenet", image_size=48)
+    assert str(info.value).startswith(
+        "No exported graph of efficientnet_lite0 (imagenet weights) at 48 px here, and no torch to make one: export "
+        "it where torch is (`mtdp engine export efficientnet_lite0 imagenet --size 48`; container images: "
+    )
+    assert "or use a network and input size that have one: " in str(info.value)
+    assert "efficientnet_lite0 imagenet 32 px" in str(info.value)
 
 
 class Unexportable(Backbone):
