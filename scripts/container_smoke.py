@@ -31,9 +31,10 @@ What it does, stopping at the first problem with what to do about it:
 4. runs the documented local mode of each variant's svm-train, ``run --rm --user "$(id -u):$(id -g)"
    -v DATA:/data IMAGE --local --infolder /data/in --outfolder /data/out`` on class folders of BCCD
    cells (no graph exported at job time: the image's are used; torch-free: its log says ``engine:
-   onnxruntime``, and ``--engine torch`` fails with the message that says what to do, without a
-   traceback), and, when run as root, the same without ``--user`` (the container's uid 1000 cannot
-   write the root-owned folder: the app must say so, without a traceback);
+   onnxruntime``, and ``--engine torch`` or a network input size without a graph fail with the
+   message that says what to do, without a traceback), and, when run as root, the same without
+   ``--user`` (the container's uid 1000 cannot write the root-owned folder: the app must say so,
+   without a traceback);
 5. starts the local Cytomine server, imports 8 BCCD sample images, registers the descriptors and
    launches, as Cytomine does (``run --rm --network host IMAGE <the command line Cytomine builds
    from the descriptor>``), with the apps' default parameters (224 px network input), each app in
@@ -571,6 +572,16 @@ def local_mode(args: argparse.Namespace, data: Path, variant: str = "torch") -> 
             check=False,
         )
         result["engine_torch"] = _expect_message(refused, "Engine torch needs torch, which is not installed here")
+        # A network input size the image has no graph for: how to make one, not "install the weights wheel".
+        refused = run(
+            [*documented[: -len(local)], *local[:4], "/data/out-64", "--image_size", "64"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        result["no_graph"] = _expect_message(
+            refused, "No exported graph of efficientnet_lite0 (imagenet weights) at 64"
+        )
     if os.geteuid() == 0 and args.engine == "podman":
         # The container's uid 1000 on this root-owned folder: a message that says what to do.
         refused = run(

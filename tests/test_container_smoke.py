@@ -184,6 +184,8 @@ host = next(a.split(":")[0] for a in args if a.endswith(":/data"))
 out = args[args.index("--outfolder") + 1].replace("/data", host)
 if "--engine" in args:
     sys.exit(print(ENGINE_TORCH, file=sys.stderr) or 1)
+if "--image_size" in args:
+    sys.exit(print("FAILED: No exported graph of efficientnet_lite0 (imagenet weights) at 64 px", file=sys.stderr) or 1)
 if "--user" not in args and "--userns=keep-id" not in args:
     sys.exit(print("FAILED: Make the output folder writable for uid 1000", file=sys.stderr) or 1)
 os.makedirs(out, exist_ok=True)
