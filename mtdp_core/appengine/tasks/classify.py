@@ -128,7 +128,7 @@ def legacy_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def load_classifier(path: Path, args: argparse.Namespace) -> Any:
     """The model file, validated (format, checksum, classes) and checked against ``weights``."""
-    from mtdp_core.cytomine.apps.svm_predict import check_backbone
+    from mtdp_core.cytomine.apps.common import check_backbone
     from mtdp_core.errors import ModelFileError
     from mtdp_core.transfer.persistence import load_model
 
