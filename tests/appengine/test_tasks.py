@@ -19,7 +19,7 @@ from mtdp_core.appengine.tasks import get_task
 from mtdp_core.cytomine.errors import ParameterError
 from mtdp_core.errors import MtdpError
 from mtdp_core.transfer.persistence import load_model
-from tests.appengine.conftest import COLOURS, FAST, examples_zip, png_bytes, write_array, write_inputs
+from tests.helpers.appengine import COLOURS, FAST, examples_zip, png_bytes, write_array, write_inputs
 
 
 def run(name: str, inputs: Path, tmp_path: Path) -> tuple[Path, dict]:
@@ -66,17 +66,6 @@ def test_classify_applies_the_crop_size_the_model_was_trained_with(crop_inputs, 
     write_inputs(crop_inputs, crop_max_size=0, crop_zoom=1)  # override: no rescaling, zoom 1 halves
     run("classify", crop_inputs, tmp_path / "b")
     assert seen["size"] == (30, 25) and seen["spec"].max_size is None and seen["spec"].zoom == 1
-
-
-def test_classify_a_whole_image_needs_the_slides_package_or_says_so(crop_inputs, tmp_path):
-    (crop_inputs / "image.geojson").unlink()
-    try:
-        import mtdp_core.slides  # noqa: F401
-    except ImportError:
-        with pytest.raises(TaskInputError, match="Pick an annotation"):
-            run_task(get_task("classify"), crop_inputs, tmp_path / "out")
-    else:  # pragma: no cover - covered by the slide tests
-        pytest.skip("whole images are classified by mtdp_core.slides (tested with slides)")
 
 
 @pytest.mark.parametrize(
