@@ -13,18 +13,17 @@ at the last complete chunk, and another probe on the same backbone reuses the fe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
+from mtdp_core.backbones.weights import sha256_of
 from mtdp_core.errors import ChecksumMismatchError, IncompatibleModelError, MissingResolutionError
 from mtdp_core.slides.reader import MPP_AT_1X, Resolution, Slide, open_slide
 from mtdp_core.slides.tiles import TileGrid, tile_grid
@@ -278,7 +277,7 @@ def _logits(model: SavedModel) -> Any:
             self.network = model.estimator
             self.arch = f"{model.arch}-finetuned"
             self.n_features = len(model.classes)
-            digest = _file_sha256(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
+            digest = sha256_of(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
             weights = {"source": "model", "sha256": digest}
             self._identity = {"arch": self.arch, "n_features": self.n_features, "weights": weights}
 
@@ -382,11 +381,3 @@ def score_tiles(
     if stats is not None:
         stats.update(n_cached=0, n_computed=n, seconds=time.perf_counter() - start, cache_path=None)
     return scores
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
