@@ -418,7 +418,25 @@ _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\
 
 
 def failure_message(code: int, log_tail: str) -> str:
-    """ "Exit code N: <the error>", at most 255 characters (what Cytomine shows)."""
+    """ "Exit code N: <the error>", or for a process ended by a signal (a negative code) which
+    signal and what usually sends it; at most 255 characters (what Cytomine shows)."""
     lines = [line.rstrip() for line in log_tail.splitlines() if line.strip()]
     error = next((m.group(1) for line in reversed(lines) if (m := _ERROR_LINE.match(line))), lines[-1] if lines else "")
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = _SIGNAL_CAUSES.get(name, "re-run the job")
+        head = f"Killed by {name} ({why})"
+        return (f"{head}; last log line: {error}" if error else head)[:255]
     return f"Exit code {code}: {error}".strip()[:255]
+
+
+#: What usually sends a signal that ends a job process outside the launcher.
+_SIGNAL_CAUSES = {
+    "SIGKILL": "the system may have run out of memory: lower batch_size or n_workers, or give the machine more",
+    "SIGTERM": "stopped from outside the server: re-run the job",
+    "SIGINT": "interrupted: re-run the job",
+    "SIGSEGV": "a crash in a native library: see the job log",
+}

@@ -286,3 +286,12 @@ def test_failure_message_picks_the_error_line():
     assert failure_message(1, log) == "Exit code 1: ValueError: bad value"
     assert failure_message(2, "usage: x\nx: error: missing --a\n") == "Exit code 2: x: error: missing --a"
     assert len(failure_message(1, "E" * 1000)) == 255
+
+
+def test_failure_message_names_the_signal_that_ended_the_process():
+    # A process ended by a signal has a negative code: "Exit code -9" told nobody what happened.
+    message = failure_message(-9, "INFO extracting features (3/40)\n")
+    assert message.startswith("Killed by SIGKILL (the system may have run out of memory")
+    assert message.endswith("last log line: INFO extracting features (3/40)")
+    assert failure_message(-15, "").startswith("Killed by SIGTERM (stopped from outside the server")
+    assert len(failure_message(-9, "E" * 1000)) == 255
