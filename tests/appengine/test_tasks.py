@@ -76,7 +76,11 @@ def test_classify_applies_the_crop_size_the_model_was_trained_with(crop_inputs, 
         (lambda f: (f / "image").write_bytes(b"\x89PNG broken"), TaskInputError, "cannot be read as a picture"),
         (lambda f: (f / "batch_size").write_text("many"), ParameterError, "Set batch_size to a whole number"),
         (lambda f: (f / "device").write_text("tpu"), ParameterError, "Set device to one of auto, cpu, cuda"),
-        (lambda f: (f / "weights").write_text("imagenet"), MtdpError, "trained on resnet18 .*random.* not imagenet"),
+        (
+            lambda f: (f / "weights").write_text("imagenet"),
+            MtdpError,
+            r"random\): the model was trained on resnet18 .*random.* not imagenet",
+        ),
     ],
 )
 def test_classify_bad_inputs_fail_clearly(crop_inputs, tmp_path, damage, error, message):

@@ -114,7 +114,7 @@ def run(context: TaskContext) -> str:
 def legacy_args(args: argparse.Namespace) -> argparse.Namespace:
     """The task's parameters with the svm-predict app's other inputs at their empty values (its
     model checks and prediction step read them)."""
-    values = {"backbone": "", "cytomine_id_job": None, "model": "given as the model input", **vars(args)}
+    values = {"backbone": "", "cytomine_id_job": None, "model": "", **vars(args)}
     return argparse.Namespace(**values)
 
 
