@@ -63,15 +63,27 @@ def test_user_errors_exit_1_with_a_message(tiny_image_folder, tmp_path, caplog):
 
 
 def test_command_table_matches_the_modules():
-    """COMMANDS lists every sub-command the modules register, with the same help line."""
+    """COMMANDS lists every sub-command the modules register, with its module and the same help line."""
     import argparse
+    import importlib
 
-    from mtdp_core.cli import COMMANDS, build_parser
+    from mtdp_core.cli import COMMAND_MODULES, COMMANDS
 
-    full = build_parser()
-    action = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
-    registered = {a.dest: a.help for a in action._choices_actions}
-    assert registered == {name: help_text for name, (_, help_text) in COMMANDS.items()}
+    registered: dict[str, tuple[str, str | None]] = {}
+
+    class Recorder:
+        """What a module's ``register(subparsers)`` uses of argparse's sub-parsers: ``add_parser``."""
+
+        def __init__(self, module: str) -> None:
+            self.module, self.subparsers = module, argparse.ArgumentParser().add_subparsers()
+
+        def add_parser(self, name: str, **kwargs):
+            registered[name] = (self.module, kwargs.get("help"))
+            return self.subparsers.add_parser(name, **kwargs)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(Recorder(module))
+    assert registered == COMMANDS
 
 
 def test_help_and_the_server_commands_do_not_import_torch():

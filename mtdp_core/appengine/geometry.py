@@ -1,9 +1,5 @@
-"""Geometries as the App Engine exchanges them, and the two coordinate systems.
-
-- **Image coordinates** (files, QuPath, PIL, the slides package): pixels of level 0, origin at
-  the top-left corner, y down.
-- **Cytomine coordinates** (annotations, App Engine geometry inputs and outputs): origin at the
-  bottom-left corner, y up: a point ``(x, y)`` of an image of height ``H`` is ``(x, H - y)``.
+"""Geometries as the App Engine exchanges them: in Cytomine coordinates (origin bottom-left;
+``mtdp_core.cytomine.geometry`` converts them to and from image coordinates).
 
 An annotation given to an ``image`` input arrives as the PNG crop of its bounding box plus
 ``<name>.geojson``: its geometry in Cytomine coordinates shifted by the crop's offset (the
@@ -32,21 +28,6 @@ from mtdp_core.appengine.errors import TaskInputError
 
 #: Geometry types the App Engine accepts (GeometryType.SUPPORTED_TYPES).
 SUPPORTED_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon")
-
-
-def flip_y(geometry: BaseGeometry, height: float) -> BaseGeometry:
-    """``(x, y) -> (x, height - y)``: image <-> Cytomine coordinates (the map is its own inverse)."""
-    return affinity.affine_transform(geometry, [1, 0, 0, -1, 0, float(height)])
-
-
-def to_cytomine(geometry: BaseGeometry, height: float) -> BaseGeometry:
-    """Image coordinates (top-left origin) of an image of ``height`` -> Cytomine coordinates."""
-    return flip_y(geometry, height)
-
-
-def to_image(geometry: BaseGeometry, height: float) -> BaseGeometry:
-    """Cytomine coordinates (bottom-left origin) of an image of ``height`` -> image coordinates."""
-    return flip_y(geometry, height)
 
 
 def shift(geometry: BaseGeometry, dx: float, dy: float) -> BaseGeometry:

@@ -46,15 +46,9 @@ from mtdp_core.appengine.files import (
     value_problems,
     write_array_size,
 )
-from mtdp_core.appengine.geometry import (
-    crop_offset,
-    geometry_json,
-    parse_geojson,
-    shift,
-    to_cytomine,
-    to_image,
-)
+from mtdp_core.appengine.geometry import crop_offset, geometry_json, parse_geojson, shift
 from mtdp_core.appengine.spec import SCALAR_TYPES, TaskDefinition, task_descriptor, type_id
+from mtdp_core.cytomine.geometry import to_cytomine, to_image
 from mtdp_core.errors import MtdpError
 
 logger = logging.getLogger(__name__)
@@ -230,44 +224,28 @@ def _parse_geometries(text: str, label: str) -> list[BaseGeometry]:
     return [parse_geojson(data, what=label)]
 
 
-def _open_slide(path: Path):
-    """The file as a slide (``mtdp_core.slides``: whole slides and plain images), or None when
-    that package is not installed."""
+def _open_slide(path: Path) -> Any:
+    """The file as a slide (``mtdp_core.slides``: whole slides and plain images)."""
+    from mtdp_core.errors import SlideReadError
+    from mtdp_core.slides import open_slide
+
     try:
-        from mtdp_core.slides import open_slide
-    except ImportError:
-        return None
-    return open_slide(path)
+        return open_slide(path)
+    except SlideReadError as exc:
+        raise TaskInputError(f"Give an image or a whole slide: {exc}") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """Level-0 width and height of an image or a whole slide."""
-    from PIL import Image, UnidentifiedImageError
-
-    slide = _open_slide(path)
-    if slide is not None:
-        with slide:
-            return tuple(slide.dimensions)  # type: ignore[return-value]
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise TaskInputError(
-            f"Give an image Pillow reads: {path} is not one (whole slides need mtdp_core.slides)."
-        ) from None
+    with _open_slide(path) as slide:
+        return tuple(slide.dimensions)  # type: ignore[return-value]
 
 
 def _read_box(path: Path, box: tuple[int, int, int, int]) -> Any:
     """Level-0 pixels of ``box`` (left, top, right, bottom) of an image or a whole slide."""
-    from PIL import Image
-
     left, top, right, bottom = box
-    slide = _open_slide(path)
-    if slide is not None:
-        with slide:
-            return slide.read_region((left, top, right - left, bottom - top), (right - left, bottom - top))
-    with Image.open(path) as image:
-        return image.convert("RGB").crop(box)
+    with _open_slide(path) as slide:
+        return slide.read_region((left, top, right - left, bottom - top), (right - left, bottom - top))
 
 
 def cut_annotation(path: Path, geometry: BaseGeometry, target: Path) -> ImageSource:

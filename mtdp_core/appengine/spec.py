@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtdp_core import __version__
 from mtdp_core.appengine.errors import DescriptorError
-from mtdp_core.cytomine.params import descriptor_inputs
+from mtdp_core.cytomine.params import InputSpec, descriptor_inputs
 
 if TYPE_CHECKING:
     from mtdp_core.appengine.runner import TaskContext
@@ -64,27 +64,17 @@ SCALAR_TYPES = ("integer", "number", "boolean", "string", "enumeration", "dateti
 
 
 @dataclass(frozen=True)
-class FileInput:
-    """An input the App Engine provides as a file or a folder (``type``: an App Engine type:
-    ``image``, ``file``, ``geometry`` or an ``array`` of them or of text)."""
+class _Declared:
+    """What a descriptor says of every input and output: its id (the file name under /inputs or
+    /outputs), the name and description the web UI shows, and its App Engine type."""
 
     id: str
     display_name: str
     description: str
     type: str | dict
-    optional: bool = False
-    matching: tuple[str, ...] = ()
 
     def to_descriptor(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "display_name": self.display_name,
-            "description": self.description,
-            "type": _plain(self.type),
-            "optional": self.optional,
-        }
-        if self.matching:
-            data["dependencies"] = {"matching": [f"inputs/{m}" for m in self.matching]}
-        return data
+        return {"display_name": self.display_name, "description": self.description, "type": _plain(self.type)}
 
     @property
     def type_id(self) -> str:
@@ -92,26 +82,33 @@ class FileInput:
 
 
 @dataclass(frozen=True)
-class Output:
+class FileInput(_Declared):
+    """An input the App Engine provides as a file or a folder (``type``: an App Engine type:
+    ``image``, ``file``, ``geometry`` or an ``array`` of them or of text)."""
+
+    optional: bool = False
+    matching: tuple[str, ...] = ()
+
+    def to_descriptor(self) -> dict[str, Any]:
+        data = {**super().to_descriptor(), "optional": self.optional}
+        if self.matching:
+            data["dependencies"] = {"matching": [f"inputs/{m}" for m in self.matching]}
+        return data
+
+
+@dataclass(frozen=True)
+class Output(_Declared):
     """A declared output: ``/outputs/<id>`` (a file, or a folder for an array).
 
     ``derived_from`` names the image input whose crop offset Cytomine adds back to geometries;
     ``matching`` names outputs of the same size (geometries, their classes and their scores).
     """
 
-    id: str
-    display_name: str
-    description: str
-    type: str | dict
     derived_from: str | None = None
     matching: tuple[str, ...] = ()
 
     def to_descriptor(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "display_name": self.display_name,
-            "description": self.description,
-            "type": _plain(self.type),
-        }
+        data = super().to_descriptor()
         if self.derived_from or self.matching:
             if not self.derived_from:
                 # The App Engine's uploader reads derived_from whenever an output has dependencies.
@@ -120,10 +117,6 @@ class Output:
             if self.matching:
                 data["dependencies"]["matching"] = [f"outputs/{m}" for m in self.matching]
         return data
-
-    @property
-    def type_id(self) -> str:
-        return type_id(self.type)
 
 
 @dataclass(frozen=True)
@@ -218,23 +211,18 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- parameters -> types
 
 
-def parameter_type(action: argparse.Action) -> dict[str, Any]:
-    """The App Engine type of an option declared with ``add_input`` (from its converter)."""
-    spec = action.cytomine_input  # type: ignore[attr-defined]
+def parameter_type(spec: InputSpec) -> dict[str, Any]:
+    """The App Engine type of an input declared with ``add_input`` (from its converter's kind and bounds)."""
     if spec.values_choice:
         return {"id": "enumeration", "values": list(spec.values_choice)}
-    kind = getattr(action.type, "kind", "string")
+    kind = spec.kind
     if kind in ("integer", "number"):
         out: dict[str, Any] = {"id": kind}
-        low = getattr(action.type, "minimum", None)
-        high = getattr(action.type, "maximum", None)
-        low = spec.minimum if low is None else low
-        high = spec.maximum if high is None else high
         cast = int if kind == "integer" else float
-        if low is not None:
-            out["geq"] = cast(low)
-        if high is not None:
-            out["leq"] = cast(high)
+        if spec.minimum is not None:
+            out["geq"] = cast(spec.minimum)
+        if spec.maximum is not None:
+            out["leq"] = cast(spec.maximum)
         return out
     if kind == "boolean":
         return {"id": "boolean"}
@@ -245,9 +233,9 @@ def parameter_type(action: argparse.Action) -> dict[str, Any]:
     )
 
 
-def parameter_default(action: argparse.Action, ae_type: Mapping[str, Any]) -> Any:
+def parameter_default(spec: InputSpec, ae_type: Mapping[str, Any]) -> Any:
     """The descriptor default (what the web UI pre-fills), typed as the schema wants; None for none."""
-    default = action.cytomine_input.default  # type: ignore[attr-defined]
+    default = spec.default
     if default in (None, ""):
         return None
     kind = ae_type["id"]
@@ -264,13 +252,10 @@ def parameter_default(action: argparse.Action, ae_type: Mapping[str, Any]) -> An
 def parameter_inputs(parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
     """Descriptor inputs of the options of ``parser`` declared with ``add_input``."""
     out: dict[str, dict[str, Any]] = {}
-    for action in parser._actions:
-        spec = getattr(action, "cytomine_input", None)
-        if spec is None:
-            continue
+    for spec in descriptor_inputs(parser):
         if spec.set_by_server:
             raise DescriptorError(f"Input {spec.id} is set by a legacy Cytomine server: it has no place in a task.")
-        ae_type = parameter_type(action)
+        ae_type = parameter_type(spec)
         item: dict[str, Any] = {
             "display_name": spec.name,
             "description": spec.description,
@@ -278,7 +263,7 @@ def parameter_inputs(parser: argparse.ArgumentParser) -> dict[str, dict[str, Any
             # The web UI pre-fills defaults; the task applies them itself when a value is absent.
             "optional": True,
         }
-        default = parameter_default(action, ae_type)
+        default = parameter_default(spec, ae_type)
         if default is not None:
             item["default"] = default
         out[spec.id] = item

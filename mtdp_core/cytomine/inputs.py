@@ -33,10 +33,15 @@ from mtdp_core.cytomine.push import PUSH_MODES
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "imagenet"
 DEVICES = ("auto", "cpu", "cuda")
+#: What a whole image's map gives back: regions (each class's tiles merged), or the tiles.
+MAP_MODES = ("regions", "tiles")
 
-_TERMS_URI = "/api/project/$currentProject$/term.json"
-_IMAGES_URI = "/api/project/$currentProject$/imageinstance.json"
-_USERS_URI = "/api/project/$currentProject$/user.json"
+#: What a ListDomain input picks from: the project's list -> (its URI, the attribute shown and sorted by).
+_PROJECT_LISTS = {
+    "images": ("/api/project/$currentProject$/imageinstance.json", "instanceFilename"),
+    "users": ("/api/project/$currentProject$/user.json", "username"),
+    "terms": ("/api/project/$currentProject$/term.json", "name"),
+}
 
 
 def _crop_size(value: str) -> int:
@@ -137,42 +142,38 @@ def add_connection_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_project_list_input(parser: argparse.ArgumentParser, id: str, *, of: str, name: str, description: str) -> None:
+    """A ListDomain input: ids the Cytomine UI lets a person pick among the project's ``of``
+    (``images``, ``users`` or ``terms``); empty by default."""
+    uri, attribute = _PROJECT_LISTS[of]
+    add_input(
+        parser,
+        id,
+        type="ListDomain",
+        name=name,
+        default="",
+        uri=uri,
+        uri_print_attribute=attribute,
+        uri_sort_attribute=attribute,
+        description=description,
+    )
+
+
 def add_filter_inputs(parser: argparse.ArgumentParser, *, purpose: str) -> None:
     """Which annotations to use: images, users, terms, reviewed only. ``purpose`` completes
     "Only the annotations ... are used to <purpose>"."""
-    add_input(
-        parser,
-        "cytomine_id_images",
-        type="ListDomain",
-        name="Images",
-        default="",
-        uri=_IMAGES_URI,
-        uri_print_attribute="instanceFilename",
-        uri_sort_attribute="instanceFilename",
-        description=f"Only the annotations of these images are used to {purpose} (empty: all images).",
-    )
-    add_input(
-        parser,
-        "cytomine_id_users",
-        type="ListDomain",
-        name="Annotators",
-        default="",
-        uri=_USERS_URI,
-        uri_print_attribute="username",
-        uri_sort_attribute="username",
-        description=f"Only the annotations drawn by these users are used to {purpose} (empty: all users).",
-    )
-    add_input(
-        parser,
-        "cytomine_id_terms",
-        type="ListDomain",
-        name="Terms",
-        default="",
-        uri=_TERMS_URI,
-        uri_print_attribute="name",
-        uri_sort_attribute="name",
-        description=f"Only the annotations with these terms are used to {purpose} (empty: all terms).",
-    )
+    for id, of, name, whose in (
+        ("cytomine_id_images", "images", "Images", "of these images"),
+        ("cytomine_id_users", "users", "Annotators", "drawn by these users"),
+        ("cytomine_id_terms", "terms", "Terms", "with these terms"),
+    ):
+        add_project_list_input(
+            parser,
+            id,
+            of=of,
+            name=name,
+            description=f"Only the annotations {whose} are used to {purpose} (empty: all {of}).",
+        )
     add_input(
         parser,
         "cytomine_reviewed_only",
@@ -197,8 +198,6 @@ def add_crop_inputs(
             default=None if from_model else 0,
             converter=integer(0, 10),
             description="Zoom level of the crops: 0 is full resolution, each level halves it." + suffix,
-            minimum=0,
-            maximum=10,
         )
         add(
             "crop_max_size",
@@ -208,8 +207,6 @@ def add_crop_inputs(
             converter=crop_size,
             description="Longest side of each crop in pixels: crops are scaled to it. 0 keeps the size of the "
             "zoom level (large annotations make large crops)." + suffix,
-            minimum=0,
-            maximum=4096,
         )
         add(
             "crop_increase_area",
@@ -219,8 +216,6 @@ def add_crop_inputs(
             converter=number(1.0, 10.0),
             description="Crop a box this many times larger than the annotation's, to include context "
             "(1: the annotation's box)." + suffix,
-            minimum=1,
-            maximum=10,
         )
 
 
@@ -275,8 +270,6 @@ def add_image_size_input(parser: argparse.ArgumentParser) -> None:
         converter=integer(16, 1024),
         description="Crops are resized (shorter side) and centre-cropped to this square size before "
         "the network (224 in the paper).",
-        minimum=16,
-        maximum=1024,
     )
 
 
@@ -290,8 +283,6 @@ def add_runtime_inputs(parser: argparse.ArgumentParser, *, only: Collection[str]
             converter=integer(1, 4096),
             description="Crops processed together by the network. Empty: automatic (features: 8 at 224 px "
             "on a CPU, the fastest there, 128 on a GPU; fine-tuning: 32).",
-            minimum=1,
-            maximum=4096,
         )
         add(
             "n_workers",
@@ -302,8 +293,6 @@ def add_runtime_inputs(parser: argparse.ArgumentParser, *, only: Collection[str]
             description="Processes that decode crops while the network runs (0: none). Empty: chosen from "
             "the machine (none on a CPU machine of up to 4 cores, where decoding between batches "
             "is faster; most cores on a GPU machine).",
-            minimum=0,
-            maximum=64,
         )
         add(
             "n_download_threads",
@@ -312,8 +301,6 @@ def add_runtime_inputs(parser: argparse.ArgumentParser, *, only: Collection[str]
             default=DEFAULT_THREADS,
             converter=integer(1, 64),
             description="Crops downloaded at the same time.",
-            minimum=1,
-            maximum=64,
         )
         add(
             "device",
@@ -330,7 +317,6 @@ def add_runtime_inputs(parser: argparse.ArgumentParser, *, only: Collection[str]
             default=0,
             converter=integer(0),
             description="Seed of every random choice (folds, splits, initialisation): same seed, same result.",
-            minimum=0,
         )
 
 
@@ -345,8 +331,6 @@ def add_svm_inputs(parser: argparse.ArgumentParser) -> None:
         converter=integer(2, 20),
         description="Folds of the cross-validation that chooses the SVM's C; annotations of one image stay "
         "in one fold (fewer folds when there are fewer images).",
-        minimum=2,
-        maximum=20,
     )
     add_input(
         parser,
@@ -370,8 +354,6 @@ def add_finetune_inputs(parser: argparse.ArgumentParser) -> None:
         default=10,
         converter=integer(1, 1000),
         description="Passes over the training annotations for each learning rate (the paper used 100).",
-        minimum=1,
-        maximum=1000,
     )
     add_input(
         parser,
@@ -391,8 +373,6 @@ def add_finetune_inputs(parser: argparse.ArgumentParser) -> None:
         default=3,
         converter=integer(0, 1000),
         description="Stop a learning rate after this many epochs without validation improvement (0: never).",
-        minimum=0,
-        maximum=1000,
     )
     add_input(
         parser,
@@ -402,8 +382,6 @@ def add_finetune_inputs(parser: argparse.ArgumentParser) -> None:
         default=0.2,
         converter=number(0.05, 0.5),
         description="Share of the labelled annotations kept for validation; annotations of one image stay on one side.",
-        minimum=0.05,
-        maximum=0.5,
     )
     add_input(
         parser,
@@ -416,53 +394,56 @@ def add_finetune_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_slide_inputs(parser: argparse.ArgumentParser) -> None:
-    """How a whole image is mapped: the resolution tiles are read at, the image's own resolution when
-    its file lacks it, how much tissue a tile needs, and whether tiles or merged regions come back."""
-    add_input(
-        parser,
-        "resolution",
-        type="String",
-        name="Resolution of the tiles",
-        default="",
-        converter=resolution,
-        description="Where the tiles of a whole image are read: micrometres per pixel (e.g. 0.5) or a "
-        "magnification (e.g. 20x). Empty: the resolution the model was trained at (models record it when "
-        "it is known); give it for models that do not.",
-    )
-    add_input(
-        parser,
-        "slide_mpp",
-        type="Number",
-        name="Resolution of the image (µm/px)",
-        default=None,
-        converter=number(0.01, 100.0),
-        description="Micrometres per pixel of the whole image, when its file does not record it (plain "
-        "images, some TIFFs). Empty: the file's.",
-        minimum=0.01,
-        maximum=100,
-    )
-    add_input(
-        parser,
-        "min_tissue",
-        type="Number",
-        name="Tissue share of a tile",
-        default=0.5,
-        converter=number(0.0, 1.0),
-        description="Share of a tile that must be tissue (found on a thumbnail) for the tile to be classified.",
-        minimum=0,
-        maximum=1,
-    )
-    add_input(
-        parser,
-        "map_as",
-        type="String",
-        name="Map as",
-        default="regions",
-        choices=("regions", "tiles"),
-        description="regions: the tiles of each class merged into regions (one annotation per connected "
-        "region); tiles: one annotation per tile (many on a large image).",
-    )
+def add_slide_inputs(parser: argparse.ArgumentParser, *, only: Collection[str] | None = None) -> None:
+    """How a whole image is mapped, for both front ends (the slide-classify app, the App Engine's
+    classify): the resolution tiles are read at, the image's own resolution when it lacks one, how
+    much tissue a tile needs, whether tiles or merged regions come back, and the smallest region."""
+    with _selection(parser, only) as add:
+        add(
+            "resolution",
+            type="String",
+            name="Resolution of the tiles",
+            default="",
+            converter=resolution,
+            description="Where the tiles of a whole image are read: micrometres per pixel (e.g. 0.5) or a "
+            "magnification (e.g. 20x). Empty: the resolution the model was trained at (models record it when "
+            "it is known); give it for models that do not.",
+        )
+        add(
+            "slide_mpp",
+            type="Number",
+            name="Resolution of the image (µm/px)",
+            default=None,
+            converter=number(0.01, 100.0),
+            description="Micrometres per pixel of the whole image (of the scan: 0.25 at 40x, 0.5 at 20x), when "
+            "it does not record it (plain images, some TIFFs). Empty: the image's own.",
+        )
+        add(
+            "min_tissue",
+            type="Number",
+            name="Tissue share of a tile",
+            default=0.5,
+            converter=number(0.0, 1.0),
+            description="Share of a tile that must be tissue (found on a thumbnail) for the tile to be classified.",
+        )
+        add(
+            "map_as",
+            type="String",
+            name="Map as",
+            default="regions",
+            choices=MAP_MODES,
+            description="regions: the tiles of each class merged into regions (one annotation per connected "
+            "region); tiles: one annotation per tile (many on a large image).",
+        )
+        add(
+            "min_area",
+            type="Number",
+            name="Smallest region (µm²)",
+            default=50000,
+            converter=number(0.0),
+            description="Regions of a class smaller than this are left out (50,000 µm²: a square of 224 µm; "
+            "0 keeps them all). Tiles are never left out.",
+        )
 
 
 def add_engine_input(parser: argparse.ArgumentParser) -> None:
@@ -562,6 +543,7 @@ __all__ = [
     "add_local_model_option",
     "add_model_job_input",
     "add_processing_inputs",
+    "add_project_list_input",
     "add_push_inputs",
     "add_runtime_inputs",
     "add_slide_inputs",

@@ -49,7 +49,7 @@ from mtdp_core.cytomine.errors import (
     ParameterError,
     fit_comment,
 )
-from mtdp_core.cytomine.params import AppArgumentParser, descriptor_values
+from mtdp_core.cytomine.params import AppArgumentParser, descriptor_values, options
 from mtdp_core.errors import MtdpError
 from mtdp_core.logs import configure_logging
 
@@ -688,7 +688,7 @@ def _safe_end(job: Job, end: Callable[[str], None], comment: str) -> None:
 def _lenient_parse(parser: AppArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """The connection and BIAFLOWS options of a command line that has an invalid parameter, so
     that the job can still be opened and set FAILED with the parameter's message."""
-    values: dict[str, Any] = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    values: dict[str, Any] = {a.dest: a.default for a in options(parser)}
     tokens = list(argv or [])
     wanted = {
         "cytomine_host",
@@ -705,7 +705,7 @@ def _lenient_parse(parser: AppArgumentParser, argv: Sequence[str] | None) -> arg
         "no_metrics_upload",
         "no_metrics_computation",
     }
-    for action in parser._actions:
+    for action in options(parser):
         if action.dest not in wanted:
             continue
         for i, token in enumerate(tokens):

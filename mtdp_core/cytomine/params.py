@@ -47,6 +47,9 @@ class InputSpec:
     values_choice: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    #: What the values are (one of :data:`VALUE_KINDS`, from the converter): how front ends that
+    #: type their inputs (App Engine descriptors) declare it.
+    kind: str = "string"
 
     def to_descriptor(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -265,15 +268,14 @@ def add_input(
     uri_print_attribute: str | None = None,
     uri_sort_attribute: str | None = None,
     choices: Sequence[str] | None = None,
-    minimum: float | None = None,
-    maximum: float | None = None,
     aliases: Sequence[str] = (),
     parsed_default: Any = ...,
 ) -> argparse.Action:
     """Declare descriptor input ``id`` as the option ``--id`` (plus ``aliases``).
 
     ``default`` is the descriptor's default value (what the Cytomine UI shows); the parsed
-    default is that value converted, unless ``parsed_default`` is given.
+    default is that value converted, unless ``parsed_default`` is given. The descriptor's
+    ``minimum``/``maximum`` are the converter's bounds (``integer(1, 64)``: stated once).
     """
     if type not in CYTOMINE_TYPES:
         raise ValueError(f"unknown Cytomine type {type!r}")
@@ -307,10 +309,16 @@ def add_input(
         uri_print_attribute=uri_print_attribute,
         uri_sort_attribute=uri_sort_attribute,
         values_choice=tuple(choices) if choices else None,
-        minimum=minimum,
-        maximum=maximum,
+        minimum=_plain_number(getattr(convert, "minimum", None)),
+        maximum=_plain_number(getattr(convert, "maximum", None)),
+        kind=getattr(convert, "kind", "string"),
     )
     return action
+
+
+def _plain_number(value: float | None) -> float | int | None:
+    """A bound as a descriptor writes it: 100, not 100.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _as_text(value: Any) -> str:
@@ -325,9 +333,15 @@ def _metavar(type: str, choices: Sequence[str] | None) -> str:
     return {"Number": "N", "Boolean": "true|false", "ListDomain": "ID,ID", "Domain": "ID"}.get(type, "TEXT")
 
 
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every option of ``parser`` but ``--help``, in declaration order. argparse keeps them in a
+    private list: this is the one place that reads it."""
+    return [a for a in parser._actions if a.option_strings and a.dest != "help"]
+
+
 def descriptor_inputs(parser: argparse.ArgumentParser) -> list[InputSpec]:
     """The inputs declared with :func:`add_input`, in declaration order."""
-    return [a.cytomine_input for a in parser._actions if hasattr(a, "cytomine_input")]  # type: ignore[attr-defined]
+    return [a.cytomine_input for a in options(parser) if hasattr(a, "cytomine_input")]  # type: ignore[attr-defined]
 
 
 def local_option_dests(parser: argparse.ArgumentParser) -> set[str]:

@@ -13,20 +13,19 @@ at the last complete chunk, and another probe on the same backbone reuses the fe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
+from mtdp_core.backbones.weights import sha256_of
 from mtdp_core.errors import ChecksumMismatchError, IncompatibleModelError, MissingResolutionError
-from mtdp_core.slides.reader import Resolution, Slide, open_slide
+from mtdp_core.slides.reader import MPP_AT_1X, Resolution, Slide, open_slide
 from mtdp_core.slides.tiles import TileGrid, tile_grid
 from mtdp_core.slides.tissue import TissueDetector, TissueMask
 from mtdp_core.transfer.cache import DEFAULT_CHUNK_SIZE
@@ -81,6 +80,33 @@ class SlideClassification:
         """Number of tiles predicted in each class."""
         index = self.index
         return {c.name: int((index == i).sum()) for i, c in enumerate(self.classes)}
+
+    @property
+    def resolution(self) -> Resolution | None:
+        """Where the tiles were read (µm/px or magnification)."""
+        read_at = self.model.get("resolution")
+        return Resolution(**read_at) if read_at else None
+
+    @property
+    def slide_mpp(self) -> float | None:
+        """µm per level-0 pixel of the slide: its own, else what its magnification implies (10 µm/px
+        at 1x), else None."""
+        if self.slide.get("mpp"):
+            return float(self.slide["mpp"])
+        power = self.slide.get("magnification")
+        return MPP_AT_1X / float(power) if power else None
+
+    def pixel_area(self, area: float) -> float:
+        """``area`` µm² in level-0 pixels² (as it is when the slide has no resolution)."""
+        mpp = self.slide_mpp
+        return area / (mpp * mpp) if mpp else area
+
+
+def class_shares(counts: Mapping[str, int]) -> str:
+    """``"MUS 60%, ADI 13%"``: each class's share of the tiles, largest first; classes without
+    tiles are left out."""
+    total = max(1, sum(counts.values()))
+    return ", ".join(f"{name} {n / total:.0%}" for name, n in sorted(counts.items(), key=lambda c: -c[1]) if n)
 
 
 def classify_slide(
@@ -251,7 +277,7 @@ def _logits(model: SavedModel) -> Any:
             self.network = model.estimator
             self.arch = f"{model.arch}-finetuned"
             self.n_features = len(model.classes)
-            digest = _file_sha256(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
+            digest = sha256_of(model.path) if model.path is not None else f"memory-{id(model.estimator)}"
             weights = {"source": "model", "sha256": digest}
             self._identity = {"arch": self.arch, "n_features": self.n_features, "weights": weights}
 
@@ -355,11 +381,3 @@ def score_tiles(
     if stats is not None:
         stats.update(n_cached=0, n_computed=n, seconds=time.perf_counter() - start, cache_path=None)
     return scores
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

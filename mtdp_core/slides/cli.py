@@ -286,6 +286,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from mtdp_core.slides.classify import classify_slide
     from mtdp_core.slides.outputs import parse_color
     from mtdp_core.slides.reader import open_slide
+    from mtdp_core.transfer.cli import runtime_kwargs
     from mtdp_core.transfer.persistence import load_model
 
     model = load_model(args.model)
@@ -316,12 +317,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                     min_region=args.min_region,
                     edge_tiles=args.edge_tiles,
                     weights=args.weights,
-                    batch_size=args.batch_size,
-                    num_workers=args.workers,
-                    device=args.device,
-                    amp=args.amp,
+                    **runtime_kwargs(args),
                     cache_dir=cache_dir,
-                    progress=args.progress,
                     engine=args.engine,
                 )
                 written = _write_outputs(args, slide, result, colors)
@@ -341,21 +338,18 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _write_outputs(args: argparse.Namespace, slide: Any, result: Any, colors: dict) -> list[Path]:
     from mtdp_core.slides.outputs import class_colors, overlay, write_csv, write_geojson
-    from mtdp_core.slides.reader import MPP_AT_1X
 
     stem = args.output / Path(slide.name).stem
     palette = class_colors([c.name for c in result.classes], colors)
     written = [write_csv(result, f"{stem}.csv")]
     if args.geojson != "none":
-        mpp = slide.mpp or (MPP_AT_1X / slide.magnification if slide.magnification else None)
-        min_area = args.min_area / (mpp * mpp) if mpp else args.min_area
         written.append(
             write_geojson(
                 result,
                 f"{stem}.geojson",
                 tiles=args.geojson in ("both", "tiles"),
                 merged=args.geojson in ("both", "merged"),
-                min_area=min_area,
+                min_area=result.pixel_area(args.min_area),
                 colors=palette,
             )
         )

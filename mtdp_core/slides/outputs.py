@@ -4,6 +4,9 @@ Coordinates everywhere are level-0 pixels with the origin at the top-left corner
 QuPath's *File > Import objects from file* and most viewers expect; Cytomine's origin is the
 bottom-left corner: flip y with the slide height before pushing there).
 
+- ``map_pieces``: the map as pieces (each class's tiles merged into connected regions, or the
+  tiles themselves) with a class, a score and a number of tiles: what the Cytomine front ends
+  push (the slide app) or give back (the App Engine's classify).
 - ``to_geojson``: a FeatureCollection with one ``"tile"`` object per tile (its class as
   ``classification: {name, color}``, its probabilities as ``measurements``) and, optionally,
   one ``"annotation"`` (Multi)Polygon per class: the tiles of that class merged
@@ -20,6 +23,7 @@ import csv
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +112,48 @@ def _drop_small(geom: BaseGeometry, min_area: float) -> BaseGeometry:
     if not parts:
         return shapely.Polygon()
     return parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+
+
+@dataclass(frozen=True)
+class MapPiece:
+    """One piece of a slide's map.
+
+    Attributes:
+        label: index of its class in ``SlideClassification.classes``.
+        geometry: a polygon in level-0 pixels, origin top-left.
+        score: the mean probability of its class over its tiles.
+        n_tiles: the number of tiles it stands for.
+    """
+
+    label: int
+    geometry: BaseGeometry
+    score: float
+    n_tiles: int
+
+
+def map_pieces(result: SlideClassification, *, tiles: bool = False, min_area: float = 0.0) -> list[MapPiece]:
+    """The map of ``result`` as pieces, class by class: each class's tiles merged
+    (``merge_classes``) and split into connected polygons of at least ``min_area`` level-0
+    pixels², or with ``tiles`` one piece per tile (its box, in tile order)."""
+    probabilities, index = np.asarray(result.probabilities), result.index
+    if tiles:
+        boxes = result.grid.boxes.tolist()
+        return [
+            MapPiece(int(k), shapely.box(x, y, x + w, y + h), float(probabilities[i, k]), 1)
+            for i, ((x, y, w, h), k) in enumerate(zip(boxes, index))
+        ]
+    cells = result.grid.cells()
+    cx, cy = cells[:, 0] + cells[:, 2] / 2, cells[:, 1] + cells[:, 3] / 2
+    pieces = []
+    for k, merged in enumerate(merge_classes(result.grid, index, len(result.classes), min_area=min_area)):
+        mine = np.flatnonzero(index == k)
+        for polygon in getattr(merged, "geoms", [merged]):
+            if polygon.is_empty:
+                continue
+            inside = mine[shapely.contains_xy(polygon, cx[mine], cy[mine])]  # a cell's centre: in its region
+            score = float(probabilities[inside, k].mean()) if len(inside) else 0.0
+            pieces.append(MapPiece(k, polygon, score, len(inside)))
+    return pieces
 
 
 # --------------------------------------------------------------------------- GeoJSON

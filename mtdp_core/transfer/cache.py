@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mtdp_core import __version__
+from mtdp_core.backbones.weights import sha256_of
 from mtdp_core.errors import ConfigurationError
 
 try:  # advisory locks; absent on Windows, where concurrent writers are not protected
@@ -80,20 +81,12 @@ def fingerprint_inputs(inputs: Sequence[Any], mode: FingerprintMode = "stat") ->
             if mode == "stat":
                 digest.update(f"p\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             else:
-                digest.update(f"c\0{_file_sha256(path)}\n".encode())
+                digest.update(f"c\0{sha256_of(path)}\n".encode())
         elif callable(getattr(item, "fingerprint", None)):  # a LazyImage (mtdp_core.data.images)
             digest.update(b"l\0" + item.fingerprint().encode() + b"\n")
         else:
             digest.update(b"a\0" + _pixels_digest(item).encode() + b"\n")
     return {"count": len(inputs), "mode": mode, "sha256": digest.hexdigest()}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pixels_digest(item: Any) -> str:

@@ -98,6 +98,12 @@ def add_backbone_options(p: argparse.ArgumentParser, *, default: str = "densenet
     )
 
 
+def backbone_kwargs(args: argparse.Namespace) -> dict:
+    """The options of :func:`add_backbone_options` as the keyword arguments of ``FeatureExtractor``
+    and ``FineTuner`` (after their backbone and weights)."""
+    return {"seed": args.seed, "sha256": args.sha256, "image_size": args.size, "resize": args.resize}
+
+
 def add_runtime_options(
     p: argparse.ArgumentParser,
     *,
@@ -165,23 +171,28 @@ def add_runtime_options(
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def runtime_kwargs(args: argparse.Namespace) -> dict:
+    """The options of :func:`add_runtime_options` that every network run takes, as the library's
+    keyword arguments (``--workers`` is ``num_workers``)."""
+    return {
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "device": args.device,
+        "amp": args.amp,
+        "progress": args.progress,
+    }
+
+
 def _extractor(args: argparse.Namespace):
     from mtdp_core.transfer.features import FeatureExtractor
 
     return FeatureExtractor(
         args.backbone,
         args.weights,
-        seed=args.seed,
-        sha256=args.sha256,
-        image_size=args.size,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        amp=args.amp,
+        **backbone_kwargs(args),
+        **runtime_kwargs(args),
         cache_dir=getattr(args, "cache_dir", None),
         fingerprint=getattr(args, "fingerprint", "stat"),
-        progress=args.progress,
         engine=args.engine,
         gpu_decode=args.gpu_decode,
     )
@@ -466,9 +477,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigurationError("No images given: pass image files or folders after the model file.")
     model = load_model(args.model)
     paths = _inputs_from(args.inputs)
-    runtime = dict(
-        batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp, progress=args.progress
-    )
+    runtime = runtime_kwargs(args)
     if model.kind != "finetune":  # a fine-tuned network is trained and run by torch
         runtime.update(
             cache_dir=args.cache_dir, fingerprint=args.fingerprint, engine=args.engine, gpu_decode=args.gpu_decode
@@ -555,23 +564,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     tuner = FineTuner(
         args.backbone,
         args.weights,
-        seed=args.seed,
-        sha256=args.sha256,
-        image_size=args.size,
-        resize=args.resize,
+        **backbone_kwargs(args),
+        **runtime_kwargs(args),
         learning_rates=args.lrs,
         epochs=args.epochs,
-        batch_size=args.batch_size,
         optimizer=args.optimizer,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         patience=args.patience,
         val_fraction=args.val_fraction,
         augment=args.augment,
-        num_workers=args.workers,
-        device=args.device,
-        amp=args.amp,
-        progress=args.progress,
     )
     tuner.fit(paths, labels, groups_from_names(paths, args.groups), X_val=val_paths, y_val=val_labels)
     print(

@@ -13,7 +13,7 @@ from mtdp_core.appengine.errors import TaskInputError, TaskOutputError
 from mtdp_core.appengine.files import TaskInputs, TaskOutputs, output_problems, read_array_size, read_output
 from mtdp_core.appengine.spec import task_descriptor
 from mtdp_core.appengine.tasks import get_task
-from tests.appengine.conftest import png_bytes, write_array, write_inputs
+from tests.helpers.appengine import png_bytes, write_array, write_inputs
 
 
 @pytest.fixture

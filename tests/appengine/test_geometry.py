@@ -1,11 +1,11 @@
-"""Coordinates: image (top-left origin) <-> Cytomine (bottom-left origin), crop offsets, GeoJSON."""
+"""App Engine geometries: crop offsets, GeoJSON (coordinates: tests/cytomine/test_geometry.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from shapely.geometry import Point, Polygon, box
+from shapely.geometry import Polygon, box
 
 from mtdp_core.appengine.errors import TaskInputError
 from mtdp_core.appengine.geometry import (
@@ -13,18 +13,8 @@ from mtdp_core.appengine.geometry import (
     geometry_json,
     parse_geojson,
     shift,
-    to_cytomine,
-    to_image,
     valid,
 )
-
-
-def test_flip_maps_top_left_pixels_to_bottom_left_coordinates_and_back():
-    top_strip = box(0, 0, 100, 10)  # the top 10 rows of a 100 x 50 image
-    assert to_cytomine(top_strip, 50).bounds == (0, 40, 100, 50)  # y up: the top is at y = height
-    assert to_cytomine(Point(3, 0), 50).coords[0] == (3, 50)
-    polygon = Polygon([(10, 5), (30, 5), (20, 25)])
-    assert to_image(to_cytomine(polygon, 480), 480).equals(polygon)
 
 
 def test_crop_offset_is_the_truncated_minimum_and_shifts_round_trip():

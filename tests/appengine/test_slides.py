@@ -10,18 +10,14 @@ import pytest
 from PIL import Image
 from shapely.geometry import box, shape
 
-from mtdp_core.appengine.errors import TaskInputError
 from mtdp_core.appengine.local import run_local
 from mtdp_core.appengine.runner import run_task
 from mtdp_core.appengine.tasks import get_task
-from tests.appengine.conftest import write_inputs
-
-# Whole images need mtdp_core.slides (and its test helpers): skipped without them.
-slides = pytest.importorskip("mtdp_core.slides")
-write_slide = pytest.importorskip("mtdp_core.slides.testing").write_slide
-helpers = pytest.importorskip("tests.helpers.slides")
-open_slide = slides.open_slide
-MPP, SIZE, make_probe, two_tissue_pixels = helpers.MPP, helpers.SIZE, helpers.make_probe, helpers.two_tissue_pixels
+from mtdp_core.errors import MissingResolutionError
+from mtdp_core.slides import open_slide
+from mtdp_core.slides.testing import write_slide
+from tests.helpers.appengine import write_inputs
+from tests.helpers.slides import MPP, SIZE, make_probe, training_tiles, two_tissue_pixels
 
 RUNTIME = {"n_workers": 0, "batch_size": 16}
 
@@ -92,7 +88,7 @@ def test_a_model_without_resolution_on_an_image_without_one_says_what_to_set(tmp
     Image.fromarray(two_tissue_pixels()).save(plain)
     model = make_probe(tmp_path / "no-mpp.npz", mpp=None)
     inputs = slide_inputs(tmp_path / "inputs", plain, model)
-    with pytest.raises(TaskInputError, match="Set resolution"):
+    with pytest.raises(MissingResolutionError, match="Set resolution"):
         run_task(get_task("classify"), inputs, tmp_path / "out")
     write_inputs(inputs, resolution="2", slide_mpp=1)  # what the message asks for
     run_task(get_task("classify"), inputs, tmp_path / "out2")
@@ -137,7 +133,7 @@ def test_classify_the_real_aperio_slide(tmp_path, shared_data):
     slide = shared_data / "wsi" / "CMU-1-Small-Region.svs"
     if not slide.is_file():
         pytest.skip(f"{slide} is absent")
-    images, labels = helpers.training_tiles(4)
+    images, labels = training_tiles(4)
     fx = FeatureExtractor("resnet18", "random", image_size=224, num_workers=0, device="cpu")
     model = save_model(tmp_path / "m.npz", LogisticRegression().fit(fx.transform(images), labels), features=fx, mpp=0.5)
     entries = [("input", "model", f"@{model}"), ("input", "image", f"@{slide}")]

@@ -19,7 +19,7 @@ from mtdp_core.appengine.tasks import get_task
 from mtdp_core.cytomine.errors import ParameterError
 from mtdp_core.errors import MtdpError
 from mtdp_core.transfer.persistence import load_model
-from tests.appengine.conftest import COLOURS, FAST, examples_zip, png_bytes, write_array, write_inputs
+from tests.helpers.appengine import COLOURS, FAST, examples_zip, png_bytes, write_array, write_inputs
 
 
 def run(name: str, inputs: Path, tmp_path: Path) -> tuple[Path, dict]:
@@ -68,17 +68,6 @@ def test_classify_applies_the_crop_size_the_model_was_trained_with(crop_inputs, 
     assert seen["size"] == (30, 25) and seen["spec"].max_size is None and seen["spec"].zoom == 1
 
 
-def test_classify_a_whole_image_needs_the_slides_package_or_says_so(crop_inputs, tmp_path):
-    (crop_inputs / "image.geojson").unlink()
-    try:
-        import mtdp_core.slides  # noqa: F401
-    except ImportError:
-        with pytest.raises(TaskInputError, match="Pick an annotation"):
-            run_task(get_task("classify"), crop_inputs, tmp_path / "out")
-    else:  # pragma: no cover - covered by the slide tests
-        pytest.skip("whole images are classified by mtdp_core.slides (tested with slides)")
-
-
 @pytest.mark.parametrize(
     ("damage", "error", "message"),
     [
@@ -87,7 +76,11 @@ def test_classify_a_whole_image_needs_the_slides_package_or_says_so(crop_inputs,
         (lambda f: (f / "image").write_bytes(b"\x89PNG broken"), TaskInputError, "cannot be read as a picture"),
         (lambda f: (f / "batch_size").write_text("many"), ParameterError, "Set batch_size to a whole number"),
         (lambda f: (f / "device").write_text("tpu"), ParameterError, "Set device to one of auto, cpu, cuda"),
-        (lambda f: (f / "weights").write_text("imagenet"), MtdpError, "trained on resnet18 .*random.* not imagenet"),
+        (
+            lambda f: (f / "weights").write_text("imagenet"),
+            MtdpError,
+            r"random\): the model was trained on resnet18 .*random.* not imagenet",
+        ),
     ],
 )
 def test_classify_bad_inputs_fail_clearly(crop_inputs, tmp_path, damage, error, message):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from mtdp_core.cli import main
 from mtdp_core.server.app import read_admin_keys, read_server_file
-from tests.server.conftest import PROBE_APP
+from tests.helpers.paths import PROBE_APP
 
 REPO = Path(__file__).resolve().parents[2]
 

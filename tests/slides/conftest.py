@@ -10,15 +10,7 @@ import pytest
 from PIL import Image
 
 from mtdp_core.slides.testing import tissue_like, write_slide
-from tests.helpers.slides import (  # noqa: F401 - re-exported to this folder's tests
-    MODEL_MPP,
-    MODEL_SIZE,
-    MPP,
-    SIZE,
-    make_probe,
-    training_tiles,
-    two_tissue_pixels,
-)
+from tests.helpers.slides import MPP, SIZE, make_probe, two_tissue_pixels
 
 
 @pytest.fixture(autouse=True)

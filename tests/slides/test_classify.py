@@ -11,7 +11,7 @@ from mtdp_core.slides.classify import classify_slide
 from mtdp_core.slides.reader import open_slide
 from mtdp_core.transfer.features import FeatureExtractor
 from mtdp_core.transfer.persistence import load_model
-from tests.slides.conftest import MODEL_MPP, MODEL_SIZE, SIZE, make_probe, training_tiles, two_tissue_pixels
+from tests.helpers.slides import MODEL_MPP, MODEL_SIZE, SIZE, make_probe, training_tiles, two_tissue_pixels
 
 RUNTIME = dict(num_workers=0, device="cpu", progress=False)
 

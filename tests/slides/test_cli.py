@@ -12,7 +12,7 @@ from PIL import Image
 
 from mtdp_core.cli import main
 from mtdp_core.transfer.persistence import load_model
-from tests.slides.conftest import MODEL_MPP
+from tests.helpers.slides import MODEL_MPP
 
 FAST = ["--workers", "0", "--device", "cpu", "--no-progress"]
 
@@ -92,7 +92,7 @@ def test_a_folder_with_a_bad_slide_does_the_others_and_fails(
 
 
 def test_classify_errors_that_say_what_to_do(probe_model, tmp_path, caplog, two_tissue_slide):
-    from tests.slides.conftest import two_tissue_pixels
+    from tests.helpers.slides import two_tissue_pixels
 
     png = tmp_path / "scan.png"
     Image.fromarray(two_tissue_pixels()).save(png)
@@ -115,7 +115,7 @@ def test_preview_takes_the_model_resolution(probe_model, two_tissue_slide, tmp_p
 
 
 def test_probe_records_the_training_resolution(tmp_path, colour_splits):
-    from tests.transfer.conftest import colour_task
+    from tests.helpers.images import colour_task
 
     colour_task(tmp_path / "train", 6, 0)
     model = tmp_path / "m.npz"

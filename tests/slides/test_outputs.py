@@ -12,9 +12,10 @@ import shapely
 from shapely.geometry import shape
 
 from mtdp_core.errors import ConfigurationError
-from mtdp_core.slides.classify import SlideClassification
+from mtdp_core.slides.classify import SlideClassification, class_shares
 from mtdp_core.slides.outputs import (
     class_colors,
+    map_pieces,
     merge_classes,
     overlay,
     parse_color,
@@ -86,6 +87,37 @@ def test_merge_drops_small_pieces_and_handles_overlap(tiff_slide):
     assert not geoms[0].intersection(geoms[1]).area
     assert merge_classes(grid, predicted, 2, min_area=64 * 64 + 1)[1].is_empty
     assert merge_classes(grid, predicted, 3)[2].is_empty
+
+
+def test_map_pieces_are_connected_regions_or_tiles_with_their_class_scores(halves):
+    probs = np.asarray(halves.probabilities)
+    probs[0] = [0.7, 0.3]  # the first stroma tile, less sure: its region's score is the mean
+    lone = int(np.flatnonzero(halves.grid.positions[:, 0] >= 512)[0])
+    probs[lone] = [0.6, 0.4]  # a stroma tile among tumour ones: a region of its own
+    regions = map_pieces(halves)
+    assert [(p.label, p.n_tiles) for p in regions] == [(0, 8), (0, 1), (1, 11)]
+    assert regions[0].geometry.equals(shapely.box(0, 0, 256, 512))
+    assert regions[0].score == pytest.approx((0.7 + 7 * 0.9) / 8) and regions[1].score == pytest.approx(0.6)
+    assert regions[2].geometry.area == 11 * 128 * 128 and regions[2].score == pytest.approx(0.9)
+    assert [p.label for p in map_pieces(halves, min_area=128 * 128 + 1)] == [0, 1]  # the lone tile left out
+    tiles = map_pieces(halves, tiles=True)
+    assert len(tiles) == len(halves.grid) and all(p.n_tiles == 1 for p in tiles)
+    x, y = halves.grid.positions[lone]
+    assert tiles[lone].geometry.equals(shapely.box(x, y, x + 128, y + 128))
+    assert (tiles[lone].label, tiles[lone].score) == (0, pytest.approx(0.6))
+
+
+def test_shares_areas_and_the_resolution_of_a_classification(halves):
+    assert class_shares({"a": 1, "b": 3, "c": 0}) == "b 75%, a 25%"
+    assert class_shares(halves.counts()) == "tumour 60%, stroma 40%"
+    assert halves.slide_mpp is None and halves.pixel_area(100.0) == 100.0  # no resolution: pixels² as given
+    halves.slide.update(mpp=0.5)
+    assert halves.slide_mpp == 0.5 and halves.pixel_area(100.0) == pytest.approx(400.0)
+    halves.slide.update(mpp=None, magnification=20)  # 10 µm/px at 1x
+    assert halves.slide_mpp == pytest.approx(0.5)
+    assert halves.resolution is None
+    halves.model["resolution"] = {"magnification": 5.0}
+    assert str(halves.resolution) == "5x"
 
 
 def test_write_geojson_and_csv(halves, tmp_path):

@@ -13,7 +13,7 @@ from mtdp_core.errors import ConfigurationError, MissingResolutionError, RegionO
 from mtdp_core.slides import reader
 from mtdp_core.slides.reader import Resolution, SlideSource, cached_slide, open_slide
 from mtdp_core.slides.testing import build_pyramid, tissue_like, write_tiled_slide
-from tests.slides.conftest import MPP, SIZE
+from tests.helpers.slides import MPP, SIZE
 
 
 def _diff(a, b) -> float:

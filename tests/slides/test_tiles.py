@@ -16,7 +16,7 @@ from mtdp_core.slides.tiles import TileGrid, tile_grid
 from mtdp_core.slides.tissue import TissueDetector
 from mtdp_core.transfer.cache import fingerprint_inputs
 from mtdp_core.transfer.features import FeatureExtractor
-from tests.slides.conftest import SIZE
+from tests.helpers.slides import SIZE
 
 
 def test_grid_without_tissue_detection_covers_the_slide(tiff_slide):

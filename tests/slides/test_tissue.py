@@ -10,7 +10,7 @@ from PIL import Image
 from mtdp_core.errors import ConfigurationError
 from mtdp_core.slides.reader import open_slide
 from mtdp_core.slides.tissue import TissueDetector, TissueMask, otsu_threshold
-from tests.slides.conftest import SIZE
+from tests.helpers.slides import SIZE
 
 
 def _ellipse(shape: tuple[int, int]) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from mtdp_core.cytomine.params import local_option_dests
+from mtdp_core.cytomine.params import local_option_dests, options
 from mtdp_core.server.descriptors import load_descriptor
 from tests.helpers.apps import APPS, load_workflow
 from tests.helpers.paths import REPO_ROOT as ROOT
@@ -51,7 +51,7 @@ def test_descriptor_is_valid(app):
 def test_every_input_is_a_flag_of_run_py_and_vice_versa(app):
     parser = load_workflow(app).get_args_parser()
     local = local_option_dests(parser)
-    flags = {a.dest: a.option_strings for a in parser._actions if a.dest != "help" and a.dest not in local}
+    flags = {a.dest: a.option_strings for a in options(parser) if a.dest not in local}
     inputs = {i["id"]: i for i in descriptor(app)["inputs"]}
     assert set(inputs) == set(flags)
     for input_id, item in inputs.items():

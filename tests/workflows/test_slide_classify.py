@@ -111,6 +111,19 @@ def test_the_map_is_pushed_once_with_the_model_resolution(slide_apps, trained):
 
 
 @pytest.mark.slow
+def test_tiles_are_pushed_one_annotation_each(slide_apps, trained):
+    job = slide_apps.run("slide_classify", cytomine_id_job=trained["id"], map_as="tiles", **MAP)
+    assert job["status"] == SUCCESS, job["status_comment"]
+    properties = slide_apps.properties(job)
+    assert properties["resolution"] == "2 µm/px"
+    pushed = _pushed(slide_apps)
+    assert len(pushed) == int(properties["n_tiles"]) > 40
+    for row in pushed:  # 32 px tiles at 2 µm/px: 64 x 64 level-0 squares, in Cytomine's coordinates
+        minx, miny, maxx, maxy = shapely.from_wkt(row["location"]).bounds
+        assert (maxx - minx, maxy - miny) == (64, 64) and 40 <= miny and maxy <= HEIGHT - 40
+
+
+@pytest.mark.slow
 def test_regions_of_interest_limit_the_map(slide_apps, trained):
     store = slide_apps.server.store
     roi = next(
@@ -135,11 +148,11 @@ def _model_job(apps: Apps, model: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_a_model_without_resolution_needs_tile_mpp(slide_apps, tmp_path):
+def test_a_model_without_resolution_needs_a_resolution(slide_apps, tmp_path):
     job = _model_job(slide_apps, make_probe(tmp_path / "probe.npz", mpp=None))
     failed = slide_apps.run("slide_classify", cytomine_id_job=job["id"], **MAP)
-    assert failed["status"] == FAILED and failed["status_comment"].startswith("Set tile_mpp to the µm per pixel")
-    done = slide_apps.run("slide_classify", cytomine_id_job=job["id"], tile_mpp=2, **MAP)
+    assert failed["status"] == FAILED and failed["status_comment"].startswith("Set resolution to the µm per pixel")
+    done = slide_apps.run("slide_classify", cytomine_id_job=job["id"], resolution="2", **MAP)
     assert done["status"] == SUCCESS, done["status_comment"]
     assert "without a term to push" in done["status_comment"]  # a local model's classes have no Cytomine term
 
@@ -219,7 +232,7 @@ def test_the_real_cmu_slide_is_mapped(server, shared_data, tmp_path, monkeypatch
     apps = Apps(server, SimpleNamespace(project_id=report.project["id"]), software)
     software["svm_train"] = software["slide_classify"]  # any software: the job only holds the model
     training = _model_job(apps, make_probe(tmp_path / "probe.npz", mpp=4.0))  # 32 px tiles of 128 scan pixels
-    job = apps.run("slide_classify", cytomine_id_job=training["id"], tile_mpp=4, **MAP)
+    job = apps.run("slide_classify", cytomine_id_job=training["id"], resolution="4", **MAP)
     assert job["status"] == SUCCESS, job["status_comment"]
     assert int(apps.properties(job)["n_tiles"]) > 20
 
@@ -234,3 +247,22 @@ def test_local_mode_maps_a_folder_of_slides(slides, tmp_path):
     rows = list(csv.DictReader(open(out / "maps.csv")))
     assert {r["image"] for r in rows} == {"case"} and sum(int(r["tiles"]) for r in rows) > 40
     assert (out / "case.geojson").is_file() and (out / "case-overlay.png").is_file()
+
+
+def test_local_mode_maps_tiles_at_a_magnification(slides, tmp_path):
+    """map_as tiles: one piece per tile; resolution 5x on a slide of 1 µm/px without objective power
+    reads 2 µm/px tiles (10 µm/px at 1x), the model's own resolution: the same tiles."""
+    from tests.helpers.apps import load_workflow
+
+    model = make_probe(tmp_path / "probe.npz")  # records 2 µm/px
+    argv = ["--local", "--model", str(model), "--infolder", str(slides), "--n_workers", "0"]
+    out = {mode: tmp_path / mode for mode in ("regions", "tiles")}
+    main = load_workflow("slide_classify").main
+    assert main([*argv, "--outfolder", str(out["regions"])]) == 0
+    tiles_at_5x = ["--map_as", "tiles", "--resolution", "5x", "--min_area", "0"]
+    assert main([*argv, "--outfolder", str(out["tiles"]), *tiles_at_5x]) == 0
+    rows = {mode: list(csv.DictReader(open(folder / "maps.csv"))) for mode, folder in out.items()}
+    assert [r["tiles"] for r in rows["tiles"]] == [r["tiles"] for r in rows["regions"]]
+    assert all(r["pieces"] == r["tiles"] for r in rows["tiles"])
+    assert sum(int(r["pieces"]) for r in rows["regions"]) < sum(int(r["tiles"]) for r in rows["regions"])
+    assert json.loads((out["tiles"] / "properties.json").read_text())["resolution"] == "5x"

@@ -10,9 +10,15 @@ from __future__ import annotations
 import sys
 
 from mtdp_core.cytomine.apps import finetune_predict
-from mtdp_core.cytomine.inputs import add_finetune_inputs, add_processing_inputs, add_push_inputs, app_parser
+from mtdp_core.cytomine.inputs import (
+    add_finetune_inputs,
+    add_processing_inputs,
+    add_project_list_input,
+    add_push_inputs,
+    app_parser,
+)
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input
+from mtdp_core.cytomine.params import AppArgumentParser
 
 DESCRIPTOR = {
     "name": "MTDP-Finetune-Predict",
@@ -28,15 +34,11 @@ DESCRIPTOR = {
 
 def get_args_parser() -> AppArgumentParser:
     parser = app_parser("finetune_predict", DESCRIPTOR["description"], purpose="train")
-    add_input(
+    add_project_list_input(
         parser,
         "cytomine_id_target_images",
-        type="ListDomain",
+        of="images",
         name="Images to predict",
-        default="",
-        uri="/api/project/$currentProject$/imageinstance.json",
-        uri_print_attribute="instanceFilename",
-        uri_sort_attribute="instanceFilename",
         description="The annotations of these images are predicted. Empty: the selected annotations that "
         "have no term are predicted.",
     )

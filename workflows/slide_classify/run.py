@@ -1,10 +1,11 @@
 """slide-classify: map whole slides with the model of a training job (svm-train or finetune-predict):
 the tissue is tiled at the model's resolution (inside the selected regions of interest, if any),
-each tile classified, and each class's tiles merged into polygons pushed back as annotations with
-the predicted term; each image's GeoJSON (QuPath) and overlay picture are attached to the job.
+each tile classified, and each class's tiles merged into polygons (or the tiles themselves) pushed
+back as annotations with the predicted term; each image's GeoJSON (QuPath) and overlay picture are
+attached to the job.
 
     python workflows/slide_classify/run.py --cytomine_host URL ... --cytomine_id_job TRAINING_JOB
-    python workflows/slide_classify/run.py --local --model mtdp-model.npz --infolder SLIDES --tile_mpp 0.5
+    python workflows/slide_classify/run.py --local --model mtdp-model.npz --infolder SLIDES --resolution 0.5
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from mtdp_core.cytomine.inputs import (
     add_local_model_option,
     add_model_job_input,
     add_processing_inputs,
+    add_project_list_input,
+    add_slide_inputs,
 )
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input, id_list, new_parser, number
+from mtdp_core.cytomine.params import AppArgumentParser, add_input, id_list, new_parser
 
 DESCRIPTOR = {
     "name": "MTDP-Slide-Classify",
@@ -27,8 +30,8 @@ DESCRIPTOR = {
         "Maps whole slides with a model trained by MTDP-SVM-Train or MTDP-Finetune-Predict: the tissue "
         "(inside the selected regions of interest, if any) is cut into tiles at the resolution the model was "
         "trained at, each tile is classified, and each class's tiles are merged into annotations with the "
-        "predicted term. Attaches each image's map as GeoJSON (for QuPath) and as a picture. Re-running never "
-        "creates duplicates."
+        "predicted term (or pushed tile by tile). Attaches each image's map as GeoJSON (for QuPath) and as a "
+        "picture. Re-running never creates duplicates."
     ),
     "image": "mtdp/s_mtdp-slide-classify",
 }
@@ -38,26 +41,18 @@ def get_args_parser() -> AppArgumentParser:
     parser = new_parser("slide_classify", DESCRIPTOR["description"])
     add_connection_inputs(parser)
     add_model_job_input(parser)
-    add_input(
+    add_project_list_input(
         parser,
         "cytomine_id_images",
-        type="ListDomain",
+        of="images",
         name="Images",
-        default="",
-        uri="/api/project/$currentProject$/imageinstance.json",
-        uri_print_attribute="instanceFilename",
-        uri_sort_attribute="instanceFilename",
         description="Images to map (empty: every image of the project, or those of the regions of interest).",
     )
-    add_input(
+    add_project_list_input(
         parser,
         "cytomine_id_roi_terms",
-        type="ListDomain",
+        of="terms",
         name="Region terms",
-        default="",
-        uri="/api/project/$currentProject$/term.json",
-        uri_print_attribute="name",
-        uri_sort_attribute="name",
         description="Annotations with these terms are the regions to map (empty: the whole tissue of each image).",
     )
     add_input(
@@ -69,50 +64,7 @@ def get_args_parser() -> AppArgumentParser:
         converter=id_list,
         description="Ids of annotations that are regions to map, comma-separated (with or instead of region terms).",
     )
-    add_input(
-        parser,
-        "tile_mpp",
-        type="Number",
-        name="Tile resolution (µm/px)",
-        default=None,
-        converter=number(0.01, 100),
-        description="Micrometres per pixel of the tiles the model reads. Empty: the resolution the model was trained "
-        "at (recorded by the training job when its crops had one).",
-        minimum=0.01,
-        maximum=100,
-    )
-    add_input(
-        parser,
-        "slide_mpp",
-        type="Number",
-        name="Scan resolution (µm/px)",
-        default=None,
-        converter=number(0.01, 100),
-        description="Micrometres per pixel of the scans, for images that record none (0.25 at 40x, 0.5 at 20x).",
-        minimum=0.01,
-        maximum=100,
-    )
-    add_input(
-        parser,
-        "min_tissue",
-        type="Number",
-        name="Minimum tissue",
-        default=0.5,
-        converter=number(0, 1),
-        description="Share of a tile that must be tissue (or inside the regions) for it to be classified.",
-        minimum=0,
-        maximum=1,
-    )
-    add_input(
-        parser,
-        "min_area",
-        type="Number",
-        name="Minimum area (µm²)",
-        default=50000,
-        converter=number(0),
-        description="Pieces of a class smaller than this are not pushed (50,000 µm²: a square of 224 µm).",
-        minimum=0,
-    )
+    add_slide_inputs(parser)
     add_input(
         parser,
         "pixels",

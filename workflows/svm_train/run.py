@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 
 from mtdp_core.cytomine.apps import svm_train
-from mtdp_core.cytomine.inputs import add_processing_inputs, add_svm_inputs, app_parser
+from mtdp_core.cytomine.inputs import add_processing_inputs, add_project_list_input, add_svm_inputs, app_parser
 from mtdp_core.cytomine.job import run_app
-from mtdp_core.cytomine.params import AppArgumentParser, add_input
+from mtdp_core.cytomine.params import AppArgumentParser
 
 DESCRIPTOR = {
     "name": "MTDP-SVM-Train",
@@ -31,15 +31,11 @@ DESCRIPTOR = {
 
 def get_args_parser() -> AppArgumentParser:
     parser = app_parser("svm_train", DESCRIPTOR["description"], purpose="train")
-    add_input(
+    add_project_list_input(
         parser,
         "cytomine_positive_terms",
-        type="ListDomain",
+        of="terms",
         name="Positive terms (binary mode)",
-        default="",
-        uri="/api/project/$currentProject$/term.json",
-        uri_print_attribute="name",
-        uri_sort_attribute="name",
         description="Binary mode: annotations with these terms form the positive class, all others the "
         "negative class. Empty: one class per term.",
     )

@@ -10,8 +10,8 @@ svm-train / finetune-predict apps (their job attachment ``mtdp-model.npz``), or 
   one region, the svm-predict app's step (features, the model's probabilities calibrated on its
   out-of-fold decisions). The output geometry is the annotation's own, with its class and score.
 - **a whole image** (the original file, e.g. an ``.svs``): tiled over tissue at the resolution the
-  model was trained at and classified tile by tile (``mtdp_core.slides``), the tiles merged per
-  class into regions.
+  model was trained at and classified tile by tile, the tiles merged per class into regions (or
+  kept as tiles): the slide app's steps (``cytomine.apps.slide_maps``, ``mtdp_core.slides``).
 
 Outputs: ``geometries`` (Cytomine draws them as an annotation layer of the run; there are no
 terms in that world: each geometry's class is the same row of ``classes``, with its probability
@@ -30,9 +30,10 @@ import numpy as np
 
 from mtdp_core.appengine.errors import TaskInputError
 from mtdp_core.appengine.files import InputImage
-from mtdp_core.appengine.geometry import to_cytomine, to_image, valid
+from mtdp_core.appengine.geometry import valid
 from mtdp_core.appengine.runner import TaskContext
 from mtdp_core.appengine.spec import FileInput, Output, TaskDefinition
+from mtdp_core.cytomine.geometry import to_cytomine, to_image
 from mtdp_core.cytomine.inputs import (
     add_backbone_inputs,
     add_crop_inputs,
@@ -46,17 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest side of the overlay picture.
 OVERLAY_SIDE = 1024
-#: Class colours (RGB), in the model's class order (Okabe-Ito first: colour-blind friendly).
-PALETTE = (
-    (230, 159, 0),
-    (86, 180, 233),
-    (0, 158, 115),
-    (240, 228, 66),
-    (0, 114, 178),
-    (213, 94, 0),
-    (204, 121, 167),
-    (120, 120, 120),
-)
+#: The most geometries a run gives back (the descriptor's max_size of the geometries array).
+MAX_GEOMETRIES = 1_000_000
 
 IMAGE = FileInput(
     "image",
@@ -78,7 +70,7 @@ MODEL = FileInput(
 def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser("classify", "Parameters of the classify task (the svm-predict app's).")
     add_crop_inputs(parser, from_model=True, only=("crop_zoom", "crop_max_size"))
-    add_slide_inputs(parser)
+    add_slide_inputs(parser, only=("resolution", "slide_mpp", "min_tissue", "map_as"))
     add_backbone_inputs(parser, from_model=True, only=("weights",))
     add_runtime_inputs(parser, only=("batch_size", "n_workers", "device"))
     add_engine_input(parser)
@@ -122,7 +114,7 @@ def run(context: TaskContext) -> str:
 def legacy_args(args: argparse.Namespace) -> argparse.Namespace:
     """The task's parameters with the svm-predict app's other inputs at their empty values (its
     model checks and prediction step read them)."""
-    values = {"backbone": "", "cytomine_id_job": None, "model": "given as the model input", **vars(args)}
+    values = {"backbone": "", "cytomine_id_job": None, "model": "", **vars(args)}
     return argparse.Namespace(**values)
 
 
@@ -192,6 +184,7 @@ def open_image(image: InputImage) -> Any:
 
 def classify_crop(context: TaskContext, model: Any, image: InputImage, device: str) -> Regions:
     from mtdp_core.cytomine.apps.svm_predict import predict_scores
+    from mtdp_core.slides.outputs import class_colors
 
     job = context.local_job()
     picture = open_image(image)
@@ -223,7 +216,7 @@ def classify_crop(context: TaskContext, model: Any, image: InputImage, device: s
     if notes:
         summary += f". Note: {notes[0]}"
     geometry = valid(image.geometry)
-    overlay = crop_overlay(picture, geometry, names[best], float(probabilities[best]), PALETTE[best % len(PALETTE)])
+    overlay = crop_overlay(picture, geometry, names[best], float(probabilities[best]), class_colors(names)[best])
     return Regions([geometry], [names[best]], [float(probabilities[best])], summary, overlay, notes)
 
 
@@ -257,109 +250,39 @@ def crop_overlay(picture: Any, geometry: Any, name: str, probability: float, col
 
 
 def classify_whole_image(context: TaskContext, model: Any, image: InputImage, device: str) -> Regions:
-    """A whole image (the original file: a slide, or a plain image): its tissue tiled at the
-    model's resolution and classified tile by tile (``mtdp_core.slides``, the slide app's steps),
+    """A whole image (the original file: a slide, or a plain image) mapped as the slide app maps
+    one (``slide_maps``): its tissue tiled at the model's resolution and classified tile by tile,
     the tiles merged per class into regions (or kept as tiles), in Cytomine coordinates."""
-    try:
-        from mtdp_core.slides import open_slide
-        from mtdp_core.slides.classify import classify_slide
-        from mtdp_core.slides.outputs import overlay
-    except ImportError:
-        raise TaskInputError(
-            "Pick an annotation as the image input: this version of mtdp classifies annotations only (whole-image "
-            "support, mtdp_core.slides, is not installed)."
-        ) from None
-    from mtdp_core.errors import MissingResolutionError
+    from mtdp_core.cytomine.apps.slide_maps import classify_slide_tiles, tile_resolution
+    from mtdp_core.slides import open_slide
+    from mtdp_core.slides.classify import class_shares
+    from mtdp_core.slides.outputs import map_pieces, overlay
 
     args = context.args
+    resolution = tile_resolution(model, args, "the model input")
     with open_slide(image.path, mpp=args.slide_mpp) as slide:
         width, height = slide.dimensions
         logger.info("whole image: %s", slide.info())
-        try:
-            result = classify_slide(
-                model,
-                slide,
-                resolution=args.resolution or None,
-                min_tissue=args.min_tissue,
-                weights=_weights_file(model, args),
-                batch_size=args.batch_size,
-                num_workers=args.n_workers,
-                device=device,
-                engine=args.engine,
-                progress=False,
-            )
-        except MissingResolutionError as exc:
-            raise TaskInputError(
-                "Set resolution (micrometres per pixel, e.g. 0.5, or a magnification, e.g. 20x) to read the tiles "
-                f"at, and slide_mpp if the image does not record its own: {exc}"
-            ) from None
+        result = classify_slide_tiles(model, slide, args, device, resolution, name=f"the {image.label} input")
         picture = overlay(result, slide, max_side=OVERLAY_SIDE)
-    names = [c.name for c in result.classes]
-    geometries, classes, scores = map_geometries(result, args.map_as)
-    if len(geometries) > MAX_GEOMETRIES:
+    pieces = map_pieces(result, tiles=args.map_as == "tiles")
+    if len(pieces) > MAX_GEOMETRIES:
         raise TaskInputError(
-            f"Set map_as to regions: {len(geometries)} tiles are more than the {MAX_GEOMETRIES} geometries a run "
+            f"Set map_as to regions: {len(pieces)} tiles are more than the {MAX_GEOMETRIES} geometries a run "
             "may give back."
         )
-    counts = result.counts()
-    total = max(1, len(result.grid))
-    shares = ", ".join(f"{n} {counts[n] / total:.0%}" for n in sorted(names, key=lambda n: -counts[n]) if counts[n])
-    read_at = result.model.get("resolution") or {}
-    resolution = f"{read_at['mpp']:g} µm/px" if read_at.get("mpp") else f"{read_at.get('magnification', 0):g}x"
     summary = (
-        f"{len(result.grid)} tissue tiles of {model.preprocessing.size} px at {resolution}: {shares}; "
-        f"{len(geometries)} {'regions' if args.map_as == 'regions' else 'tiles'}"
+        f"{len(result.grid)} tissue tiles of {model.preprocessing.size} px at {resolution}: "
+        f"{class_shares(result.counts())}; {len(pieces)} {args.map_as}"
     )
-    cytomine = [valid(to_cytomine(g, height)) for g in geometries]
     logger.info("%s x %s image: %s", width, height, summary)
-    return Regions(cytomine, classes, scores, summary, picture)
-
-
-#: The most geometries a run gives back (the descriptor's max_size of the geometries array).
-MAX_GEOMETRIES = 1_000_000
-
-
-def map_geometries(result: Any, mode: str) -> tuple[list, list[str], list[float]]:
-    """Level-0 geometries (image coordinates), class names and probabilities of a slide
-    classification: one per tile, or the tiles of each class merged into connected regions, each
-    with the mean probability of its class over its tiles."""
-    import shapely
-
-    from mtdp_core.slides.outputs import merge_classes
-
-    names = [c.name for c in result.classes]
-    probabilities = np.asarray(result.probabilities)
-    index = result.index
-    if mode == "tiles":
-        boxes = result.grid.boxes.tolist()
-        geometries = [shapely.box(x, y, x + w, y + h) for x, y, w, h in boxes]
-        return geometries, [names[k] for k in index], [float(probabilities[i, k]) for i, k in enumerate(index)]
-    centres = result.grid.boxes[:, :2] + result.grid.boxes[:, 2:] / 2
-    geometries, classes, scores = [], [], []
-    for k, merged in enumerate(merge_classes(result.grid, index, len(names))):
-        mine = np.flatnonzero(index == k)
-        for polygon in getattr(merged, "geoms", [merged]):
-            if polygon.is_empty:
-                continue
-            inside = mine[shapely.contains_xy(polygon, centres[mine, 0], centres[mine, 1])]
-            share = probabilities[inside, k] if len(inside) else probabilities[mine, k]
-            geometries.append(polygon)
-            classes.append(names[k])
-            scores.append(float(share.mean()))
-    return geometries, classes, scores
-
-
-def _weights_file(model: Any, args: argparse.Namespace) -> str | None:
-    """The backbone weights file of a probe trained on features of a local file: the ``weights``
-    input, or the file the model names when it is here (as svm-predict does)."""
-    if model.kind == "finetune":
-        return None
-    recorded = model.backbone.get("weights", {})
-    if args.weights and recorded.get("source") == "file":
-        return args.weights
-    if recorded.get("source") == "file" and recorded.get("file") and Path(recorded["file"]).is_file():
-        return recorded["file"]
-    return None
+    return Regions(
+        [valid(to_cytomine(p.geometry, height)) for p in pieces],
+        [result.classes[p.label].name for p in pieces],
+        [p.score for p in pieces],
+        summary,
+        picture,
+    )
 
 
 TASK = TaskDefinition(

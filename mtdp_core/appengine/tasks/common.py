@@ -1,6 +1,6 @@
 """What the tasks share: the file inputs of labelled examples, and turning them into the local
 folder the legacy pipelines read (BIAFLOWS ``--local`` layout: class folders and/or images with a
-``labels.csv``).
+``labels.csv``); the training tasks' run on them (``train_on_examples``) and their common outputs.
 
 Examples come as the App Engine allows:
 
@@ -16,19 +16,23 @@ decode before anything runs, and a failure names the item (``images[3]``, ``exam
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
 import stat
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from mtdp_core.appengine.errors import TaskInputError
 from mtdp_core.appengine.files import InputImage
 from mtdp_core.appengine.runner import TaskContext
-from mtdp_core.appengine.spec import FileInput
+from mtdp_core.appengine.spec import FileInput, Output
+from mtdp_core.cytomine.inputs import add_backbone_inputs, add_engine_input, add_image_size_input, add_runtime_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,66 @@ LABELS_INPUT = FileInput(
     {"id": "array", "subtype": {"id": "string", "min_length": 1}, "min_size": 1, "max_size": MAX_ARRAY_ITEMS},
     optional=True,
 )
+
+
+#: The file inputs of the training tasks (train, finetune): a zip of examples and/or labelled images.
+EXAMPLE_INPUTS = (EXAMPLES_INPUT, IMAGES_INPUT, LABELS_INPUT)
+#: The classes of a trained model (an output of every training task).
+CLASSES_OUTPUT = Output(
+    "classes",
+    "Classes",
+    "The classes the model predicts.",
+    {"id": "array", "subtype": {"id": "string"}, "min_size": 2, "max_size": 10_000},
+)
+
+
+def add_network_inputs(parser: argparse.ArgumentParser, *, engine: bool = True) -> None:
+    """The inputs of a task that runs a network over examples (train, finetune, extract_features):
+    the backbone, its input size, the runtime (no download threads: a task downloads nothing) and,
+    for a frozen backbone (``engine``), the inference engine; the legacy apps' declarations."""
+    add_backbone_inputs(parser)
+    add_image_size_input(parser)
+    add_runtime_inputs(parser, only=("batch_size", "n_workers", "device", "seed"))
+    if engine:
+        add_engine_input(parser)
+
+
+def model_output(what: str) -> Output:
+    """The model file a training task gives (``what``: the trained classifier, the fine-tuned network)."""
+    return Output("model", "Model", f"{what} (mtdp model file, .npz): give it to MTDP Classify.", "file")
+
+
+def confusion_matrix_output(of: str) -> Output:
+    """The confusion matrix picture of a training task (``of``: on which predictions)."""
+    return Output("confusion_matrix", "Confusion matrix", f"{of}, as a picture.", {"id": "image", "formats": ["png"]})
+
+
+def train_on_examples(context: TaskContext, pipeline: Callable[..., str], *, split: str) -> tuple[Any, Any, str]:
+    """Run a legacy training ``pipeline`` (``svm_train.run``, ``finetune_predict.run``) on the
+    task's labelled examples, as a local job over their folder, and write the outputs every
+    training task gives: ``model``, ``classes``, ``confusion_matrix``. ``split`` names what a
+    missing ``group`` column leaves ungrouped (a warning). Returns the job, the model and the
+    pipeline's summary."""
+    from mtdp_core.cytomine.apps.common import MODEL_FILENAME
+    from mtdp_core.transfer.persistence import load_model
+
+    examples = gather_examples(context, need_labels=True)
+    if not examples.grouped:
+        logger.warning(
+            "%s not grouped by slide or patient (the App Engine does not say where an image comes from): examples "
+            "of one slide may fall on both sides and make the score optimistic. Give a zip with a labels.csv "
+            "that has a group column to group them.",
+            split,
+        )
+    job = context.local_job(examples.folder)
+    summary = pipeline(job, context.args)
+    model_path = job.output_path(MODEL_FILENAME)
+    model = load_model(model_path)
+    out = context.outputs
+    out.file("model", model_path)
+    out.array("classes", [c.name for c in model.classes])
+    out.file("confusion_matrix", job.output_path("confusion_matrix.png"))
+    return job, model, summary
 
 
 def image_suffix(path: Path, label: str) -> str:
@@ -257,6 +321,6 @@ def survey(folder: Path, *, need_labels: bool) -> Examples:
                 f"({', '.join(counts) or 'no labelled image'}) among {examples.describe()}."
             )
         if unlabelled:
-            logger.warning("%d examples have no label: they are left out", unlabelled)
+            logger.warning("%d examples have no label: they are left out (classify predicts them)", unlabelled)
     logger.info("examples: %s", examples.describe())
     return examples

@@ -14,8 +14,13 @@ import argparse
 
 from mtdp_core.appengine.runner import TaskContext
 from mtdp_core.appengine.spec import FileInput, Output, TaskDefinition
-from mtdp_core.appengine.tasks.common import EXAMPLES_INPUT, IMAGES_INPUT, LABELS_INPUT, gather_examples
-from mtdp_core.cytomine.inputs import add_backbone_inputs, add_engine_input, add_image_size_input, add_runtime_inputs
+from mtdp_core.appengine.tasks.common import (
+    EXAMPLES_INPUT,
+    IMAGES_INPUT,
+    LABELS_INPUT,
+    add_network_inputs,
+    gather_examples,
+)
 from mtdp_core.cytomine.params import new_parser
 
 IMAGES = FileInput(
@@ -43,10 +48,7 @@ LABELS = FileInput(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser("extract_features", "Parameters of the extract_features task (the extract-features app's).")
-    add_backbone_inputs(parser)
-    add_image_size_input(parser)
-    add_runtime_inputs(parser, only=("batch_size", "n_workers", "device", "seed"))
-    add_engine_input(parser)
+    add_network_inputs(parser)
     return parser
 
 

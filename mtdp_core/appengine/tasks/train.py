@@ -14,61 +14,38 @@ cross-validated confusion matrix (an image Cytomine imports into the project) an
 from __future__ import annotations
 
 import argparse
-import logging
 
 from mtdp_core.appengine.runner import TaskContext
 from mtdp_core.appengine.spec import Output, TaskDefinition
-from mtdp_core.appengine.tasks.common import EXAMPLES_INPUT, IMAGES_INPUT, LABELS_INPUT, gather_examples
-from mtdp_core.cytomine.inputs import (
-    add_backbone_inputs,
-    add_engine_input,
-    add_image_size_input,
-    add_runtime_inputs,
-    add_svm_inputs,
+from mtdp_core.appengine.tasks.common import (
+    CLASSES_OUTPUT,
+    EXAMPLE_INPUTS,
+    add_network_inputs,
+    confusion_matrix_output,
+    model_output,
+    train_on_examples,
 )
+from mtdp_core.cytomine.inputs import add_svm_inputs
 from mtdp_core.cytomine.params import new_parser
-
-logger = logging.getLogger(__name__)
-
-RUNTIME = ("batch_size", "n_workers", "device", "seed")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser("train", "Parameters of the train task (the svm-train app's).")
     add_svm_inputs(parser)
-    add_backbone_inputs(parser)
-    add_image_size_input(parser)
-    add_runtime_inputs(parser, only=RUNTIME)
-    add_engine_input(parser)
+    add_network_inputs(parser)
     return parser
 
 
 def run(context: TaskContext) -> str:
     from mtdp_core.cytomine.apps import svm_train
-    from mtdp_core.cytomine.apps.common import MODEL_FILENAME
-    from mtdp_core.transfer.persistence import load_model
 
-    examples = gather_examples(context, need_labels=True)
-    if not examples.grouped:
-        logger.warning(
-            "cross-validation folds are not grouped by slide or patient (the App Engine does not say where an "
-            "image comes from): several examples of one slide may fall on both sides and make the CV score "
-            "optimistic. Give a zip with a labels.csv that has a group column to group them."
-        )
-    job = context.local_job(examples.folder)
-    summary = svm_train.run(job, context.args)
-    model_path = job.output_path(MODEL_FILENAME)
-    model = load_model(model_path)
-    training = model.training
+    job, model, summary = train_on_examples(context, svm_train.run, split="the cross-validation folds are")
     counts = model.extra.get("class_counts") or {}
     out = context.outputs
-    out.file("model", model_path)
-    out.scalar("cv_score", float(training["best_score"]))
-    out.scalar("cv_metric", str(training["scoring"]))
-    out.array("classes", [c.name for c in model.classes])
+    out.scalar("cv_score", float(model.training["best_score"]))
+    out.scalar("cv_metric", str(model.training["scoring"]))
     out.array("class_counts", [int(counts.get(c.name, 0)) for c in model.classes])
     out.scalar("n_examples", int(sum(counts.values())))
-    out.file("confusion_matrix", job.output_path("confusion_matrix.png"))
     out.file("metrics", job.output_path("metrics.json"))
     return summary
 
@@ -82,10 +59,10 @@ TASK = TaskDefinition(
         "(C chosen by cross-validation). Give a zip of class folders, and/or images (annotations) with their "
         "labels. Gives the model file (for MTDP Classify), the cross-validated score and confusion matrix."
     ),
-    file_inputs=(EXAMPLES_INPUT, IMAGES_INPUT, LABELS_INPUT),
+    file_inputs=EXAMPLE_INPUTS,
     build_parser=get_args_parser,
     outputs=(
-        Output("model", "Model", "The trained classifier (mtdp model file, .npz): give it to MTDP Classify.", "file"),
+        model_output("The trained classifier"),
         Output(
             "cv_score",
             "Cross-validated score",
@@ -93,12 +70,7 @@ TASK = TaskDefinition(
             {"id": "number", "geq": 0, "leq": 1},
         ),
         Output("cv_metric", "Score metric", "The metric of the score: accuracy or roc_auc.", "string"),
-        Output(
-            "classes",
-            "Classes",
-            "The classes the model predicts.",
-            {"id": "array", "subtype": {"id": "string"}, "min_size": 2, "max_size": 10_000},
-        ),
+        CLASSES_OUTPUT,
         Output(
             "class_counts",
             "Examples per class",
@@ -106,12 +78,7 @@ TASK = TaskDefinition(
             {"id": "array", "subtype": {"id": "integer", "geq": 0}, "min_size": 2, "max_size": 10_000},
         ),
         Output("n_examples", "Examples", "Number of labelled examples the model was trained on.", "integer"),
-        Output(
-            "confusion_matrix",
-            "Confusion matrix",
-            "Cross-validated confusion matrix (out-of-fold predictions of the chosen C), as a picture.",
-            {"id": "image", "formats": ["png"]},
-        ),
+        confusion_matrix_output("Cross-validated confusion matrix (out-of-fold predictions of the chosen C)"),
         Output(
             "metrics", "Metrics", "Cross-validation details (JSON): per-class precision, recall, F1, C grid.", "file"
         ),

@@ -481,7 +481,11 @@ def check_backbone(model: Any, args: argparse.Namespace) -> None:
     trained = model.describe_backbone()
     source = model.backbone.get("weights", {}).get("source")
     fix = f"Leave backbone and weights empty (or set {model.arch} and {source})"
-    origin = f"the model of job {args.cytomine_id_job or args.model}"
+    origin = (
+        f"the model of job {args.cytomine_id_job}"
+        if args.cytomine_id_job
+        else (f"the model {args.model}" if args.model else "the model")
+    )
     if args.backbone and args.backbone != model.arch:
         raise BackboneMismatchError(f"{fix}: {origin} was trained on {trained} features, not {args.backbone}.")
     if not args.weights or model.kind == "finetune":

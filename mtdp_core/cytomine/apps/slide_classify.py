@@ -2,12 +2,13 @@
 Cytomine as annotations.
 
 Stages: download the model of the training job (``cytomine_id_job``, as svm-predict does) and
-check it against the asked backbone -> the resolution of the tiles (``tile_mpp``, else the
+check it against the asked backbone -> the resolution of the tiles (``resolution``, else the
 model's) -> the images (selected, or those of the ROI annotations) and their regions -> for each
 image: open it (blocks at the zoom the model reads, or the downloaded file: ``pixels``), find the
 tissue on a thumbnail, lay the grid of tiles of the model's input size (inside the ROIs), fetch
-the pixels under the tiles, classify them -> each class's tiles merged into polygons (pieces
-under ``min_area`` dropped) -> pushed as annotations with the predicted term and the mean
+the pixels under the tiles, classify them (``slide_maps``, the steps the App Engine's classify
+shares) -> each class's tiles merged into polygons (regions under ``min_area`` dropped), or the
+tiles themselves (``map_as``) -> pushed as annotations with the predicted term and the mean
 probability of their tiles as rate (Cytomine's bottom-left coordinates; idempotent: a re-run
 creates nothing new) -> attached: each image's GeoJSON (tiles and merged classes, for QuPath),
 its overlay picture, and ``maps.csv``.
@@ -26,18 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import shapely
-from shapely import affinity
 from shapely.geometry.base import BaseGeometry
 
 from mtdp_core.cytomine.annotations import AnnotationFilters, AnnotationRecord, list_annotations
-from mtdp_core.cytomine.apps import common
+from mtdp_core.cytomine.apps import common, slide_maps
 from mtdp_core.cytomine.errors import CytomineRequestError, NoAnnotationsError, ParameterError
+from mtdp_core.cytomine.geometry import to_cytomine, to_image
 from mtdp_core.cytomine.job import CytomineJobRun, Job
 from mtdp_core.cytomine.push import Prediction
 from mtdp_core.cytomine.slides import CytomineSlide, RemoteImage, open_remote_slide
-from mtdp_core.errors import MissingResolutionError, NoTissueError, RegionOutsideSlideError, SlideReadError
+from mtdp_core.errors import MissingResolutionError, SlideReadError
 
 logger = logging.getLogger(__name__)
 
@@ -60,32 +60,13 @@ class Target:
 
 @dataclass
 class ImageMap:
-    """The map of one image: the classification, its merged pieces, and the files written."""
+    """The map of one image: the classification, its pieces (``slides.outputs.MapPiece``: merged
+    regions or tiles, image coordinates), and the files written."""
 
     target: Target
     result: Any  # mtdp_core.slides.classify.SlideClassification
-    pieces: list[tuple[int, BaseGeometry, float, int]]  # class index, polygon (image coordinates), rate, tiles
+    pieces: list[Any]
     files: list[Path]
-
-
-def flip(geometry: BaseGeometry, height: float) -> BaseGeometry:
-    """Image coordinates <-> Cytomine's (origin at the bottom-left: y = height - y); its own inverse."""
-    return affinity.affine_transform(geometry, [1, 0, 0, -1, 0, height])
-
-
-def tile_resolution(model: Any, args: argparse.Namespace) -> float:
-    """µm per tile pixel: ``tile_mpp``, else the model's training resolution; a clear error without."""
-    if args.tile_mpp:
-        if model.mpp and not math.isclose(args.tile_mpp, model.mpp, rel_tol=0.05):
-            logger.warning("tiles read at %g µm/px, the model was trained at %g", args.tile_mpp, model.mpp)
-        return float(args.tile_mpp)
-    if model.mpp:
-        return float(model.mpp)
-    why = (model.extra.get("source") or {}).get("resolution", {}).get("why")
-    raise ParameterError(
-        "Set tile_mpp to the µm per pixel the model's training images had (e.g. 0.5 for 20x tiles): the model of "
-        f"job {args.cytomine_id_job or args.model} does not record one" + (f" ({why})." if why else ".")
-    )
 
 
 # --------------------------------------------------------------------------- targets
@@ -108,7 +89,7 @@ def cytomine_targets(job: CytomineJobRun, args: argparse.Namespace) -> list[Targ
         image = RemoteImage.from_json(listed[image_id])
         regions = None
         if rois is not None:
-            regions = [flip(shapely.from_wkt(r.location), image.height) for r in rois if r.image == image_id]
+            regions = [to_image(shapely.from_wkt(r.location), image.height) for r in rois if r.image == image_id]
         targets.append(Target(f"{image.id}-{_safe(Path(image.name).stem)}", image=image, regions=regions))
     if not targets:
         raise NoAnnotationsError(f"Add images to project {job.project_id}: it has none to map.")
@@ -162,13 +143,13 @@ def local_targets(job: Job) -> list[Target]:
 
 @dataclass
 class SlideMapper:
-    """What every image of a run is mapped with: the job, its parameters, the model and the
-    resolution of its tiles (µm per pixel), the device."""
+    """What every image of a run is mapped with: the job, its parameters, the model, where its
+    tiles are read (a ``mtdp_core.slides.Resolution``), the device."""
 
     job: Job
     args: argparse.Namespace
     model: Any
-    mpp: float
+    resolution: Any
     device: str
 
     def open(self, target: Target) -> Any:
@@ -180,87 +161,65 @@ class SlideMapper:
             return open_slide(target.path, mpp=args.slide_mpp)
         assert isinstance(job, CytomineJobRun) and job.session is not None and target.image is not None
         image = target.image
-        scan = args.slide_mpp or image.mpp
+        folder = common.cache_root(job) / "slides"
+        remote = open_remote_slide(job.session, image, folder, mpp=args.slide_mpp)
         mode = args.pixels
         if mode == "auto":
-            zoom = int(math.floor(math.log2(self.mpp / scan * 1.01))) if scan else 0
-            mode = "windows" if zoom >= WINDOWS_FROM_ZOOM else "download"
-        folder = common.cache_root(job) / "slides"
+            mode = "windows" if self.zoom(remote) >= WINDOWS_FROM_ZOOM else "download"
         if mode == "download":
             try:
-                return download_slide(job, image, folder, scan)
+                slide = download_slide(job, image, folder, args.slide_mpp or image.mpp)
+                remote.close()
+                return slide
             except (CytomineRequestError, SlideReadError) as exc:
                 if args.pixels == "download":
                     raise ParameterError(
                         f"Set pixels to windows (or auto): image {image.id} cannot be downloaded: {exc}"
                     ) from None
                 logger.info("image %d: reading blocks, the file cannot be used (%s)", image.id, exc)
-        return open_remote_slide(job.session, image, folder, mpp=args.slide_mpp)
+        return remote
+
+    def zoom(self, slide: Any) -> int:
+        """The image server's zoom the tiles are read from (0: the scan's resolution, or unknown)."""
+        try:
+            downsample = slide.downsample_for(self.resolution)
+        except MissingResolutionError:
+            return 0
+        return max(0, int(math.floor(math.log2(downsample * 1.01))))
 
     def map(self, target: Target, span: tuple[int, int], note: str = "") -> ImageMap:
-        """Tissue, tiles, pixels, classes and merged pieces of one image (see the module
-        docstring); ``note`` (how far the job got) goes into error messages, after its name."""
-        from mtdp_core.slides.classify import classify_tiles
-        from mtdp_core.slides.reader import Resolution
+        """Tissue, tiles, pixels, classes and pieces of one image (see the module docstring);
+        ``note`` (how far the job got) goes into error messages, after its name."""
+        from mtdp_core.slides.outputs import map_pieces
 
         start, end = span
         self.job.progress(start, f"{target.key}: finding the tissue")
         slide = self.open(target)
-        try:
-            grid = self.tiles(target, slide, span, note)
-            self.job.progress((start + end) // 2, f"{target.key}: classifying {len(grid)} tiles")
-            result = classify_tiles(
-                self.model,
-                grid,
-                slide.info(),
-                Resolution(mpp=self.mpp),
-                weights=common.model_weights(self.model, self.args),
-                batch_size=self.args.batch_size,
-                num_workers=self.args.n_workers,
-                device=self.device,
-                engine=self.args.engine,
-                progress=False,
-            )
-            min_area = self.args.min_area / (slide.mpp or self.mpp) ** 2  # µm² -> level-0 pixels²
-            files = write_outputs(self.job, target, result, slide, min_area)
-            return ImageMap(target, result, class_pieces(result, min_area), files)
-        finally:
-            slide.close()
 
-    def tiles(self, target: Target, slide: Any, span: tuple[int, int], note: str) -> Any:
-        """The grid of the model's tiles over the tissue (inside the regions), its pixels fetched
-        when the slide is remote; the library's errors with the fix an app user can make."""
-        from mtdp_core.slides.reader import Resolution
-        from mtdp_core.slides.tiles import tile_grid
-        from mtdp_core.slides.tissue import TissueDetector
-
-        try:
-            grid = tile_grid(
-                slide,
-                tile_size=self.model.preprocessing.size,
-                resolution=Resolution(mpp=self.mpp),
-                tissue=TissueDetector(),
-                min_tissue=self.args.min_tissue,
-                regions=target.regions,
-            )
+        def prepare(grid: Any) -> None:  # a remote slide's pixels under the tiles, fetched once
             if isinstance(slide, CytomineSlide):
-                stage = self.job.stage(f"{target.key}: downloading the tiles' pixels", span[0], sum(span) // 2)
+                stage = self.job.stage(f"{target.key}: downloading the tiles' pixels", start, (start + end) // 2)
                 level = slide.best_level(grid.downsample)
                 slide.prefetch(level, grid.boxes, threads=self.args.n_download_threads, progress=stage.update)
-            return grid
-        except MissingResolutionError:
-            raise MissingResolutionError(
-                f"Set slide_mpp (the scan's µm per pixel, e.g. 0.25 at 40x), or give image {target.key} a resolution "
-                f"in Cytomine{note}: it records none, and tiles are read in µm per pixel."
-            ) from None
-        except NoTissueError as exc:
-            raise NoTissueError(f"Select images with tissue, or lower min_tissue: {target.key}{note}: {exc}") from None
-        except RegionOutsideSlideError as exc:
-            raise RegionOutsideSlideError(f"Draw the regions inside the image {target.key}{note}: {exc}") from None
-        except CytomineRequestError as exc:
-            raise SlideReadError(
-                f"Check image {target.key} on the server{note}: its pixels cannot be read ({exc})"
-            ) from None
+            self.job.progress((start + end) // 2, f"{target.key}: classifying {len(grid)} tiles")
+
+        try:
+            result = slide_maps.classify_slide_tiles(
+                self.model,
+                slide,
+                self.args,
+                self.device,
+                self.resolution,
+                name=f"image {target.key}",
+                regions=target.regions,
+                note=note,
+                prepare=prepare,
+            )
+            min_area = result.pixel_area(self.args.min_area)  # µm² -> level-0 pixels²
+            pieces = map_pieces(result, tiles=self.args.map_as == "tiles", min_area=min_area)
+            return ImageMap(target, result, pieces, write_outputs(self.job, target, result, slide, min_area))
+        finally:
+            slide.close()
 
 
 def download_slide(job: CytomineJobRun, image: RemoteImage, folder: Path, mpp: float | None) -> Any:
@@ -277,25 +236,6 @@ def download_slide(job: CytomineJobRun, image: RemoteImage, folder: Path, mpp: f
     return open_slide(path, mpp=mpp)
 
 
-def class_pieces(result: Any, min_area: float) -> list[tuple[int, BaseGeometry, float, int]]:
-    """Each class's tiles merged, as separate polygons of at least ``min_area`` level-0 pixels²,
-    with the mean probability of that class over the tiles inside, and their number."""
-    from mtdp_core.slides.outputs import merge_classes
-
-    index, probs = result.index, np.asarray(result.probabilities)
-    cells = result.grid.cells()
-    cx, cy = cells[:, 0] + cells[:, 2] / 2, cells[:, 1] + cells[:, 3] / 2
-    pieces = []
-    for k, geometry in enumerate(merge_classes(result.grid, index, len(result.classes), min_area=min_area)):
-        for piece in getattr(geometry, "geoms", [geometry]):
-            if piece.is_empty:
-                continue
-            inside = (index == k) & shapely.contains_xy(piece, cx, cy)
-            rate = float(probs[inside, k].mean()) if inside.any() else 0.0
-            pieces.append((k, piece, rate, int(inside.sum())))
-    return pieces
-
-
 def write_outputs(job: Job, target: Target, result: Any, slide: Any, min_area: float) -> list[Path]:
     from mtdp_core.slides.outputs import overlay, write_geojson
 
@@ -309,13 +249,16 @@ def write_outputs(job: Job, target: Target, result: Any, slide: Any, min_area: f
 
 
 def run(job: Job, args: argparse.Namespace) -> str:
+    from mtdp_core.slides.classify import class_shares
+
     device = common.check_device(args)
     job.stage("Loading the model", 0, 3)
     model = common.load_trained_model(job, args)
-    mpp = tile_resolution(model, args)
+    origin = f"the model of job {args.cytomine_id_job}" if args.cytomine_id_job else f"the model {args.model}"
+    resolution = slide_maps.tile_resolution(model, args, origin)
     job.stage("Listing the images and regions", 3, 5)
     targets = cytomine_targets(job, args) if isinstance(job, CytomineJobRun) else local_targets(job)
-    mapper = SlideMapper(job, args, model, mpp, device)
+    mapper = SlideMapper(job, args, model, resolution, device)
     maps = []
     for i, target in enumerate(targets):
         span = (5 + 80 * i // len(targets), 5 + 80 * (i + 1) // len(targets))
@@ -331,12 +274,11 @@ def run(job: Job, args: argparse.Namespace) -> str:
     rows = []
     for m in maps:
         counts = m.result.counts()
+        mpp = m.result.slide_mpp
         for k, name in enumerate(names):
-            pieces = [p for p in m.pieces if p[0] == k]
-            area = sum(p[1].area for p in pieces) * (m.result.slide.get("mpp") or mpp) ** 2 / 1e6
-            rows.append(
-                [m.target.key, name, counts[name], len(pieces), f"{area:.4f}", pushed.get((m.target.key, k), 0)]
-            )
+            pieces = [p for p in m.pieces if p.label == k]
+            area = f"{sum(p.geometry.area for p in pieces) * mpp * mpp / 1e6:.4f}" if mpp else ""
+            rows.append([m.target.key, name, counts[name], len(pieces), area, pushed.get((m.target.key, k), 0)])
         for path in m.files:
             job.attach(path)
     job.attach(
@@ -351,13 +293,12 @@ def run(job: Job, args: argparse.Namespace) -> str:
         {
             "n_images": len(maps),
             "n_tiles": n_tiles,
-            "tile_mpp": mpp,
+            "resolution": str(resolution),
             "class_tiles": classes,
             "model_job": args.cytomine_id_job,
         }
     )
-    shares = ", ".join(f"{n} {100 * c / max(1, n_tiles):.0f}%" for n, c in totals.items())
-    return f"{len(maps)} images mapped, {n_tiles} tiles at {mpp:g} µm/px ({shares}): {comment_push}"
+    return f"{len(maps)} images mapped, {n_tiles} tiles at {resolution} ({class_shares(totals)}): {comment_push}"
 
 
 def push_maps(job: CytomineJobRun, args: argparse.Namespace, model: Any, maps: list[ImageMap]) -> tuple[dict, str]:
@@ -366,12 +307,11 @@ def push_maps(job: CytomineJobRun, args: argparse.Namespace, model: Any, maps: l
     predictions, owner = [], {}
     for m in maps:
         assert m.target.image is not None
-        for k, piece, rate, _ in m.pieces:
-            term = model.classes[k].id
-            location = flip(piece, m.target.image.height).wkt
+        for piece in m.pieces:
+            location = to_cytomine(piece.geometry, m.target.image.height).wkt
             record = AnnotationRecord(-(len(predictions) + 1), m.target.image.id, job.project_id, 0, (), location, "")
-            owner[record.id] = (m.target.key, k)
-            predictions.append(Prediction(record, term, rate))
+            owner[record.id] = (m.target.key, piece.label)
+            predictions.append(Prediction(record, model.classes[piece.label].id, piece.score))
     report = common.push_predictions(job, args, predictions, 85, 97, mode="annotation")
     pushed: dict[tuple[str, int], int] = {}
     for source in report.pushed:
