@@ -40,7 +40,7 @@ What it does, stopping at the first problem with what to do about it:
    from the descriptor>``), with the apps' default parameters (224 px network input), each app in
    each variant, the variants one after the other for each app (same load), ``--repeat`` times
    (the median time is reported): svm-train on 6 images, svm-predict and slide-classify (BCCD
-   images have no resolution: ``slide_mpp`` 1, ``tile_mpp`` 0.5, ``min_tissue`` 0.1) with the
+   images have no resolution: ``slide_mpp`` 1, ``resolution`` 0.5, ``min_tissue`` 0.1) with the
    first svm-train job's model on the 2 others, extract-features on all 8; and checks that every
    job ends SUCCESS.
 
@@ -613,13 +613,14 @@ def job_parameters(app: str, train: list[int], held_out: list[int], every: list[
         return {"cytomine_id_images": every}
     parameters: dict = {"cytomine_id_job": model_job, "cytomine_id_images": held_out}
     if app == "slide_classify":  # BCCD images have no resolution; blood smears are sparse "tissue"
-        parameters.update(slide_mpp=1.0, tile_mpp=0.5, min_tissue=0.1)
+        parameters.update(slide_mpp=1.0, resolution="0.5", min_tissue=0.1)
     return parameters
 
 
 def smoke(args: argparse.Namespace, data_dir: Path) -> dict:
     from mtdp_core.logs import configure_logging
     from mtdp_core.server import LocalCytomine
+    from mtdp_core.server.errors import ServerError
     from mtdp_core.server.importers import import_folder
 
     configure_logging()
@@ -638,15 +639,18 @@ def smoke(args: argparse.Namespace, data_dir: Path) -> dict:
                 for variant in args.variants:
                     model_job = results[variant].get("svm_train", {}).get("job")
                     start = time.perf_counter()
-                    job = server.launch(
-                        app,
-                        project,
-                        job_parameters(app, train, held_out, images, model_job),
-                        runner="container",
-                        image=image_name(app, args.tag, variant),
-                        engine=args.engine,
-                        timeout=1200,
-                    )
+                    try:
+                        job = server.launch(
+                            app,
+                            project,
+                            job_parameters(app, train, held_out, images, model_job),
+                            runner="container",
+                            image=image_name(app, args.tag, variant),
+                            engine=args.engine,
+                            timeout=1200,
+                        )
+                    except ServerError as exc:  # e.g. a parameter the app's descriptor no longer has
+                        raise SmokeError(f"The local server refused to launch {app} ({variant}): {exc}") from exc
                     seconds = round(time.perf_counter() - start, 1)
                     entry = results[variant].setdefault(app, {"job": job["id"], "runs": []})
                     entry["runs"].append(seconds)

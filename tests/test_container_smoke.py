@@ -110,6 +110,11 @@ def test_job_parameters_are_the_apps_defaults_with_their_images(smoke):
     }
     slide = smoke.job_parameters("slide_classify", [1, 2], [3], [1, 2, 3], 7)
     assert slide["cytomine_id_job"] == 7 and slide["slide_mpp"] == 1.0 and "image_size" not in slide
+    # Every parameter is an input of the app's descriptor (slide-classify's tile_mpp became resolution).
+    from tests.test_docker import apps
+
+    for app in smoke.APPS:
+        assert set(smoke.job_parameters(app, [1, 2], [3], [1, 2, 3], 7)) <= apps()[app], app
 
 
 GOOD_TORCH_FREE = {
