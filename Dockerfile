@@ -12,7 +12,8 @@
 # torch, CUDA (or TORCH=cpu); and, for CPU-only servers, the torch-free images of the apps that only
 # run a frozen backbone: extract_features_cpu, svm_train_cpu, svm_predict_cpu, slide_classify_cpu
 # (ONNX Runtime and the backbones' graphs, exported at build time). finetune_predict trains its
-# network: torch only.
+# network: torch only. appengine_<task>: the App Engine tasks (classify, train, finetune,
+# extract_features), built by `mtdp appengine bundle TASK`.
 # Stages, in the order of how often they change (each rebuilds only what follows it):
 #   python     the base image, the non-root user, the environment          (almost never)
 #   torch      the torch pair of requirements/torch.txt, checked          (a torch upgrade)
@@ -201,6 +202,22 @@ FROM app_cpu AS svm_train_cpu
 COPY descriptors/svm_train.json /app/descriptor.json
 COPY workflows/svm_train/run.py /app/run.py
 ENTRYPOINT ["python", "/app/workflows/svm_train/run.py"]
+
+# The App Engine tasks of the current Cytomine (docs/appengine.md): `mtdp appengine bundle TASK`
+# builds appengine_<task> and saves it into the zip to upload. The App Engine runs the entrypoint
+# with no arguments, /inputs and /outputs mounted. train and extract_features run a frozen backbone:
+# torch-free; classify also applies fine-tuned networks and finetune trains one: torch.
+FROM app_cpu AS appengine_train
+ENTRYPOINT ["python", "-m", "mtdp_core.appengine", "train"]
+
+FROM app_cpu AS appengine_extract_features
+ENTRYPOINT ["python", "-m", "mtdp_core.appengine", "extract_features"]
+
+FROM app AS appengine_classify
+ENTRYPOINT ["python", "-m", "mtdp_core.appengine", "classify"]
+
+FROM app AS appengine_finetune
+ENTRYPOINT ["python", "-m", "mtdp_core.appengine", "finetune"]
 
 # Last: the default target of a plain `docker build .`.
 FROM app AS svm_train

@@ -42,7 +42,11 @@ What it does, stopping at the first problem with what to do about it:
    (the median time is reported): svm-train on 6 images, svm-predict and slide-classify (BCCD
    images have no resolution: ``slide_mpp`` 1, ``resolution`` 0.5, ``min_tissue`` 0.1) with the
    first svm-train job's model on the 2 others, extract-features on all 8; and checks that every
-   job ends SUCCESS.
+   job ends SUCCESS;
+6. the App Engine front end (skip with ``--no-appengine``): ``mtdp appengine bundle train`` builds
+   the torch-free ``appengine_train`` image, saves it and checks the zip as the App Engine reads it,
+   then ``mtdp appengine run train --engine ENGINE`` runs that image as the App Engine does (no
+   network, ``/inputs`` and ``/outputs`` mounted) on a zip of cell folders: FINISHED, with a model.
 
 The results (times, sizes, statuses) are printed as JSON (``--output`` writes them to a file),
 with a table of each app's image sizes and job times per variant.
@@ -138,6 +142,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="jobs of each app and variant, interleaved; the median is kept (default: 3)",
+    )
+    parser.add_argument(
+        "--no-appengine", action="store_true", help="skip the App Engine task (bundle and run train in its container)"
     )
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="keep the data folders (server, local mode) here")
@@ -594,6 +601,47 @@ def local_mode(args: argparse.Namespace, data: Path, variant: str = "torch") -> 
     return result
 
 
+def app_engine(args: argparse.Namespace, data: Path) -> dict:
+    """The App Engine front end in its container: ``mtdp appengine bundle train`` builds the
+    ``appengine_train`` image (torch-free), saves it and checks the zip as the App Engine reads it;
+    then ``mtdp appengine run train --engine ENGINE`` runs the image as the App Engine does (no
+    network, /inputs and /outputs mounted) on a zip of BCCD cell folders, and checks its outputs."""
+    import zipfile
+
+    mtdp = [sys.executable, "-m", "mtdp_core", "appengine"]
+    start = time.perf_counter()
+    # The images' build arguments (no wheel folder: the layers come from the images built before).
+    build_args = ["--build-arg", f"TORCH={args.torch}", "--build-arg", f"MTDP_FETCH_WEIGHTS={int(args.fetch_weights)}"]
+    if args.torch_index_url:
+        build_args += ["--build-arg", f"TORCH_INDEX_URL={args.torch_index_url}"]
+    bundle = [*mtdp, "bundle", "train", "--engine", args.engine, "--output-dir", str(data / "dist"), *build_args]
+    out = run(bundle, capture_output=True, text=True, check=False)
+    bundles = sorted((data / "dist").glob("*.zip"))
+    if out.returncode != 0 or not bundles:
+        raise SmokeError(f"mtdp appengine bundle train failed ({out.returncode}): {_tail(out.stderr)}")
+    result = {"bundle": bundles[0].name, "bundle_mb": round(bundles[0].stat().st_size / 1e6, 1)}
+    result["bundle_seconds"] = round(time.perf_counter() - start, 1)
+    n = make_class_folders(data / "cells", args.images)
+    examples = data / "cells.zip"
+    with zipfile.ZipFile(examples, "w") as archive:
+        for path in sorted((data / "cells").rglob("*.png")):
+            archive.write(path, path.relative_to(data / "cells").as_posix())
+    start = time.perf_counter()
+    folder = data / "run-train"
+    command = [*mtdp, "run", "train", "--engine", args.engine, "--input", f"examples=@{examples}"]
+    out = run([*command, "--output-dir", str(folder)], capture_output=True, text=True, check=False)
+    result["run_seconds"] = round(time.perf_counter() - start, 1)
+    record = folder / "run.json"
+    state = json.loads(record.read_text()).get("state") if record.is_file() else None
+    if out.returncode != 0 or state != "FINISHED":
+        raise SmokeError(f"The train task failed in its container ({out.returncode}, {state}): {_tail(out.stderr)}")
+    outputs = sorted(p.name for p in (folder / "outputs").iterdir())
+    if "model" not in outputs:
+        raise SmokeError(f"The train task's container wrote no model (outputs: {outputs})")
+    result.update({"cells": n, "state": state, "outputs": outputs})
+    return result
+
+
 def _expect_message(out: subprocess.CompletedProcess, message: str) -> str:
     """The last line of a run that must fail with ``message`` and without a traceback."""
     last = _tail(out.stderr, 1000)
@@ -708,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
                 variant: local_mode(args, data_dir / "local" / variant, variant) for variant in args.variants
             }
         results["jobs"] = smoke(args, data_dir / "server")
+        if not args.no_appengine:
+            results["appengine"] = app_engine(args, data_dir / "appengine")
         ok = all(results["jobs"][v].get(app, {}).get("status") == 3 for v in args.variants for app in args.apps)
     except SmokeError as exc:
         print(f"container smoke test: {exc}", file=sys.stderr, flush=True)

@@ -115,6 +115,22 @@ def test_each_app_target_has_its_descriptor_and_entrypoint():
     assert list(found)[-1] == "svm_train"  # the default target
 
 
+def test_each_app_engine_task_has_its_target_with_the_task_entrypoint():
+    """`mtdp appengine bundle TASK` builds appengine_<task>: every task has one, whose entrypoint is
+    the task's; the frozen-backbone tasks are torch-free, those that may run a fine-tuned network not."""
+    from mtdp_core.appengine.bundle import dockerfile_target
+    from mtdp_core.appengine.tasks import all_tasks
+
+    found = stages()
+    tasks = all_tasks()
+    assert {t.name for t in tasks} >= {"classify", "train", "finetune", "extract_features"}
+    for task in tasks:
+        stage = found[dockerfile_target(task)]
+        assert stage["instructions"] == [f"ENTRYPOINT {json.dumps(task.entrypoint)}"]
+        expected = "app_cpu" if task.name in ("train", "extract_features") else "app"
+        assert stage["parent"] == expected, task.name
+
+
 def test_every_frozen_backbone_app_has_a_torch_free_target_and_only_they_do():
     """An app with the engine input runs a frozen backbone: ONNX Runtime and a graph are all it needs.
     One that trains its network (finetune_predict) needs torch: it has no torch-free target."""

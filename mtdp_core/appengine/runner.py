@@ -122,17 +122,19 @@ def cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
 
 
 def limit_threads(root: str | os.PathLike = "/sys/fs/cgroup") -> None:
-    """As many torch threads as the container has CPUs: torch counts the node's cores, and a task
-    limited to 2 CPUs on a 64-core node would run 64 threads fighting for 2 (slower than 2)."""
+    """As many threads as the container has CPUs, for every engine: torch and ONNX Runtime count
+    the node's cores, and a task limited to 2 CPUs on a 64-core node would run 64 threads fighting
+    for 2 (slower than 2). Set through ``OMP_NUM_THREADS``, which both read (``runtime.cpu_threads``),
+    and torch's own setting when torch is already imported (the torch-free images have none)."""
     if os.environ.get("OMP_NUM_THREADS"):
         return
     quota = cpu_quota(root)
-    if quota is None:
+    if quota is None or quota >= (os.cpu_count() or 1):
         return
-    import torch
-
-    if quota < torch.get_num_threads():
-        logger.info("CPU limit %d: torch threads %d -> %d", quota, torch.get_num_threads(), quota)
+    logger.info("CPU limit %d: %d threads instead of %d", quota, quota, os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(quota)
+    torch = sys.modules.get("torch")
+    if torch is not None and quota < torch.get_num_threads():
         torch.set_num_threads(quota)
 
 

@@ -4,6 +4,8 @@ process): its outputs pass the App Engine's checks; bad inputs fail with a messa
 from __future__ import annotations
 
 import json
+import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -217,3 +219,20 @@ def test_cpu_quota_from_cgroups(tmp_path):
     assert cpu_quota(tmp_path) == 4
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cpu_quota(tmp_path) is None
+
+
+def test_limit_threads_sets_every_engine_s_threads_without_needing_torch(tmp_path, monkeypatch):
+    # The torch-free images have no torch: the limit goes through OMP_NUM_THREADS, which ONNX Runtime
+    # (runtime.cpu_threads) and torch both read; the container smoke found `import torch` here.
+    from mtdp_core.appengine import runner
+    from mtdp_core.runtime import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` would fail
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    runner.limit_threads(tmp_path)
+    assert os.environ["OMP_NUM_THREADS"] == "2" and cpu_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # set by the user: kept
+    runner.limit_threads(tmp_path)
+    assert cpu_threads() == 3
