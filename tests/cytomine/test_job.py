@@ -386,9 +386,15 @@ def test_system_exit_in_the_pipeline_fails_the_job(app):
 def test_a_stopped_job_ends_killed_with_how_to_resume(server, seeded, software_id, tmp_path, sig, how, exit_code):
     # Issue 11 item 7: Cytomine stops a job by signalling its process; SIGTERM left it RUNNING forever.
     argv = connection_argv(server.url, server, seeded, software_id)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.cytomine.slow_app", *argv], cwd=tmp_path, env=subprocess_env(), **_quiet()
-    )
+    # A shell running the tests in the background (`cmd &`) starts them with SIGINT ignored, which the
+    # app would inherit (Python then installs no Ctrl-C handler): start it as from a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.cytomine.slow_app", *argv], cwd=tmp_path, env=subprocess_env(), **_quiet()
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         job = _wait_for(lambda: _newest_running(server, seeded, min_progress=11))
         process.send_signal(sig)
