@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mtdp_core.backbones.weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo
+from mtdp_core.backbones.weights import IMAGENET_MEAN, IMAGENET_STD, BackboneIdentity, WeightsInfo
 
 
 class Normalization(NamedTuple):
@@ -17,7 +17,7 @@ class Normalization(NamedTuple):
     std: tuple[float, float, float]
 
 
-class Backbone(nn.Module):
+class Backbone(BackboneIdentity, nn.Module):
     """A CNN trunk that maps images (B, 3, H, W) to pooled features (B, n_features).
 
     Subclasses build their layers so that ``state_dict()`` keys are those of the reference
@@ -49,21 +49,6 @@ class Backbone(nn.Module):
     @property
     def normalization(self) -> Normalization:
         return Normalization(self.weights_info.mean, self.weights_info.std)
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return self.weights_info.mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return self.weights_info.std
-
-    def identity(self) -> dict:
-        """What makes this backbone's features what they are (for caches and saved models)."""
-        return {"arch": self.arch, "n_features": self.n_features, "weights": self.weights_info.to_dict()}
-
-    def identity_key(self) -> str:
-        return f"{self.arch}-{self.weights_info.key()}"
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, n_features={self.n_features}, weights={self.weights_info.key()!r}"

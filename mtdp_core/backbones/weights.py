@@ -102,6 +102,31 @@ class WeightsInfo:
         }
 
 
+class BackboneIdentity:
+    """What makes a backbone's features what they are, for any engine that runs it (the torch
+    ``Backbone`` and the exported ``OnnxBackbone``): caches and saved models compare these, so
+    both must compute them the same way. Needs ``arch``, ``n_features`` and ``weights_info``."""
+
+    arch: str
+    n_features: int
+    weights_info: WeightsInfo
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.weights_info.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.weights_info.std
+
+    def identity(self) -> dict:
+        """Architecture, feature size and weights (source, file, sha256, normalisation)."""
+        return {"arch": self.arch, "n_features": self.n_features, "weights": self.weights_info.to_dict()}
+
+    def identity_key(self) -> str:
+        return f"{self.arch}-{self.weights_info.key()}"
+
+
 # --------------------------------------------------------------------------- catalogue
 
 _CATALOGUE: dict[tuple[str, str], WeightSpec] = {}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mtdp_core.backbones.weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo
+from mtdp_core.backbones.weights import IMAGENET_MEAN, IMAGENET_STD, BackboneIdentity, WeightsInfo
 from mtdp_core.data.images import Preprocessing
 from mtdp_core.errors import ImageReadError
 from mtdp_core.inference.graphs import INPUT_NAME, OUTPUT_NAME
@@ -58,7 +58,7 @@ def session_options(threads: int | None = None, *, spinning: bool = False) -> An
     return options
 
 
-class OnnxBackbone:
+class OnnxBackbone(BackboneIdentity):
     """An exported backbone run by ONNX Runtime (CPU execution provider).
 
     Attributes:
@@ -82,21 +82,6 @@ class OnnxBackbone:
         self.weights_info = weights_info
         self.threads = int(threads or cpu_threads())
         self.session = ort.InferenceSession(str(self.path), session_options(self.threads), ["CPUExecutionProvider"])
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return self.weights_info.mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return self.weights_info.std
-
-    def identity(self) -> dict:
-        """The same identity as the torch Backbone's (caches and saved models accept either)."""
-        return {"arch": self.arch, "n_features": self.n_features, "weights": self.weights_info.to_dict()}
-
-    def identity_key(self) -> str:
-        return f"{self.arch}-{self.weights_info.key()}"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Normalised float32 (B, 3, s, s) -> float32 features (B, n_features)."""
